@@ -1,0 +1,57 @@
+/*
+ * Reduction kernels for every datatype and operator, and the datatype table.
+ * Pure functions over memory; selected once per process by CPU features (scalar or
+ * AVX2+F16C), never with -march=native in the installed library.
+ *
+ * Semantics (the tests' reference):
+ *  - integers: SUM and PROD wrap like C unsigned arithmetic; MIN/MAX in the type's signedness;
+ *  - floats: MIN/MAX return NaN if either operand is NaN;
+ *  - fp16/bf16: operands widened to fp32, the result rounded to nearest-even once;
+ *  - AVG: SUM here; the division by nranks is applied by fx_coll_reduce_final().
+ */
+#ifndef FX_COLL_KERNELS_H
+#define FX_COLL_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fabricx.h"
+
+/* dst[i] = a[i] (op) b[i] for i < n. dst may be the same memory as a or b (not overlapping
+ * partially). */
+typedef void (*fx_reduce_fn)(void *dst, const void *a, const void *b, size_t n);
+
+/* The kernel for a valid (dtype, op); FX_AVG gives the SUM kernel. NULL when invalid. */
+fx_reduce_fn fx_coll_reduce_fn(fx_datatype dtype, fx_op op);
+
+/* dst = a (op) b as fx_coll_reduce_fn. */
+void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype,
+                    fx_op op);
+
+/*
+ * The last reduction of an element: dst = a (op) b, then for FX_AVG divided by nranks with a
+ * single rounding for fp16/bf16 (fp32 sum / nranks, rounded once); integer AVG truncates the
+ * wrapped sum in the type's signedness. For other ops identical to fx_coll_reduce.
+ */
+void fx_coll_reduce_final(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype,
+                          fx_op op, int nranks);
+
+/* buf[i] /= nranks (FX_AVG on a single rank or after a copy); no-op for nranks 1. */
+void fx_coll_avg_scale(void *buf, size_t n, fx_datatype dtype, int nranks);
+
+/* Name of the kernel set in use ("avx2+f16c" or "scalar"). */
+const char *fx_coll_kernel_isa(void);
+/* Forces the scalar kernels (the core calls it for FX_KERNELS=scalar; tests compare both). */
+void fx_coll_kernels_force_scalar(bool force);
+
+/* The AVX2+F16C table [datatype][SUM, PROD, MIN, MAX] (coll_kernels_avx2.c). */
+const fx_reduce_fn (*fx_coll_kernels_avx2(void))[4];
+
+/* Scalar conversions (round to nearest-even, NaN kept quiet, overflow to infinity). */
+float fx_half_to_float(uint16_t h);
+uint16_t fx_float_to_half(float f);
+float fx_bf16_to_float(uint16_t b);
+uint16_t fx_float_to_bf16(float f);
+
+#endif /* FX_COLL_KERNELS_H */

@@ -1,0 +1,103 @@
+/*
+ * Plans: what one rank does in one collective, as a list of data movements. Pure data, built by
+ * the algorithms in collectives/ (no sockets, no threads) and run by the executor in
+ * libfabricx/, or by the in-memory simulator (coll_sim.h) in tests.
+ *
+ * Buffers are named, not pointed to: the send buffer, the receive buffer, and a scratch area of
+ * `nslots` slots of `slot_count` elements each that the executor provides. Offsets and counts
+ * are in elements of the plan's element size.
+ *
+ * Ordering rules the executor and the simulator both follow:
+ *  - sends to one peer are posted in the order they appear in ops[]; so are receives from one
+ *    peer; the k-th send from A to B matches the k-th receive on B from A;
+ *  - an op starts only after its dependency `dep` (an index into ops[], or -1) has completed;
+ *  - a receive completes when its data has arrived and, for FX_PLAN_RECV_REDUCE, has been
+ *    reduced into the destination;
+ *  - a send completes when its source may be overwritten;
+ *  - the plan is complete when every op has completed.
+ */
+#ifndef FX_COLL_PLAN_H
+#define FX_COLL_PLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fabricx.h"
+
+enum fx_plan_kind {
+    FX_PLAN_SEND        = 0, /* send buf[offset..offset+count) to peer */
+    FX_PLAN_RECV        = 1, /* receive count elements from peer into buf[offset..] */
+    FX_PLAN_RECV_REDUCE = 2, /* receive into scratch slot, then
+                                buf[offset+i] = src[offset+i] (op) slot[i] */
+    FX_PLAN_COPY        = 3, /* local: buf[offset+i] = src[src_offset+i] (no peer) */
+};
+
+enum fx_plan_buf {
+    FX_BUF_SEND    = 0,
+    FX_BUF_RECV    = 1,
+    FX_BUF_SCRATCH = 2,
+};
+
+/* Op flags. */
+#define FX_PLAN_FINAL 0x1u /* RECV_REDUCE producing a final result: apply FX_AVG's division */
+
+struct fx_plan_op {
+    uint8_t kind;        /* enum fx_plan_kind */
+    uint8_t buf;         /* SEND: source; RECV/RECV_REDUCE/COPY: destination (enum fx_plan_buf) */
+    uint8_t src;         /* RECV_REDUCE: the local operand's buffer; COPY: the source buffer */
+    uint8_t flags;       /* FX_PLAN_* flags */
+    int32_t peer;        /* SEND/RECV*: the peer rank; COPY: -1 */
+    int32_t dep;         /* index of the op that must complete first, or -1 */
+    uint32_t slot;       /* RECV_REDUCE: scratch slot the data lands in */
+    uint64_t offset;     /* element offset in buf (and in src for RECV_REDUCE) */
+    uint64_t src_offset; /* COPY: element offset in src */
+    uint64_t count;      /* elements; never 0 */
+    uint32_t step;       /* the algorithm's step number (for the simulator's step counts) */
+    uint32_t phase;      /* 0: reduce-scatter / gather, 1: all-gather phase of all-reduce */
+};
+
+struct fx_plan {
+    int nranks;
+    int rank;
+    size_t count;      /* the collective's count: elements per rank (all-gather: sendcount) */
+    size_t elem_size;  /* bytes per element */
+    uint32_t nslots;   /* scratch slots needed */
+    size_t slot_count; /* elements per scratch slot */
+    size_t nops;
+    size_t cap;
+    struct fx_plan_op *ops; /* owned; grown as needed and kept between builds */
+};
+
+void fx_plan_init(struct fx_plan *plan);
+void fx_plan_fini(struct fx_plan *plan);
+/* Empties a plan, keeping its storage for the next build (no allocation on reuse). */
+void fx_plan_reset(struct fx_plan *plan);
+/* Appends an op and returns its index, or -1 when out of memory. */
+int fx_plan_push(struct fx_plan *plan, const struct fx_plan_op *op);
+
+/*
+ * Ring all-reduce (reduce-scatter then all-gather) of `count` elements for `rank` of `nranks`.
+ * Each of the nranks segments is cut into chunks of at most chunk_bytes (rounded down to whole
+ * elements, at least one); chunk c of a segment moves through the ring independently of the
+ * others, so the chunks pipeline. The final reduction of each element carries FX_PLAN_FINAL.
+ * nslots scratch slots bound the receives in flight. Works for nranks >= 1 and count >= 0
+ * (count 0 and nranks 1 give plans with no network ops; nranks 1 out of place gives a COPY).
+ * The executor treats sendbuf == recvbuf (in place) by aliasing FX_BUF_SEND to the receive
+ * buffer; plans are valid for both.
+ * Returns FX_OK, FX_ERR_INVALID_ARG (nranks < 1, rank out of range, elem_size 0) or
+ * FX_ERR_NO_MEMORY.
+ */
+fx_status fx_coll_ring_allreduce(struct fx_plan *plan, int nranks, int rank, size_t count,
+                                 size_t elem_size, size_t chunk_bytes, uint32_t nslots);
+
+/*
+ * Ring all-gather: rank r's `count` elements (FX_BUF_SEND, offset 0) end at offset r * count of
+ * every rank's FX_BUF_RECV. Receives land directly in the receive buffer (no scratch).
+ * In place when the send buffer is the rank's own slot of the receive buffer: the executor
+ * aliases FX_BUF_SEND to that slot, and the plan's COPY of the own slot is then skipped by the
+ * executor when source and destination are the same memory.
+ */
+fx_status fx_coll_ring_allgather(struct fx_plan *plan, int nranks, int rank, size_t count,
+                                 size_t elem_size, size_t chunk_bytes);
+
+#endif /* FX_COLL_PLAN_H */

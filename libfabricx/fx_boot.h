@@ -1,0 +1,103 @@
+/*
+ * Bootstrap and control plane (DESIGN.md, "Bootstrap").
+ *
+ * Rank 0 listens on the unique id's port. Each rank connects and the two prove knowledge of the
+ * job secret to each other (HMAC-SHA256 over fresh nonces) before anything else is read; then
+ * the rank sends its join record (rank, host, data-plane address) and rank 0 answers, once all
+ * ranks have joined, with the whole table and the job-wide settings. Garbage, wrong secrets and
+ * silent connections are dropped and logged while init goes on.
+ *
+ * The connections to rank 0 stay open as the control plane: a rank that detects a failure sends
+ * an abort notice to rank 0, which relays it to every rank, so that all ranks fail fast with
+ * the same, original error; rank 0 also notices a rank whose connection closes without a
+ * goodbye. Wire formats are in fx_boot.c.
+ */
+#ifndef FX_BOOT_H
+#define FX_BOOT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fabricx.h"
+#include "fx_auth.h"
+#include "fx_uid.h"
+#include "transports/transport.h"
+
+#define FX_HOST_LEN 64
+
+/* One rank's record in the table. */
+struct fx_boot_entry {
+    int32_t rank;
+    int32_t pid;
+    char host[FX_HOST_LEN];
+    uint8_t host_id[16];
+    struct fx_tp_addr addr;
+};
+
+/* Settings every rank takes from rank 0. */
+struct fx_boot_info {
+    uint64_t comm_id;
+    uint64_t chunk_bytes;
+};
+
+struct fx_boot_rx {
+    uint8_t buf[1100];
+    size_t have;
+};
+
+struct fx_boot {
+    int rank;
+    int nranks;
+    uint8_t secret[FX_SECRET_LEN];
+    struct fx_boot_info info;
+    struct fx_boot_entry *table; /* nranks entries, indexed by rank */
+    int *fds;                    /* control sockets: rank 0 holds one per rank (-1 for itself
+                                    and closed ones); other ranks hold fds[0], to rank 0 */
+    bool *bye;                   /* rank 0: that rank said goodbye */
+    struct fx_boot_rx *rx;       /* per control socket */
+    int nfds;
+};
+
+enum fx_boot_event_kind {
+    FX_BOOT_EV_NONE  = 0,
+    FX_BOOT_EV_ABORT = 1, /* a failure somewhere in the job: status, failed rank, text */
+};
+
+struct fx_boot_event {
+    enum fx_boot_event_kind kind;
+    fx_status status;
+    int failed_rank;
+    char text[512];
+};
+
+/*
+ * Joins the job. self describes this rank (its data-plane address included); rank 0 proposes
+ * info (comm_id is drawn here). On success boot holds the table and the control sockets.
+ * On failure err says why (missing ranks named on timeout).
+ */
+fx_status fx_boot_init(struct fx_boot *boot, const struct fx_uid *uid, int nranks, int rank,
+                       const struct fx_boot_entry *self, const struct fx_boot_info *proposal,
+                       int timeout_ms, char *err, size_t errlen);
+
+/* Says goodbye on the control plane and frees everything. */
+void fx_boot_fini(struct fx_boot *boot);
+
+/* The control sockets to poll (readable: call fx_boot_ctrl_read). Returns the count. */
+int fx_boot_ctrl_fds(const struct fx_boot *boot, int *fds, int max);
+
+/*
+ * Reads what arrived on control socket fd without blocking. A relayed abort, or (on rank 0) a
+ * rank lost without goodbye, fills ev (rank 0 relays it to the others before returning).
+ * A closed socket is closed here (and so leaves any epoll set).
+ */
+void fx_boot_ctrl_read(struct fx_boot *boot, int fd, struct fx_boot_event *ev);
+
+/* Tells the job about a failure this rank detected (rank 0 broadcasts it directly). */
+void fx_boot_ctrl_abort(struct fx_boot *boot, fx_status status, int failed_rank,
+                        const char *text);
+
+/* "rank 3 (host b, pid 1234)" */
+void fx_boot_rank_str(const struct fx_boot *boot, int rank, char *buf, size_t len);
+
+#endif /* FX_BOOT_H */

@@ -1,0 +1,517 @@
+/*
+ * Communicator life cycle: init (config, transport, bootstrap, ring connections, executor),
+ * destroy, abort, and the error state.
+ */
+#include "fx_comm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "collectives/coll_kernels.h"
+#include "fx_exec.h"
+#include "fx_log.h"
+#include "fx_sock.h"
+#include "fx_status_int.h"
+
+#define HELLO_MAGIC 0x31485846u /* "FXH1" */
+#define HELLO_LEN   (4 + 8 + 4 + 4 + FX_MAC_LEN)
+
+/* ------------------------------------------------------------------ errors */
+
+fx_status fx_comm_note_error(struct fx_comm *comm, fx_status status, const char *fmt, ...)
+{
+    va_list ap;
+
+    pthread_mutex_lock(&comm->lock);
+    va_start(ap, fmt);
+    vsnprintf(comm->last_msg, sizeof(comm->last_msg), fmt, ap);
+    va_end(ap);
+    comm->last_status = status;
+    pthread_mutex_unlock(&comm->lock);
+    return status;
+}
+
+static void close_data_conns(struct fx_comm *comm)
+{
+    for (int r = 0; r < comm->nranks; r++) {
+        if (comm->send_conns[r] != NULL) {
+            comm->tp_ops->close(comm->send_conns[r]);
+            comm->send_conns[r] = NULL;
+        }
+        if (comm->recv_conns[r] != NULL) {
+            comm->tp_ops->close(comm->recv_conns[r]);
+            comm->recv_conns[r] = NULL;
+        }
+    }
+    comm->exec.running = false;
+}
+
+void fx_comm_fail(struct fx_comm *comm, fx_status status, int failed_rank, bool propagate,
+                  const char *fmt, ...)
+{
+    va_list ap;
+
+    if (comm->error != FX_OK) {
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(comm->errmsg, sizeof(comm->errmsg), fmt, ap);
+    va_end(ap);
+    comm->error       = status;
+    comm->last_status = status;
+    memcpy(comm->last_msg, comm->errmsg, sizeof(comm->last_msg));
+    if (propagate) {
+        fx_warn(FX_SUB_COLL, "%s", comm->errmsg);
+        fx_boot_ctrl_abort(&comm->boot, status, failed_rank, comm->errmsg);
+    } else {
+        fx_info(FX_SUB_COLL, "communicator failed: %s", comm->errmsg);
+    }
+    /* Posted receives point into user buffers: closing frees them before the user gets the
+     * error and reuses the memory. */
+    close_data_conns(comm);
+    fx_exec_fail_all(comm, status);
+}
+
+void fx_comm_wake(struct fx_comm *comm)
+{
+    uint64_t one = 1;
+
+    if (comm->wakefd >= 0 && write(comm->wakefd, &one, sizeof(one)) < 0) {
+        /* The counter is saturated: a wake-up is pending anyway. */
+    }
+}
+
+/* ------------------------------------------------------------------ data connections */
+
+static void make_hello(const struct fx_comm *comm, int src, int dst, uint8_t *out)
+{
+    uint8_t ids[16];
+    uint64_t id = comm->boot.info.comm_id;
+
+    memcpy(out, &(uint32_t){HELLO_MAGIC}, 4);
+    memcpy(out + 4, &id, 8);
+    memcpy(out + 12, &src, 4);
+    memcpy(out + 16, &dst, 4);
+    memcpy(ids, out + 4, 16);
+    fx_auth_mac(comm->boot.secret, "fx-data-hello", ids, sizeof(ids), NULL, 0, out + 20);
+}
+
+/* Returns the sending rank of a valid hello for this rank, or -1. */
+static int check_hello(const struct fx_comm *comm, const uint8_t *hello, size_t len)
+{
+    uint8_t want[HELLO_LEN];
+    int src;
+
+    if (len != HELLO_LEN) {
+        return -1;
+    }
+    memcpy(&src, hello + 12, 4);
+    if (src < 0 || src >= comm->nranks) {
+        return -1;
+    }
+    make_hello(comm, src, comm->rank, want);
+    if (memcmp(want, hello, 20) != 0 || !fx_auth_equal(want + 20, hello + 20)) {
+        return -1;
+    }
+    return src;
+}
+
+static void accept_pending(struct fx_comm *comm)
+{
+    for (int tries = 0; tries < 16; tries++) {
+        uint8_t hello[FX_TP_HELLO_MAX];
+        size_t hlen = sizeof(hello);
+        struct fx_tp_conn *conn = NULL;
+        int src;
+
+        if (comm->tp_ops->accept(comm->lst, &conn, hello, &hlen) != FX_OK) {
+            return;
+        }
+        src = check_hello(comm, hello, hlen);
+        if (src < 0 || comm->recv_conns[src] != NULL) {
+            char peer[80];
+
+            comm->tp_ops->conn_peer(conn, peer, sizeof(peer));
+            fx_warn(FX_SUB_NET, "dropped a data connection from %s: %s", peer,
+                    src < 0 ? "not from this communicator (bad hello)" : "duplicate");
+            comm->tp_ops->close(conn);
+            continue;
+        }
+        comm->recv_conns[src] = conn;
+        fx_trace(FX_SUB_NET, "accepted data connection from rank %d", src);
+    }
+}
+
+/* Connects to the ring neighbours: sends go to rank + 1, receives come from rank - 1. */
+static fx_status connect_ring(struct fx_comm *comm, char *err, size_t errlen)
+{
+    int right         = (comm->rank + 1) % comm->nranks;
+    int left          = (comm->rank - 1 + comm->nranks) % comm->nranks;
+    int64_t deadline  = fx_now_ms() + comm->cfg.timeout_ms;
+    struct fx_tp_conn *out = NULL;
+    uint8_t hello[HELLO_LEN];
+    char who[160];
+
+    make_hello(comm, comm->rank, right, hello);
+    while (comm->send_conns[right] == NULL || comm->recv_conns[left] == NULL) {
+        struct pollfd p = {.fd = comm->tp_ops->wait_fd(comm->tp), .events = POLLIN};
+
+        if (comm->send_conns[right] == NULL) {
+            fx_status status = comm->tp_ops->connect(comm->tp, &comm->boot.table[right].addr,
+                                                     hello, sizeof(hello), &out);
+            if (status == FX_OK) {
+                comm->send_conns[right] = out;
+            } else if (status != FX_INPROGRESS) {
+                fx_boot_rank_str(&comm->boot, right, who, sizeof(who));
+                snprintf(err, errlen, "cannot connect to %s: %s", who, fx_strerror(status));
+                return status;
+            }
+        }
+        accept_pending(comm);
+        comm->tp_ops->progress(comm->tp);
+        if (comm->send_conns[right] != NULL && comm->recv_conns[left] != NULL) {
+            break;
+        }
+        if (fx_now_ms() >= deadline) {
+            int late = comm->send_conns[right] == NULL ? right : left;
+
+            if (comm->send_conns[right] == NULL && out != NULL) {
+                comm->tp_ops->close(out);
+            }
+            fx_boot_rank_str(&comm->boot, late, who, sizeof(who));
+            snprintf(err, errlen, "data connection %s %s not established within %d ms",
+                     late == right ? "to" : "from", who, comm->cfg.timeout_ms);
+            return FX_ERR_TIMEOUT;
+        }
+        poll(&p, 1, 5);
+    }
+    return FX_OK;
+}
+
+/* ------------------------------------------------------------------ init */
+
+/* Host identity: the host name, and a hash of it with the kernel's boot id, which tells hosts
+ * apart even when containers share a name. */
+static void host_identity(struct fx_boot_entry *self)
+{
+    char boot_id[64] = "";
+    uint8_t digest[FX_SECRET_LEN];
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+
+    if (gethostname(self->host, sizeof(self->host)) != 0) {
+        snprintf(self->host, sizeof(self->host), "unknown");
+    }
+    self->host[sizeof(self->host) - 1] = '\0';
+    if (fd >= 0) {
+        ssize_t n = read(fd, boot_id, sizeof(boot_id) - 1);
+
+        boot_id[n > 0 ? n : 0] = '\0';
+        close(fd);
+    }
+    fx_auth_derive(self->host, boot_id, strlen(boot_id), digest);
+    memcpy(self->host_id, digest, sizeof(self->host_id));
+}
+
+static fx_status open_transport(struct fx_comm *comm, char *err, size_t errlen)
+{
+    struct fx_tp_config tcfg = {
+        .ifname     = comm->cfg.socket_ifname[0] ? comm->cfg.socket_ifname : NULL,
+        .nsocks     = comm->cfg.nsocks,
+        .timeout_ms = comm->cfg.timeout_ms,
+        .zerocopy   = comm->cfg.tcp_zerocopy,
+    };
+    fx_status status;
+
+    comm->tp_ops = comm->cfg.transport[0] ? fx_transport_find(comm->cfg.transport)
+                                          : fx_transports[0];
+    if (comm->tp_ops == NULL) {
+        snprintf(err, errlen, "FX_TRANSPORT=%s is not a transport of this build (tcp)",
+                 comm->cfg.transport);
+        return FX_ERR_INVALID_ARG;
+    }
+    status = comm->tp_ops->init(&tcfg, &comm->tp);
+    if (status != FX_OK) {
+        snprintf(err, errlen, "transport %s failed to start: %s", comm->tp_ops->name,
+                 fx_strerror(status));
+        return status;
+    }
+    fx_info(FX_SUB_INIT, "transport %s", comm->tp_ops->name);
+    return FX_OK;
+}
+
+static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
+{
+    struct fx_comm *comm = calloc(1, sizeof(*comm));
+
+    if (comm == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    comm->rank       = rank;
+    comm->nranks     = nranks;
+    comm->epfd       = -1;
+    comm->wakefd     = -1;
+    comm->send_conns = calloc((size_t)nranks, sizeof(*comm->send_conns));
+    comm->recv_conns = calloc((size_t)nranks, sizeof(*comm->recv_conns));
+    pthread_mutex_init(&comm->lock, NULL);
+    pthread_cond_init(&comm->cond, NULL);
+    *out = comm;
+    if (comm->send_conns == NULL || comm->recv_conns == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    return FX_OK;
+}
+
+static void comm_free(struct fx_comm *comm)
+{
+    fx_exec_fini(comm);
+    if (comm->send_conns != NULL && comm->recv_conns != NULL && comm->tp != NULL) {
+        close_data_conns(comm);
+    }
+    if (comm->lst != NULL) {
+        comm->tp_ops->listen_close(comm->lst);
+    }
+    if (comm->tp != NULL) {
+        comm->tp_ops->fini(comm->tp);
+    }
+    fx_boot_fini(&comm->boot);
+    free(comm->send_conns);
+    free(comm->recv_conns);
+    pthread_mutex_destroy(&comm->lock);
+    pthread_cond_destroy(&comm->cond);
+    free(comm);
+}
+
+/* Everything after the arguments are known good. */
+static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char *err,
+                            size_t errlen)
+{
+    struct fx_boot_entry self;
+    struct fx_boot_info proposal = {.comm_id = 0};
+    fx_status status             = fx_config_load(&comm->cfg, err, errlen);
+
+    if (status != FX_OK) {
+        return status;
+    }
+    fx_coll_kernels_force_scalar(strcmp(comm->cfg.kernels, "scalar") == 0);
+    proposal.chunk_bytes = comm->cfg.chunk_bytes;
+    status               = open_transport(comm, err, errlen);
+    if (status != FX_OK) {
+        return status;
+    }
+    memset(&self, 0, sizeof(self));
+    self.rank = comm->rank;
+    self.pid  = (int32_t)getpid();
+    host_identity(&self);
+    status = comm->tp_ops->listen(comm->tp, &self.addr, &comm->lst);
+    if (status != FX_OK) {
+        snprintf(err, errlen, "transport %s cannot listen: %s", comm->tp_ops->name,
+                 fx_strerror(status));
+        return status;
+    }
+    status = fx_boot_init(&comm->boot, uid, comm->nranks, comm->rank, &self, &proposal,
+                          comm->cfg.timeout_ms, err, errlen);
+    if (status != FX_OK) {
+        return status;
+    }
+    if (comm->nranks > 1) {
+        status = connect_ring(comm, err, errlen);
+        if (status != FX_OK) {
+            return status;
+        }
+    }
+    return fx_exec_init(comm, err, errlen);
+}
+
+static fx_status init_uid(fx_comm_t *comm_out, int nranks, const struct fx_uid *uid, int rank)
+{
+    struct fx_comm *comm = NULL;
+    char err[512]        = "";
+    fx_status status;
+
+    fx_log_set_rank(rank);
+    status = comm_alloc(&comm, nranks, rank);
+    if (status == FX_OK) {
+        status = comm_setup(comm, uid, err, sizeof(err));
+    } else {
+        snprintf(err, sizeof(err), "out of memory for a communicator of %d ranks", nranks);
+    }
+    if (status != FX_OK) {
+        fx_warn(FX_SUB_INIT, "init of rank %d of %d failed: %s", rank, nranks, err);
+        if (comm != NULL) {
+            comm_free(comm);
+        }
+        return fx_set_last_error(status, "%s", err);
+    }
+    fx_info(FX_SUB_INIT, "rank %d of %d ready", rank, nranks);
+    *comm_out = comm;
+    return FX_OK;
+}
+
+FX_API fx_status fx_comm_init_rank(fx_comm_t *comm, int nranks, fx_unique_id id, int rank)
+{
+    struct fx_uid uid;
+    char err[200];
+
+    if (comm == NULL) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_init_rank: comm is NULL");
+    }
+    if (nranks < 1) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_init_rank: nranks %d < 1", nranks);
+    }
+    if (rank < 0 || rank >= nranks) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG,
+                                 "fx_comm_init_rank: rank %d out of range [0, %d)", rank, nranks);
+    }
+    if (fx_uid_unpack(&id, &uid, err, sizeof(err)) != FX_OK) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_init_rank: %s", err);
+    }
+    return init_uid(comm, nranks, &uid, rank);
+}
+
+/* ------------------------------------------------------------------ launcher environment */
+
+static const char *first_env(const char *const *names, const char **which)
+{
+    for (int i = 0; names[i] != NULL; i++) {
+        const char *v = getenv(names[i]);
+
+        if (v != NULL && v[0] != '\0') {
+            *which = names[i];
+            return v;
+        }
+    }
+    return NULL;
+}
+
+static fx_status env_int(const char *const *names, const char *what, int *out)
+{
+    const char *which = NULL;
+    const char *v     = first_env(names, &which);
+    char *end         = NULL;
+    long n;
+
+    if (v == NULL) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG,
+                                 "fx_comm_init_env: no %s in the environment (set %s)", what,
+                                 names[0]);
+    }
+    errno = 0;
+    n     = strtol(v, &end, 10);
+    if (errno != 0 || end == v || *end != '\0' || n < 0 || n > 1 << 24) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_init_env: %s=%s is not a %s",
+                                 which, v, what);
+    }
+    *out = (int)n;
+    return FX_OK;
+}
+
+FX_API fx_status fx_comm_init_env(fx_comm_t *comm)
+{
+    static const char *const rank_vars[] = {"FX_RANK",      "RANK",       "OMPI_COMM_WORLD_RANK",
+                                            "PMI_RANK",     "PMIX_RANK",  "SLURM_PROCID",
+                                            NULL};
+    static const char *const size_vars[] = {"FX_NRANKS", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                            "PMI_SIZE",  "SLURM_NTASKS", NULL};
+    const char *id_str = getenv("FX_UNIQUE_ID");
+    const char *maddr  = getenv("MASTER_ADDR");
+    const char *mport  = getenv("MASTER_PORT");
+    struct fx_uid uid;
+    fx_unique_id id;
+    char err[300];
+    int rank;
+    int nranks;
+    fx_status status;
+
+    if (comm == NULL) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_init_env: comm is NULL");
+    }
+    if ((status = env_int(rank_vars, "rank", &rank)) != FX_OK ||
+        (status = env_int(size_vars, "number of ranks", &nranks)) != FX_OK) {
+        return status;
+    }
+    if (id_str != NULL && id_str[0] != '\0') {
+        status = fx_unique_id_from_string(id_str, &id);
+        if (status != FX_OK) {
+            return fx_set_last_error(status, "FX_UNIQUE_ID: %s", fx_last_error());
+        }
+        return fx_comm_init_rank(comm, nranks, id, rank);
+    }
+    if (maddr == NULL || mport == NULL) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG,
+                                 "fx_comm_init_env: no rendezvous: set FX_UNIQUE_ID, or "
+                                 "MASTER_ADDR and MASTER_PORT");
+    }
+    status = fx_uid_from_master(maddr, mport, &uid, err, sizeof(err));
+    if (status != FX_OK) {
+        return fx_set_last_error(status, "fx_comm_init_env: %s", err);
+    }
+    if (nranks < 1 || rank >= nranks) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG,
+                                 "fx_comm_init_env: rank %d out of range [0, %d)", rank, nranks);
+    }
+    return init_uid(comm, nranks, &uid, rank);
+}
+
+/* ------------------------------------------------------------------ queries, destroy, abort */
+
+FX_API fx_status fx_comm_rank(fx_comm_t comm, int *rank)
+{
+    if (comm == NULL || rank == NULL) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_rank: NULL argument");
+    }
+    *rank = comm->rank;
+    return FX_OK;
+}
+
+FX_API fx_status fx_comm_size(fx_comm_t comm, int *nranks)
+{
+    if (comm == NULL || nranks == NULL) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_size: NULL argument");
+    }
+    *nranks = comm->nranks;
+    return FX_OK;
+}
+
+FX_API fx_status fx_comm_destroy(fx_comm_t comm)
+{
+    if (comm == NULL) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_destroy: comm is NULL");
+    }
+    comm_free(comm);
+    return FX_OK;
+}
+
+FX_API fx_status fx_comm_abort(fx_comm_t comm)
+{
+    if (comm == NULL) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_abort: comm is NULL");
+    }
+    pthread_mutex_lock(&comm->lock);
+    fx_comm_fail(comm, FX_ERR_ABORTED, comm->rank, true, "rank %d aborted the communicator",
+                 comm->rank);
+    pthread_mutex_unlock(&comm->lock);
+    fx_comm_wake(comm);
+    return FX_OK;
+}
+
+FX_API fx_status fx_comm_get_error(fx_comm_t comm, char *msg, size_t len)
+{
+    fx_status status;
+
+    if (comm == NULL || (msg == NULL && len > 0)) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_get_error: NULL argument");
+    }
+    pthread_mutex_lock(&comm->lock);
+    status = comm->last_status;
+    if (len > 0) {
+        snprintf(msg, len, "%s", status == FX_OK ? "" : comm->last_msg);
+    }
+    pthread_mutex_unlock(&comm->lock);
+    return status;
+}

@@ -1,0 +1,119 @@
+/*
+ * The communicator: configuration, bootstrap, transport connections, the executor's state and
+ * the error state. Internal to libfabricx/.
+ *
+ * Locking: `lock` serialises everything below it between the user's threads, the progress
+ * thread and fx_comm_abort. Nobody holds it while sleeping in epoll_wait.
+ */
+#ifndef FX_COMM_H
+#define FX_COMM_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "collectives/coll_plan.h"
+#include "fabricx.h"
+#include "fx_boot.h"
+#include "fx_config.h"
+#include "fx_wire.h"
+#include "transports/transport.h"
+
+/* One collective call: the public fx_request. */
+struct fx_request {
+    struct fx_request *next;     /* in the communicator's queue or free list */
+    struct fx_request *all_next; /* every request object of the communicator */
+    struct fx_comm *comm;
+    enum fx_coll coll;
+    const void *sendbuf;
+    void *recvbuf;
+    size_t count;
+    fx_datatype dtype;
+    fx_op op;
+    uint64_t seq;
+    fx_status status;
+    bool done;
+};
+
+/* The ops of the active plan that talk to one peer in one direction, in plan order. */
+struct fx_lane {
+    int peer;
+    bool send;
+    struct fx_tp_conn *conn;
+    uint32_t start; /* range in fx_exec.lane_ops */
+    uint32_t end;
+    uint32_t post;  /* next op to post */
+    uint32_t done;  /* oldest posted op not yet complete */
+};
+
+struct fx_exec {
+    struct fx_request *head; /* queue; head is the running operation */
+    struct fx_request *tail;
+    struct fx_request *free_reqs;
+    struct fx_request *all_reqs; /* owned: freed at destroy, whatever their state */
+    bool running;
+    struct fx_plan plan;
+    size_t ndone;
+    size_t cap;                 /* capacity of the per-op arrays below */
+    uint8_t *op_done;           /* per plan op */
+    struct fx_tp_req **tp_reqs; /* per plan op, while posted */
+    uint8_t (*hdrs)[FX_WIRE_HDR_SIZE];
+    uint32_t *lane_ops;
+    struct fx_lane *lanes;
+    int nlanes;
+    int *lane_index;            /* 2 * nranks: (peer, direction) -> lane, -1 none */
+    uint32_t next_copy;         /* first COPY op not yet run, scanning forward */
+    uint8_t *scratch;           /* nslots * max_chunk bytes, touched at init */
+    size_t max_chunk;
+    uint32_t nslots;
+    int64_t last_progress_ms;
+};
+
+struct fx_comm {
+    int rank;
+    int nranks;
+    struct fx_config cfg;
+    struct fx_boot boot;
+    const struct fx_transport_ops *tp_ops;
+    struct fx_tp *tp;
+    struct fx_tp_listener *lst;
+    struct fx_tp_conn **send_conns; /* [nranks]: connections this rank opened (it sends) */
+    struct fx_tp_conn **recv_conns; /* [nranks]: connections it accepted (it receives) */
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int epfd;   /* transport wait fd, control sockets, wake eventfd */
+    int wakefd; /* eventfd */
+    pthread_t thread;
+    bool thread_running;
+    bool shutdown;
+    int drivers; /* user threads driving progress in fx_wait */
+    bool parked; /* the progress thread sleeps on cond */
+
+    struct fx_exec exec;
+    uint64_t op_seq;
+
+    fx_status error; /* first fatal error; FX_OK while healthy */
+    char errmsg[512];
+    fx_status last_status; /* last error of any kind, for fx_comm_get_error */
+    char last_msg[512];
+};
+
+/* Records a local, non-fatal error (bad argument) for fx_comm_get_error; returns status. */
+fx_status fx_comm_note_error(struct fx_comm *comm, fx_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/*
+ * Breaks the communicator with its first fatal error: fails every queued operation, closes the
+ * data connections (freeing posted receives so user buffers are released) and, when
+ * `propagate`, tells the other ranks through rank 0. Later errors are ignored. Call with the
+ * lock held.
+ */
+void fx_comm_fail(struct fx_comm *comm, fx_status status, int failed_rank, bool propagate,
+                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Wakes whoever sleeps in epoll_wait on the communicator. */
+void fx_comm_wake(struct fx_comm *comm);
+
+#endif /* FX_COMM_H */

@@ -1,0 +1,205 @@
+/* The FX_* variable table and its parser. */
+#include "fx_config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "fx_log.h"
+
+extern char **environ;
+
+#define ROW(n, t, d, h, field, lo, hi)                                                             \
+    {                                                                                              \
+        n, t, d, h, offsetof(struct fx_config, field), sizeof(((struct fx_config *)0)->field), lo,  \
+            hi                                                                                     \
+    }
+#define DOC(n, d, h)                                                                               \
+    {                                                                                              \
+        n, FX_CFG_DOC, d, h, 0, 0, 0, 0                                                            \
+    }
+
+const struct fx_config_row fx_config_table[] = {
+    ROW("FX_TIMEOUT_MS", FX_CFG_INT, "60000",
+        "bound on init and on any operation making no progress, in milliseconds", timeout_ms, 100,
+        INT_MAX),
+    ROW("FX_CHUNK_BYTES", FX_CFG_SIZE, "0",
+        "pipeline chunk size (K/M suffixes); 0 chooses per operation size", chunk_bytes, 0,
+        1LL << 30),
+    ROW("FX_NSOCKS", FX_CFG_INT, "0", "TCP sockets per peer connection; 0: transport default",
+        nsocks, 0, 64),
+    ROW("FX_TRANSPORT", FX_CFG_STRING, "", "force a transport by name (tcp)", transport, 0, 0),
+    ROW("FX_SOCKET_IFNAME", FX_CFG_STRING, "",
+        "interfaces: name prefixes, ^ to exclude, = for exact names, or a CIDR", socket_ifname,
+        0, 0),
+    ROW("FX_TCP_ZEROCOPY", FX_CFG_BOOL, "0", "use MSG_ZEROCOPY for large TCP sends",
+        tcp_zerocopy, 0, 1),
+    ROW("FX_SCRATCH_SLOTS", FX_CFG_INT, "8", "receive buffers of one chunk each kept per "
+        "communicator for reductions in flight", scratch_slots, 1, 256),
+    ROW("FX_KERNELS", FX_CFG_STRING, "auto", "reduction kernels: auto or scalar", kernels, 0, 0),
+    DOC("FX_DEBUG", "WARN", "log level: NONE, WARN, INFO or TRACE"),
+    DOC("FX_DEBUG_SUBSYS", "ALL", "subsystems logged: INIT,BOOT,COLL,NET,ENV (^ to exclude)"),
+    DOC("FX_DEBUG_FILE", "", "log to this file instead of stderr (%h host, %p pid)"),
+    DOC("FX_UNIQUE_ID", "", "the job's unique id string (fx_comm_init_env)"),
+    DOC("FX_RANK", "", "this process's rank (fx_comm_init_env)"),
+    DOC("FX_NRANKS", "", "number of ranks (fx_comm_init_env)"),
+    DOC("FX_JOB_SECRET", "", "job secret text when the rendezvous is MASTER_ADDR/MASTER_PORT"),
+    DOC("FX_JOB_SECRET_FILE", "", "file holding the job secret (instead of FX_JOB_SECRET)"),
+};
+const size_t fx_config_table_len = sizeof(fx_config_table) / sizeof(fx_config_table[0]);
+
+bool fx_config_parse_size(const char *s, unsigned long long *out)
+{
+    char *end = NULL;
+    unsigned long long v;
+    unsigned shift = 0;
+
+    if (s == NULL || !isdigit((unsigned char)s[0])) {
+        return false;
+    }
+    errno = 0;
+    v     = strtoull(s, &end, 10);
+    if (errno != 0) {
+        return false;
+    }
+    switch (toupper((unsigned char)*end)) {
+    case 'K':
+        shift = 10;
+        end++;
+        break;
+    case 'M':
+        shift = 20;
+        end++;
+        break;
+    case 'G':
+        shift = 30;
+        end++;
+        break;
+    default:
+        break;
+    }
+    if (*end == 'i' || *end == 'B') {
+        end += (*end == 'i' && end[1] == 'B') ? 2 : 1;
+    }
+    if (*end != '\0' || (shift > 0 && v > (ULLONG_MAX >> shift))) {
+        return false;
+    }
+    *out = v << shift;
+    return true;
+}
+
+static bool parse_bool(const char *s, bool *out)
+{
+    if (strcmp(s, "1") == 0 || strcasecmp(s, "true") == 0 || strcasecmp(s, "yes") == 0 ||
+        strcasecmp(s, "on") == 0) {
+        *out = true;
+        return true;
+    }
+    if (strcmp(s, "0") == 0 || strcasecmp(s, "false") == 0 || strcasecmp(s, "no") == 0 ||
+        strcasecmp(s, "off") == 0) {
+        *out = false;
+        return true;
+    }
+    return false;
+}
+
+/* Parses one value into its field; false when malformed or out of range. */
+static bool parse_row(const struct fx_config_row *row, const char *val, struct fx_config *cfg)
+{
+    char *field = (char *)cfg + row->offset;
+    unsigned long long v;
+    char *end = NULL;
+    long long iv;
+
+    switch (row->type) {
+    case FX_CFG_INT:
+        errno = 0;
+        iv    = strtoll(val, &end, 10);
+        if (errno != 0 || end == val || *end != '\0' || iv < row->min || iv > row->max) {
+            return false;
+        }
+        *(int *)field = (int)iv;
+        return true;
+    case FX_CFG_SIZE:
+        if (!fx_config_parse_size(val, &v) || v > (unsigned long long)row->max) {
+            return false;
+        }
+        *(size_t *)field = (size_t)v;
+        return true;
+    case FX_CFG_BOOL:
+        return parse_bool(val, (bool *)field);
+    case FX_CFG_STRING:
+        if (strlen(val) >= row->size) {
+            return false;
+        }
+        memcpy(field, val, strlen(val) + 1);
+        return true;
+    case FX_CFG_DOC:
+        return true;
+    }
+    return false;
+}
+
+static const struct fx_config_row *find_row(const char *name, size_t len)
+{
+    for (size_t i = 0; i < fx_config_table_len; i++) {
+        if (strlen(fx_config_table[i].name) == len &&
+            strncmp(fx_config_table[i].name, name, len) == 0) {
+            return &fx_config_table[i];
+        }
+    }
+    return NULL;
+}
+
+static void warn_unknown_once(void)
+{
+    for (char **e = environ; e != NULL && *e != NULL; e++) {
+        const char *eq = strchr(*e, '=');
+
+        if (strncmp(*e, "FX_", 3) != 0 || eq == NULL) {
+            continue;
+        }
+        if (find_row(*e, (size_t)(eq - *e)) == NULL) {
+            fx_warn(FX_SUB_ENV, "unknown variable %.*s ignored", (int)(eq - *e), *e);
+        }
+    }
+}
+
+static pthread_once_t unknown_once = PTHREAD_ONCE_INIT;
+
+fx_status fx_config_load(struct fx_config *cfg, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    pthread_once(&unknown_once, warn_unknown_once);
+    for (size_t i = 0; i < fx_config_table_len; i++) {
+        const struct fx_config_row *row = &fx_config_table[i];
+        const char *val;
+
+        if (row->type == FX_CFG_DOC) {
+            continue;
+        }
+        if (!parse_row(row, row->defval, cfg)) {
+            snprintf(err, errlen, "internal: default of %s is invalid", row->name);
+            return FX_ERR_INTERNAL;
+        }
+        val = getenv(row->name);
+        if (val == NULL || val[0] == '\0') {
+            continue;
+        }
+        if (!parse_row(row, val, cfg)) {
+            snprintf(err, errlen, "%s=%s is not a valid value (%s)", row->name, val, row->help);
+            return FX_ERR_INVALID_ARG;
+        }
+        fx_info(FX_SUB_ENV, "%s set by environment to %s", row->name, val);
+    }
+    if (strcmp(cfg->kernels, "auto") != 0 && strcmp(cfg->kernels, "scalar") != 0) {
+        snprintf(err, errlen, "FX_KERNELS=%s is not a valid value (auto or scalar)", cfg->kernels);
+        return FX_ERR_INVALID_ARG;
+    }
+    return FX_OK;
+}

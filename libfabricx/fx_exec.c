@@ -1,0 +1,778 @@
+/*
+ * The executor: runs plans over transport connections.
+ *
+ * The operation at the head of the queue runs; its plan's send and receive ops are grouped in
+ * lanes, one per (peer, direction), each posted in plan order as soon as its dependency has
+ * completed. A connection completes requests in order, so only the oldest posted request of a
+ * lane is tested. Received chunks are checked against the header this rank expects, then
+ * reduced out of the scratch slot; later chunks keep arriving in the socket buffers meanwhile,
+ * so the reduction of one chunk overlaps the transfer of the next.
+ *
+ * Waiting: a thread blocked in fx_wait drives progress itself (one thread does the I/O, the
+ * reductions and the sleeping, as fast as a single-threaded loop); the progress thread drives
+ * operations nobody waits for and listens to the control plane while the rank is idle.
+ */
+#include "fx_exec.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "collectives/coll_kernels.h"
+#include "fx_log.h"
+#include "fx_sock.h"
+
+#define EV_TP           1u
+#define EV_WAKE         2u
+#define EV_CTRL         3u
+#define MAX_EVENTS      16
+#define IDLE_WAIT_MS    500
+#define DRIVE_WAIT_MS   100
+#define AUTO_CHUNK_MIN  (64u << 10)
+#define AUTO_CHUNK_MAX  (512u << 10)
+#define PEER_GRACE_MS   200
+
+/* ------------------------------------------------------------------ plan start */
+
+/* The pipeline chunk for an operation: FX_CHUNK_BYTES (rank 0's) or a size-based choice that
+ * every rank computes alike: a quarter of a ring segment, within [64 KiB, 512 KiB]. */
+static size_t op_chunk_bytes(const struct fx_comm *comm, size_t bytes)
+{
+    size_t chunk;
+
+    if (comm->boot.info.chunk_bytes != 0) {
+        return comm->boot.info.chunk_bytes;
+    }
+    chunk = bytes / (size_t)comm->nranks / 4;
+    if (chunk < AUTO_CHUNK_MIN) {
+        chunk = AUTO_CHUNK_MIN;
+    }
+    return chunk > AUTO_CHUNK_MAX ? AUTO_CHUNK_MAX : chunk;
+}
+
+static fx_status grow_arrays(struct fx_exec *ex, size_t nops)
+{
+    size_t cap = ex->cap ? ex->cap : 64;
+    void *p;
+
+    if (nops <= ex->cap) {
+        return FX_OK;
+    }
+    while (cap < nops) {
+        cap *= 2;
+    }
+    if ((p = realloc(ex->op_done, cap)) == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    ex->op_done = p;
+    if ((p = realloc(ex->tp_reqs, cap * sizeof(*ex->tp_reqs))) == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    ex->tp_reqs = p;
+    if ((p = realloc(ex->hdrs, cap * sizeof(*ex->hdrs))) == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    ex->hdrs = p;
+    if ((p = realloc(ex->lane_ops, cap * sizeof(*ex->lane_ops))) == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    ex->lane_ops = p;
+    ex->cap      = cap;
+    return FX_OK;
+}
+
+/* Lane of an op: (peer, direction) for network ops, the local lane for copies. */
+static int lane_key(const struct fx_comm *comm, const struct fx_plan_op *op)
+{
+    if (op->kind == FX_PLAN_COPY) {
+        return 2 * comm->nranks;
+    }
+    return 2 * op->peer + (op->kind == FX_PLAN_SEND ? 1 : 0);
+}
+
+static void build_lanes(struct fx_comm *comm)
+{
+    struct fx_exec *ex = &comm->exec;
+    uint32_t pos       = 0;
+
+    ex->nlanes = 0;
+    for (int k = 0; k <= 2 * comm->nranks; k++) {
+        ex->lane_index[k] = -1;
+    }
+    for (size_t i = 0; i < ex->plan.nops; i++) {
+        const struct fx_plan_op *op = &ex->plan.ops[i];
+        int key                     = lane_key(comm, op);
+
+        if (ex->lane_index[key] < 0) {
+            struct fx_lane *l = &ex->lanes[ex->nlanes];
+
+            memset(l, 0, sizeof(*l));
+            l->peer = op->kind == FX_PLAN_COPY ? -1 : op->peer;
+            l->send = op->kind == FX_PLAN_SEND;
+            if (l->peer >= 0) {
+                l->conn = l->send ? comm->send_conns[l->peer] : comm->recv_conns[l->peer];
+            }
+            ex->lane_index[key] = ex->nlanes++;
+        }
+        ex->lanes[ex->lane_index[key]].end++;
+    }
+    for (int l = 0; l < ex->nlanes; l++) {
+        uint32_t n            = ex->lanes[l].end;
+        ex->lanes[l].start    = pos;
+        ex->lanes[l].post     = pos;
+        ex->lanes[l].done     = pos;
+        ex->lanes[l].end      = pos; /* refilled below */
+        pos += n;
+    }
+    for (size_t i = 0; i < ex->plan.nops; i++) {
+        struct fx_lane *l = &ex->lanes[ex->lane_index[lane_key(comm, &ex->plan.ops[i])]];
+
+        ex->lane_ops[l->end++] = (uint32_t)i;
+    }
+}
+
+static fx_status build_plan(struct fx_comm *comm, const struct fx_request *req)
+{
+    struct fx_exec *ex = &comm->exec;
+    size_t es          = fx_datatype_size(req->dtype);
+    size_t total       = req->count * es * (req->coll == FX_COLL_ALLGATHER ? comm->nranks : 1);
+    size_t chunk       = op_chunk_bytes(comm, total);
+
+    if (req->coll == FX_COLL_ALLREDUCE) {
+        return fx_coll_ring_allreduce(&ex->plan, comm->nranks, comm->rank, req->count, es, chunk,
+                                      ex->nslots);
+    }
+    return fx_coll_ring_allgather(&ex->plan, comm->nranks, comm->rank, req->count, es, chunk);
+}
+
+static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
+{
+    struct fx_exec *ex = &comm->exec;
+    fx_status status   = build_plan(comm, req);
+
+    if (status == FX_OK) {
+        status = grow_arrays(ex, ex->plan.nops);
+    }
+    if (status != FX_OK) {
+        return status;
+    }
+    FX_ASSERT(ex->plan.nslots <= ex->nslots &&
+              ex->plan.slot_count * fx_datatype_size(req->dtype) <= ex->max_chunk);
+    memset(ex->op_done, 0, ex->plan.nops);
+    build_lanes(comm);
+    for (int l = 0; l < ex->nlanes; l++) {
+        if (ex->lanes[l].peer >= 0 && ex->lanes[l].conn == NULL) {
+            fx_comm_fail(comm, FX_ERR_INTERNAL, -1, false, "no connection %s rank %d",
+                         ex->lanes[l].send ? "to" : "from", ex->lanes[l].peer);
+            return FX_ERR_INTERNAL;
+        }
+    }
+    ex->ndone            = 0;
+    ex->running          = true;
+    ex->last_progress_ms = fx_now_ms();
+    fx_trace(FX_SUB_COLL, "%s #%llu: count %zu, %zu plan ops, %d lanes", fx_coll_name(req->coll),
+             (unsigned long long)req->seq, req->count, ex->plan.nops, ex->nlanes);
+    return FX_OK;
+}
+
+/* ------------------------------------------------------------------ ops */
+
+static uint8_t *buf_ptr(const struct fx_comm *comm, const struct fx_request *req, int which)
+{
+    switch (which) {
+    case FX_BUF_SEND:
+        return (uint8_t *)(uintptr_t)req->sendbuf;
+    case FX_BUF_RECV:
+        return req->recvbuf;
+    default:
+        return comm->exec.scratch;
+    }
+}
+
+static void op_header(const struct fx_comm *comm, const struct fx_request *req,
+                      const struct fx_plan_op *op, int src_rank, struct fx_wire_hdr *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->coll     = (uint8_t)req->coll;
+    h->dtype    = (uint8_t)req->dtype;
+    h->op       = (uint8_t)(req->coll == FX_COLL_ALLREDUCE ? req->op : FX_NUM_OPS);
+    h->phase    = (uint8_t)op->phase;
+    h->src_rank = src_rank;
+    h->comm_id  = comm->boot.info.comm_id;
+    h->op_seq   = req->seq;
+    h->count    = req->count;
+    h->offset   = op->offset;
+    h->length   = op->count;
+    h->step     = op->step;
+}
+
+static fx_status post_op(struct fx_comm *comm, struct fx_lane *lane, uint32_t i)
+{
+    struct fx_exec *ex          = &comm->exec;
+    const struct fx_request *rq = ex->head;
+    const struct fx_plan_op *op = &ex->plan.ops[i];
+    size_t es                   = ex->plan.elem_size;
+    size_t bytes                = op->count * es;
+    struct fx_wire_hdr h;
+
+    if (op->kind == FX_PLAN_SEND) {
+        op_header(comm, rq, op, comm->rank, &h);
+        fx_wire_encode(&h, ex->hdrs[i]);
+        return comm->tp_ops->isend(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
+                                   buf_ptr(comm, rq, op->buf) + op->offset * es, bytes,
+                                   &ex->tp_reqs[i]);
+    }
+    if (op->kind == FX_PLAN_RECV) {
+        return comm->tp_ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
+                                   buf_ptr(comm, rq, op->buf) + op->offset * es, bytes,
+                                   &ex->tp_reqs[i]);
+    }
+    return comm->tp_ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
+                               ex->scratch + (size_t)op->slot * ex->max_chunk, bytes,
+                               &ex->tp_reqs[i]);
+}
+
+static void run_copy(struct fx_comm *comm, const struct fx_plan_op *op)
+{
+    const struct fx_request *rq = comm->exec.head;
+    size_t es                   = comm->exec.plan.elem_size;
+    uint8_t *dst                = buf_ptr(comm, rq, op->buf) + op->offset * es;
+    const uint8_t *src          = buf_ptr(comm, rq, op->src) + op->src_offset * es;
+
+    if (dst != src) {
+        memcpy(dst, src, op->count * es);
+    }
+}
+
+/* Checks a received header; on a mismatch breaks the communicator and returns false. */
+static bool check_header(struct fx_comm *comm, const struct fx_lane *lane, uint32_t i)
+{
+    struct fx_exec *ex = &comm->exec;
+    struct fx_wire_hdr got;
+    struct fx_wire_hdr want;
+    char err[400];
+
+    if (fx_wire_decode(ex->hdrs[i], &got, err, sizeof(err)) == FX_OK) {
+        op_header(comm, ex->head, &ex->plan.ops[i], lane->peer, &want);
+        if (fx_wire_check(&got, &want, comm->rank, err, sizeof(err)) == FX_OK) {
+            return true;
+        }
+    }
+    fx_comm_fail(comm, FX_ERR_MISMATCH, -1, true, "%s", err);
+    return false;
+}
+
+static void reduce_op(struct fx_comm *comm, const struct fx_plan_op *op)
+{
+    struct fx_exec *ex          = &comm->exec;
+    const struct fx_request *rq = ex->head;
+    size_t es                   = ex->plan.elem_size;
+    void *dst                   = buf_ptr(comm, rq, op->buf) + op->offset * es;
+    const void *local           = buf_ptr(comm, rq, op->src) + op->offset * es;
+    const void *remote          = ex->scratch + (size_t)op->slot * ex->max_chunk;
+
+    if (op->flags & FX_PLAN_FINAL) {
+        fx_coll_reduce_final(dst, local, remote, op->count, rq->dtype, rq->op, comm->nranks);
+    } else {
+        fx_coll_reduce(dst, local, remote, op->count, rq->dtype, rq->op);
+    }
+}
+
+/* ------------------------------------------------------------------ failures */
+
+static void drain_control(struct fx_comm *comm);
+
+/* After a connection failure, gives the control plane a moment to deliver the job's original
+ * error (a mismatch or a crash seen first elsewhere), so every rank reports the same cause. */
+static bool adopt_relayed_error(struct fx_comm *comm)
+{
+    int64_t deadline = fx_now_ms() + PEER_GRACE_MS;
+
+    while (fx_now_ms() < deadline && comm->boot.fds != NULL) {
+        drain_control(comm);
+        if (comm->error != FX_OK) {
+            return true;
+        }
+        usleep(5000);
+    }
+    return false;
+}
+
+static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, fx_status status)
+{
+    char detail[256];
+    char who[160];
+
+    if (status == FX_ERR_MISMATCH) {
+        if (check_header(comm, lane, i)) {
+            fx_comm_fail(comm, FX_ERR_MISMATCH, -1, true,
+                         "%s: message from rank %d has a different length than expected",
+                         fx_coll_name(comm->exec.head->coll), lane->peer);
+        }
+        return;
+    }
+    if (adopt_relayed_error(comm)) {
+        return;
+    }
+    comm->tp_ops->conn_error(lane->conn, detail, sizeof(detail));
+    fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
+    fx_comm_fail(comm, status == FX_ERR_PEER_FAILED ? FX_ERR_PEER_FAILED : FX_ERR_CONNECTION,
+                 lane->peer, true, "%s failed during %s #%llu: %s", who,
+                 fx_coll_name(comm->exec.head->coll), (unsigned long long)comm->exec.head->seq,
+                 detail);
+}
+
+static void check_timeout(struct fx_comm *comm)
+{
+    struct fx_exec *ex = &comm->exec;
+    int64_t idle       = fx_now_ms() - ex->last_progress_ms;
+    char who[160]      = "no peer";
+    const char *what   = "";
+
+    if (idle < comm->cfg.timeout_ms) {
+        return;
+    }
+    for (int l = 0; l < ex->nlanes; l++) {
+        const struct fx_lane *lane = &ex->lanes[l];
+
+        if (lane->peer >= 0 && lane->done < lane->end) {
+            fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
+            what = lane->send ? "waiting to send to" : "waiting for data from";
+            if (!lane->send) {
+                break;
+            }
+        }
+    }
+    fx_comm_fail(comm, FX_ERR_TIMEOUT, -1, true, "%s #%llu made no progress for %lld ms: %s %s",
+                 fx_coll_name(ex->head->coll), (unsigned long long)ex->head->seq,
+                 (long long)idle, what, who);
+}
+
+/* ------------------------------------------------------------------ progress */
+
+/* Completes what finished at the front of a lane. Returns true if anything did. */
+static bool lane_complete(struct fx_comm *comm, struct fx_lane *lane)
+{
+    struct fx_exec *ex = &comm->exec;
+    bool changed       = false;
+
+    while (lane->done < lane->post && comm->error == FX_OK) {
+        uint32_t i                  = ex->lane_ops[lane->done];
+        const struct fx_plan_op *op = &ex->plan.ops[i];
+        fx_status status            = comm->tp_ops->test(ex->tp_reqs[i]);
+
+        if (status == FX_INPROGRESS) {
+            break;
+        }
+        ex->tp_reqs[i] = NULL;
+        if (status != FX_OK) {
+            lane_failed(comm, lane, i, status);
+            return true;
+        }
+        if (op->kind != FX_PLAN_SEND && !check_header(comm, lane, i)) {
+            return true;
+        }
+        if (op->kind == FX_PLAN_RECV_REDUCE) {
+            reduce_op(comm, op);
+        }
+        ex->op_done[i] = 1;
+        ex->ndone++;
+        lane->done++;
+        changed = true;
+    }
+    return changed;
+}
+
+/* Posts the lane's next ops whose dependencies have completed. */
+static bool lane_post(struct fx_comm *comm, struct fx_lane *lane)
+{
+    struct fx_exec *ex = &comm->exec;
+    bool changed       = false;
+
+    while (lane->post < lane->end && comm->error == FX_OK) {
+        uint32_t i                  = ex->lane_ops[lane->post];
+        const struct fx_plan_op *op = &ex->plan.ops[i];
+        fx_status status;
+
+        if (op->dep >= 0 && !ex->op_done[op->dep]) {
+            break;
+        }
+        if (lane->peer < 0) {
+            run_copy(comm, op);
+            ex->op_done[i] = 1;
+            ex->ndone++;
+            lane->post++;
+            lane->done++;
+            changed = true;
+            continue;
+        }
+        status = post_op(comm, lane, i);
+        if (status != FX_OK) {
+            lane_failed(comm, lane, i, status);
+            return true;
+        }
+        lane->post++;
+        changed = true;
+    }
+    return changed;
+}
+
+static void complete_head(struct fx_comm *comm, fx_status status)
+{
+    struct fx_exec *ex       = &comm->exec;
+    struct fx_request *req   = ex->head;
+
+    ex->head = req->next;
+    if (ex->head == NULL) {
+        ex->tail = NULL;
+    }
+    req->next    = NULL;
+    req->status  = status;
+    req->done    = true;
+    ex->running  = false;
+}
+
+void fx_exec_fail_all(struct fx_comm *comm, fx_status status)
+{
+    while (comm->exec.head != NULL) {
+        complete_head(comm, status);
+    }
+}
+
+static void drain_control(struct fx_comm *comm)
+{
+    int fds[256];
+    int n = fx_boot_ctrl_fds(&comm->boot, fds, 256);
+
+    for (int i = 0; i < n; i++) {
+        struct fx_boot_event ev;
+
+        fx_boot_ctrl_read(&comm->boot, fds[i], &ev);
+        if (ev.kind == FX_BOOT_EV_ABORT) {
+            fx_comm_fail(comm, ev.status, ev.failed_rank, false, "%s", ev.text);
+        }
+    }
+}
+
+/* Runs the head operation as far as it goes; starts the next one when it completes. */
+static void run_head(struct fx_comm *comm)
+{
+    struct fx_exec *ex = &comm->exec;
+
+    for (int rounds = 0; rounds < 1000 && comm->error == FX_OK; rounds++) {
+        bool changed = false;
+
+        if (!ex->running) {
+            if (ex->head == NULL) {
+                return;
+            }
+            if (exec_start(comm, ex->head) != FX_OK) {
+                return;
+            }
+        }
+        for (int l = 0; l < ex->nlanes && comm->error == FX_OK; l++) {
+            changed |= lane_complete(comm, &ex->lanes[l]);
+            changed |= lane_post(comm, &ex->lanes[l]);
+        }
+        if (comm->error != FX_OK) {
+            return;
+        }
+        if (changed) {
+            ex->last_progress_ms = fx_now_ms();
+        }
+        if (ex->ndone == ex->plan.nops) {
+            complete_head(comm, FX_OK);
+            continue;
+        }
+        if (!changed) {
+            check_timeout(comm);
+            return;
+        }
+        comm->tp_ops->progress(comm->tp);
+    }
+}
+
+void fx_exec_progress(struct fx_comm *comm)
+{
+    if (comm->error != FX_OK) {
+        fx_exec_fail_all(comm, comm->error);
+        return;
+    }
+    if (comm->exec.head == NULL) {
+        return;
+    }
+    comm->tp_ops->progress(comm->tp);
+    run_head(comm);
+}
+
+/* ------------------------------------------------------------------ waiting */
+
+/* Sorts epoll results: the control plane is read here; the transport is read by progress. */
+static void handle_events(struct fx_comm *comm, const struct epoll_event *evs, int n)
+{
+    bool ctrl = false;
+
+    for (int i = 0; i < n; i++) {
+        if (evs[i].data.u32 == EV_WAKE) {
+            uint64_t v;
+
+            if (read(comm->wakefd, &v, sizeof(v)) < 0) {
+                /* Another thread drained it first. */
+            }
+        } else if (evs[i].data.u32 == EV_CTRL) {
+            ctrl = true;
+        }
+    }
+    if (ctrl) {
+        drain_control(comm);
+    }
+}
+
+/*
+ * The progress thread: sleeps on the condition variable while nothing is queued or a user
+ * thread drives; otherwise sleeps in epoll_wait and runs progress rounds.
+ */
+static void *progress_main(void *arg)
+{
+    struct fx_comm *comm = arg;
+    struct epoll_event evs[MAX_EVENTS];
+
+    fx_log_set_rank(comm->rank);
+    pthread_mutex_lock(&comm->lock);
+    while (!comm->shutdown) {
+        int n;
+
+        if (comm->drivers > 0 || comm->exec.head == NULL) {
+            comm->parked = true;
+            pthread_cond_wait(&comm->cond, &comm->lock);
+            comm->parked = false;
+            continue;
+        }
+        pthread_mutex_unlock(&comm->lock);
+        n = epoll_wait(comm->epfd, evs, MAX_EVENTS, IDLE_WAIT_MS);
+        pthread_mutex_lock(&comm->lock);
+        handle_events(comm, evs, n > 0 ? n : 0);
+        if (comm->drivers == 0) {
+            fx_exec_progress(comm);
+        }
+    }
+    pthread_mutex_unlock(&comm->lock);
+    return NULL;
+}
+
+static void req_release(struct fx_comm *comm, struct fx_request *req)
+{
+    req->done             = false;
+    req->next             = comm->exec.free_reqs;
+    comm->exec.free_reqs  = req;
+}
+
+static fx_status finish_wait(struct fx_comm *comm, struct fx_request *req)
+{
+    fx_status status = req->status;
+
+    req_release(comm, req);
+    return status;
+}
+
+fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
+{
+    struct fx_comm *comm = req->comm;
+    int64_t deadline     = timeout_ms < 0 ? INT64_MAX : fx_now_ms() + timeout_ms;
+    struct epoll_event evs[MAX_EVENTS];
+    fx_status status     = FX_INPROGRESS;
+
+    pthread_mutex_lock(&comm->lock);
+    if (comm->drivers++ == 0 && !comm->parked) {
+        fx_comm_wake(comm); /* the progress thread leaves epoll_wait and parks */
+    }
+    for (;;) {
+        int64_t left;
+        int n;
+
+        fx_exec_progress(comm);
+        if (req->done) {
+            status = finish_wait(comm, req);
+            break;
+        }
+        left = deadline - fx_now_ms();
+        if (left <= 0) {
+            break;
+        }
+        pthread_mutex_unlock(&comm->lock);
+        n = epoll_wait(comm->epfd, evs, MAX_EVENTS, left < DRIVE_WAIT_MS ? (int)left : DRIVE_WAIT_MS);
+        pthread_mutex_lock(&comm->lock);
+        handle_events(comm, evs, n > 0 ? n : 0);
+    }
+    if (--comm->drivers == 0 && comm->exec.head != NULL) {
+        pthread_cond_signal(&comm->cond); /* queued operations nobody waits for */
+    }
+    pthread_mutex_unlock(&comm->lock);
+    return status;
+}
+
+fx_status fx_exec_test(struct fx_request *req)
+{
+    struct fx_comm *comm = req->comm;
+    fx_status status     = FX_INPROGRESS;
+
+    pthread_mutex_lock(&comm->lock);
+    fx_exec_progress(comm);
+    if (req->done) {
+        status = finish_wait(comm, req);
+    }
+    pthread_mutex_unlock(&comm->lock);
+    return status;
+}
+
+/* ------------------------------------------------------------------ queue */
+
+struct fx_request *fx_exec_req_get(struct fx_comm *comm)
+{
+    struct fx_request *req;
+
+    pthread_mutex_lock(&comm->lock);
+    req = comm->exec.free_reqs;
+    if (req != NULL) {
+        comm->exec.free_reqs = req->next;
+    }
+    pthread_mutex_unlock(&comm->lock);
+    if (req == NULL) {
+        req = calloc(1, sizeof(*req));
+        if (req == NULL) {
+            return NULL;
+        }
+        pthread_mutex_lock(&comm->lock);
+        req->all_next        = comm->exec.all_reqs;
+        comm->exec.all_reqs  = req;
+        pthread_mutex_unlock(&comm->lock);
+    }
+    req->next = NULL;
+    req->comm = comm;
+    req->done = false;
+    return req;
+}
+
+fx_status fx_exec_submit(struct fx_comm *comm, struct fx_request *req, bool background)
+{
+    struct fx_exec *ex = &comm->exec;
+
+    pthread_mutex_lock(&comm->lock);
+    req->seq  = ++comm->op_seq;
+    req->next = NULL;
+    if (ex->tail != NULL) {
+        ex->tail->next = req;
+    } else {
+        ex->head = req;
+    }
+    ex->tail = req;
+    if (comm->error != FX_OK) {
+        fx_exec_fail_all(comm, comm->error);
+    } else if (background && comm->drivers == 0) {
+        pthread_cond_signal(&comm->cond);
+    }
+    pthread_mutex_unlock(&comm->lock);
+    return FX_OK;
+}
+
+/* ------------------------------------------------------------------ init / fini */
+
+static fx_status epoll_add(int epfd, int fd, uint32_t tag)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = tag};
+
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? FX_OK : FX_ERR_SYSTEM;
+}
+
+static fx_status setup_epoll(struct fx_comm *comm, char *err, size_t errlen)
+{
+    int fds[256];
+    int n = fx_boot_ctrl_fds(&comm->boot, fds, 256);
+
+    comm->epfd   = epoll_create1(EPOLL_CLOEXEC);
+    comm->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (comm->epfd < 0 || comm->wakefd < 0 || epoll_add(comm->epfd, comm->wakefd, EV_WAKE) ||
+        epoll_add(comm->epfd, comm->tp_ops->wait_fd(comm->tp), EV_TP)) {
+        snprintf(err, errlen, "epoll set-up failed: %s", strerror(errno));
+        return FX_ERR_SYSTEM;
+    }
+    for (int i = 0; i < n; i++) {
+        if (epoll_add(comm->epfd, fds[i], EV_CTRL) != FX_OK) {
+            snprintf(err, errlen, "epoll set-up failed: %s", strerror(errno));
+            return FX_ERR_SYSTEM;
+        }
+    }
+    return FX_OK;
+}
+
+fx_status fx_exec_init(struct fx_comm *comm, char *err, size_t errlen)
+{
+    struct fx_exec *ex = &comm->exec;
+    fx_status status;
+
+    fx_plan_init(&ex->plan);
+    ex->nslots    = (uint32_t)comm->cfg.scratch_slots;
+    ex->max_chunk = comm->boot.info.chunk_bytes != 0 ? comm->boot.info.chunk_bytes
+                                                     : AUTO_CHUNK_MAX;
+    ex->lanes      = calloc((size_t)(2 * comm->nranks + 1), sizeof(*ex->lanes));
+    ex->lane_index = calloc((size_t)(2 * comm->nranks + 1), sizeof(int));
+    if (ex->lanes == NULL || ex->lane_index == NULL ||
+        posix_memalign((void **)&ex->scratch, 4096, ex->nslots * ex->max_chunk) != 0) {
+        snprintf(err, errlen, "out of memory for %u scratch slots of %zu bytes", ex->nslots,
+                 ex->max_chunk);
+        return FX_ERR_NO_MEMORY;
+    }
+    /* Touch the scratch now: page faults never happen on the data path. */
+    memset(ex->scratch, 0, ex->nslots * ex->max_chunk);
+    status = setup_epoll(comm, err, errlen);
+    if (status != FX_OK) {
+        return status;
+    }
+    if (pthread_create(&comm->thread, NULL, progress_main, comm) != 0) {
+        snprintf(err, errlen, "cannot start the progress thread");
+        return FX_ERR_SYSTEM;
+    }
+    comm->thread_running = true;
+    return FX_OK;
+}
+
+void fx_exec_fini(struct fx_comm *comm)
+{
+    struct fx_exec *ex = &comm->exec;
+
+    if (comm->thread_running) {
+        pthread_mutex_lock(&comm->lock);
+        comm->shutdown = true;
+        pthread_cond_broadcast(&comm->cond);
+        pthread_mutex_unlock(&comm->lock);
+        fx_comm_wake(comm);
+        pthread_join(comm->thread, NULL);
+        comm->thread_running = false;
+    }
+    while (ex->all_reqs != NULL) {
+        struct fx_request *req = ex->all_reqs;
+
+        ex->all_reqs = req->all_next;
+        free(req);
+    }
+    fx_plan_fini(&ex->plan);
+    free(ex->op_done);
+    free(ex->tp_reqs);
+    free(ex->hdrs);
+    free(ex->lane_ops);
+    free(ex->lanes);
+    free(ex->lane_index);
+    free(ex->scratch);
+    if (comm->epfd >= 0) {
+        close(comm->epfd);
+    }
+    if (comm->wakefd >= 0) {
+        close(comm->wakefd);
+    }
+    memset(ex, 0, sizeof(*ex));
+}

@@ -1,0 +1,162 @@
+/* Encoding and checking of the data-message header (layout in fx_wire.h). */
+#include "fx_wire.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    uint32_t v = 0;
+
+    for (int i = 3; i >= 0; i--) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+const char *fx_coll_name(int coll)
+{
+    switch (coll) {
+    case FX_COLL_ALLREDUCE:
+        return "allreduce";
+    case FX_COLL_ALLGATHER:
+        return "allgather";
+    default:
+        return "unknown collective";
+    }
+}
+
+void fx_wire_encode(const struct fx_wire_hdr *hdr, uint8_t out[FX_WIRE_HDR_SIZE])
+{
+    memset(out, 0, FX_WIRE_HDR_SIZE);
+    put32(out + 0, FX_WIRE_MAGIC);
+    put16(out + 4, FX_WIRE_VERSION);
+    out[6] = hdr->coll;
+    out[7] = hdr->dtype;
+    out[8] = hdr->op;
+    out[9] = hdr->phase;
+    put32(out + 12, (uint32_t)hdr->src_rank);
+    put64(out + 16, hdr->comm_id);
+    put64(out + 24, hdr->op_seq);
+    put64(out + 32, hdr->count);
+    put64(out + 40, hdr->offset);
+    put64(out + 48, hdr->length);
+    put32(out + 56, hdr->step);
+}
+
+fx_status fx_wire_decode(const uint8_t in[FX_WIRE_HDR_SIZE], struct fx_wire_hdr *hdr, char *err,
+                         size_t errlen)
+{
+    hdr->magic   = get32(in + 0);
+    hdr->version = get16(in + 4);
+    if (hdr->magic != FX_WIRE_MAGIC) {
+        snprintf(err, errlen, "message header has bad magic 0x%08x", hdr->magic);
+        return FX_ERR_MISMATCH;
+    }
+    if (hdr->version != FX_WIRE_VERSION) {
+        snprintf(err, errlen, "message header has protocol version %u, this rank speaks %u",
+                 hdr->version, FX_WIRE_VERSION);
+        return FX_ERR_MISMATCH;
+    }
+    hdr->coll     = in[6];
+    hdr->dtype    = in[7];
+    hdr->op       = in[8];
+    hdr->phase    = in[9];
+    hdr->src_rank = (int32_t)get32(in + 12);
+    hdr->comm_id  = get64(in + 16);
+    hdr->op_seq   = get64(in + 24);
+    hdr->count    = get64(in + 32);
+    hdr->offset   = get64(in + 40);
+    hdr->length   = get64(in + 48);
+    hdr->step     = get32(in + 56);
+    return FX_OK;
+}
+
+static const char *dtype_text(unsigned dt)
+{
+    const char *name = fx_datatype_name((fx_datatype)dt);
+
+    return name != NULL ? name : "invalid";
+}
+
+static const char *op_text(unsigned op)
+{
+    const char *name = fx_op_name((fx_op)op);
+
+    return name != NULL ? name : "none";
+}
+
+fx_status fx_wire_check(const struct fx_wire_hdr *got, const struct fx_wire_hdr *want, int me,
+                        char *err, size_t errlen)
+{
+    const char *coll = fx_coll_name(want->coll);
+    int them         = got->src_rank;
+
+    if (got->src_rank != want->src_rank) {
+        snprintf(err, errlen, "rank %d received a message claiming to be from rank %d, expected "
+                              "rank %d", me, them, want->src_rank);
+    } else if (got->comm_id != want->comm_id) {
+        snprintf(err, errlen, "message from rank %d belongs to another communicator", them);
+    } else if (got->op_seq != want->op_seq) {
+        snprintf(err, errlen, "rank %d sent for operation #%llu while rank %d runs #%llu (%s)",
+                 them, (unsigned long long)got->op_seq, me, (unsigned long long)want->op_seq,
+                 coll);
+    } else if (got->coll != want->coll) {
+        snprintf(err, errlen, "rank %d called %s, rank %d called %s (operation #%llu)", them,
+                 fx_coll_name(got->coll), me, coll, (unsigned long long)want->op_seq);
+    } else if (got->count != want->count) {
+        snprintf(err, errlen, "%s count %llu on rank %d, rank %d passed %llu", coll,
+                 (unsigned long long)got->count, them, me, (unsigned long long)want->count);
+    } else if (got->dtype != want->dtype) {
+        snprintf(err, errlen, "%s datatype %s on rank %d, rank %d passed %s", coll,
+                 dtype_text(got->dtype), them, me, dtype_text(want->dtype));
+    } else if (got->op != want->op) {
+        snprintf(err, errlen, "%s op %s on rank %d, rank %d passed %s", coll, op_text(got->op),
+                 them, me, op_text(want->op));
+    } else if (got->length != want->length || got->phase != want->phase ||
+               got->step != want->step) {
+        snprintf(err, errlen,
+                 "%s chunk layout differs: rank %d sent %llu elements at phase %u step %u, rank "
+                 "%d expected %llu at phase %u step %u",
+                 coll, them, (unsigned long long)got->length, got->phase, got->step, me,
+                 (unsigned long long)want->length, want->phase, want->step);
+    } else {
+        return FX_OK;
+    }
+    return FX_ERR_MISMATCH;
+}

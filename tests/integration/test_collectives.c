@@ -1,0 +1,723 @@
+/*
+ * Collectives over real rank processes on loopback TCP, checked against an exact reference:
+ * allreduce for every datatype x op x count x in-place/out-of-place x blocking/non-blocking,
+ * allgather for every datatype x count x in-place/out-of-place x blocking/non-blocking, on 1 to
+ * 8 ranks; NaN propagation of MIN/MAX; bitwise-identical results on random data; several
+ * non-blocking operations outstanding at once.
+ */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <math.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "refdata.h"
+
+#define BIG_COUNT        1048573
+#define NCOUNTS          5
+#define NVARIANTS        4
+#define POLL_LIMIT_MS    60000
+#define POLL_LIMIT_COUNT 100000000L
+
+static const size_t counts[NCOUNTS] = {0, 1, 7, 1021, BIG_COUNT};
+
+enum mode { MODE_BLOCKING, MODE_WAIT, MODE_TEST };
+
+static const char *const mode_names[] = {"blocking", "non-blocking (fx_wait)",
+                                         "non-blocking (fx_test polling)"};
+
+/* A variant of a case: in-place or not, how it completes. */
+struct variant {
+    int inplace;
+    enum mode mode;
+};
+
+/* The buffers a child reuses for every case. */
+struct bufs {
+    void *send;
+    void *recv;
+    void *expect;
+    void *scratch;
+    void *gather;
+};
+
+/* Variant v (0..3) of datatype dt: bit 0 in-place, bit 1 non-blocking; non-blocking calls of odd
+ * datatypes complete by polling fx_test, the others by fx_wait. */
+static struct variant variant_of(int v, fx_datatype dt)
+{
+    struct variant var = {.inplace = v & 1, .mode = MODE_BLOCKING};
+
+    if (v & 2) {
+        var.mode = (dt & 1) ? MODE_TEST : MODE_WAIT;
+    }
+    return var;
+}
+
+/* Polls fx_test until the request completes, bounded in count and time. */
+static fx_status poll_request(fx_request_t req)
+{
+    double end = harness_now_ms() + POLL_LIMIT_MS;
+    fx_status status;
+
+    for (long n = 0; n < POLL_LIMIT_COUNT; n++) {
+        status = fx_test(req);
+        if (status != FX_INPROGRESS || harness_now_ms() > end) {
+            return status;
+        }
+        sched_yield();
+    }
+    return FX_INPROGRESS;
+}
+
+/* Completes a request that started with status `started` (req is read only after it). */
+static fx_status complete(fx_status started, fx_request_t req, enum mode mode)
+{
+    if (started != FX_OK) {
+        return started;
+    }
+    return mode == MODE_TEST ? poll_request(req) : fx_wait(req, -1);
+}
+
+static fx_status do_allreduce(const void *s, void *r, const struct ref_case *k, enum mode mode,
+                              fx_comm_t comm)
+{
+    fx_request_t req = NULL;
+    fx_status status;
+
+    if (mode == MODE_BLOCKING) {
+        return fx_allreduce(s, r, k->count, k->dt, k->op, comm);
+    }
+    status = fx_iallreduce(s, r, k->count, k->dt, k->op, comm, &req);
+    return complete(status, req, mode);
+}
+
+static fx_status do_allgather(const void *s, void *r, const struct ref_case *k, enum mode mode,
+                              fx_comm_t comm)
+{
+    fx_request_t req = NULL;
+    fx_status status;
+
+    if (mode == MODE_BLOCKING) {
+        return fx_allgather(s, r, k->count, k->dt, comm);
+    }
+    status = fx_iallgather(s, r, k->count, k->dt, comm, &req);
+    return complete(status, req, mode);
+}
+
+static uint64_t case_seed(int kind, const struct ref_case *k, int v)
+{
+    return ref_mix((uint64_t)kind << 56 ^ (uint64_t)k->nranks << 48 ^ (uint64_t)k->dt << 40 ^
+                   (uint64_t)k->op << 32 ^ (uint64_t)k->count << 4 ^ (uint64_t)v);
+}
+
+static void log_case(struct harness_child *c, const char *coll, const struct ref_case *k,
+                     struct variant var, const char *what)
+{
+    harness_logf(c, "%s %s %s count %zu %s %s, nranks %d rank %d: %s", coll, ref_dt_name(k->dt),
+                 k->op < FX_NUM_OPS ? ref_op_name(k->op) : "-", k->count,
+                 var.inplace ? "in-place" : "out-of-place", mode_names[var.mode], k->nranks,
+                 c->index, what);
+}
+
+/* Records a failed call; returns 1 so that callers stop (the communicator is broken). */
+static int record_error(struct harness_child *c, fx_comm_t comm, const char *coll,
+                        const struct ref_case *k, struct variant var, fx_status status)
+{
+    harness_set_status(c, comm, status);
+    log_case(c, coll, k, var, fx_strerror(status));
+    return 1;
+}
+
+static void record_wrong(struct harness_child *c, const char *coll, const struct ref_case *k,
+                         struct variant var, size_t wrong, const char *first)
+{
+    char what[256];
+
+    snprintf(what, sizeof(what), "%zu wrong elements, %s", wrong, first);
+    c->res->wrong += (long long)wrong;
+    log_case(c, coll, k, var, what);
+}
+
+enum coll { COLL_ALLREDUCE, COLL_ALLGATHER };
+
+/* One case of the matrix: the collective, its arguments and data, how it is called. */
+struct coll_case {
+    enum coll coll;
+    struct ref_case k;
+    struct variant var;
+};
+
+#define MAX_CASES    HARNESS_NHASH
+#define MAX_REPORTED 10
+
+static struct coll_case cases[MAX_CASES];
+
+/* The largest count runs in one variant per (datatype, op), rotating through the four. */
+static int variant_enabled(size_t count, int dt, int op, int v)
+{
+    return count != BIG_COUNT || (dt + op) % NVARIANTS == v || getenv("FULLBIG");
+}
+
+static size_t add_case(size_t n, enum coll coll, struct ref_case k, int v)
+{
+    if (!variant_enabled(k.count, k.dt, k.op, v) || n >= MAX_CASES) {
+        return n;
+    }
+    k.seed   = case_seed((int)coll + 1, &k, v);
+    cases[n] = (struct coll_case){coll, k, variant_of(v, k.dt)};
+    return n + 1;
+}
+
+/* Fills cases[] with the matrix in the order every rank runs it: allreduce over datatype x op
+ * x count x variant, then allgather over datatype x count x variant. Returns its length. */
+static size_t build_cases(int nranks)
+{
+    const int per_dt = FX_NUM_OPS * NCOUNTS * NVARIANTS;
+    size_t n         = 0;
+
+    for (int i = 0; i < FX_NUM_DATATYPES * per_dt; i++) {
+        struct ref_case k = {i / per_dt, i / (NCOUNTS * NVARIANTS) % FX_NUM_OPS,
+                             counts[i / NVARIANTS % NCOUNTS], nranks, 0};
+
+        n = add_case(n, COLL_ALLREDUCE, k, i % NVARIANTS);
+    }
+    for (int i = 0; i < FX_NUM_DATATYPES * NCOUNTS * NVARIANTS; i++) {
+        struct ref_case k = {i / (NCOUNTS * NVARIANTS), FX_SUM, counts[i / NVARIANTS % NCOUNTS],
+                             nranks, 0};
+
+        n = add_case(n, COLL_ALLGATHER, k, i % NVARIANTS);
+    }
+    return n;
+}
+
+/* One allreduce case on this rank: fill, run, hash the result and, when verify is set, compare
+ * it with the reference. Returns 0, or 1 when the call failed. */
+static int allreduce_case(fx_comm_t comm, struct harness_child *c, const struct coll_case *cc,
+                          int verify, struct bufs *b, uint64_t *hash)
+{
+    const struct ref_case *k = &cc->k;
+    size_t bytes             = k->count * ref_dt_size(k->dt);
+    void *send               = cc->var.inplace ? b->recv : b->send;
+    char first[160];
+    uint64_t send_hash;
+    fx_status status;
+    size_t wrong;
+
+    ref_fill(k, c->index, send);
+    if (!cc->var.inplace) {
+        memset(b->recv, 0xa5, bytes);
+    }
+    send_hash = harness_hash(b->send, cc->var.inplace ? 0 : bytes);
+    if (k->count == 0) { /* NULL buffers are valid with count 0 */
+        send = cc->var.inplace ? b->recv : NULL;
+    }
+    status = do_allreduce(send, k->count == 0 ? send : b->recv, k, cc->var.mode, comm);
+    if (status != FX_OK) {
+        return record_error(c, comm, "allreduce", k, cc->var, status);
+    }
+    *hash = harness_hash(b->recv, bytes);
+    if (verify) {
+        ref_expect(k, b->expect, b->scratch);
+        wrong = ref_compare(k, b->recv, b->expect, first, sizeof(first));
+        if (wrong != 0) {
+            record_wrong(c, "allreduce", k, cc->var, wrong, first);
+        }
+    }
+    if (send_hash != harness_hash(b->send, cc->var.inplace ? 0 : bytes)) {
+        record_wrong(c, "allreduce", k, cc->var, 1, "the send buffer was modified");
+    }
+    return 0;
+}
+
+/* One allgather case on this rank; in place, the rank's data sits at its slot of recv. */
+static int allgather_case(fx_comm_t comm, struct harness_child *c, const struct coll_case *cc,
+                          int verify, struct bufs *b, uint64_t *hash)
+{
+    const struct ref_case *k = &cc->k;
+    size_t bytes             = k->count * ref_dt_size(k->dt);
+    void *send = cc->var.inplace ? (char *)b->gather + (size_t)c->index * bytes : b->send;
+    void *recv = b->gather;
+    char first[160];
+    fx_status status;
+    size_t wrong;
+
+    memset(b->gather, 0x5a, bytes * (size_t)k->nranks);
+    ref_fill_gather(k, c->index, send);
+    if (k->count == 0 && !cc->var.inplace) {
+        send = NULL;
+        recv = NULL;
+    }
+    status = do_allgather(send, recv, k, cc->var.mode, comm);
+    if (status != FX_OK) {
+        return record_error(c, comm, "allgather", k, cc->var, status);
+    }
+    *hash = harness_hash(b->gather, bytes * (size_t)k->nranks);
+    wrong = verify ? ref_check_gather(k, b->gather, first, sizeof(first)) : 0;
+    if (wrong != 0) {
+        record_wrong(c, "allgather", k, cc->var, wrong, first);
+    }
+    return 0;
+}
+
+static void free_bufs(struct bufs *b)
+{
+    free(b->send);
+    free(b->recv);
+    free(b->expect);
+    free(b->scratch);
+    free(b->gather);
+}
+
+static int alloc_bufs(struct bufs *b, size_t count, int nranks)
+{
+    size_t bytes = count * sizeof(uint64_t);
+
+    b->send    = malloc(bytes);
+    b->recv    = malloc(bytes);
+    b->expect  = malloc(bytes);
+    b->scratch = malloc(bytes);
+    b->gather  = malloc(bytes * (size_t)nranks);
+    return b->send && b->recv && b->expect && b->scratch && b->gather ? 0 : -1;
+}
+
+/* Runs the whole matrix on one communicator. Case i is checked against the reference by rank
+ * i % nranks only; every rank records each result's hash, and the parent requires them equal,
+ * so every rank's every result is checked while the reference is computed once per case. */
+static int run_matrix(fx_comm_t comm, struct harness_child *c)
+{
+    size_t ncases = build_cases(c->nranks);
+    struct bufs b = {0};
+    int failed    = 0;
+
+    if (alloc_bufs(&b, BIG_COUNT, c->nranks) != 0) {
+        harness_logf(c, "out of memory");
+        free_bufs(&b);
+        return 3;
+    }
+    for (size_t i = 0; i < ncases && !failed; i++) {
+        int verify = (int)(i % (size_t)c->nranks) == c->index;
+
+        if (cases[i].coll == COLL_ALLREDUCE) {
+            failed = allreduce_case(comm, c, &cases[i], verify, &b, &c->res->hashes[i]);
+        } else {
+            failed = allgather_case(comm, c, &cases[i], verify, &b, &c->res->hashes[i]);
+        }
+        c->res->ops += !failed;
+    }
+    free_bufs(&b);
+    if (!failed) {
+        harness_set_status(c, comm, FX_OK);
+    }
+    return failed || c->res->wrong != 0 ? 1 : 0;
+}
+
+/* Every rank initialised, returned FX_OK from every call, saw no wrong element and exited 0. */
+static void expect_clean(const struct harness_run_info *info, const char *what)
+{
+    cr_expect(!info->deadline_hit, "%s: the run hit its deadline after %.0f ms", what,
+              info->elapsed_ms);
+    for (int i = 0; i < info->nprocs; i++) {
+        const struct harness_result *res = &info->shared->res[i];
+
+        cr_expect_eq(res->init_status, FX_OK, "%s rank %d: init returned %d (%s): %s", what, i,
+                     res->init_status, fx_strerror(res->init_status), res->err);
+        cr_expect_eq(res->status, FX_OK, "%s rank %d: status %d (%s): %s\n%s", what, i, res->status,
+                     fx_strerror(res->status), res->err, res->log);
+        cr_expect_eq(res->wrong, 0, "%s rank %d: %lld wrong elements\n%s", what, i, res->wrong,
+                     res->log);
+        cr_expect(res->exit_code == 0 && res->term_signal == 0,
+                  "%s rank %d: exit code %d, signal %d%s", what, i, res->exit_code,
+                  res->term_signal, res->killed ? " (killed by the harness)" : "");
+    }
+}
+
+/* Runs fn on nranks ranks and expects a clean run; returns the run's duration in ms. */
+static double run_clean(int nranks, harness_rank_fn fn, int deadline_ms, const char *what,
+                        struct harness_run_info *info)
+{
+    struct harness_opts opts = {
+        .nranks = nranks, .deadline_ms = deadline_ms, .sync_destroy = 1, .rank_fn = fn};
+
+    cr_assert_eq(harness_run(&opts, info), 0, "%s: harness could not start: %s", what,
+                 fx_last_error());
+    expect_clean(info, what);
+    fprintf(stderr, "%s: %.0f ms, %lld operations per rank\n", what, info->elapsed_ms,
+            info->shared->res[0].ops);
+    return info->elapsed_ms;
+}
+
+/* Every rank's result of every case is bitwise the same as rank 0's. */
+static void expect_same_hashes(const struct harness_run_info *info, size_t ncases)
+{
+    int reported = 0;
+
+    for (size_t i = 0; i < ncases; i++) {
+        const struct coll_case *cc = &cases[i];
+
+        for (int r = 1; r < info->nprocs && reported < MAX_REPORTED; r++) {
+            int same = info->shared->res[r].hashes[i] == info->shared->res[0].hashes[i];
+
+            reported += !same;
+            cr_expect(same,
+                      "%s %s %s count %zu %s %s, nranks %d: rank %d's result differs "
+                      "from rank 0's",
+                      cc->coll == COLL_ALLREDUCE ? "allreduce" : "allgather", ref_dt_name(cc->k.dt),
+                      ref_op_name(cc->k.op), cc->k.count,
+                      cc->var.inplace ? "in-place" : "out-of-place", mode_names[cc->var.mode],
+                      cc->k.nranks, r);
+        }
+    }
+}
+
+static int nranks_1_to_8[] = {1, 2, 3, 4, 5, 6, 7, 8};
+
+ParameterizedTestParameters(collectives, matrix_matches_reference)
+{
+    return cr_make_param_array(int, nranks_1_to_8, 8);
+}
+
+/* Allreduce and allgather, every datatype x op x count x variant, on one communicator. */
+ParameterizedTest(int *nranks, collectives, matrix_matches_reference, .timeout = 290,
+                  .fini = harness_kill_all)
+{
+    size_t ncases = build_cases(*nranks);
+    struct harness_run_info info;
+    char what[64];
+
+    snprintf(what, sizeof(what), "matrix on %d ranks", *nranks);
+    run_clean(*nranks, run_matrix, 270000, what, &info);
+    cr_expect_eq(info.shared->res[0].ops, (long long)ncases, "%lld of %zu cases ran",
+                 info.shared->res[0].ops, ncases);
+    expect_same_hashes(&info, ncases);
+    harness_free(&info);
+}
+
+/* MIN/MAX of fp16, bf16, fp32, fp64 where some ranks (and at some indices all) pass a NaN. */
+static int nan_case(fx_comm_t comm, struct harness_child *c, const struct ref_case *k,
+                    struct variant var, struct bufs *b)
+{
+    char first[160];
+    fx_status status;
+    size_t wrong;
+
+    ref_fill(k, c->index, b->send);
+    ref_inject_nan(k, c->index, b->send);
+    if (var.inplace) {
+        memcpy(b->recv, b->send, k->count * ref_dt_size(k->dt));
+    }
+    status = do_allreduce(var.inplace ? b->recv : b->send, b->recv, k, var.mode, comm);
+    if (status != FX_OK) {
+        return record_error(c, comm, "allreduce", k, var, status);
+    }
+    ref_expect(k, b->expect, b->scratch);
+    wrong = ref_compare_nan(k, b->recv, b->expect, first, sizeof(first));
+    if (wrong != 0) {
+        record_wrong(c, "allreduce (NaN)", k, var, wrong, first);
+    }
+    c->res->ops++;
+    return 0;
+}
+
+static int run_nan(fx_comm_t comm, struct harness_child *c)
+{
+    static const fx_datatype dts[]   = {FX_FLOAT16, FX_BFLOAT16, FX_FLOAT32, FX_FLOAT64};
+    static const size_t nan_counts[] = {1, 7, 1021};
+    struct bufs b                    = {0};
+    int failed                       = 0;
+
+    if (alloc_bufs(&b, 1021, 1) != 0) {
+        free_bufs(&b);
+        return 3;
+    }
+    for (int i = 0; i < 4 * 2 * 3 && !failed; i++) {
+        struct ref_case k = {dts[i / 6], i / 3 % 2 ? FX_MAX : FX_MIN, nan_counts[i % 3], c->nranks,
+                             0};
+
+        k.seed = case_seed(3, &k, i);
+        failed = nan_case(comm, c, &k, variant_of(i % NVARIANTS, k.dt), &b);
+    }
+    free_bufs(&b);
+    if (!failed) {
+        harness_set_status(c, comm, FX_OK);
+    }
+    return failed || c->res->wrong != 0;
+}
+
+static int nranks_nan[] = {2, 3, 5};
+
+ParameterizedTestParameters(collectives, min_max_propagate_nan)
+{
+    return cr_make_param_array(int, nranks_nan, 3);
+}
+
+ParameterizedTest(int *nranks, collectives, min_max_propagate_nan, .timeout = 60,
+                  .fini = harness_kill_all)
+{
+    struct harness_run_info info;
+    char what[64];
+
+    snprintf(what, sizeof(what), "NaN min/max on %d ranks", *nranks);
+    run_clean(*nranks, run_nan, 50000, what, &info);
+    harness_free(&info);
+}
+
+/* Random data: uniform in [-1, 1) scaled by 2^-3 .. 2^4, stored in the datatype. */
+static double random_value(fx_datatype dt, uint64_t seed, int rank, size_t i)
+{
+    uint64_t b = ref_bits(seed, rank, i);
+    double x   = ((double)(b >> 11) * 0x1p-52 - 1.0) * ldexp(1.0, (int)(b & 7) - 3);
+
+    return dt == FX_FLOAT32 ? (double)(float)x : x;
+}
+
+static void fill_random(const struct ref_case *k, int rank, void *buf)
+{
+    for (size_t i = 0; i < k->count; i++) {
+        double x = random_value(k->dt, k->seed, rank, i);
+
+        if (k->dt == FX_FLOAT32) {
+            ((float *)buf)[i] = (float)x;
+        } else {
+            ((double *)buf)[i] = x;
+        }
+    }
+}
+
+/* Number of elements farther from the long double reference than the reduction's error bound
+ * ((nranks + 1) ulps of the sum of magnitudes, and one more ulp for AVG's division). */
+static size_t check_random(const struct ref_case *k, const void *got, char *first, size_t len)
+{
+    double eps   = k->dt == FX_FLOAT32 ? 0x1p-24 : 0x1p-53;
+    size_t wrong = 0;
+
+    for (size_t i = 0; i < k->count; i++) {
+        long double sum = 0;
+        long double mag = 0;
+        double g        = k->dt == FX_FLOAT32 ? ((const float *)got)[i] : ((const double *)got)[i];
+
+        for (int r = 0; r < k->nranks; r++) {
+            double x = random_value(k->dt, k->seed, r, i);
+
+            sum += x;
+            mag += fabs(x);
+        }
+        if (k->op == FX_AVG) {
+            sum /= k->nranks;
+            mag = mag / k->nranks + fabsl(sum);
+        }
+        if (fabsl((long double)g - sum) > (k->nranks + 1) * eps * mag && wrong++ == 0) {
+            snprintf(first, len, "first at [%zu]: got %.17g want %.17Lg", i, g, sum);
+        }
+    }
+    return wrong;
+}
+
+static int random_case(fx_comm_t comm, struct harness_child *c, const struct ref_case *k,
+                       struct variant var, struct bufs *b)
+{
+    char first[160];
+    fx_status status;
+    size_t wrong;
+
+    fill_random(k, c->index, var.inplace ? b->recv : b->send);
+    status = do_allreduce(var.inplace ? b->recv : b->send, b->recv, k, var.mode, comm);
+    if (status != FX_OK) {
+        return record_error(c, comm, "allreduce", k, var, status);
+    }
+    wrong = check_random(k, b->recv, first, sizeof(first));
+    if (wrong != 0) {
+        record_wrong(c, "allreduce (random)", k, var, wrong, first);
+    }
+    c->res->hash = ref_mix(c->res->hash ^ harness_hash(b->recv, k->count * ref_dt_size(k->dt)));
+    c->res->ops++;
+    return 0;
+}
+
+static int run_random(fx_comm_t comm, struct harness_child *c)
+{
+    static const size_t random_counts[] = {1021, BIG_COUNT};
+    struct bufs b                       = {0};
+    int failed                          = 0;
+
+    if (alloc_bufs(&b, BIG_COUNT, 1) != 0) {
+        free_bufs(&b);
+        return 3;
+    }
+    for (int i = 0; i < 2 * 2 * 2 && !failed; i++) {
+        struct ref_case k = {i / 4 ? FX_FLOAT64 : FX_FLOAT32, i / 2 % 2 ? FX_AVG : FX_SUM,
+                             random_counts[i % 2], c->nranks, 0};
+
+        k.seed = case_seed(4, &k, i);
+        failed = random_case(comm, c, &k, variant_of(i % NVARIANTS, k.dt), &b);
+    }
+    free_bufs(&b);
+    if (!failed) {
+        harness_set_status(c, comm, FX_OK);
+    }
+    return failed || c->res->wrong != 0;
+}
+
+static int nranks_random[] = {2, 3, 5, 8};
+
+ParameterizedTestParameters(collectives, random_data_bitwise_identical_on_all_ranks)
+{
+    return cr_make_param_array(int, nranks_random, 4);
+}
+
+ParameterizedTest(int *nranks, collectives, random_data_bitwise_identical_on_all_ranks,
+                  .timeout = 120, .fini = harness_kill_all)
+{
+    struct harness_run_info info;
+    char what[64];
+
+    snprintf(what, sizeof(what), "random fp32/fp64 on %d ranks", *nranks);
+    run_clean(*nranks, run_random, 100000, what, &info);
+    for (int r = 1; r < info.nprocs; r++) {
+        cr_expect_eq(info.shared->res[r].hash, info.shared->res[0].hash,
+                     "rank %d's results differ bitwise from rank 0's (hash %016llx vs %016llx)", r,
+                     (unsigned long long)info.shared->res[r].hash,
+                     (unsigned long long)info.shared->res[0].hash);
+    }
+    harness_free(&info);
+}
+
+/* One of several outstanding operations, with its own buffers. */
+struct pending {
+    struct ref_case k;
+    int gather;
+    void *send;
+    void *recv;
+    fx_request_t req;
+};
+
+static const struct ref_case pending_cases[] = {
+    {FX_INT32, FX_SUM, 1021, 0, 0},     {FX_FLOAT32, FX_MAX, 7, 0, 0},
+    {FX_FLOAT16, FX_AVG, 65537, 0, 0},  {FX_UINT8, FX_PROD, 1, 0, 0},
+    {FX_FLOAT64, FX_SUM, 262147, 0, 0}, {FX_BFLOAT16, FX_MIN, 1021, 0, 0},
+};
+
+#define NPENDING 4
+
+static fx_status start_pending(fx_comm_t comm, struct harness_child *c, struct pending *p)
+{
+    size_t bytes = p->k.count * ref_dt_size(p->k.dt);
+
+    p->send = malloc(bytes);
+    p->recv = malloc(bytes * (size_t)c->nranks);
+    if (p->send == NULL || p->recv == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    if (p->gather) {
+        ref_fill_gather(&p->k, c->index, p->send);
+        return fx_iallgather(p->send, p->recv, p->k.count, p->k.dt, comm, &p->req);
+    }
+    ref_fill(&p->k, c->index, p->send);
+    return fx_iallreduce(p->send, p->recv, p->k.count, p->k.dt, p->k.op, comm, &p->req);
+}
+
+static size_t check_pending(const struct pending *p, char *first, size_t len)
+{
+    void *expect;
+    void *scratch;
+    size_t wrong;
+
+    if (p->gather) {
+        return ref_check_gather(&p->k, p->recv, first, len);
+    }
+    expect  = malloc(p->k.count * sizeof(uint64_t));
+    scratch = malloc(p->k.count * sizeof(uint64_t));
+    if (expect == NULL || scratch == NULL) {
+        snprintf(first, len, "out of memory");
+        wrong = 1;
+    } else {
+        ref_expect(&p->k, expect, scratch);
+        wrong = ref_compare(&p->k, p->recv, expect, first, len);
+    }
+    free(expect);
+    free(scratch);
+    return wrong;
+}
+
+/* Waits for p (fx_wait, or polling when poll is set) and checks its result. */
+static int finish_pending(fx_comm_t comm, struct harness_child *c, struct pending *p, int poll)
+{
+    struct variant var = {0, poll ? MODE_TEST : MODE_WAIT};
+    fx_status status   = complete(FX_OK, p->req, var.mode);
+    const char *coll   = p->gather ? "iallgather (outstanding)" : "iallreduce (outstanding)";
+    char first[160];
+    size_t wrong;
+
+    if (status != FX_OK) {
+        return record_error(c, comm, coll, &p->k, var, status);
+    }
+    wrong = check_pending(p, first, sizeof(first));
+    if (wrong != 0) {
+        record_wrong(c, coll, &p->k, var, wrong, first);
+    }
+    c->res->ops++;
+    return 0;
+}
+
+/* Starts NPENDING operations from pending_cases[first..], then completes them in the order
+ * given (forward, reverse, or polling all of them round-robin). */
+static int pending_batch(fx_comm_t comm, struct harness_child *c, int first, int order)
+{
+    struct pending p[NPENDING] = {0};
+    int failed                 = 0;
+
+    for (int i = 0; i < NPENDING && !failed; i++) {
+        struct variant var = {0, MODE_WAIT};
+        fx_status status;
+
+        p[i].k        = pending_cases[(first + i) % 6];
+        p[i].k.nranks = c->nranks;
+        p[i].k.seed   = ref_mix((uint64_t)(first * 16 + order * 4 + i));
+        p[i].gather   = order == 2 && i % 2 == 1;
+        status        = start_pending(comm, c, &p[i]);
+        if (status != FX_OK) {
+            failed = record_error(c, comm, "start", &p[i].k, var, status);
+        }
+    }
+    for (int j = 0; j < NPENDING && !failed; j++) {
+        failed = finish_pending(comm, c, &p[order == 1 ? NPENDING - 1 - j : j], order == 2);
+    }
+    for (int i = 0; i < NPENDING; i++) {
+        free(p[i].send);
+        free(p[i].recv);
+    }
+    return failed;
+}
+
+static int run_pending(fx_comm_t comm, struct harness_child *c)
+{
+    int failed = 0;
+
+    for (int batch = 0; batch < 6 && !failed; batch++) {
+        failed = pending_batch(comm, c, batch, batch % 3);
+    }
+    if (!failed) {
+        harness_set_status(c, comm, FX_OK);
+    }
+    return failed || c->res->wrong != 0;
+}
+
+static int nranks_pending[] = {2, 4, 7};
+
+ParameterizedTestParameters(collectives, outstanding_requests_complete_in_any_wait_order)
+{
+    return cr_make_param_array(int, nranks_pending, 3);
+}
+
+ParameterizedTest(int *nranks, collectives, outstanding_requests_complete_in_any_wait_order,
+                  .timeout = 90, .fini = harness_kill_all)
+{
+    struct harness_run_info info;
+    char what[64];
+
+    snprintf(what, sizeof(what), "outstanding requests on %d ranks", *nranks);
+    run_clean(*nranks, run_pending, 80000, what, &info);
+    harness_free(&info);
+}

@@ -1,0 +1,26 @@
+/* The transports of this build, in preference order (DESIGN.md: chosen by FX_TRANSPORT). */
+#include <string.h>
+
+#include "fx_config_build.h"
+#include "transports/transport.h"
+
+#if FX_HAVE_TCP
+extern const struct fx_transport_ops fx_tcp_ops;
+#endif
+
+const struct fx_transport_ops *const fx_transports[] = {
+#if FX_HAVE_TCP
+    &fx_tcp_ops,
+#endif
+    NULL,
+};
+
+const struct fx_transport_ops *fx_transport_find(const char *name)
+{
+    for (int i = 0; fx_transports[i] != NULL; i++) {
+        if (strcmp(fx_transports[i]->name, name) == 0) {
+            return fx_transports[i];
+        }
+    }
+    return NULL;
+}

@@ -1,0 +1,1156 @@
+/*
+ * The TCP transport: several sockets per connection, payloads striped across them, one
+ * edge-triggered epoll per instance, sends and receives straight from and into the caller's
+ * buffers.
+ *
+ * Connection set-up. Each socket of a connection starts with a hello (20 bytes, little-endian):
+ *   u32 magic "FXTH", u16 version, u16 socket index, u16 sockets in the connection,
+ *   u16 caller hello length (socket 0 only, <= FX_TP_HELLO_MAX), u64 connection nonce
+ * followed on socket 0 by the caller's hello bytes. The acceptor groups sockets by nonce and
+ * hands out a connection once all of its sockets have arrived.
+ *
+ * Messages. Message k (both ends count) of payload length L is cut into S stripes:
+ * S = min(nsocks, L / min_stripe) when L >= 2 * min_stripe, else 1; stripes are equal multiples
+ * of 64 bytes but the last; stripe j travels on socket (k + j) % nsocks. Socket k % nsocks (the
+ * lead) first carries a 16-byte frame: u32 magic "FXT1", u32 header length, u64 payload length,
+ * then the header. The receiver computes the stripes from the length it posted; the lead frame
+ * tells it whether the sender agreed (if not: FX_ERR_MISMATCH, the sender's header copied out,
+ * the connection failed).
+ *
+ * Readiness: sockets are registered once, edge-triggered, and carry can-read / can-write flags
+ * set by events and cleared on EAGAIN; progress() tries I/O only where a flag and queued work
+ * meet, so an idle connection costs no syscall.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <time.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "fx_config_build.h"
+#include "fx_log.h"
+#include "transports/tcp/tcp_iface.h"
+#include "transports/transport.h"
+
+#define TCP_DEFAULT_NSOCKS   2
+#define TCP_MAX_NSOCKS       64
+#define TCP_MIN_STRIPE       (64u << 10)
+#define TCP_SOCKBUF          (4 << 20)
+#define TCP_HELLO_LEN        20
+#define TCP_FRAME_LEN        16
+#define TCP_HELLO_MAGIC      0x48545846u /* "FXTH" */
+#define TCP_FRAME_MAGIC      0x31545846u /* "FXT1" */
+#define TCP_VERSION          1
+#define TCP_MAX_ADDRS        4
+#define TCP_ADDR_REC         19 /* u8 family, 16 bytes address, u16 port */
+#define TCP_PENDING_MAX      256
+
+enum obj_kind {
+    OBJ_SOCK,
+    OBJ_OTHER,
+};
+
+
+/* One stripe of one message queued on one socket. */
+struct tcp_piece {
+    struct tcp_piece *next;
+    struct fx_tp_req *req;
+    uint8_t *buf;
+    size_t len;
+    size_t done;
+    bool lead;
+};
+
+struct tcp_sock {
+    enum obj_kind kind; /* first: epoll data points here */
+    int fd;
+    bool can_read;
+    bool can_write;
+    bool hup;
+    struct fx_tp_conn *conn;
+    struct tcp_piece *head;
+    struct tcp_piece *tail;
+};
+
+struct fx_tp_conn {
+    struct fx_tp *tp;
+    struct fx_tp_conn *next; /* in tp->conns */
+    int nsocks;
+    struct tcp_sock *socks;
+    uint64_t send_seq;
+    uint64_t recv_seq;
+    fx_status failed;
+    char error[200];
+    char peer[64];
+    /* set-up (connect side) */
+    bool established;
+    int addr_index;
+    int naddrs;
+    struct sockaddr_storage addrs[TCP_MAX_ADDRS];
+    uint8_t hello[TCP_HELLO_LEN + FX_TP_HELLO_MAX];
+    size_t hello_len;
+    int connected;
+    size_t *hello_sent;
+};
+
+struct fx_tp_req {
+    struct fx_tp_req *next_free;
+    struct fx_tp_req *all_next; /* every request of the instance, freed by fini */
+    struct fx_tp_conn *conn;
+    bool send;
+    int pending;     /* pieces not yet done */
+    fx_status status;
+    uint8_t frame[TCP_FRAME_LEN];
+    uint8_t hdr[FX_TP_HDR_MAX];
+    size_t hdrlen;
+    uint8_t *user_hdr; /* receive: where the header goes */
+    size_t len;
+    struct tcp_piece pieces[];
+};
+
+/* An accepted socket waiting for its hello. */
+struct tcp_pending {
+    int fd;
+    int64_t deadline;
+    uint8_t buf[TCP_HELLO_LEN + FX_TP_HELLO_MAX];
+    size_t have;
+    bool hello_done;
+    uint16_t index;
+    uint16_t nsocks;
+    uint16_t hlen;
+    uint64_t nonce;
+    char peer[64];
+};
+
+struct fx_tp_listener {
+    enum obj_kind kind;
+    struct fx_tp *tp;
+    int fds[TCP_MAX_ADDRS];
+    int nfds;
+    struct tcp_pending pend[TCP_PENDING_MAX];
+    int npend;
+};
+
+struct fx_tp {
+    int epfd;
+    int nsocks;
+    size_t min_stripe;
+    int timeout_ms;
+    char ifname[256];
+    struct fx_tp_conn *conns;
+    struct fx_tp_req *free_reqs[TCP_MAX_NSOCKS + 1];
+    struct fx_tp_req *all_reqs;
+};
+
+/* ------------------------------------------------------------------ helpers */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    put32(p, (uint32_t)v);
+    put32(p + 4, (uint32_t)(v >> 32));
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+static void addr_str(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        snprintf(buf, len, "%s:%u", host, ntohs(in->sin_port));
+    } else {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
+    }
+}
+
+static void tune_socket(int fd)
+{
+    int one = 1;
+    int size = TCP_SOCKBUF;
+
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+}
+
+/* ------------------------------------------------------------------ instance */
+
+static fx_status tcp_init(const struct fx_tp_config *cfg, struct fx_tp **out)
+{
+    struct fx_tp *tp = calloc(1, sizeof(*tp));
+
+    if (tp == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    tp->nsocks     = cfg->nsocks > 0 ? cfg->nsocks : TCP_DEFAULT_NSOCKS;
+    tp->min_stripe = cfg->min_stripe > 0 ? cfg->min_stripe : TCP_MIN_STRIPE;
+    tp->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 60000;
+    if (tp->nsocks > TCP_MAX_NSOCKS) {
+        tp->nsocks = TCP_MAX_NSOCKS;
+    }
+    snprintf(tp->ifname, sizeof(tp->ifname), "%s", cfg->ifname != NULL ? cfg->ifname : "");
+    tp->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (tp->epfd < 0) {
+        fx_warn(FX_SUB_NET, "epoll_create1 failed: %s", strerror(errno));
+        free(tp);
+        return FX_ERR_SYSTEM;
+    }
+    *out = tp;
+    return FX_OK;
+}
+
+static void tcp_fini(struct fx_tp *tp)
+{
+    while (tp->all_reqs != NULL) {
+        struct fx_tp_req *r = tp->all_reqs;
+
+        tp->all_reqs = r->all_next;
+        free(r);
+    }
+    close(tp->epfd);
+    free(tp);
+}
+
+static int tcp_wait_fd(struct fx_tp *tp)
+{
+    return tp->epfd;
+}
+
+/* ------------------------------------------------------------------ requests */
+
+static struct fx_tp_req *req_get(struct fx_tp_conn *conn)
+{
+    struct fx_tp *tp     = conn->tp;
+    struct fx_tp_req *r  = tp->free_reqs[conn->nsocks];
+
+    if (r != NULL) {
+        tp->free_reqs[conn->nsocks] = r->next_free;
+    } else {
+        r = malloc(sizeof(*r) + sizeof(struct tcp_piece) * (size_t)conn->nsocks);
+        if (r == NULL) {
+            return NULL;
+        }
+        r->all_next  = tp->all_reqs;
+        tp->all_reqs = r;
+    }
+    r->conn    = conn;
+    r->pending = 0;
+    r->status  = FX_INPROGRESS;
+    return r;
+}
+
+static void req_put(struct fx_tp_req *r)
+{
+    struct fx_tp *tp = r->conn->tp;
+    int slot         = r->conn->nsocks;
+
+    r->next_free       = tp->free_reqs[slot];
+    tp->free_reqs[slot] = r;
+}
+
+static void conn_fail(struct fx_tp_conn *conn, fx_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Fails the connection: every queued piece's request completes with the status. */
+static void conn_fail(struct fx_tp_conn *conn, fx_status status, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (conn->failed != FX_OK) {
+        return;
+    }
+    conn->failed = status;
+    va_start(ap, fmt);
+    vsnprintf(conn->error, sizeof(conn->error), fmt, ap);
+    va_end(ap);
+    fx_info(FX_SUB_NET, "connection to %s failed: %s", conn->peer, conn->error);
+    for (int s = 0; s < conn->nsocks; s++) {
+        struct tcp_sock *sk = &conn->socks[s];
+
+        for (struct tcp_piece *p = sk->head; p != NULL; p = p->next) {
+            if (p->req->status == FX_INPROGRESS) {
+                p->req->status = status;
+            }
+        }
+        sk->head = sk->tail = NULL;
+    }
+}
+
+static void piece_queue(struct tcp_sock *sk, struct tcp_piece *p)
+{
+    p->next = NULL;
+    if (sk->tail != NULL) {
+        sk->tail->next = p;
+    } else {
+        sk->head = p;
+    }
+    sk->tail = p;
+}
+
+/* Cuts a message in stripes and queues one piece per stripe. */
+static void stripe(struct fx_tp_conn *conn, struct fx_tp_req *r, uint8_t *buf, uint64_t seq)
+{
+    struct fx_tp *tp = conn->tp;
+    size_t nstripes  = 1;
+    size_t size;
+
+    if (r->len >= 2 * tp->min_stripe) {
+        nstripes = r->len / tp->min_stripe;
+        if (nstripes > (size_t)conn->nsocks) {
+            nstripes = (size_t)conn->nsocks;
+        }
+    }
+    size = ((r->len + nstripes - 1) / nstripes + 63) & ~(size_t)63;
+    for (size_t j = 0; j < nstripes; j++) {
+        struct tcp_piece *p = &r->pieces[j];
+        size_t off          = j * size;
+
+        p->req  = r;
+        p->buf  = buf + (off < r->len ? off : r->len);
+        p->len  = off < r->len ? (r->len - off < size ? r->len - off : size) : 0;
+        p->done = 0;
+        p->lead = j == 0;
+        r->pending++;
+        piece_queue(&conn->socks[(seq + j) % (uint64_t)conn->nsocks], p);
+    }
+}
+
+/* ------------------------------------------------------------------ data path */
+
+/* Lead piece of a send: frame + header + stripe; others: stripe. One sendmsg per attempt. */
+static ssize_t piece_send(struct tcp_sock *sk, struct tcp_piece *p)
+{
+    struct fx_tp_req *r = p->req;
+    struct iovec iov[3];
+    int n       = 0;
+    size_t skip = p->done;
+    size_t pre  = p->lead ? TCP_FRAME_LEN + r->hdrlen : 0;
+    struct msghdr msg;
+
+    if (p->lead && skip < TCP_FRAME_LEN) {
+        iov[n++] = (struct iovec){r->frame + skip, TCP_FRAME_LEN - skip};
+        skip     = 0;
+    } else if (p->lead) {
+        skip -= TCP_FRAME_LEN;
+    }
+    if (p->lead && skip < r->hdrlen && r->hdrlen > 0) {
+        iov[n++] = (struct iovec){r->hdr + skip, r->hdrlen - skip};
+        skip     = 0;
+    } else if (p->lead) {
+        skip -= r->hdrlen;
+    }
+    if (p->done < pre) {
+        skip = 0;
+    }
+    if (p->len > skip) {
+        iov[n++] = (struct iovec){p->buf + skip, p->len - skip};
+    }
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov    = iov;
+    msg.msg_iovlen = (size_t)n;
+    return sendmsg(sk->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static void piece_done(struct tcp_sock *sk)
+{
+    struct tcp_piece *p = sk->head;
+
+    sk->head = p->next;
+    if (sk->head == NULL) {
+        sk->tail = NULL;
+    }
+    if (--p->req->pending == 0 && p->req->status == FX_INPROGRESS) {
+        p->req->status = FX_OK;
+    }
+}
+
+static void sock_write(struct tcp_sock *sk)
+{
+    struct fx_tp_conn *conn = sk->conn;
+
+    while (sk->head != NULL && sk->can_write && conn->failed == FX_OK) {
+        struct tcp_piece *p = sk->head;
+        size_t total        = p->len + (p->lead ? TCP_FRAME_LEN + p->req->hdrlen : 0);
+        ssize_t n           = total > p->done ? piece_send(sk, p) : 0;
+
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                sk->can_write = false;
+            } else if (errno != EINTR) {
+                conn_fail(conn, FX_ERR_PEER_FAILED, "%s by %s",
+                          errno == EPIPE ? "connection closed" : strerror(errno), conn->peer);
+            }
+            return;
+        }
+        p->done += (size_t)n;
+        if (p->done == total) {
+            piece_done(sk);
+        }
+    }
+}
+
+/* The lead frame arrived: check that the sender's lengths are the ones posted. */
+static bool frame_ok(struct fx_tp_conn *conn, struct fx_tp_req *r)
+{
+    uint32_t magic  = get32(r->frame);
+    uint32_t hdrlen = get32(r->frame + 4);
+    uint64_t len    = get64(r->frame + 8);
+
+    if (magic != TCP_FRAME_MAGIC) {
+        conn_fail(conn, FX_ERR_CONNECTION, "garbage from %s (bad frame magic)", conn->peer);
+        return false;
+    }
+    if (hdrlen != r->hdrlen || len != r->len) {
+        r->status = FX_ERR_MISMATCH;
+        conn_fail(conn, FX_ERR_MISMATCH,
+                  "%s sent a message of %llu + %u bytes where %zu + %zu were expected",
+                  conn->peer, (unsigned long long)len, hdrlen, r->hdrlen, r->len);
+        return false;
+    }
+    return true;
+}
+
+/* Reads into the lead frame, the header, then the stripe, with one readv per attempt. */
+static ssize_t piece_recv(struct tcp_sock *sk, struct tcp_piece *p)
+{
+    struct fx_tp_req *r = p->req;
+    struct iovec iov[3];
+    int n = 0;
+
+    if (!p->lead) {
+        return recv(sk->fd, p->buf + p->done, p->len - p->done, MSG_DONTWAIT);
+    }
+    if (p->done < TCP_FRAME_LEN) {
+        /* Read only the frame first: it says whether the rest may be read where posted. */
+        return recv(sk->fd, r->frame + p->done, TCP_FRAME_LEN - p->done, MSG_DONTWAIT);
+    }
+    if (p->done < TCP_FRAME_LEN + r->hdrlen) {
+        size_t off = p->done - TCP_FRAME_LEN;
+
+        iov[n++] = (struct iovec){r->hdr + off, r->hdrlen - off};
+        if (p->len > 0) {
+            iov[n++] = (struct iovec){p->buf, p->len};
+        }
+    } else {
+        size_t off = p->done - TCP_FRAME_LEN - r->hdrlen;
+
+        iov[n++] = (struct iovec){p->buf + off, p->len - off};
+    }
+    return readv(sk->fd, iov, n);
+}
+
+/* On a mismatch, copies out as much of the sender's header as it sent (best effort). */
+static void salvage_header(struct tcp_sock *sk, struct fx_tp_req *r)
+{
+    uint32_t hdrlen = get32(r->frame + 4);
+    size_t want     = hdrlen < r->hdrlen ? hdrlen : r->hdrlen;
+    size_t have     = 0;
+
+    for (int tries = 0; tries < 100 && have < want; tries++) {
+        ssize_t n = recv(sk->fd, r->hdr + have, want - have, MSG_DONTWAIT);
+
+        if (n > 0) {
+            have += (size_t)n;
+        } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            break;
+        } else {
+            usleep(1000);
+        }
+    }
+    if (r->user_hdr != NULL) {
+        memcpy(r->user_hdr, r->hdr, have);
+    }
+}
+
+static void sock_read(struct tcp_sock *sk)
+{
+    struct fx_tp_conn *conn = sk->conn;
+
+    while (sk->head != NULL && sk->can_read && conn->failed == FX_OK) {
+        struct tcp_piece *p = sk->head;
+        size_t pre          = p->lead ? TCP_FRAME_LEN + p->req->hdrlen : 0;
+        ssize_t n           = p->len + pre > p->done ? piece_recv(sk, p) : 0;
+
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            sk->can_read = false;
+            return;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0 && p->len + pre > p->done) {
+            conn_fail(conn, FX_ERR_PEER_FAILED, "%s by %s",
+                      n == 0 ? "connection closed" : strerror(errno), conn->peer);
+            return;
+        }
+        if (p->lead && p->done < TCP_FRAME_LEN && p->done + (size_t)n == TCP_FRAME_LEN &&
+            !frame_ok(conn, p->req)) {
+            if (p->req->status == FX_ERR_MISMATCH) {
+                salvage_header(sk, p->req);
+            }
+            return;
+        }
+        p->done += (size_t)n;
+        if (p->done == p->len + pre) {
+            if (p->lead && p->req->user_hdr != NULL) {
+                memcpy(p->req->user_hdr, p->req->hdr, p->req->hdrlen);
+            }
+            piece_done(sk);
+        }
+    }
+}
+
+static void sock_io(struct tcp_sock *sk)
+{
+    if (sk->head == NULL) {
+        if (sk->hup && sk->conn->failed == FX_OK) {
+            /* Peer closed with nothing pending here: only later posts fail. */
+            return;
+        }
+        return;
+    }
+    if (sk->hup && sk->can_write && sk->head->req->conn == sk->conn && sk->head->req->send) {
+        conn_fail(sk->conn, FX_ERR_PEER_FAILED, "connection closed by %s", sk->conn->peer);
+        return;
+    }
+    if (sk->head->req->send) {
+        sock_write(sk);
+    } else {
+        sock_read(sk);
+    }
+}
+
+static fx_status tcp_progress(struct fx_tp *tp)
+{
+    struct epoll_event evs[64];
+    int n;
+
+    do {
+        n = epoll_wait(tp->epfd, evs, 64, 0);
+        for (int i = 0; i < n; i++) {
+            struct tcp_sock *sk = evs[i].data.ptr;
+
+            if (sk == NULL || sk->kind != OBJ_SOCK) {
+                continue;
+            }
+            sk->can_read |= (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+            sk->can_write |= (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0;
+            sk->hup |= (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+        }
+    } while (n == 64);
+    for (struct fx_tp_conn *c = tp->conns; c != NULL; c = c->next) {
+        if (!c->established) {
+            continue;
+        }
+        for (int s = 0; s < c->nsocks && c->failed == FX_OK; s++) {
+            sock_io(&c->socks[s]);
+        }
+    }
+    return FX_OK;
+}
+
+static fx_status post(struct fx_tp_conn *conn, bool send, const void *hdr, size_t hdrlen,
+                      const void *buf, size_t len, struct fx_tp_req **out)
+{
+    struct fx_tp_req *r;
+    uint64_t seq = send ? conn->send_seq++ : conn->recv_seq++;
+
+    if (conn->failed != FX_OK) {
+        return conn->failed;
+    }
+    if (hdrlen > FX_TP_HDR_MAX) {
+        return FX_ERR_INVALID_ARG;
+    }
+    r = req_get(conn);
+    if (r == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    r->send     = send;
+    r->hdrlen   = hdrlen;
+    r->len      = len;
+    r->user_hdr = send ? NULL : (uint8_t *)hdr;
+    if (send) {
+        put32(r->frame, TCP_FRAME_MAGIC);
+        put32(r->frame + 4, (uint32_t)hdrlen);
+        put64(r->frame + 8, len);
+        memcpy(r->hdr, hdr, hdrlen);
+    }
+    stripe(conn, r, (uint8_t *)(uintptr_t)buf, seq);
+    /* Latency: try the I/O now rather than at the next progress call. */
+    for (int j = 0; j < r->pending; j++) {
+        sock_io(&conn->socks[(seq + (uint64_t)j) % (uint64_t)conn->nsocks]);
+    }
+    *out = r;
+    return FX_OK;
+}
+
+static fx_status tcp_isend(struct fx_tp_conn *conn, const void *hdr, size_t hdrlen,
+                           const void *buf, size_t len, struct fx_tp_req **req)
+{
+    if (conn->socks[0].hup && conn->failed == FX_OK) {
+        conn_fail(conn, FX_ERR_PEER_FAILED, "connection closed by %s", conn->peer);
+    }
+    return post(conn, true, hdr, hdrlen, buf, len, req);
+}
+
+static fx_status tcp_irecv(struct fx_tp_conn *conn, void *hdr, size_t hdrlen, void *buf,
+                           size_t len, struct fx_tp_req **req)
+{
+    return post(conn, false, hdr, hdrlen, buf, len, req);
+}
+
+static fx_status tcp_test(struct fx_tp_req *r)
+{
+    fx_status status = r->status;
+
+    if (status == FX_INPROGRESS && r->conn->failed != FX_OK) {
+        status = r->conn->failed;
+    }
+    if (status == FX_INPROGRESS) {
+        return FX_INPROGRESS;
+    }
+    /* A failed request may still have pieces on a failed connection's (emptied) queues. */
+    req_put(r);
+    return status;
+}
+
+/* ------------------------------------------------------------------ addresses */
+
+/* Published address: u8 count, then per address u8 family (4/6), 16 bytes, u16 port. */
+static void addr_pack(const struct sockaddr_storage *addrs, int n, uint16_t port,
+                      struct fx_tp_addr *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->data[0] = (uint8_t)n;
+    for (int i = 0; i < n; i++) {
+        uint8_t *rec = out->data + 1 + i * TCP_ADDR_REC;
+
+        if (addrs[i].ss_family == AF_INET) {
+            rec[0] = 4;
+            memcpy(rec + 1, &((const struct sockaddr_in *)&addrs[i])->sin_addr, 4);
+        } else {
+            rec[0] = 6;
+            memcpy(rec + 1, &((const struct sockaddr_in6 *)&addrs[i])->sin6_addr, 16);
+        }
+        put16(rec + 17, port);
+    }
+    out->len = (uint32_t)(1 + n * TCP_ADDR_REC);
+}
+
+static int addr_unpack(const struct fx_tp_addr *in, struct sockaddr_storage *addrs)
+{
+    int n = in->len >= 1 ? in->data[0] : 0;
+
+    if (n > TCP_MAX_ADDRS || in->len != (uint32_t)(1 + n * TCP_ADDR_REC)) {
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        const uint8_t *rec = in->data + 1 + i * TCP_ADDR_REC;
+
+        memset(&addrs[i], 0, sizeof(addrs[i]));
+        if (rec[0] == 4) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&addrs[i];
+
+            a->sin_family = AF_INET;
+            memcpy(&a->sin_addr, rec + 1, 4);
+            a->sin_port = htons(get16(rec + 17));
+        } else {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&addrs[i];
+
+            a->sin6_family = AF_INET6;
+            memcpy(&a->sin6_addr, rec + 1, 16);
+            a->sin6_port = htons(get16(rec + 17));
+        }
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------------ listen / accept */
+
+static int listen_any(int family)
+{
+    struct sockaddr_storage ss;
+    int zero = 0;
+    int fd   = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd < 0) {
+        return -1;
+    }
+    memset(&ss, 0, sizeof(ss));
+    ss.ss_family = (sa_family_t)family;
+    if (family == AF_INET6) {
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    }
+    if (bind(fd, (struct sockaddr *)&ss,
+             family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)) != 0 ||
+        listen(fd, 1024) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static fx_status tcp_listen(struct fx_tp *tp, struct fx_tp_addr *addr, struct fx_tp_listener **out)
+{
+    struct sockaddr_storage addrs[TCP_MAX_ADDRS];
+    char names[TCP_MAX_ADDRS][FX_TCP_IFNAME_LEN];
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof(bound);
+    struct fx_tp_listener *l;
+    int n     = 0;
+    fx_status status = fx_tcp_iface_list(tp->ifname[0] ? tp->ifname : NULL, addrs, names,
+                                         TCP_MAX_ADDRS, &n);
+
+    if (status != FX_OK || n == 0) {
+        fx_warn(FX_SUB_NET, "no network interface matches FX_SOCKET_IFNAME=%s", tp->ifname);
+        return status != FX_OK ? status : FX_ERR_CONNECTION;
+    }
+    l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    l->kind   = OBJ_OTHER;
+    l->tp     = tp;
+    l->fds[0] = listen_any(AF_INET6);
+    if (l->fds[0] < 0) {
+        l->fds[0] = listen_any(AF_INET);
+    }
+    if (l->fds[0] < 0 || getsockname(l->fds[0], (struct sockaddr *)&bound, &blen) != 0) {
+        fx_warn(FX_SUB_NET, "cannot open a listening socket: %s", strerror(errno));
+        if (l->fds[0] >= 0) {
+            close(l->fds[0]);
+        }
+        free(l);
+        return FX_ERR_SYSTEM;
+    }
+    l->nfds = 1;
+    addr_pack(addrs, n, ntohs(((struct sockaddr_in *)&bound)->sin_port), addr);
+    fx_info(FX_SUB_NET, "tcp: listening on port %u, interface %s (%d address%s), %d sockets per "
+                        "connection",
+            ntohs(((struct sockaddr_in *)&bound)->sin_port), names[0], n, n > 1 ? "es" : "",
+            tp->nsocks);
+    *out = l;
+    return FX_OK;
+}
+
+static void pend_drop(struct fx_tp_listener *l, int i, const char *why)
+{
+    if (why != NULL) {
+        fx_warn(FX_SUB_NET, "tcp: dropped a connection from %s: %s", l->pend[i].peer, why);
+    }
+    close(l->pend[i].fd);
+    l->pend[i] = l->pend[--l->npend];
+}
+
+static void accept_new(struct fx_tp_listener *l)
+{
+    for (int tries = 0; tries < 64 && l->npend < TCP_PENDING_MAX; tries++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd       = accept4(l->fds[0], (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct tcp_pending *p;
+
+        if (fd < 0) {
+            return;
+        }
+        p = &l->pend[l->npend++];
+        memset(p, 0, sizeof(*p));
+        p->fd       = fd;
+        p->deadline = now_ms() + (l->tp->timeout_ms < 10000 ? l->tp->timeout_ms : 10000);
+        addr_str(&ss, p->peer, sizeof(p->peer));
+    }
+}
+
+/* Reads a pending socket's hello; returns a reason to drop it, or NULL. */
+static const char *pend_read(struct tcp_pending *p)
+{
+    size_t need = TCP_HELLO_LEN + (p->have >= TCP_HELLO_LEN ? p->hlen : 0);
+    ssize_t n;
+
+    if (p->hello_done) {
+        return NULL;
+    }
+    n = recv(p->fd, p->buf + p->have, need - p->have, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        return "closed before its hello";
+    }
+    if (n < 0) {
+        return NULL;
+    }
+    p->have += (size_t)n;
+    if (p->have == TCP_HELLO_LEN) {
+        p->index  = get16(p->buf + 6);
+        p->nsocks = get16(p->buf + 8);
+        p->hlen   = get16(p->buf + 10);
+        p->nonce  = get64(p->buf + 12);
+        if (get32(p->buf) != TCP_HELLO_MAGIC || get16(p->buf + 4) != TCP_VERSION) {
+            return "not a libfabricx tcp hello";
+        }
+        if (p->nsocks < 1 || p->nsocks > TCP_MAX_NSOCKS || p->index >= p->nsocks ||
+            p->hlen > FX_TP_HELLO_MAX || (p->index > 0 && p->hlen > 0)) {
+            return "malformed hello";
+        }
+    }
+    p->hello_done = p->have >= TCP_HELLO_LEN && p->have == (size_t)TCP_HELLO_LEN + p->hlen;
+    return NULL;
+}
+
+static fx_status conn_alloc(struct fx_tp *tp, int nsocks, struct fx_tp_conn **out)
+{
+    struct fx_tp_conn *c = calloc(1, sizeof(*c));
+
+    if (c == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    c->socks      = calloc((size_t)nsocks, sizeof(*c->socks));
+    c->hello_sent = calloc((size_t)nsocks, sizeof(size_t));
+    if (c->socks == NULL || c->hello_sent == NULL) {
+        free(c->socks);
+        free(c->hello_sent);
+        free(c);
+        return FX_ERR_NO_MEMORY;
+    }
+    c->tp     = tp;
+    c->nsocks = nsocks;
+    for (int s = 0; s < nsocks; s++) {
+        c->socks[s].kind = OBJ_SOCK;
+        c->socks[s].fd   = -1;
+        c->socks[s].conn = c;
+    }
+    *out = c;
+    return FX_OK;
+}
+
+/* Registers an established connection's sockets with the epoll set. */
+static fx_status conn_arm(struct fx_tp_conn *c)
+{
+    for (int s = 0; s < c->nsocks; s++) {
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                                 .data.ptr = &c->socks[s]};
+
+        tune_socket(c->socks[s].fd);
+        c->socks[s].can_read  = true;
+        c->socks[s].can_write = true;
+        if (epoll_ctl(c->tp->epfd, EPOLL_CTL_ADD, c->socks[s].fd, &ev) != 0) {
+            fx_warn(FX_SUB_NET, "epoll_ctl failed: %s", strerror(errno));
+            return FX_ERR_SYSTEM;
+        }
+    }
+    c->established = true;
+    c->next        = c->tp->conns;
+    c->tp->conns   = c;
+    return FX_OK;
+}
+
+/* Builds a connection from the pending sockets of one nonce, once all have arrived. */
+static bool pend_group(struct fx_tp_listener *l, int i, struct fx_tp_conn **out, void *hello,
+                       size_t *hello_len)
+{
+    struct tcp_pending *p = &l->pend[i];
+    int idx[TCP_MAX_NSOCKS];
+    int found = 0;
+    struct fx_tp_conn *c;
+
+    for (int k = 0; k < p->nsocks; k++) {
+        idx[k] = -1;
+    }
+    for (int j = 0; j < l->npend; j++) {
+        struct tcp_pending *q = &l->pend[j];
+
+        if (q->hello_done && q->nonce == p->nonce && q->nsocks == p->nsocks &&
+            idx[q->index] < 0) {
+            idx[q->index] = j;
+            found++;
+        }
+    }
+    if (found < p->nsocks || conn_alloc(l->tp, p->nsocks, &c) != FX_OK) {
+        return false;
+    }
+    snprintf(c->peer, sizeof(c->peer), "%s", l->pend[idx[0]].peer);
+    memcpy(hello, l->pend[idx[0]].buf + TCP_HELLO_LEN, l->pend[idx[0]].hlen);
+    *hello_len = l->pend[idx[0]].hlen;
+    for (int k = 0; k < c->nsocks; k++) {
+        c->socks[k].fd = l->pend[idx[k]].fd;
+        l->pend[idx[k]].fd = -1;
+    }
+    for (int j = l->npend - 1; j >= 0; j--) {
+        if (l->pend[j].fd < 0) {
+            l->pend[j] = l->pend[--l->npend];
+        }
+    }
+    if (conn_arm(c) != FX_OK) {
+        for (int k = 0; k < c->nsocks; k++) {
+            close(c->socks[k].fd);
+        }
+        free(c->socks);
+        free(c->hello_sent);
+        free(c);
+        return false;
+    }
+    *out = c;
+    return true;
+}
+
+static fx_status tcp_accept(struct fx_tp_listener *l, struct fx_tp_conn **conn, void *hello,
+                            size_t *hello_len)
+{
+    int64_t now = now_ms();
+
+    accept_new(l);
+    for (int i = l->npend - 1; i >= 0; i--) {
+        const char *why = pend_read(&l->pend[i]);
+
+        if (why == NULL && !l->pend[i].hello_done && now >= l->pend[i].deadline) {
+            why = "no complete hello in time";
+        }
+        if (why != NULL) {
+            pend_drop(l, i, why);
+        }
+    }
+    for (int i = 0; i < l->npend; i++) {
+        if (l->pend[i].hello_done && pend_group(l, i, conn, hello, hello_len)) {
+            return FX_OK;
+        }
+    }
+    return FX_INPROGRESS;
+}
+
+static void tcp_listen_close(struct fx_tp_listener *l)
+{
+    while (l->npend > 0) {
+        pend_drop(l, l->npend - 1, NULL);
+    }
+    for (int i = 0; i < l->nfds; i++) {
+        close(l->fds[i]);
+    }
+    free(l);
+}
+
+/* ------------------------------------------------------------------ connect */
+
+static fx_status start_sockets(struct fx_tp_conn *c)
+{
+    const struct sockaddr_storage *a = &c->addrs[c->addr_index];
+    socklen_t len = a->ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                            : sizeof(struct sockaddr_in6);
+
+    addr_str(a, c->peer, sizeof(c->peer));
+    c->connected = 0;
+    for (int s = 0; s < c->nsocks; s++) {
+        int fd = socket(a->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+        c->hello_sent[s] = 0;
+        c->socks[s].fd   = fd;
+        if (fd < 0) {
+            return FX_ERR_SYSTEM;
+        }
+        tune_socket(fd);
+        if (connect(fd, (const struct sockaddr *)a, len) != 0 && errno != EINPROGRESS) {
+            return FX_ERR_CONNECTION;
+        }
+    }
+    return FX_OK;
+}
+
+static void close_sockets(struct fx_tp_conn *c)
+{
+    for (int s = 0; s < c->nsocks; s++) {
+        if (c->socks[s].fd >= 0) {
+            close(c->socks[s].fd);
+            c->socks[s].fd = -1;
+        }
+    }
+}
+
+/* Advances one socket: connected? hello written? Returns FX_OK when done. */
+static fx_status sock_connect_step(struct fx_tp_conn *c, int s)
+{
+    int fd = c->socks[s].fd;
+    int err = 0;
+    socklen_t el = sizeof(err);
+    size_t total = TCP_HELLO_LEN + (s == 0 ? c->hello_len : 0);
+    uint8_t msg[TCP_HELLO_LEN + FX_TP_HELLO_MAX];
+    ssize_t n;
+
+    if (c->hello_sent[s] == total) {
+        return FX_OK;
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0) {
+        snprintf(c->error, sizeof(c->error), "connect to %s: %s", c->peer, strerror(err));
+        return FX_ERR_CONNECTION;
+    }
+    memcpy(msg, c->hello, TCP_HELLO_LEN);
+    put16(msg + 6, (uint16_t)s);
+    put16(msg + 10, (uint16_t)(s == 0 ? c->hello_len : 0));
+    memcpy(msg + TCP_HELLO_LEN, c->hello + TCP_HELLO_LEN, s == 0 ? c->hello_len : 0);
+    n = send(fd, msg + c->hello_sent[s], total - c->hello_sent[s], MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == ENOTCONN || errno == EINTR)) {
+        return FX_INPROGRESS;
+    }
+    if (n < 0) {
+        snprintf(c->error, sizeof(c->error), "connect to %s: %s", c->peer, strerror(errno));
+        return FX_ERR_CONNECTION;
+    }
+    c->hello_sent[s] += (size_t)n;
+    return c->hello_sent[s] == total ? FX_OK : FX_INPROGRESS;
+}
+
+static fx_status connect_begin(struct fx_tp *tp, const struct fx_tp_addr *addr, const void *hello,
+                               size_t hello_len, struct fx_tp_conn **out)
+{
+    struct fx_tp_conn *c;
+    uint64_t nonce;
+    fx_status status;
+
+    if (hello_len > FX_TP_HELLO_MAX) {
+        return FX_ERR_INVALID_ARG;
+    }
+    status = conn_alloc(tp, tp->nsocks, &c);
+    if (status != FX_OK) {
+        return status;
+    }
+    c->naddrs = addr_unpack(addr, c->addrs);
+    if (c->naddrs == 0 || getentropy(&nonce, sizeof(nonce)) != 0) {
+        status = c->naddrs == 0 ? FX_ERR_INVALID_ARG : FX_ERR_SYSTEM;
+        free(c->socks);
+        free(c->hello_sent);
+        free(c);
+        return status;
+    }
+    put32(c->hello, TCP_HELLO_MAGIC);
+    put16(c->hello + 4, TCP_VERSION);
+    put16(c->hello + 8, (uint16_t)c->nsocks);
+    put64(c->hello + 12, nonce);
+    memcpy(c->hello + TCP_HELLO_LEN, hello, hello_len);
+    c->hello_len = hello_len;
+    *out         = c;
+    return start_sockets(c) == FX_OK ? FX_INPROGRESS : FX_ERR_CONNECTION;
+}
+
+static fx_status tcp_connect(struct fx_tp *tp, const struct fx_tp_addr *addr, const void *hello,
+                             size_t hello_len, struct fx_tp_conn **conn)
+{
+    struct fx_tp_conn *c = *conn;
+    int done = 0;
+
+    if (c == NULL) {
+        fx_status status = connect_begin(tp, addr, hello, hello_len, conn);
+
+        if (status != FX_INPROGRESS) {
+            return status;
+        }
+        c = *conn;
+    }
+    for (int s = 0; s < c->nsocks; s++) {
+        fx_status status = sock_connect_step(c, s);
+
+        if (status == FX_ERR_CONNECTION) {
+            close_sockets(c);
+            if (++c->addr_index < c->naddrs && start_sockets(c) == FX_OK) {
+                return FX_INPROGRESS;
+            }
+            fx_warn(FX_SUB_NET, "tcp: %s", c->error);
+            return FX_ERR_CONNECTION;
+        }
+        done += status == FX_OK;
+    }
+    if (done < c->nsocks) {
+        return FX_INPROGRESS;
+    }
+    return conn_arm(c);
+}
+
+static void tcp_close(struct fx_tp_conn *c)
+{
+    struct fx_tp_conn **pp = &c->tp->conns;
+
+    while (*pp != NULL && *pp != c) {
+        pp = &(*pp)->next;
+    }
+    if (*pp == c) {
+        *pp = c->next;
+    }
+    /* Requests still queued are owned by the caller's lanes, which stop using them now. */
+    conn_fail(c, FX_ERR_CONNECTION, "closed locally");
+    close_sockets(c);
+    free(c->socks);
+    free(c->hello_sent);
+    free(c);
+}
+
+static void tcp_conn_error(struct fx_tp_conn *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", c->failed != FX_OK ? c->error : "no error");
+}
+
+static void tcp_conn_peer(struct fx_tp_conn *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", c->peer);
+}
+
+const struct fx_transport_ops fx_tcp_ops = {
+    .name         = "tcp",
+    .caps         = FX_TP_CAP_HOST_MEM,
+    .init         = tcp_init,
+    .fini         = tcp_fini,
+    .progress     = tcp_progress,
+    .wait_fd      = tcp_wait_fd,
+    .listen       = tcp_listen,
+    .listen_close = tcp_listen_close,
+    .connect      = tcp_connect,
+    .accept       = tcp_accept,
+    .close        = tcp_close,
+    .isend        = tcp_isend,
+    .irecv        = tcp_irecv,
+    .test         = tcp_test,
+    .conn_error   = tcp_conn_error,
+    .conn_peer    = tcp_conn_peer,
+};

@@ -1,0 +1,135 @@
+/*
+ * The transport ops table: what the executor needs from a network, and nothing more.
+ *
+ * A transport moves whole messages over connections. A connection is used in one direction only
+ * by the core (the side that called connect sends, the side that accepted receives), so a
+ * transport may optimise for that, but must work both ways. Messages on one connection complete
+ * in the order they were posted and are matched in that order with the peer's receives.
+ *
+ * Every message may carry a small opaque header (hdrlen <= FX_TP_HDR_MAX bytes), delivered to
+ * the receiver whole, before or with the payload. The receiver posts the header and payload
+ * lengths it expects; a message whose lengths differ completes the receive with
+ * FX_ERR_MISMATCH, the sender's header copied out when it arrived (so the caller can say what
+ * differs), never writes past the posted buffers, and leaves the connection failed.
+ *
+ * Threading: a transport instance (struct fx_tp) and all its objects are used by one thread at a
+ * time; the core serialises calls with its own lock. No call blocks, except where a slot's
+ * comment says so.
+ *
+ * Layering: transports include only this header, fabricx.h and libfabricx/fx_log.h. The core
+ * hands them configuration in struct fx_tp_config; they never read FX_* variables themselves.
+ */
+#ifndef FX_TRANSPORT_H
+#define FX_TRANSPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fabricx.h"
+
+#define FX_TP_HDR_MAX   64
+#define FX_TP_ADDR_MAX  160
+#define FX_TP_HELLO_MAX 128
+
+/* Capability bits, set to match the slots a transport fills. */
+#define FX_TP_CAP_HOST_MEM (1u << 0) /* sends from / receives into any host memory */
+
+/* Configuration handed to init by the core (from FX_* variables and the bootstrap). */
+struct fx_tp_config {
+    const char *ifname; /* FX_SOCKET_IFNAME: prefixes, "^" to exclude, "=" exact, or a CIDR */
+    int nsocks;         /* sockets per connection; 0: the transport's default */
+    int timeout_ms;     /* bound on connection set-up handshakes */
+    bool zerocopy;      /* FX_TCP_ZEROCOPY: MSG_ZEROCOPY for large sends */
+    size_t min_stripe;  /* payloads below 2 * min_stripe travel on one socket; 0: default */
+};
+
+/* An address published through the bootstrap table: opaque bytes of `len`. */
+struct fx_tp_addr {
+    uint32_t len;
+    uint8_t data[FX_TP_ADDR_MAX];
+};
+
+struct fx_tp;          /* one transport instance; the core makes one per communicator */
+struct fx_tp_listener; /* a passive endpoint whose address peers connect to */
+struct fx_tp_conn;     /* one logical connection (possibly several sockets) */
+struct fx_tp_req;      /* one posted send or receive */
+
+struct fx_transport_ops {
+    const char *name;
+    unsigned caps;
+
+    /* Creates an instance. Blocking is allowed (interface discovery). */
+    fx_status (*init)(const struct fx_tp_config *cfg, struct fx_tp **tp);
+    /* Frees the instance; every listener and connection must have been closed. */
+    void (*fini)(struct fx_tp *tp);
+
+    /*
+     * Makes progress on every connection: moves bytes, completes requests, notices dead peers
+     * and fails their requests. Never blocks. Returns FX_OK, or an error only for a failure of
+     * the whole instance (a failed connection fails its own requests instead).
+     */
+    fx_status (*progress)(struct fx_tp *tp);
+    /*
+     * A file descriptor that polls readable when progress() may have work: data arrived, a
+     * socket became writable, a peer closed. The caller polls it (it may be an epoll fd) and
+     * then calls progress(). Owned by the transport.
+     */
+    int (*wait_fd)(struct fx_tp *tp);
+
+    /*
+     * Opens a listener; *addr receives the address to publish (it may list several interface
+     * addresses; connect tries them in order).
+     */
+    fx_status (*listen)(struct fx_tp *tp, struct fx_tp_addr *addr, struct fx_tp_listener **lst);
+    void (*listen_close)(struct fx_tp_listener *lst);
+
+    /*
+     * Starts a connection to a published address. The hello bytes (at most FX_TP_HELLO_MAX) are
+     * delivered to the accepting side by its accept(). Returns FX_OK with *conn set once the
+     * connection (all its sockets) is established, or FX_INPROGRESS: call again with the same
+     * arguments and *conn as returned; *conn is then an in-progress handle owned by the caller
+     * (close() it to give up). Errors: FX_ERR_CONNECTION (refused, unreachable).
+     */
+    fx_status (*connect)(struct fx_tp *tp, const struct fx_tp_addr *addr, const void *hello,
+                         size_t hello_len, struct fx_tp_conn **conn);
+    /*
+     * Returns FX_OK with a new, fully established connection and its hello bytes, or
+     * FX_INPROGRESS while none is complete. Garbage, half-open and foreign connections are
+     * dropped inside (and logged) without disturbing the listener; they never reach the caller.
+     */
+    fx_status (*accept)(struct fx_tp_listener *lst, struct fx_tp_conn **conn, void *hello,
+                        size_t *hello_len);
+    /* Closes a connection; its pending requests are freed and must not be tested again. */
+    void (*close)(struct fx_tp_conn *conn);
+
+    /*
+     * Posts a send of hdr[0..hdrlen) followed by buf[0..len). Never blocks. The caller keeps
+     * both buffers unchanged until the request completes (hdr may be copied at post time).
+     * len may be 0.
+     */
+    fx_status (*isend)(struct fx_tp_conn *conn, const void *hdr, size_t hdrlen, const void *buf,
+                       size_t len, struct fx_tp_req **req);
+    /* Posts a receive of exactly hdrlen header bytes and len payload bytes. Never blocks. */
+    fx_status (*irecv)(struct fx_tp_conn *conn, void *hdr, size_t hdrlen, void *buf, size_t len,
+                       struct fx_tp_req **req);
+    /*
+     * Never blocks. Returns FX_INPROGRESS while the request runs; otherwise the request is
+     * complete and freed and the return value is its status (FX_OK, FX_ERR_MISMATCH,
+     * FX_ERR_PEER_FAILED when the peer closed or reset, FX_ERR_CONNECTION).
+     */
+    fx_status (*test)(struct fx_tp_req *req);
+
+    /* Describes the connection's failure (peer address and cause) for an error message. */
+    void (*conn_error)(struct fx_tp_conn *conn, char *buf, size_t len);
+    /* Writes the connection's peer address as text ("10.0.0.2:41234"). */
+    void (*conn_peer)(struct fx_tp_conn *conn, char *buf, size_t len);
+};
+
+/* Transports in preference order; NULL-terminated. */
+extern const struct fx_transport_ops *const fx_transports[];
+
+/* Finds a transport by name; NULL if not built. */
+const struct fx_transport_ops *fx_transport_find(const char *name);
+
+#endif /* FX_TRANSPORT_H */
