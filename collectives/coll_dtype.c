@@ -8,11 +8,10 @@ static const struct {
     const char *name;
     size_t size;
 } dtypes[FX_NUM_DATATYPES] = {
-    [FX_INT8] = {"int8", 1},       [FX_UINT8] = {"uint8", 1},
-    [FX_INT32] = {"int32", 4},     [FX_UINT32] = {"uint32", 4},
-    [FX_INT64] = {"int64", 8},     [FX_UINT64] = {"uint64", 8},
-    [FX_FLOAT16] = {"half", 2},    [FX_BFLOAT16] = {"bfloat16", 2},
-    [FX_FLOAT32] = {"float", 4},   [FX_FLOAT64] = {"double", 8},
+    [FX_INT8] = {"int8", 1},      [FX_UINT8] = {"uint8", 1},       [FX_INT32] = {"int32", 4},
+    [FX_UINT32] = {"uint32", 4},  [FX_INT64] = {"int64", 8},       [FX_UINT64] = {"uint64", 8},
+    [FX_FLOAT16] = {"half", 2},   [FX_BFLOAT16] = {"bfloat16", 2}, [FX_FLOAT32] = {"float", 4},
+    [FX_FLOAT64] = {"double", 8},
 };
 
 static const char *const op_names[FX_NUM_OPS] = {"sum", "prod", "min", "max", "avg"};

@@ -42,25 +42,28 @@ fx_reduce_fn fx_coll_reduce_fn(fx_datatype dtype, fx_op op)
     return kernels()[dtype][op == FX_AVG ? FX_SUM : op];
 }
 
-void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype,
-                    fx_op op)
+void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype, fx_op op)
 {
     fx_coll_reduce_fn(dtype, op)(dst, a, b, n);
 }
 
-#define AVG_INT(T, UT)                                                                             \
+/* The wrapped sum in T, divided by nranks in a type wide enough for nranks (WT: int64_t or
+ * uint64_t), truncating. */
+#define AVG_INT(T, UT, WT)                                                                         \
     do {                                                                                           \
-        T *dd = dst;                                                                               \
-        const T *aa = a, *bb = b;                                                                  \
+        typedef T ua_t __attribute__((aligned(1))); /* user buffers may be unaligned */            \
+        ua_t *dd       = dst;                                                                      \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
-            dd[i] = (T)((T)(UT)((UT)aa[i] + (UT)bb[i]) / (T)nranks);                              \
+            dd[i] = (T)((WT)(T)(UT)((UT)aa[i] + (UT)bb[i]) / (WT)nranks);                          \
         }                                                                                          \
     } while (0)
 
 #define AVG_FLOAT(T)                                                                               \
     do {                                                                                           \
-        T *dd = dst;                                                                               \
-        const T *aa = a, *bb = b;                                                                  \
+        typedef T ua_t __attribute__((aligned(1))); /* user buffers may be unaligned */            \
+        ua_t *dd       = dst;                                                                      \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
             dd[i] = (aa[i] + bb[i]) / (T)nranks;                                                   \
         }                                                                                          \
@@ -68,10 +71,11 @@ void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_dataty
 
 #define AVG_LOWP(LOAD, STORE)                                                                      \
     do {                                                                                           \
-        uint16_t *dd = dst;                                                                        \
-        const uint16_t *aa = a, *bb = b;                                                           \
+        typedef uint16_t ua_t __attribute__((aligned(1)));                                         \
+        ua_t *dd       = dst;                                                                      \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
-            dd[i] = STORE((LOAD(aa[i]) + LOAD(bb[i])) / (float)nranks);                           \
+            dd[i] = STORE((LOAD(aa[i]) + LOAD(bb[i])) / (float)nranks);                            \
         }                                                                                          \
     } while (0)
 
@@ -81,22 +85,22 @@ static void reduce_avg(void *dst, const void *a, const void *b, size_t n, fx_dat
 {
     switch (dtype) {
     case FX_INT8:
-        AVG_INT(int8_t, uint8_t);
+        AVG_INT(int8_t, uint8_t, int64_t);
         break;
     case FX_UINT8:
-        AVG_INT(uint8_t, uint8_t);
+        AVG_INT(uint8_t, uint8_t, uint64_t);
         break;
     case FX_INT32:
-        AVG_INT(int32_t, uint32_t);
+        AVG_INT(int32_t, uint32_t, int64_t);
         break;
     case FX_UINT32:
-        AVG_INT(uint32_t, uint32_t);
+        AVG_INT(uint32_t, uint32_t, uint64_t);
         break;
     case FX_INT64:
-        AVG_INT(int64_t, uint64_t);
+        AVG_INT(int64_t, uint64_t, int64_t);
         break;
     case FX_UINT64:
-        AVG_INT(uint64_t, uint64_t);
+        AVG_INT(uint64_t, uint64_t, uint64_t);
         break;
     case FX_FLOAT16:
         AVG_LOWP(fx_half_to_float, fx_float_to_half);
@@ -125,7 +129,7 @@ void fx_coll_reduce_final(void *dst, const void *a, const void *b, size_t n, fx_
 
 void fx_coll_avg_scale(void *buf, size_t n, fx_datatype dtype, int nranks)
 {
-    size_t es = fx_datatype_size(dtype);
+    size_t es       = fx_datatype_size(dtype);
     uint8_t zero[8] = {0};
 
     if (nranks <= 1) {

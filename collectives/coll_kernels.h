@@ -7,7 +7,9 @@
  *  - integers: SUM and PROD wrap like C unsigned arithmetic; MIN/MAX in the type's signedness;
  *  - floats: MIN/MAX return NaN if either operand is NaN;
  *  - fp16/bf16: operands widened to fp32, the result rounded to nearest-even once;
- *  - AVG: SUM here; the division by nranks is applied by fx_coll_reduce_final().
+ *  - AVG: SUM here; the division by nranks is applied by fx_coll_reduce_final();
+ *  - a NaN result is a quiet NaN whose payload may differ between kernel sets (ranks still
+ *    agree: each element's final value is computed on one rank and distributed).
  */
 #ifndef FX_COLL_KERNELS_H
 #define FX_COLL_KERNELS_H
@@ -26,8 +28,7 @@ typedef void (*fx_reduce_fn)(void *dst, const void *a, const void *b, size_t n);
 fx_reduce_fn fx_coll_reduce_fn(fx_datatype dtype, fx_op op);
 
 /* dst = a (op) b as fx_coll_reduce_fn. */
-void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype,
-                    fx_op op);
+void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype, fx_op op);
 
 /*
  * The last reduction of an element: dst = a (op) b, then for FX_AVG divided by nranks with a

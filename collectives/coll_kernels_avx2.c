@@ -8,14 +8,14 @@
 /* fp16 via the F16C conversions, 8 lanes at a time; the tail goes through the same
  * instructions on a zero-padded copy, so every element is rounded alike. */
 #define F16C_KERNEL(opname, VEXPR)                                                                 \
-    static void f16_##opname##_avx2(void *d, const void *a, const void *b, size_t n)              \
+    static void f16_##opname##_avx2(void *d, const void *a, const void *b, size_t n)               \
     {                                                                                              \
-        uint16_t *dd = d;                                                                          \
+        uint16_t *dd       = d;                                                                    \
         const uint16_t *aa = a, *bb = b;                                                           \
         size_t i = 0;                                                                              \
         for (; i + 8 <= n; i += 8) {                                                               \
-            __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(aa + i)));               \
-            __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(bb + i)));               \
+            __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(aa + i)));                \
+            __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(bb + i)));                \
             _mm_storeu_si128((__m128i *)(dd + i),                                                  \
                              _mm256_cvtps_ph(VEXPR, _MM_FROUND_TO_NEAREST_INT));                   \
         }                                                                                          \
@@ -23,9 +23,9 @@
             uint16_t ta[8] = {0}, tb[8] = {0}, td[8];                                              \
             memcpy(ta, aa + i, (n - i) * 2);                                                       \
             memcpy(tb, bb + i, (n - i) * 2);                                                       \
-            __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)ta));                     \
-            __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)tb));                     \
-            _mm_storeu_si128((__m128i *)td, _mm256_cvtps_ph(VEXPR, _MM_FROUND_TO_NEAREST_INT));   \
+            __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)ta));                      \
+            __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)tb));                      \
+            _mm_storeu_si128((__m128i *)td, _mm256_cvtps_ph(VEXPR, _MM_FROUND_TO_NEAREST_INT));    \
             memcpy(dd + i, td, (n - i) * 2);                                                       \
         }                                                                                          \
     }

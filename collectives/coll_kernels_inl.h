@@ -16,36 +16,43 @@
 
 #pragma GCC optimize("O3", "fp-contract=off")
 
+/* Element pointers go through one-byte-aligned typedefs: the API takes any user buffer, and
+ * x86 loads do not need alignment (the vectoriser then uses unaligned moves). */
+
 /* Integer kernels: wrap via the unsigned type; MIN/MAX in the type's own signedness. */
 #define INT_KERNELS(tag, T, UT)                                                                    \
-    static void KNAME(tag##_sum)(void *d, const void *a, const void *b, size_t n)                 \
+    static void KNAME(tag##_sum)(void *d, const void *a, const void *b, size_t n)                  \
     {                                                                                              \
-        T *dd = d;                                                                                 \
-        const T *aa = a, *bb = b;                                                                  \
+        typedef T ua_t __attribute__((aligned(1))); /* user buffers may be unaligned */            \
+        ua_t *dd       = d;                                                                        \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
             dd[i] = (T)(UT)((UT)aa[i] + (UT)bb[i]);                                                \
         }                                                                                          \
     }                                                                                              \
-    static void KNAME(tag##_prod)(void *d, const void *a, const void *b, size_t n)                \
+    static void KNAME(tag##_prod)(void *d, const void *a, const void *b, size_t n)                 \
     {                                                                                              \
-        T *dd = d;                                                                                 \
-        const T *aa = a, *bb = b;                                                                  \
+        typedef T ua_t __attribute__((aligned(1))); /* user buffers may be unaligned */            \
+        ua_t *dd       = d;                                                                        \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
             dd[i] = (T)(UT)((UT)aa[i] * (UT)bb[i]);                                                \
         }                                                                                          \
     }                                                                                              \
-    static void KNAME(tag##_min)(void *d, const void *a, const void *b, size_t n)                 \
+    static void KNAME(tag##_min)(void *d, const void *a, const void *b, size_t n)                  \
     {                                                                                              \
-        T *dd = d;                                                                                 \
-        const T *aa = a, *bb = b;                                                                  \
+        typedef T ua_t __attribute__((aligned(1))); /* user buffers may be unaligned */            \
+        ua_t *dd       = d;                                                                        \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
             dd[i] = aa[i] < bb[i] ? aa[i] : bb[i];                                                 \
         }                                                                                          \
     }                                                                                              \
-    static void KNAME(tag##_max)(void *d, const void *a, const void *b, size_t n)                 \
+    static void KNAME(tag##_max)(void *d, const void *a, const void *b, size_t n)                  \
     {                                                                                              \
-        T *dd = d;                                                                                 \
-        const T *aa = a, *bb = b;                                                                  \
+        typedef T ua_t __attribute__((aligned(1))); /* user buffers may be unaligned */            \
+        ua_t *dd       = d;                                                                        \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
             dd[i] = aa[i] > bb[i] ? aa[i] : bb[i];                                                 \
         }                                                                                          \
@@ -56,34 +63,38 @@
 #define FMAX(x, y) ((x) != (x) ? (x) : ((y) != (y) ? (y) : ((x) > (y) ? (x) : (y))))
 
 #define FLOAT_KERNELS(tag, T)                                                                      \
-    static void KNAME(tag##_sum)(void *d, const void *a, const void *b, size_t n)                 \
+    static void KNAME(tag##_sum)(void *d, const void *a, const void *b, size_t n)                  \
     {                                                                                              \
-        T *dd = d;                                                                                 \
-        const T *aa = a, *bb = b;                                                                  \
+        typedef T ua_t __attribute__((aligned(1))); /* user buffers may be unaligned */            \
+        ua_t *dd       = d;                                                                        \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
             dd[i] = aa[i] + bb[i];                                                                 \
         }                                                                                          \
     }                                                                                              \
-    static void KNAME(tag##_prod)(void *d, const void *a, const void *b, size_t n)                \
+    static void KNAME(tag##_prod)(void *d, const void *a, const void *b, size_t n)                 \
     {                                                                                              \
-        T *dd = d;                                                                                 \
-        const T *aa = a, *bb = b;                                                                  \
+        typedef T ua_t __attribute__((aligned(1))); /* user buffers may be unaligned */            \
+        ua_t *dd       = d;                                                                        \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
             dd[i] = aa[i] * bb[i];                                                                 \
         }                                                                                          \
     }                                                                                              \
-    static void KNAME(tag##_min)(void *d, const void *a, const void *b, size_t n)                 \
+    static void KNAME(tag##_min)(void *d, const void *a, const void *b, size_t n)                  \
     {                                                                                              \
-        T *dd = d;                                                                                 \
-        const T *aa = a, *bb = b;                                                                  \
+        typedef T ua_t __attribute__((aligned(1))); /* user buffers may be unaligned */            \
+        ua_t *dd       = d;                                                                        \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
             dd[i] = FMIN(aa[i], bb[i]);                                                            \
         }                                                                                          \
     }                                                                                              \
-    static void KNAME(tag##_max)(void *d, const void *a, const void *b, size_t n)                 \
+    static void KNAME(tag##_max)(void *d, const void *a, const void *b, size_t n)                  \
     {                                                                                              \
-        T *dd = d;                                                                                 \
-        const T *aa = a, *bb = b;                                                                  \
+        typedef T ua_t __attribute__((aligned(1))); /* user buffers may be unaligned */            \
+        ua_t *dd       = d;                                                                        \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
             dd[i] = FMAX(aa[i], bb[i]);                                                            \
         }                                                                                          \
@@ -121,10 +132,11 @@ static inline uint16_t KNAME(bf_store)(float f)
 }
 
 #define LOWP_KERNEL(tag, opname, EXPR, LOAD, STORE)                                                \
-    static void KNAME(tag##_##opname)(void *d, const void *a, const void *b, size_t n)            \
+    static void KNAME(tag##_##opname)(void *d, const void *a, const void *b, size_t n)             \
     {                                                                                              \
-        uint16_t *dd = d;                                                                          \
-        const uint16_t *aa = a, *bb = b;                                                           \
+        typedef uint16_t ua_t __attribute__((aligned(1)));                                         \
+        ua_t *dd       = d;                                                                        \
+        const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
             float x = LOAD(aa[i]);                                                                 \
             float y = LOAD(bb[i]);                                                                 \
@@ -143,12 +155,15 @@ LOWP_KERNELS(bf16, KNAME(bf_load), KNAME(bf_store))
 LOWP_KERNELS(f16, fx_half_to_float, fx_float_to_half)
 #endif
 
-#define KROW(tag) {KNAME(tag##_sum), KNAME(tag##_prod), KNAME(tag##_min), KNAME(tag##_max)}
+#define KROW(tag)                                                                                  \
+    {                                                                                              \
+        KNAME(tag##_sum), KNAME(tag##_prod), KNAME(tag##_min), KNAME(tag##_max)                    \
+    }
 
 /* [datatype][SUM, PROD, MIN, MAX] */
 static const fx_reduce_fn KNAME(table)[FX_NUM_DATATYPES][4] = {
-    [FX_INT8] = KROW(i8),     [FX_UINT8] = KROW(u8),    [FX_INT32] = KROW(i32),
-    [FX_UINT32] = KROW(u32),  [FX_INT64] = KROW(i64),   [FX_UINT64] = KROW(u64),
+    [FX_INT8] = KROW(i8),     [FX_UINT8] = KROW(u8),      [FX_INT32] = KROW(i32),
+    [FX_UINT32] = KROW(u32),  [FX_INT64] = KROW(i64),     [FX_UINT64] = KROW(u64),
     [FX_FLOAT16] = KROW(f16), [FX_BFLOAT16] = KROW(bf16), [FX_FLOAT32] = KROW(f32),
     [FX_FLOAT64] = KROW(f64),
 };

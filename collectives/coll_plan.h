@@ -29,7 +29,7 @@ enum fx_plan_kind {
     FX_PLAN_RECV        = 1, /* receive count elements from peer into buf[offset..] */
     FX_PLAN_RECV_REDUCE = 2, /* receive into scratch slot, then
                                 buf[offset+i] = src[offset+i] (op) slot[i] */
-    FX_PLAN_COPY        = 3, /* local: buf[offset+i] = src[src_offset+i] (no peer) */
+    FX_PLAN_COPY = 3,        /* local: buf[offset+i] = src[src_offset+i] (no peer) */
 };
 
 enum fx_plan_buf {

@@ -35,10 +35,10 @@ struct ring {
     struct fx_plan *plan;
     int n;
     int r;
-    size_t chunk;      /* elements per chunk */
-    size_t seg_base;   /* count / n */
-    size_t seg_rem;    /* count % n */
-    size_t nchunks;    /* chunks of the longest segment */
+    size_t chunk;    /* elements per chunk */
+    size_t seg_base; /* count / n */
+    size_t seg_rem;  /* count % n */
+    size_t nchunks;  /* chunks of the longest segment */
     uint32_t nslots;
     uint32_t nrecv_reduce;
 };
@@ -128,7 +128,7 @@ static fx_status allreduce_step(struct ring *g, int phase, int s, int32_t *dep_o
         }
     }
     for (size_t c = 0; c < g->nchunks; c++) {
-        size_t len = chunk_len(g, seg_len(g, recvseg), c);
+        size_t len           = chunk_len(g, seg_len(g, recvseg), c);
         struct fx_plan_op op = {
             .kind   = phase == 0 ? FX_PLAN_RECV_REDUCE : FX_PLAN_RECV,
             .buf    = FX_BUF_RECV,
@@ -169,16 +169,17 @@ static fx_status plan_local_copy(struct fx_plan *plan, size_t dst_off, size_t co
     if (count == 0) {
         return FX_OK;
     }
-    return push(plan, (struct fx_plan_op){
-                          .kind   = FX_PLAN_COPY,
-                          .buf    = FX_BUF_RECV,
-                          .src    = FX_BUF_SEND,
-                          .flags  = FX_PLAN_FINAL,
-                          .peer   = -1,
-                          .dep    = -1,
-                          .offset = dst_off,
-                          .count  = count,
-                      }) < 0
+    return push(plan,
+                (struct fx_plan_op){
+                    .kind   = FX_PLAN_COPY,
+                    .buf    = FX_BUF_RECV,
+                    .src    = FX_BUF_SEND,
+                    .flags  = FX_PLAN_FINAL,
+                    .peer   = -1,
+                    .dep    = -1,
+                    .offset = dst_off,
+                    .count  = count,
+                }) < 0
                ? FX_ERR_NO_MEMORY
                : FX_OK;
 }
@@ -202,7 +203,7 @@ fx_status fx_coll_ring_allreduce(struct fx_plan *plan, int nranks, int rank, siz
     if (nranks == 1 || count == 0) {
         return nranks == 1 ? plan_local_copy(plan, 0, count) : FX_OK;
     }
-    g = (struct ring){.plan = plan, .n = nranks, .r = rank, .nslots = nslots ? nslots : 1};
+    g          = (struct ring){.plan = plan, .n = nranks, .r = rank, .nslots = nslots ? nslots : 1};
     g.chunk    = chunk_elems(chunk_bytes, elem_size);
     g.seg_base = count / (size_t)nranks;
     g.seg_rem  = count % (size_t)nranks;

@@ -19,8 +19,8 @@ static int overlaps(const void *a, size_t alen, const void *b, size_t blen)
 
 /* Checks what every collective shares; *bytes gets the send size. */
 static fx_status check_common(struct fx_comm *comm, const char *name, const void *sendbuf,
-                              const void *recvbuf, size_t count, size_t factor,
-                              fx_datatype dtype, size_t *bytes)
+                              const void *recvbuf, size_t count, size_t factor, fx_datatype dtype,
+                              size_t *bytes)
 {
     size_t es = fx_datatype_size(dtype);
 
@@ -34,16 +34,15 @@ static fx_status check_common(struct fx_comm *comm, const char *name, const void
                                   fx_datatype_name(dtype));
     }
     if (count > 0 && (sendbuf == NULL || recvbuf == NULL)) {
-        return fx_comm_note_error(comm, FX_ERR_INVALID_ARG, "%s: %s is NULL with count %zu",
-                                  name, sendbuf == NULL ? "sendbuf" : "recvbuf", count);
+        return fx_comm_note_error(comm, FX_ERR_INVALID_ARG, "%s: %s is NULL with count %zu", name,
+                                  sendbuf == NULL ? "sendbuf" : "recvbuf", count);
     }
     *bytes = count * es;
     return FX_OK;
 }
 
-static fx_status submit(struct fx_comm *comm, enum fx_coll coll, const void *sendbuf,
-                        void *recvbuf, size_t count, fx_datatype dtype, fx_op op, bool blocking,
-                        fx_request_t *out)
+static fx_status submit(struct fx_comm *comm, enum fx_coll coll, const void *sendbuf, void *recvbuf,
+                        size_t count, fx_datatype dtype, fx_op op, bool blocking, fx_request_t *out)
 {
     struct fx_request *req;
 
@@ -113,12 +112,12 @@ static fx_status start_allgather(const void *sendbuf, void *recvbuf, size_t send
                                   "allgather: sendbuf overlaps recvbuf but is not rank %d's slot",
                                   comm->rank);
     }
-    return submit(comm, FX_COLL_ALLGATHER, sendbuf, recvbuf, sendcount, dtype, FX_NUM_OPS,
-                  blocking, req);
+    return submit(comm, FX_COLL_ALLGATHER, sendbuf, recvbuf, sendcount, dtype, FX_NUM_OPS, blocking,
+                  req);
 }
 
-FX_API fx_status fx_iallreduce(const void *sendbuf, void *recvbuf, size_t count,
-                               fx_datatype dtype, fx_op op, fx_comm_t comm, fx_request_t *req)
+FX_API fx_status fx_iallreduce(const void *sendbuf, void *recvbuf, size_t count, fx_datatype dtype,
+                               fx_op op, fx_comm_t comm, fx_request_t *req)
 {
     return start_allreduce(sendbuf, recvbuf, count, dtype, op, comm, false, req);
 }

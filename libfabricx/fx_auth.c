@@ -19,19 +19,22 @@ fx_status fx_auth_random(void *buf, size_t len)
     return FX_OK;
 }
 
-void fx_auth_mac(const uint8_t secret[FX_SECRET_LEN], const char *label, const void *a,
-                 size_t alen, const void *b, size_t blen, uint8_t mac[FX_MAC_LEN])
+void fx_auth_mac(const uint8_t secret[FX_SECRET_LEN], const char *label, const void *a, size_t alen,
+                 const void *b, size_t blen, uint8_t mac[FX_MAC_LEN])
 {
     uint8_t msg[256];
-    size_t llen = strlen(label);
+    size_t llen         = strlen(label);
     unsigned int maclen = FX_MAC_LEN;
 
     FX_ASSERT(llen + alen + blen <= sizeof(msg));
     memcpy(msg, label, llen);
-    memcpy(msg + llen, a, alen);
-    memcpy(msg + llen + alen, b, blen);
-    if (HMAC(EVP_sha256(), secret, FX_SECRET_LEN, msg, llen + alen + blen, mac, &maclen) ==
-        NULL) {
+    if (alen > 0) {
+        memcpy(msg + llen, a, alen);
+    }
+    if (blen > 0) {
+        memcpy(msg + llen + alen, b, blen);
+    }
+    if (HMAC(EVP_sha256(), secret, FX_SECRET_LEN, msg, llen + alen + blen, mac, &maclen) == NULL) {
         /* Only fails on allocation failure inside OpenSSL: make the MAC unguessable garbage
          * that cannot match, so authentication fails closed. */
         memset(mac, 0, FX_MAC_LEN);
@@ -44,10 +47,9 @@ bool fx_auth_equal(const uint8_t a[FX_MAC_LEN], const uint8_t b[FX_MAC_LEN])
     return CRYPTO_memcmp(a, b, FX_MAC_LEN) == 0;
 }
 
-void fx_auth_derive(const char *label, const void *text, size_t len,
-                    uint8_t secret[FX_SECRET_LEN])
+void fx_auth_derive(const char *label, const void *text, size_t len, uint8_t secret[FX_SECRET_LEN])
 {
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_MD_CTX *ctx     = EVP_MD_CTX_new();
     unsigned int outlen = FX_SECRET_LEN;
 
     FX_ASSERT(ctx != NULL);

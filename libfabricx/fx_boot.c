@@ -15,6 +15,8 @@
  *   control      u32 type, u32 payload length (<= 1024), payload
  *                       type 1 abort: i32 status, i32 failed rank, text
  *                       type 2 goodbye: empty
+ *                       type 3 stall: i32 rank waited for (-1: withdrawn), u32 ms waited,
+ *                              text naming the operation
  */
 #include "fx_boot.h"
 
@@ -31,19 +33,20 @@
 #include "fx_log.h"
 #include "fx_sock.h"
 
-#define BOOT_MAGIC        0x31425846u /* "FXB1" */
-#define BOOT_VERSION      1
-#define SRV_HELLO_LEN     40
-#define CLI_PROOF_LEN     72
-#define SRV_PROOF_LEN     36
-#define JOIN_LEN          264
-#define TABLE_HEAD_LEN    288
-#define CTRL_HDR_LEN      8
-#define CTRL_MAX_PAYLOAD  1024
-#define CTRL_ABORT        1
-#define CTRL_BYE          2
-#define HANDSHAKE_MAX_MS  10000
-#define TABLE_GRACE_MS    2000
+#define BOOT_MAGIC       0x31425846u /* "FXB1" */
+#define BOOT_VERSION     1
+#define SRV_HELLO_LEN    40
+#define CLI_PROOF_LEN    72
+#define SRV_PROOF_LEN    36
+#define JOIN_LEN         264
+#define TABLE_HEAD_LEN   288
+#define CTRL_HDR_LEN     8
+#define CTRL_MAX_PAYLOAD 1024
+#define CTRL_ABORT       1
+#define CTRL_BYE         2
+#define CTRL_STALL       3
+#define HANDSHAKE_MAX_MS 10000
+#define TABLE_GRACE_MS   2000
 
 /* ------------------------------------------------------------------ encoding */
 
@@ -238,8 +241,7 @@ static void send_reject(int fd, fx_status status, const char *text)
 }
 
 /* Validates a join record and files it. Returns a reason to drop, or NULL. */
-static const char *root_check_join(struct root_state *rs, struct pending *p, char *why,
-                                   size_t len)
+static const char *root_check_join(struct root_state *rs, struct pending *p, char *why, size_t len)
 {
     struct fx_boot *boot = rs->boot;
     struct fx_boot_entry e;
@@ -249,8 +251,8 @@ static const char *root_check_join(struct root_state *rs, struct pending *p, cha
         return "malformed join record";
     }
     if (nranks != boot->nranks) {
-        snprintf(why, len, "rank %d (host %s) was started with nranks %d, rank 0 with %d",
-                 e.rank, e.host, nranks, boot->nranks);
+        snprintf(why, len, "rank %d (host %s) was started with nranks %d, rank 0 with %d", e.rank,
+                 e.host, nranks, boot->nranks);
     } else if (e.rank < 1 || e.rank >= boot->nranks) {
         snprintf(why, len, "rank %d (host %s) is out of range [1, %d)", e.rank, e.host,
                  boot->nranks);
@@ -310,7 +312,7 @@ static void root_read(struct root_state *rs, int i)
 
 static void missing_ranks(const struct fx_boot *boot, char *buf, size_t len)
 {
-    size_t o = 0;
+    size_t o  = 0;
     int shown = 0;
 
     buf[0] = '\0';
@@ -365,8 +367,8 @@ static void root_fail_all(struct root_state *rs, fx_status status, const char *t
 static void root_poll(struct root_state *rs)
 {
     struct pollfd pfd[257];
-    int n = 0;
-    int64_t now = fx_now_ms();
+    int n        = 0;
+    int64_t now  = fx_now_ms();
     int64_t wait = rs->deadline - now;
 
     pfd[n++] = (struct pollfd){.fd = rs->lfd, .events = POLLIN};
@@ -393,8 +395,7 @@ static void root_poll(struct root_state *rs)
     }
 }
 
-static fx_status root_run(struct fx_boot *boot, int lfd, int timeout_ms, char *err,
-                          size_t errlen)
+static fx_status root_run(struct fx_boot *boot, int lfd, int timeout_ms, char *err, size_t errlen)
 {
     struct root_state rs = {.boot = boot, .lfd = lfd, .joined = 1};
     fx_status status;
@@ -423,8 +424,7 @@ static fx_status root_run(struct fx_boot *boot, int lfd, int timeout_ms, char *e
     }
     status = root_send_table(&rs, fx_now_ms() + rs.handshake_ms);
     if (status != FX_OK) {
-        snprintf(err, errlen, "bootstrap: could not send the rank table (%s)",
-                 fx_strerror(status));
+        snprintf(err, errlen, "bootstrap: could not send the rank table (%s)", fx_strerror(status));
     }
     return status;
 }
@@ -441,8 +441,8 @@ static fx_status client_auth(struct fx_boot *boot, int fd, const char *root, int
     fx_status status = fx_sock_read_all(fd, hello, sizeof(hello), deadline);
 
     if (status != FX_OK || get32(hello) != BOOT_MAGIC) {
-        snprintf(err, errlen, "bootstrap root at %s did not answer as a libfabricx root (%s)",
-                 root, status != FX_OK ? fx_strerror(status) : "bad magic");
+        snprintf(err, errlen, "bootstrap root at %s did not answer as a libfabricx root (%s)", root,
+                 status != FX_OK ? fx_strerror(status) : "bad magic");
         return status == FX_ERR_TIMEOUT ? FX_ERR_TIMEOUT : FX_ERR_CONNECTION;
     }
     memset(proof, 0, sizeof(proof));
@@ -468,8 +468,7 @@ static fx_status client_auth(struct fx_boot *boot, int fd, const char *root, int
     fx_auth_mac(boot->secret, "fx-boot-server", proof + 8, FX_NONCE_LEN, hello + 8, FX_NONCE_LEN,
                 mac);
     if (!fx_auth_equal(mac, reply + 4)) {
-        snprintf(err, errlen, "bootstrap root at %s could not prove it knows the job secret",
-                 root);
+        snprintf(err, errlen, "bootstrap root at %s could not prove it knows the job secret", root);
         return FX_ERR_AUTH;
     }
     return FX_OK;
@@ -484,8 +483,8 @@ static fx_status client_connect(const struct fx_uid *uid, int64_t deadline, int 
     for (;;) {
         for (int i = 0; i < uid->naddr; i++) {
             const struct sockaddr *sa = (const struct sockaddr *)&uid->addrs[i];
-            socklen_t sl = sa->sa_family == AF_INET ? sizeof(struct sockaddr_in)
-                                                    : sizeof(struct sockaddr_in6);
+            socklen_t sl =
+                sa->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
 
             fx_sock_addr_str(sa, root, rootlen);
             if (fx_sock_connect(sa, sl, deadline, fd, err, errlen) == FX_OK) {
@@ -501,8 +500,8 @@ static fx_status client_connect(const struct fx_uid *uid, int64_t deadline, int 
     }
 }
 
-static fx_status client_read_table(struct fx_boot *boot, int fd, const char *root,
-                                   int64_t deadline, char *err, size_t errlen)
+static fx_status client_read_table(struct fx_boot *boot, int fd, const char *root, int64_t deadline,
+                                   char *err, size_t errlen)
 {
     uint8_t head[TABLE_HEAD_LEN];
     uint8_t rec[JOIN_LEN];
@@ -544,7 +543,7 @@ static fx_status client_run(struct fx_boot *boot, const struct fx_uid *uid,
     int64_t deadline = start + timeout_ms;
     uint8_t join[JOIN_LEN];
     char root[64];
-    int fd = -1;
+    int fd           = -1;
     fx_status status = client_connect(uid, deadline, &fd, root, sizeof(root), err, errlen);
 
     if (status != FX_OK) {
@@ -583,11 +582,18 @@ static fx_status boot_alloc(struct fx_boot *boot, int nranks, int rank)
     boot->fds    = malloc(sizeof(int) * (size_t)boot->nfds);
     boot->bye    = calloc((size_t)boot->nfds, sizeof(bool));
     boot->rx     = calloc((size_t)boot->nfds, sizeof(*boot->rx));
-    if (boot->table == NULL || boot->fds == NULL || boot->bye == NULL || boot->rx == NULL) {
+    if (rank == 0) {
+        boot->stall = calloc((size_t)nranks, sizeof(*boot->stall));
+    }
+    if (boot->table == NULL || boot->fds == NULL || boot->bye == NULL || boot->rx == NULL ||
+        (rank == 0 && boot->stall == NULL)) {
         return FX_ERR_NO_MEMORY;
     }
     for (int i = 0; i < boot->nfds; i++) {
         boot->fds[i] = -1;
+    }
+    for (int r = 0; rank == 0 && r < nranks; r++) {
+        boot->stall[r].on = -1;
     }
     return FX_OK;
 }
@@ -650,6 +656,7 @@ err_free:
     free(boot->fds);
     free(boot->bye);
     free(boot->rx);
+    free(boot->stall);
     memset(boot, 0, sizeof(*boot));
     return status;
 }
@@ -660,7 +667,9 @@ static void ctrl_send(int fd, uint32_t type, const void *payload, size_t len)
 
     put32(msg, type);
     put32(msg + 4, (uint32_t)len);
-    memcpy(msg + CTRL_HDR_LEN, payload, len);
+    if (len > 0) {
+        memcpy(msg + CTRL_HDR_LEN, payload, len);
+    }
     /* Control messages are tiny and rare: a full socket buffer means the peer is stuck, and
      * the notice is then best effort. */
     if (send(fd, msg, CTRL_HDR_LEN + len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
@@ -684,6 +693,7 @@ void fx_boot_fini(struct fx_boot *boot)
     free(boot->fds);
     free(boot->bye);
     free(boot->rx);
+    free(boot->stall);
     memset(boot, 0, sizeof(*boot));
 }
 
@@ -722,8 +732,7 @@ static void root_broadcast(struct fx_boot *boot, int except, const uint8_t *payl
     }
 }
 
-void fx_boot_ctrl_abort(struct fx_boot *boot, fx_status status, int failed_rank,
-                        const char *text)
+void fx_boot_ctrl_abort(struct fx_boot *boot, fx_status status, int failed_rank, const char *text)
 {
     uint8_t payload[CTRL_MAX_PAYLOAD];
     size_t len;
@@ -737,6 +746,117 @@ void fx_boot_ctrl_abort(struct fx_boot *boot, fx_status status, int failed_rank,
     } else if (boot->fds[0] >= 0) {
         ctrl_send(boot->fds[0], CTRL_ABORT, payload, len);
     }
+}
+
+/* ------------------------------------------------------------------ stalls */
+
+static void record_stall(struct fx_boot *boot, int rank, int on, int64_t idle_ms, const char *what,
+                         size_t wlen)
+{
+    struct fx_boot_stall *st = &boot->stall[rank];
+    int64_t now              = fx_now_ms();
+
+    st->on = on >= 0 && on < boot->nranks && on != rank ? on : -1;
+    if (st->on < 0) {
+        /* Withdrawn: the oldest standing report decides when the verdict is due. */
+        boot->first_stall_ms = 0;
+        for (int r = 0; r < boot->nranks; r++) {
+            if (boot->stall[r].on >= 0 &&
+                (boot->first_stall_ms == 0 || boot->stall[r].got_ms < boot->first_stall_ms)) {
+                boot->first_stall_ms = boot->stall[r].got_ms;
+            }
+        }
+        return;
+    }
+    st->since_ms = now - idle_ms;
+    st->got_ms   = now;
+    snprintf(st->what, sizeof(st->what), "%.*s", (int)wlen, what);
+    if (boot->first_stall_ms == 0) {
+        boot->first_stall_ms = now;
+    }
+}
+
+void fx_boot_ctrl_stall(struct fx_boot *boot, int waiting_on, int64_t idle_ms, const char *what)
+{
+    uint8_t payload[8 + 96];
+    size_t wlen = strlen(what);
+
+    if (boot->fds == NULL) {
+        return;
+    }
+    if (wlen > sizeof(payload) - 8) {
+        wlen = sizeof(payload) - 8;
+    }
+    if (boot->rank == 0) {
+        record_stall(boot, 0, waiting_on, idle_ms, what, wlen);
+        return;
+    }
+    put32(payload, (uint32_t)waiting_on);
+    put32(payload + 4, (uint32_t)(idle_ms < 0 ? 0 : idle_ms > INT32_MAX ? INT32_MAX : idle_ms));
+    memcpy(payload + 8, what, wlen);
+    if (boot->fds[0] >= 0) {
+        ctrl_send(boot->fds[0], CTRL_STALL, payload, 8 + wlen);
+    }
+}
+
+void fx_boot_stall_verdict(struct fx_boot *boot, int64_t grace_ms, struct fx_boot_event *ev)
+{
+    char chain[160] = "";
+    char who[128];
+    size_t used = 0;
+    int start   = -1;
+    int r;
+
+    ev->kind = FX_BOOT_EV_NONE;
+    if (boot->rank != 0 || boot->stall == NULL || boot->verdict_sent || boot->first_stall_ms == 0 ||
+        fx_now_ms() - boot->first_stall_ms < grace_ms) {
+        return;
+    }
+    /* Start from the rank that has waited longest; follow "waits for" at most nranks times. */
+    for (r = 0; r < boot->nranks; r++) {
+        if (boot->stall[r].on >= 0 &&
+            (start < 0 || boot->stall[r].since_ms < boot->stall[start].since_ms)) {
+            start = r;
+        }
+    }
+    if (start < 0) {
+        return;
+    }
+    r = start;
+    for (int hops = 0; hops <= boot->nranks; hops++) {
+        int n = snprintf(chain + used, sizeof(chain) - used, "%s%d", hops ? " -> " : "", r);
+
+        used = n > 0 && (size_t)n < sizeof(chain) - used ? used + (size_t)n : sizeof(chain) - 1;
+        if (boot->stall[r].on < 0 || hops == boot->nranks) {
+            break;
+        }
+        r = boot->stall[r].on;
+        if (r == start) {
+            break;
+        }
+    }
+    boot->verdict_sent = true;
+    ev->kind           = FX_BOOT_EV_ABORT;
+    ev->status         = FX_ERR_TIMEOUT;
+    if (boot->stall[r].on >= 0) {
+        /* Everyone on the chain waits: a cycle of waits, nobody to blame alone. */
+        ev->failed_rank = -1;
+        snprintf(ev->text, sizeof(ev->text),
+                 "%s made no progress for %lld ms; the ranks wait for each other in a cycle "
+                 "(%s), as if messages were lost or the ranks called different collectives",
+                 boot->stall[start].what, (long long)(fx_now_ms() - boot->stall[start].since_ms),
+                 chain);
+    } else {
+        fx_boot_rank_str(boot, r, who, sizeof(who));
+        ev->failed_rank = r;
+        snprintf(ev->text, sizeof(ev->text),
+                 "%s made no progress for %lld ms because %s does not respond: it is stopped, "
+                 "overloaded or not calling the collective (wait chain: %s)",
+                 boot->stall[start].what, (long long)(fx_now_ms() - boot->stall[start].since_ms),
+                 who, chain);
+    }
+    fx_warn(FX_SUB_COLL, "%s", ev->text);
+    fx_boot_ctrl_abort(boot, ev->status, ev->failed_rank, ev->text);
 }
 
 static int fd_index(const struct fx_boot *boot, int fd)
@@ -779,6 +899,13 @@ static void ctrl_frame(struct fx_boot *boot, int i, uint32_t type, const uint8_t
         boot->bye[i] = true;
         return;
     }
+    if (type == CTRL_STALL) {
+        if (boot->rank == 0 && len >= 8) {
+            record_stall(boot, i, (int32_t)get32(payload), (int64_t)get32(payload + 4),
+                         (const char *)payload + 8, len - 8);
+        }
+        return;
+    }
     if (type != CTRL_ABORT || len < 8) {
         return;
     }
@@ -804,7 +931,7 @@ void fx_boot_ctrl_read(struct fx_boot *boot, int fd, struct fx_boot_event *ev)
     }
     rx = &boot->rx[i];
     for (int rounds = 0; rounds < 64; rounds++) {
-        ssize_t n = recv(fd, rx->buf + rx->have, sizeof(rx->buf) - rx->have, MSG_DONTWAIT);
+        ssize_t n  = recv(fd, rx->buf + rx->have, sizeof(rx->buf) - rx->have, MSG_DONTWAIT);
         size_t off = 0;
 
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {

@@ -11,6 +11,12 @@
  * an abort notice to rank 0, which relays it to every rank, so that all ranks fail fast with
  * the same, original error; rank 0 also notices a rank whose connection closes without a
  * goodbye. Wire formats are in fx_boot.c.
+ *
+ * Stalls: a rank whose collective makes no progress for half its timeout reports to rank 0 the
+ * peer it waits for. When the first report is half a timeout old, rank 0 follows the chain of
+ * waits (rank 1 waits for 0, which waits for 3, which waits for 2) to the rank at its end, the
+ * one that reported no wait of its own, and names that rank to every rank: in a ring, a stopped
+ * rank otherwise makes every rank time out naming only its own neighbour.
  */
 #ifndef FX_BOOT_H
 #define FX_BOOT_H
@@ -46,6 +52,14 @@ struct fx_boot_rx {
     size_t have;
 };
 
+/* Rank 0's record of one rank's stall report. */
+struct fx_boot_stall {
+    int32_t on;       /* the rank it waits for; -1: no report */
+    int64_t since_ms; /* when that rank's wait began, on rank 0's clock */
+    int64_t got_ms;   /* when the report arrived */
+    char what[96];    /* "allreduce #6: waiting for data from" */
+};
+
 struct fx_boot {
     int rank;
     int nranks;
@@ -57,6 +71,9 @@ struct fx_boot {
     bool *bye;                   /* rank 0: that rank said goodbye */
     struct fx_boot_rx *rx;       /* per control socket */
     int nfds;
+    struct fx_boot_stall *stall; /* rank 0: nranks entries */
+    int64_t first_stall_ms;      /* rank 0: when the oldest standing report arrived; 0: none */
+    bool verdict_sent;           /* rank 0: a stall verdict went out */
 };
 
 enum fx_boot_event_kind {
@@ -94,8 +111,20 @@ int fx_boot_ctrl_fds(const struct fx_boot *boot, int *fds, int max);
 void fx_boot_ctrl_read(struct fx_boot *boot, int fd, struct fx_boot_event *ev);
 
 /* Tells the job about a failure this rank detected (rank 0 broadcasts it directly). */
-void fx_boot_ctrl_abort(struct fx_boot *boot, fx_status status, int failed_rank,
-                        const char *text);
+void fx_boot_ctrl_abort(struct fx_boot *boot, fx_status status, int failed_rank, const char *text);
+
+/*
+ * Reports that this rank's operation `what` has waited idle_ms for rank waiting_on, or
+ * withdraws the report (waiting_on -1) once it moves again. Rank 0 records its own.
+ */
+void fx_boot_ctrl_stall(struct fx_boot *boot, int waiting_on, int64_t idle_ms, const char *what);
+
+/*
+ * Rank 0: once the oldest standing stall report is grace_ms old, names the rank at the end of
+ * the chain of waits in ev (an abort with FX_ERR_TIMEOUT) and sends it to every rank. At most
+ * once per job; does nothing on other ranks.
+ */
+void fx_boot_stall_verdict(struct fx_boot *boot, int64_t grace_ms, struct fx_boot_event *ev);
 
 /* "rank 3 (host b, pid 1234)" */
 void fx_boot_rank_str(const struct fx_boot *boot, int rank, char *buf, size_t len);

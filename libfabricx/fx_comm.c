@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "collectives/coll_kernels.h"
@@ -126,7 +127,7 @@ static void accept_pending(struct fx_comm *comm)
 {
     for (int tries = 0; tries < 16; tries++) {
         uint8_t hello[FX_TP_HELLO_MAX];
-        size_t hlen = sizeof(hello);
+        size_t hlen             = sizeof(hello);
         struct fx_tp_conn *conn = NULL;
         int src;
 
@@ -151,9 +152,9 @@ static void accept_pending(struct fx_comm *comm)
 /* Connects to the ring neighbours: sends go to rank + 1, receives come from rank - 1. */
 static fx_status connect_ring(struct fx_comm *comm, char *err, size_t errlen)
 {
-    int right         = (comm->rank + 1) % comm->nranks;
-    int left          = (comm->rank - 1 + comm->nranks) % comm->nranks;
-    int64_t deadline  = fx_now_ms() + comm->cfg.timeout_ms;
+    int right              = (comm->rank + 1) % comm->nranks;
+    int left               = (comm->rank - 1 + comm->nranks) % comm->nranks;
+    int64_t deadline       = fx_now_ms() + comm->cfg.timeout_ms;
     struct fx_tp_conn *out = NULL;
     uint8_t hello[HELLO_LEN];
     char who[160];
@@ -163,8 +164,8 @@ static fx_status connect_ring(struct fx_comm *comm, char *err, size_t errlen)
         struct pollfd p = {.fd = comm->tp_ops->wait_fd(comm->tp), .events = POLLIN};
 
         if (comm->send_conns[right] == NULL) {
-            fx_status status = comm->tp_ops->connect(comm->tp, &comm->boot.table[right].addr,
-                                                     hello, sizeof(hello), &out);
+            fx_status status = comm->tp_ops->connect(comm->tp, &comm->boot.table[right].addr, hello,
+                                                     sizeof(hello), &out);
             if (status == FX_OK) {
                 comm->send_conns[right] = out;
             } else if (status != FX_INPROGRESS) {
@@ -224,12 +225,11 @@ static fx_status open_transport(struct fx_comm *comm, char *err, size_t errlen)
         .ifname     = comm->cfg.socket_ifname[0] ? comm->cfg.socket_ifname : NULL,
         .nsocks     = comm->cfg.nsocks,
         .timeout_ms = comm->cfg.timeout_ms,
-        .zerocopy   = comm->cfg.tcp_zerocopy,
     };
     fx_status status;
 
-    comm->tp_ops = comm->cfg.transport[0] ? fx_transport_find(comm->cfg.transport)
-                                          : fx_transports[0];
+    comm->tp_ops =
+        comm->cfg.transport[0] ? fx_transport_find(comm->cfg.transport) : fx_transports[0];
     if (comm->tp_ops == NULL) {
         snprintf(err, errlen, "FX_TRANSPORT=%s is not a transport of this build (tcp)",
                  comm->cfg.transport);
@@ -243,6 +243,17 @@ static fx_status open_transport(struct fx_comm *comm, char *err, size_t errlen)
     }
     fx_info(FX_SUB_INIT, "transport %s", comm->tp_ops->name);
     return FX_OK;
+}
+
+/* The progress thread's idle tick waits on the monotonic clock. */
+static void cond_init_monotonic(pthread_cond_t *cond)
+{
+    pthread_condattr_t attr;
+
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(cond, &attr);
+    pthread_condattr_destroy(&attr);
 }
 
 static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
@@ -259,7 +270,7 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
     comm->send_conns = calloc((size_t)nranks, sizeof(*comm->send_conns));
     comm->recv_conns = calloc((size_t)nranks, sizeof(*comm->recv_conns));
     pthread_mutex_init(&comm->lock, NULL);
-    pthread_cond_init(&comm->cond, NULL);
+    cond_init_monotonic(&comm->cond);
     *out = comm;
     if (comm->send_conns == NULL || comm->recv_conns == NULL) {
         return FX_ERR_NO_MEMORY;
@@ -404,8 +415,8 @@ static fx_status env_int(const char *const *names, const char *what, int *out)
     errno = 0;
     n     = strtol(v, &end, 10);
     if (errno != 0 || end == v || *end != '\0' || n < 0 || n > 1 << 24) {
-        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_init_env: %s=%s is not a %s",
-                                 which, v, what);
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_init_env: %s=%s is not a %s", which,
+                                 v, what);
     }
     *out = (int)n;
     return FX_OK;
@@ -413,14 +424,13 @@ static fx_status env_int(const char *const *names, const char *what, int *out)
 
 FX_API fx_status fx_comm_init_env(fx_comm_t *comm)
 {
-    static const char *const rank_vars[] = {"FX_RANK",      "RANK",       "OMPI_COMM_WORLD_RANK",
-                                            "PMI_RANK",     "PMIX_RANK",  "SLURM_PROCID",
-                                            NULL};
-    static const char *const size_vars[] = {"FX_NRANKS", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE",
+    static const char *const rank_vars[] = {
+        "FX_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", NULL};
+    static const char *const size_vars[] = {"FX_NRANKS", "WORLD_SIZE",   "OMPI_COMM_WORLD_SIZE",
                                             "PMI_SIZE",  "SLURM_NTASKS", NULL};
-    const char *id_str = getenv("FX_UNIQUE_ID");
-    const char *maddr  = getenv("MASTER_ADDR");
-    const char *mport  = getenv("MASTER_PORT");
+    const char *id_str                   = getenv("FX_UNIQUE_ID");
+    const char *maddr                    = getenv("MASTER_ADDR");
+    const char *mport                    = getenv("MASTER_PORT");
     struct fx_uid uid;
     fx_unique_id id;
     char err[300];

@@ -43,8 +43,8 @@ struct fx_lane {
     struct fx_tp_conn *conn;
     uint32_t start; /* range in fx_exec.lane_ops */
     uint32_t end;
-    uint32_t post;  /* next op to post */
-    uint32_t done;  /* oldest posted op not yet complete */
+    uint32_t post; /* next op to post */
+    uint32_t done; /* oldest posted op not yet complete */
 };
 
 struct fx_exec {
@@ -62,12 +62,14 @@ struct fx_exec {
     uint32_t *lane_ops;
     struct fx_lane *lanes;
     int nlanes;
-    int *lane_index;            /* 2 * nranks: (peer, direction) -> lane, -1 none */
-    uint32_t next_copy;         /* first COPY op not yet run, scanning forward */
-    uint8_t *scratch;           /* nslots * max_chunk bytes, touched at init */
+    int *lane_index;    /* 2 * nranks: (peer, direction) -> lane, -1 none */
+    uint32_t next_copy; /* first COPY op not yet run, scanning forward */
+    uint8_t *scratch;   /* nslots * max_chunk bytes, touched at init */
     size_t max_chunk;
     uint32_t nslots;
     int64_t last_progress_ms;
+    bool stall_reported; /* rank 0 was told this rank waits */
+    int spin_us;         /* FX_SPIN_US, or 0 when the host is oversubscribed */
 };
 
 struct fx_comm {

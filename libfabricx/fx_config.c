@@ -16,7 +16,7 @@ extern char **environ;
 
 #define ROW(n, t, d, h, field, lo, hi)                                                             \
     {                                                                                              \
-        n, t, d, h, offsetof(struct fx_config, field), sizeof(((struct fx_config *)0)->field), lo,  \
+        n, t, d, h, offsetof(struct fx_config, field), sizeof(((struct fx_config *)0)->field), lo, \
             hi                                                                                     \
     }
 #define DOC(n, d, h)                                                                               \
@@ -35,13 +35,15 @@ const struct fx_config_row fx_config_table[] = {
         nsocks, 0, 64),
     ROW("FX_TRANSPORT", FX_CFG_STRING, "", "force a transport by name (tcp)", transport, 0, 0),
     ROW("FX_SOCKET_IFNAME", FX_CFG_STRING, "",
-        "interfaces: name prefixes, ^ to exclude, = for exact names, or a CIDR", socket_ifname,
-        0, 0),
-    ROW("FX_TCP_ZEROCOPY", FX_CFG_BOOL, "0", "use MSG_ZEROCOPY for large TCP sends",
-        tcp_zerocopy, 0, 1),
-    ROW("FX_SCRATCH_SLOTS", FX_CFG_INT, "8", "receive buffers of one chunk each kept per "
-        "communicator for reductions in flight", scratch_slots, 1, 256),
+        "interfaces: name prefixes, ^ to exclude, = for exact names, or a CIDR", socket_ifname, 0,
+        0),
+    ROW("FX_SCRATCH_SLOTS", FX_CFG_INT, "8",
+        "receive buffers of one chunk each kept per "
+        "communicator for reductions in flight",
+        scratch_slots, 1, 256),
     ROW("FX_KERNELS", FX_CFG_STRING, "auto", "reduction kernels: auto or scalar", kernels, 0, 0),
+    ROW("FX_SPIN_US", FX_CFG_INT, "50",
+        "microseconds a waiting thread polls for messages before sleeping", spin_us, 0, 1000000),
     DOC("FX_DEBUG", "WARN", "log level: NONE, WARN, INFO or TRACE"),
     DOC("FX_DEBUG_SUBSYS", "ALL", "subsystems logged: INIT,BOOT,COLL,NET,ENV (^ to exclude)"),
     DOC("FX_DEBUG_FILE", "", "log to this file instead of stderr (%h host, %p pid)"),

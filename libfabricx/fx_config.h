@@ -12,14 +12,14 @@
 #include "fabricx.h"
 
 struct fx_config {
-    int timeout_ms;            /* FX_TIMEOUT_MS */
-    size_t chunk_bytes;        /* FX_CHUNK_BYTES; 0: chosen per operation */
-    int nsocks;                /* FX_NSOCKS; 0: the transport's default */
-    char transport[32];        /* FX_TRANSPORT; empty: the first built */
-    char socket_ifname[256];   /* FX_SOCKET_IFNAME */
-    bool tcp_zerocopy;         /* FX_TCP_ZEROCOPY */
-    int scratch_slots;         /* FX_SCRATCH_SLOTS */
-    char kernels[16];          /* FX_KERNELS: auto or scalar */
+    int timeout_ms;          /* FX_TIMEOUT_MS */
+    size_t chunk_bytes;      /* FX_CHUNK_BYTES; 0: chosen per operation */
+    int nsocks;              /* FX_NSOCKS; 0: the transport's default */
+    char transport[32];      /* FX_TRANSPORT; empty: the first built */
+    char socket_ifname[256]; /* FX_SOCKET_IFNAME */
+    int scratch_slots;       /* FX_SCRATCH_SLOTS */
+    char kernels[16];        /* FX_KERNELS: auto or scalar */
+    int spin_us;             /* FX_SPIN_US */
 };
 
 enum fx_config_type {
@@ -35,9 +35,9 @@ struct fx_config_row {
     enum fx_config_type type;
     const char *defval;
     const char *help;
-    size_t offset;  /* into struct fx_config; unused for FX_CFG_DOC */
-    size_t size;    /* FX_CFG_STRING: buffer size */
-    long long min;  /* FX_CFG_INT / FX_CFG_SIZE bounds */
+    size_t offset; /* into struct fx_config; unused for FX_CFG_DOC */
+    size_t size;   /* FX_CFG_STRING: buffer size */
+    long long min; /* FX_CFG_INT / FX_CFG_SIZE bounds */
     long long max;
 };
 

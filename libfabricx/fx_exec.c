@@ -21,21 +21,23 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "collectives/coll_kernels.h"
 #include "fx_log.h"
 #include "fx_sock.h"
 
-#define EV_TP           1u
-#define EV_WAKE         2u
-#define EV_CTRL         3u
-#define MAX_EVENTS      16
-#define IDLE_WAIT_MS    500
-#define DRIVE_WAIT_MS   100
-#define AUTO_CHUNK_MIN  (64u << 10)
-#define AUTO_CHUNK_MAX  (512u << 10)
-#define PEER_GRACE_MS   200
+#define EV_TP          1u
+#define EV_WAKE        2u
+#define EV_CTRL        3u
+#define MAX_EVENTS     16
+#define IDLE_WAIT_MS   500
+#define DRIVE_WAIT_MS  100
+#define IDLE_TICK_MS   200
+#define AUTO_CHUNK_MIN (64u << 10)
+#define AUTO_CHUNK_MAX (512u << 10)
+#define PEER_GRACE_MS  200
 
 /* ------------------------------------------------------------------ plan start */
 
@@ -122,11 +124,11 @@ static void build_lanes(struct fx_comm *comm)
         ex->lanes[ex->lane_index[key]].end++;
     }
     for (int l = 0; l < ex->nlanes; l++) {
-        uint32_t n            = ex->lanes[l].end;
-        ex->lanes[l].start    = pos;
-        ex->lanes[l].post     = pos;
-        ex->lanes[l].done     = pos;
-        ex->lanes[l].end      = pos; /* refilled below */
+        uint32_t n         = ex->lanes[l].end;
+        ex->lanes[l].start = pos;
+        ex->lanes[l].post  = pos;
+        ex->lanes[l].done  = pos;
+        ex->lanes[l].end   = pos; /* refilled below */
         pos += n;
     }
     for (size_t i = 0; i < ex->plan.nops; i++) {
@@ -163,7 +165,9 @@ static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
     }
     FX_ASSERT(ex->plan.nslots <= ex->nslots &&
               ex->plan.slot_count * fx_datatype_size(req->dtype) <= ex->max_chunk);
-    memset(ex->op_done, 0, ex->plan.nops);
+    if (ex->plan.nops > 0) { /* count 0: an empty plan, no arrays yet */
+        memset(ex->op_done, 0, ex->plan.nops);
+    }
     build_lanes(comm);
     for (int l = 0; l < ex->nlanes; l++) {
         if (ex->lanes[l].peer >= 0 && ex->lanes[l].conn == NULL) {
@@ -308,6 +312,22 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
     char detail[256];
     char who[160];
 
+    if (status == FX_ERR_CONNECTION && !lane->send) {
+        /* A transport that finds a mismatch on a later message of the connection (its frame
+         * arrived first on another socket) fails the earlier ones as a broken connection: the
+         * cause is among this lane's posted receives. */
+        for (uint32_t k = lane->done + 1; k < lane->post; k++) {
+            uint32_t j = comm->exec.lane_ops[k];
+
+            if (comm->exec.tp_reqs[j] != NULL &&
+                comm->tp_ops->test(comm->exec.tp_reqs[j]) == FX_ERR_MISMATCH) {
+                comm->exec.tp_reqs[j] = NULL;
+                status                = FX_ERR_MISMATCH;
+                i                     = j;
+                break;
+            }
+        }
+    }
     if (status == FX_ERR_MISMATCH) {
         if (check_header(comm, lane, i)) {
             fx_comm_fail(comm, FX_ERR_MISMATCH, -1, true,
@@ -327,29 +347,64 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
                  detail);
 }
 
+/* Rank 0: names the rank at the end of the job's chain of waits once it is due. */
+static void stall_verdict(struct fx_comm *comm)
+{
+    struct fx_boot_event ev;
+
+    if (comm->rank != 0 || comm->error != FX_OK) {
+        return;
+    }
+    fx_boot_stall_verdict(&comm->boot, comm->cfg.timeout_ms / 2, &ev);
+    if (ev.kind == FX_BOOT_EV_ABORT) {
+        fx_comm_fail(comm, ev.status, ev.failed_rank, false, "%s", ev.text);
+    }
+}
+
+/*
+ * No progress for half the timeout: report the stall to rank 0, which names the rank the job
+ * waits for at the timeout. Without its verdict (rank 0 itself stuck), fail alone a little
+ * later, naming the peer this rank waits for.
+ */
 static void check_timeout(struct fx_comm *comm)
 {
     struct fx_exec *ex = &comm->exec;
     int64_t idle       = fx_now_ms() - ex->last_progress_ms;
+    int64_t limit      = comm->cfg.timeout_ms;
     char who[160]      = "no peer";
     const char *what   = "";
+    char op[96];
+    int peer = -1;
 
-    if (idle < comm->cfg.timeout_ms) {
+    if (idle < limit / 2) {
         return;
     }
     for (int l = 0; l < ex->nlanes; l++) {
         const struct fx_lane *lane = &ex->lanes[l];
 
         if (lane->peer >= 0 && lane->done < lane->end) {
-            fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
+            peer = lane->peer;
             what = lane->send ? "waiting to send to" : "waiting for data from";
             if (!lane->send) {
                 break;
             }
         }
     }
-    fx_comm_fail(comm, FX_ERR_TIMEOUT, -1, true, "%s #%llu made no progress for %lld ms: %s %s",
-                 fx_coll_name(ex->head->coll), (unsigned long long)ex->head->seq,
+    snprintf(op, sizeof(op), "%s #%llu", fx_coll_name(ex->head->coll),
+             (unsigned long long)ex->head->seq);
+    if (!ex->stall_reported) {
+        fx_boot_ctrl_stall(&comm->boot, peer, idle, op);
+        ex->stall_reported = true;
+    }
+    stall_verdict(comm);
+    if (comm->error != FX_OK || idle < limit + (limit / 2 < 5000 ? limit / 2 : 5000)) {
+        return;
+    }
+    if (peer >= 0) {
+        fx_boot_rank_str(&comm->boot, peer, who, sizeof(who));
+    }
+    fx_comm_fail(comm, FX_ERR_TIMEOUT, peer, true,
+                 "%s made no progress for %lld ms: %s %s (rank 0 named no other cause)", op,
                  (long long)idle, what, who);
 }
 
@@ -424,17 +479,17 @@ static bool lane_post(struct fx_comm *comm, struct fx_lane *lane)
 
 static void complete_head(struct fx_comm *comm, fx_status status)
 {
-    struct fx_exec *ex       = &comm->exec;
-    struct fx_request *req   = ex->head;
+    struct fx_exec *ex     = &comm->exec;
+    struct fx_request *req = ex->head;
 
     ex->head = req->next;
     if (ex->head == NULL) {
         ex->tail = NULL;
     }
-    req->next    = NULL;
-    req->status  = status;
-    req->done    = true;
-    ex->running  = false;
+    req->next   = NULL;
+    req->status = status;
+    req->done   = true;
+    ex->running = false;
 }
 
 void fx_exec_fail_all(struct fx_comm *comm, fx_status status)
@@ -457,6 +512,7 @@ static void drain_control(struct fx_comm *comm)
             fx_comm_fail(comm, ev.status, ev.failed_rank, false, "%s", ev.text);
         }
     }
+    stall_verdict(comm);
 }
 
 /* Runs the head operation as far as it goes; starts the next one when it completes. */
@@ -484,6 +540,10 @@ static void run_head(struct fx_comm *comm)
         }
         if (changed) {
             ex->last_progress_ms = fx_now_ms();
+            if (ex->stall_reported) {
+                fx_boot_ctrl_stall(&comm->boot, -1, 0, "");
+                ex->stall_reported = false;
+            }
         }
         if (ex->ndone == ex->plan.nops) {
             complete_head(comm, FX_OK);
@@ -493,7 +553,6 @@ static void run_head(struct fx_comm *comm)
             check_timeout(comm);
             return;
         }
-        comm->tp_ops->progress(comm->tp);
     }
 }
 
@@ -503,7 +562,8 @@ void fx_exec_progress(struct fx_comm *comm)
         fx_exec_fail_all(comm, comm->error);
         return;
     }
-    if (comm->exec.head == NULL) {
+    stall_verdict(comm);
+    if (comm->exec.head == NULL || comm->error != FX_OK) {
         return;
     }
     comm->tp_ops->progress(comm->tp);
@@ -547,10 +607,30 @@ static void *progress_main(void *arg)
     while (!comm->shutdown) {
         int n;
 
-        if (comm->drivers > 0 || comm->exec.head == NULL) {
+        if (comm->drivers > 0) {
             comm->parked = true;
             pthread_cond_wait(&comm->cond, &comm->lock);
             comm->parked = false;
+            continue;
+        }
+        if (comm->exec.head == NULL) {
+            /* Idle: still look at the control plane now and then, so that a failure elsewhere
+             * or a stall report (rank 0) is handled while the user computes. */
+            struct timespec until;
+
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_nsec += IDLE_TICK_MS * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            comm->parked = true;
+            pthread_cond_timedwait(&comm->cond, &comm->lock, &until);
+            comm->parked = false;
+            if (comm->drivers == 0 && comm->exec.head == NULL && !comm->shutdown &&
+                comm->boot.fds != NULL) {
+                drain_control(comm);
+            }
             continue;
         }
         pthread_mutex_unlock(&comm->lock);
@@ -565,11 +645,24 @@ static void *progress_main(void *arg)
     return NULL;
 }
 
+/* Polls the epoll set without sleeping for up to FX_SPIN_US: waking from a sleep costs more
+ * than the next message of a small collective usually takes to arrive. */
+static int spin_wait(struct fx_comm *comm, struct epoll_event *evs)
+{
+    int64_t until = fx_now_us() + comm->exec.spin_us;
+    int n         = 0;
+
+    while (comm->exec.spin_us > 0 && n == 0 && fx_now_us() < until) {
+        n = epoll_wait(comm->epfd, evs, MAX_EVENTS, 0);
+    }
+    return n;
+}
+
 static void req_release(struct fx_comm *comm, struct fx_request *req)
 {
-    req->done             = false;
-    req->next             = comm->exec.free_reqs;
-    comm->exec.free_reqs  = req;
+    req->done            = false;
+    req->next            = comm->exec.free_reqs;
+    comm->exec.free_reqs = req;
 }
 
 static fx_status finish_wait(struct fx_comm *comm, struct fx_request *req)
@@ -585,7 +678,7 @@ fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
     struct fx_comm *comm = req->comm;
     int64_t deadline     = timeout_ms < 0 ? INT64_MAX : fx_now_ms() + timeout_ms;
     struct epoll_event evs[MAX_EVENTS];
-    fx_status status     = FX_INPROGRESS;
+    fx_status status = FX_INPROGRESS;
 
     pthread_mutex_lock(&comm->lock);
     if (comm->drivers++ == 0 && !comm->parked) {
@@ -605,7 +698,11 @@ fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
             break;
         }
         pthread_mutex_unlock(&comm->lock);
-        n = epoll_wait(comm->epfd, evs, MAX_EVENTS, left < DRIVE_WAIT_MS ? (int)left : DRIVE_WAIT_MS);
+        n = spin_wait(comm, evs);
+        if (n == 0) {
+            n = epoll_wait(comm->epfd, evs, MAX_EVENTS,
+                           left < DRIVE_WAIT_MS ? (int)left : DRIVE_WAIT_MS);
+        }
         pthread_mutex_lock(&comm->lock);
         handle_events(comm, evs, n > 0 ? n : 0);
     }
@@ -648,8 +745,8 @@ struct fx_request *fx_exec_req_get(struct fx_comm *comm)
             return NULL;
         }
         pthread_mutex_lock(&comm->lock);
-        req->all_next        = comm->exec.all_reqs;
-        comm->exec.all_reqs  = req;
+        req->all_next       = comm->exec.all_reqs;
+        comm->exec.all_reqs = req;
         pthread_mutex_unlock(&comm->lock);
     }
     req->next = NULL;
@@ -710,16 +807,35 @@ static fx_status setup_epoll(struct fx_comm *comm, char *err, size_t errlen)
     return FX_OK;
 }
 
+/* FX_SPIN_US, unless this host runs more ranks than it has cores: then a spinning rank would
+ * take the core of the rank it waits for, so waiters sleep at once. */
+static int spin_budget(const struct fx_comm *comm)
+{
+    const uint8_t *me = comm->boot.table[comm->rank].host_id;
+    long cores        = sysconf(_SC_NPROCESSORS_ONLN);
+    int local         = 0;
+
+    for (int r = 0; r < comm->nranks; r++) {
+        local += memcmp(comm->boot.table[r].host_id, me, sizeof(comm->boot.table[r].host_id)) == 0;
+    }
+    if (cores > 0 && local > cores) {
+        fx_info(FX_SUB_INIT, "%d ranks on this host's %ld cores: waiting threads do not spin",
+                local, cores);
+        return 0;
+    }
+    return comm->cfg.spin_us;
+}
+
 fx_status fx_exec_init(struct fx_comm *comm, char *err, size_t errlen)
 {
     struct fx_exec *ex = &comm->exec;
     fx_status status;
 
     fx_plan_init(&ex->plan);
+    ex->spin_us   = spin_budget(comm);
     ex->nslots    = (uint32_t)comm->cfg.scratch_slots;
-    ex->max_chunk = comm->boot.info.chunk_bytes != 0 ? comm->boot.info.chunk_bytes
-                                                     : AUTO_CHUNK_MAX;
-    ex->lanes      = calloc((size_t)(2 * comm->nranks + 1), sizeof(*ex->lanes));
+    ex->max_chunk = comm->boot.info.chunk_bytes != 0 ? comm->boot.info.chunk_bytes : AUTO_CHUNK_MAX;
+    ex->lanes     = calloc((size_t)(2 * comm->nranks + 1), sizeof(*ex->lanes));
     ex->lane_index = calloc((size_t)(2 * comm->nranks + 1), sizeof(int));
     if (ex->lanes == NULL || ex->lane_index == NULL ||
         posix_memalign((void **)&ex->scratch, 4096, ex->nslots * ex->max_chunk) != 0) {

@@ -17,10 +17,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+static pthread_once_t log_once     = PTHREAD_ONCE_INIT;
 static enum fx_log_level log_level = FX_LOG_WARN;
-static unsigned log_mask = FX_SUB_ALL;
-static int log_fd = STDERR_FILENO;
+static unsigned log_mask           = FX_SUB_ALL;
+static int log_fd                  = STDERR_FILENO;
 static char log_host[64];
 static _Thread_local int log_rank = -1;
 
@@ -36,13 +36,13 @@ static unsigned parse_subsys(const char *s)
 {
     unsigned mask = 0;
     char buf[256];
-    char *save = NULL;
+    char *save  = NULL;
     bool negate = false;
 
     snprintf(buf, sizeof(buf), "%s", s);
     if (buf[0] == '^') {
         negate = true;
-        buf[0]  = ',';
+        buf[0] = ',';
     }
     for (char *tok = strtok_r(buf, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
         for (size_t i = 0; i < sizeof(subsys_names) / sizeof(subsys_names[0]); i++) {
@@ -78,9 +78,9 @@ static void expand_path(const char *pattern, char *out, size_t len)
 
 static void log_setup(void)
 {
-    const char *level = getenv("FX_DEBUG");
+    const char *level  = getenv("FX_DEBUG");
     const char *subsys = getenv("FX_DEBUG_SUBSYS");
-    const char *file = getenv("FX_DEBUG_FILE");
+    const char *file   = getenv("FX_DEBUG_FILE");
 
     if (gethostname(log_host, sizeof(log_host)) != 0) {
         snprintf(log_host, sizeof(log_host), "unknown");
@@ -132,7 +132,7 @@ void fx_log_write(enum fx_log_level level, unsigned subsys, const char *file, in
                   const char *fmt, ...)
 {
     static const char *const level_names[] = {"NONE", "WARN", "INFO", "TRACE"};
-    int saved_errno = errno;
+    int saved_errno                        = errno;
     char buf[1024];
     size_t n;
     va_list ap;

@@ -20,6 +20,14 @@ int64_t fx_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t fx_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 void fx_sock_addr_str(const struct sockaddr *sa, char *buf, size_t len)
 {
     char host[INET6_ADDRSTRLEN] = "?";
@@ -32,6 +40,12 @@ void fx_sock_addr_str(const struct sockaddr *sa, char *buf, size_t len)
     } else if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
 
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            /* An IPv4 peer on a dual-stack socket: name it as operators know it. */
+            inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], host, sizeof(host));
+            snprintf(buf, len, "%s:%u", host, ntohs(in6->sin6_port));
+            return;
+        }
         inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
         snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
     } else {
@@ -79,8 +93,7 @@ static fx_status bind_any(int family, uint16_t port, int *fd_out)
     return FX_OK;
 }
 
-fx_status fx_sock_listen_any(uint16_t port, int *fd, uint16_t *bound_port, char *err,
-                             size_t errlen)
+fx_status fx_sock_listen_any(uint16_t port, int *fd, uint16_t *bound_port, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
@@ -110,10 +123,10 @@ fx_status fx_sock_connect(const struct sockaddr *sa, socklen_t salen, int64_t de
                           char *err, size_t errlen)
 {
     char name[64];
-    int one = 1;
-    int soerr = 0;
+    int one        = 1;
+    int soerr      = 0;
     socklen_t elen = sizeof(soerr);
-    int s = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int s          = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
     fx_sock_addr_str(sa, name, sizeof(name));
     if (s < 0) {

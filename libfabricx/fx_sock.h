@@ -1,4 +1,5 @@
-/* Blocking-with-deadline socket helpers for the bootstrap (the data path lives in transports/). */
+/* Blocking-with-deadline socket helpers for the bootstrap (the data path lives in transports/),
+ * and the clock and address formatting that transports share. */
 #ifndef FX_SOCK_H
 #define FX_SOCK_H
 
@@ -10,8 +11,10 @@
 
 /* Milliseconds on CLOCK_MONOTONIC. */
 int64_t fx_now_ms(void);
+/* Microseconds on CLOCK_MONOTONIC. */
+int64_t fx_now_us(void);
 
-/* "1.2.3.4:56" or "[::1]:56". */
+/* "1.2.3.4:56" or "[::1]:56"; IPv4-mapped IPv6 addresses print as IPv4. */
 void fx_sock_addr_str(const struct sockaddr *sa, char *buf, size_t len);
 
 /*

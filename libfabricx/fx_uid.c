@@ -19,10 +19,10 @@
 #include "fx_status_int.h"
 #include "transports/tcp/tcp_iface.h"
 
-#define UID_PREFIX     "fx1-"
-#define UID_CHECK_OFF  124
-#define UID_ADDR_OFF   48
-#define UID_ADDR_SIZE  18
+#define UID_PREFIX    "fx1-"
+#define UID_CHECK_OFF 124
+#define UID_ADDR_OFF  48
+#define UID_ADDR_SIZE 18
 
 struct reg_entry {
     uint16_t port;
@@ -94,8 +94,8 @@ static void unpack_addr(const uint8_t *a, uint16_t port, struct sockaddr_storage
 fx_status fx_uid_unpack(const fx_unique_id *id, struct fx_uid *uid, char *err, size_t errlen)
 {
     const uint8_t *b = (const uint8_t *)id->internal;
-    uint32_t magic   = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-                     (uint32_t)b[3] << 24;
+    uint32_t magic =
+        (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
 
     memset(uid, 0, sizeof(*uid));
     if (magic != FX_UID_MAGIC) {
@@ -314,8 +314,8 @@ static fx_status job_secret(const char *addr, uint16_t port, struct fx_uid *uid,
                             size_t errlen)
 {
     static pthread_once_t warn_once = PTHREAD_ONCE_INIT;
-    const char *text = getenv("FX_JOB_SECRET");
-    const char *file = getenv("FX_JOB_SECRET_FILE");
+    const char *text                = getenv("FX_JOB_SECRET");
+    const char *file                = getenv("FX_JOB_SECRET_FILE");
     char pub[300];
 
     if (text != NULL && text[0] != '\0') {
@@ -343,7 +343,7 @@ fx_status fx_uid_from_master(const char *addr, const char *port, struct fx_uid *
 {
     struct addrinfo hints;
     struct addrinfo *res = NULL;
-    char *end = NULL;
+    char *end            = NULL;
     long p;
     int ret;
 
@@ -362,8 +362,7 @@ fx_status fx_uid_from_master(const char *addr, const char *port, struct fx_uid *
         snprintf(err, errlen, "MASTER_ADDR=%s cannot be resolved: %s", addr, gai_strerror(ret));
         return FX_ERR_INVALID_ARG;
     }
-    for (struct addrinfo *ai = res; ai != NULL && uid->naddr < FX_UID_MAX_ADDRS;
-         ai = ai->ai_next) {
+    for (struct addrinfo *ai = res; ai != NULL && uid->naddr < FX_UID_MAX_ADDRS; ai = ai->ai_next) {
         if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) {
             continue;
         }

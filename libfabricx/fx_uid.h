@@ -22,10 +22,10 @@
 #include "fabricx.h"
 #include "fx_auth.h"
 
-#define FX_UID_MAGIC        0x44495846u
-#define FX_UID_VERSION      1
-#define FX_UID_MAX_ADDRS    4
-#define FX_UID_FLAG_UNAUTH  0x1u /* secret derived from public values: no authentication */
+#define FX_UID_MAGIC       0x44495846u
+#define FX_UID_VERSION     1
+#define FX_UID_MAX_ADDRS   4
+#define FX_UID_FLAG_UNAUTH 0x1u /* secret derived from public values: no authentication */
 
 struct fx_uid {
     uint16_t port;

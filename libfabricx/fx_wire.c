@@ -128,14 +128,15 @@ fx_status fx_wire_check(const struct fx_wire_hdr *got, const struct fx_wire_hdr 
     int them         = got->src_rank;
 
     if (got->src_rank != want->src_rank) {
-        snprintf(err, errlen, "rank %d received a message claiming to be from rank %d, expected "
-                              "rank %d", me, them, want->src_rank);
+        snprintf(err, errlen,
+                 "rank %d received a message claiming to be from rank %d, expected "
+                 "rank %d",
+                 me, them, want->src_rank);
     } else if (got->comm_id != want->comm_id) {
         snprintf(err, errlen, "message from rank %d belongs to another communicator", them);
     } else if (got->op_seq != want->op_seq) {
         snprintf(err, errlen, "rank %d sent for operation #%llu while rank %d runs #%llu (%s)",
-                 them, (unsigned long long)got->op_seq, me, (unsigned long long)want->op_seq,
-                 coll);
+                 them, (unsigned long long)got->op_seq, me, (unsigned long long)want->op_seq, coll);
     } else if (got->coll != want->coll) {
         snprintf(err, errlen, "rank %d called %s, rank %d called %s (operation #%llu)", them,
                  fx_coll_name(got->coll), me, coll, (unsigned long long)want->op_seq);

@@ -21,8 +21,8 @@
 #   --nsocks "1 2 4"  FX_NSOCKS variants ("" for none)
 #   --no-fx           peers and limits only
 #   --sizes "1M 16M 64M 128M"   busbw sizes (K/M/G suffixes)
-#   --fx-check C      fx-bench -c value (default 0: peers check outside the
-#                     timed loop, fx-bench data checking is not timed work)
+#   --fx-check C      fx-bench -c value (default 1: like the peers, fx-bench
+#                     checks one extra untimed run per size)
 #   --fx-mode oop|ip  which fx-bench figure the tables use (default oop)
 #   --fx-env "K=V .." extra environment for every fx-bench run (e.g. FX_DEBUG=INFO)
 #   --timeout S       limit for one benchmark invocation (default 300)
@@ -50,7 +50,7 @@ NOFX=0
 SIZES="1M 16M 64M 128M"
 SIZES_SET=0
 LAT_BYTES=8
-FXCHECK=0
+FXCHECK=1
 FXMODE=oop
 FXENV=
 TMO=300
@@ -296,13 +296,15 @@ run_fx() { # round slot contender bytes
   [[ "$c" == fx-tcp-nsocks* ]] && nsocks=${c#fx-tcp-nsocks}
   read -r n w < <(fx_iters "$bytes")
   lf=$OUT/logs/r$r-$c-$bytes
+  local fxtmo=$(((TMO > 10 ? TMO - 5 : TMO) * 1000))   # fx-bench kills its ranks first
   local envs=(env -u FX_NSOCKS FX_TRANSPORT=tcp)
   for kv in $FXENV; do envs+=("$kv"); done
   [ -n "$nsocks" ] && envs+=(FX_NSOCKS="$nsocks")
-  echo "${envs[*]} $FXBENCH allreduce --np 2 -b $bytes -e $bytes -f 2 -n $n -w $w -d float -o sum -c $FXCHECK --json" >"$lf.cmd"
+  echo "${envs[*]} $FXBENCH allreduce --np 2 -b $bytes -e $bytes -f 2 -n $n -w $w -r 1 -d float -o sum -c $FXCHECK --timeout-ms $fxtmo --json" >"$lf.cmd"
   t0=$(now)
   run_tmo "$TMO" "${envs[@]}" "$FXBENCH" allreduce --np 2 -b "$bytes" -e "$bytes" -f 2 \
-    -n "$n" -w "$w" -d float -o sum -c "$FXCHECK" --json >"$lf.out" 2>"$lf.err"
+    -n "$n" -w "$w" -r 1 -d float -o sum -c "$FXCHECK" --timeout-ms "$fxtmo" --json \
+    >"$lf.out" 2>"$lf.err"
   rc=$?
   local wall; wall=$(elapsed "$t0")
   local rows

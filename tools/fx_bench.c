@@ -124,7 +124,7 @@ static int parse_dtype(const char *s, fx_datatype *out)
     static const struct {
         const char *name;
         fx_datatype dt;
-    } aliases[] = {{"float16", FX_FLOAT16}, {"fp16", FX_FLOAT16}, {"float32", FX_FLOAT32},
+    } aliases[] = {{"float16", FX_FLOAT16}, {"fp16", FX_FLOAT16},    {"float32", FX_FLOAT32},
                    {"fp32", FX_FLOAT32},    {"float64", FX_FLOAT64}, {"bf16", FX_BFLOAT16},
                    {"char", FX_INT8},       {"int", FX_INT32}};
 
@@ -156,22 +156,21 @@ static int parse_op(const char *s, fx_op *out)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: fx-bench allreduce|allgather [options]\n"
-            "  -b, --minbytes SIZE   smallest size (default 8; K/M/G suffixes)\n"
-            "  -e, --maxbytes SIZE   largest size (default 128M)\n"
-            "  -f, --stepfactor F    multiply the size by F (default 2)\n"
-            "  -i, --stepbytes SIZE  add SIZE instead of multiplying\n"
-            "  -n, --iters N         timed iterations per size (default 20)\n"
-            "  -w, --warmup_iters N  untimed iterations first (default 5)\n"
-            "  -r, --reps N          repetitions of the timed block; the median is shown (1)\n"
-            "  -d, --datatype T      int8 uint8 int32 uint32 int64 uint64 half bfloat16 float\n"
-            "                        double (default float)\n"
-            "  -o, --op OP           sum prod min max avg (default sum)\n"
-            "  -c, --check 0|1       check every result against a reference (default 1)\n"
-            "      --np N            start N local ranks (else: the launcher's environment)\n"
-            "      --json            print one JSON object instead of the table\n"
-            "      --timeout-ms MS   kill the local ranks after MS (default 600000)\n");
+    fprintf(f, "usage: fx-bench allreduce|allgather [options]\n"
+               "  -b, --minbytes SIZE   smallest size (default 8; K/M/G suffixes)\n"
+               "  -e, --maxbytes SIZE   largest size (default 128M)\n"
+               "  -f, --stepfactor F    multiply the size by F (default 2)\n"
+               "  -i, --stepbytes SIZE  add SIZE instead of multiplying\n"
+               "  -n, --iters N         timed iterations per size (default 20)\n"
+               "  -w, --warmup_iters N  untimed iterations first (default 5)\n"
+               "  -r, --reps N          repetitions of the timed block; the median is shown (1)\n"
+               "  -d, --datatype T      int8 uint8 int32 uint32 int64 uint64 half bfloat16 float\n"
+               "                        double (default float)\n"
+               "  -o, --op OP           sum prod min max avg (default sum)\n"
+               "  -c, --check 0|1       check every result against a reference (default 1)\n"
+               "      --np N            start N local ranks (else: the launcher's environment)\n"
+               "      --json            print one JSON object instead of the table\n"
+               "      --timeout-ms MS   kill the local ranks after MS (default 600000)\n");
 }
 
 /* Returns the value of an option that takes one (argv[*i] is the option). */
@@ -260,8 +259,15 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 
 static int parse_args(struct opts *o, int argc, char **argv)
 {
-    *o = (struct opts){.minb = 8, .maxb = 128u << 20, .factor = 2.0, .iters = 20, .warmup = 5,
-                       .reps = 1, .dtype = FX_FLOAT32, .op = FX_SUM, .check = 1,
+    *o = (struct opts){.minb       = 8,
+                       .maxb       = 128u << 20,
+                       .factor     = 2.0,
+                       .iters      = 20,
+                       .warmup     = 5,
+                       .reps       = 1,
+                       .dtype      = FX_FLOAT32,
+                       .op         = FX_SUM,
+                       .check      = 1,
                        .timeout_ms = 600000};
     if (argc < 2) {
         usage(stderr);
@@ -384,9 +390,9 @@ static void store(fx_datatype dt, void *p, double v)
 /* The expected all-reduce result of element i, as the library computes it. */
 static double expected(const struct bench *b, size_t i)
 {
-    double acc = input_value(&b->o, 0, i);
+    double acc   = input_value(&b->o, 0, i);
     int64_t iacc = (int64_t)acc;
-    int is_int = b->o.dtype <= FX_UINT64;
+    int is_int   = b->o.dtype <= FX_UINT64;
 
     for (int r = 1; r < b->nranks; r++) {
         double v = input_value(&b->o, r, i);
@@ -473,8 +479,7 @@ static fx_status fail(const struct bench *b, const char *what, fx_status s)
     char msg[512] = "";
 
     fx_comm_get_error(b->comm, msg, sizeof(msg));
-    fprintf(stderr, "fx-bench: rank %d: %s failed: %s: %s\n", b->rank, what, fx_strerror(s),
-            msg);
+    fprintf(stderr, "fx-bench: rank %d: %s failed: %s: %s\n", b->rank, what, fx_strerror(s), msg);
     return s;
 }
 
@@ -507,7 +512,7 @@ static fx_status time_ops(const struct bench *b, size_t count, int inplace, doub
     const uint8_t *sbuf = b->send;
     uint8_t *rbuf       = b->recv;
     double reps[64];
-    int nreps = b->o.reps < 64 ? b->o.reps : 64;
+    int nreps   = b->o.reps < 64 ? b->o.reps : 64;
     fx_status s = FX_OK;
 
     if (inplace) {
@@ -519,7 +524,7 @@ static fx_status time_ops(const struct bench *b, size_t count, int inplace, doub
     for (int r = 0; r < nreps && s == FX_OK; r++) {
         double t0;
 
-        s = barrier(b);
+        s  = barrier(b);
         t0 = now_s();
         for (int i = 0; i < b->o.iters && s == FX_OK; i++) {
             s = run_op(b, sbuf, rbuf, count);
@@ -541,7 +546,8 @@ static fx_status time_ops(const struct bench *b, size_t count, int inplace, doub
 static fx_status check_ops(const struct bench *b, size_t count, int inplace, long *wrong)
 {
     size_t total = b->o.coll == COLL_ALLGATHER ? count * (size_t)b->nranks : count;
-    uint8_t *own = b->o.coll == COLL_ALLREDUCE ? b->recv : b->recv + (size_t)b->rank * count * b->esize;
+    uint8_t *own =
+        b->o.coll == COLL_ALLREDUCE ? b->recv : b->recv + (size_t)b->rank * count * b->esize;
     double w;
     fx_status s;
 
@@ -550,16 +556,16 @@ static fx_status check_ops(const struct bench *b, size_t count, int inplace, lon
     if (s != FX_OK) {
         return fail(b, "checked run", s);
     }
-    w = (double)count_wrong(b, b->recv, total);
-    s = fx_allreduce(&w, &w, 1, FX_FLOAT64, FX_SUM, b->comm);
+    w      = (double)count_wrong(b, b->recv, total);
+    s      = fx_allreduce(&w, &w, 1, FX_FLOAT64, FX_SUM, b->comm);
     *wrong = (long)w;
     return s == FX_OK ? FX_OK : fail(b, "check reduction", s);
 }
 
 static fx_status measure(const struct bench *b, size_t size, struct result *res)
 {
-    size_t unit  = b->esize * (b->o.coll == COLL_ALLGATHER ? (size_t)b->nranks : 1);
-    size_t count = size / unit;
+    size_t unit   = b->esize * (b->o.coll == COLL_ALLGATHER ? (size_t)b->nranks : 1);
+    size_t count  = size / unit;
     double factor = b->o.coll == COLL_ALLREDUCE ? 2.0 * (b->nranks - 1) / b->nranks
                                                 : (double)(b->nranks - 1) / b->nranks;
 
@@ -602,10 +608,9 @@ static void print_header(const struct bench *b)
            b->o.iters, b->o.warmup, b->o.reps, b->o.check);
     printf("#\n#%62s%33s\n", "out-of-place", "in-place");
     printf("# %10s %12s %8s %6s %6s %8s %7s %7s %6s %8s %7s %7s %6s\n", "size", "count", "type",
-           "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw",
-           "#wrong");
-    printf("# %10s %12s %8s %6s %6s %8s %7s %7s %6s %8s %7s %7s %6s\n", "(B)", "(elements)", "",
-           "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "");
+           "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong");
+    printf("# %10s %12s %8s %6s %6s %8s %7s %7s %6s %8s %7s %7s %6s\n", "(B)", "(elements)", "", "",
+           "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "");
 }
 
 static void print_row(const struct bench *b, const struct result *r)
@@ -663,7 +668,7 @@ static size_t next_size(const struct opts *o, size_t size)
 static int bench_sizes(struct bench *b)
 {
     struct result res[128];
-    int n = 0;
+    int n      = 0;
     long wrong = 0;
     double sum = 0;
 
@@ -750,8 +755,8 @@ static void kill_all(const pid_t *pids, int n)
 static int reap(pid_t *pids, int n, long timeout_ms)
 {
     double deadline = now_s() + (double)timeout_ms / 1000.0;
-    int left = n;
-    int rc   = 0;
+    int left        = n;
+    int rc          = 0;
 
     while (left > 0) {
         int st;
@@ -774,7 +779,7 @@ static int reap(pid_t *pids, int n, long timeout_ms)
             fprintf(stderr, "fx-bench: %s, killing the ranks\n",
                     got_signal ? "interrupted" : "timed out");
             kill_all(pids, n);
-            rc = rc ? rc : 1;
+            rc         = rc ? rc : 1;
             got_signal = 0;
             deadline   = now_s() + 3600;
         }

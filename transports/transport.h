@@ -10,14 +10,17 @@
  * the receiver whole, before or with the payload. The receiver posts the header and payload
  * lengths it expects; a message whose lengths differ completes the receive with
  * FX_ERR_MISMATCH, the sender's header copied out when it arrived (so the caller can say what
- * differs), never writes past the posted buffers, and leaves the connection failed.
+ * differs), never writes past the posted buffers, and leaves the connection failed: its other
+ * requests (earlier ones included, when the mismatch was seen first) complete with
+ * FX_ERR_CONNECTION, never with FX_ERR_MISMATCH.
  *
  * Threading: a transport instance (struct fx_tp) and all its objects are used by one thread at a
  * time; the core serialises calls with its own lock. No call blocks, except where a slot's
  * comment says so.
  *
- * Layering: transports include only this header, fabricx.h and libfabricx/fx_log.h. The core
- * hands them configuration in struct fx_tp_config; they never read FX_* variables themselves.
+ * Layering: transports include only this header, fabricx.h, libfabricx/fx_log.h and
+ * libfabricx/fx_sock.h (clock and address formatting). The core hands them configuration in
+ * struct fx_tp_config; they never read FX_* variables themselves.
  */
 #ifndef FX_TRANSPORT_H
 #define FX_TRANSPORT_H
@@ -40,7 +43,6 @@ struct fx_tp_config {
     const char *ifname; /* FX_SOCKET_IFNAME: prefixes, "^" to exclude, "=" exact, or a CIDR */
     int nsocks;         /* sockets per connection; 0: the transport's default */
     int timeout_ms;     /* bound on connection set-up handshakes */
-    bool zerocopy;      /* FX_TCP_ZEROCOPY: MSG_ZEROCOPY for large sends */
     size_t min_stripe;  /* payloads below 2 * min_stripe travel on one socket; 0: default */
 };
 

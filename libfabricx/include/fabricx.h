@@ -41,7 +41,7 @@ extern "C" {
     X(OK, 0, "success")                                                                            \
     X(INPROGRESS, 1, "operation in progress")                                                      \
     X(ERR_INVALID_ARG, -1, "invalid argument")                                                     \
-    X(ERR_MISMATCH, -2, "ranks called different collectives, counts, datatypes or ops")           \
+    X(ERR_MISMATCH, -2, "ranks called different collectives, counts, datatypes or ops")            \
     X(ERR_NO_MEMORY, -10, "out of memory")                                                         \
     X(ERR_UNSUPPORTED, -11, "operation not supported")                                             \
     X(ERR_SYSTEM, -12, "system call failed")                                                       \
@@ -208,8 +208,8 @@ FX_API fx_status fx_allgather(const void *sendbuf, void *recvbuf, size_t sendcou
  * complete in the order they were started, and every rank must start them in the same order.
  *   [out] req  written only on success
  */
-FX_API fx_status fx_iallreduce(const void *sendbuf, void *recvbuf, size_t count,
-                               fx_datatype dtype, fx_op op, fx_comm_t comm, fx_request_t *req);
+FX_API fx_status fx_iallreduce(const void *sendbuf, void *recvbuf, size_t count, fx_datatype dtype,
+                               fx_op op, fx_comm_t comm, fx_request_t *req);
 FX_API fx_status fx_iallgather(const void *sendbuf, void *recvbuf, size_t sendcount,
                                fx_datatype dtype, fx_comm_t comm, fx_request_t *req);
 

@@ -351,12 +351,18 @@ static int check_opts(const struct harness_opts *opts, int nprocs)
     return 0;
 }
 
+void harness_use_loopback(void)
+{
+    setenv("FX_SOCKET_IFNAME", "lo", 0);
+}
+
 /* Creates the shared area and the id; returns 0 or -1. */
 static int prepare_run(const struct harness_opts *opts, struct harness_run_info *info,
                        fx_unique_id *id)
 {
     char value[32];
 
+    harness_use_loopback();
     if (opts->fx_timeout_ms > 0) {
         snprintf(value, sizeof(value), "%d", opts->fx_timeout_ms);
         setenv("FX_TIMEOUT_MS", value, 1);

@@ -22,7 +22,7 @@
 #define HARNESS_ERR_LEN   512
 #define HARNESS_LOG_LEN   2048
 #define HARNESS_NSYNC     8 /* sync[HARNESS_NSYNC - 1] is the harness's own */
-#define HARNESS_NHASH     1100
+#define HARNESS_NHASH     1280
 
 /* What one child process reports. Fields marked "parent" are written by harness_run. */
 struct harness_result {
@@ -98,6 +98,10 @@ struct harness_run_info {
  * info->log-worthy detail is on stderr). Free info with harness_free. */
 int harness_run(const struct harness_opts *opts, struct harness_run_info *info);
 void harness_free(struct harness_run_info *info);
+
+/* Keeps the job on loopback: FX_SOCKET_IFNAME=lo unless the environment already chose.
+ * harness_run calls it; tests that call the library themselves call it first. */
+void harness_use_loopback(void);
 
 /* SIGKILLs and reaps every child still registered; the suites' .fini. */
 void harness_kill_all(void);

@@ -37,27 +37,27 @@
 
 #include "fx_config_build.h"
 #include "fx_log.h"
+#include "fx_sock.h"
 #include "transports/tcp/tcp_iface.h"
 #include "transports/transport.h"
 
-#define TCP_DEFAULT_NSOCKS   2
-#define TCP_MAX_NSOCKS       64
-#define TCP_MIN_STRIPE       (64u << 10)
-#define TCP_SOCKBUF          (4 << 20)
-#define TCP_HELLO_LEN        20
-#define TCP_FRAME_LEN        16
-#define TCP_HELLO_MAGIC      0x48545846u /* "FXTH" */
-#define TCP_FRAME_MAGIC      0x31545846u /* "FXT1" */
-#define TCP_VERSION          1
-#define TCP_MAX_ADDRS        4
-#define TCP_ADDR_REC         19 /* u8 family, 16 bytes address, u16 port */
-#define TCP_PENDING_MAX      256
+#define TCP_DEFAULT_NSOCKS 2
+#define TCP_MAX_NSOCKS     64
+#define TCP_MIN_STRIPE     (64u << 10)
+#define TCP_SOCKBUF        (4 << 20)
+#define TCP_HELLO_LEN      20
+#define TCP_FRAME_LEN      16
+#define TCP_HELLO_MAGIC    0x48545846u /* "FXTH" */
+#define TCP_FRAME_MAGIC    0x31545846u /* "FXT1" */
+#define TCP_VERSION        1
+#define TCP_MAX_ADDRS      4
+#define TCP_ADDR_REC       19 /* u8 family, 16 bytes address, u16 port */
+#define TCP_PENDING_MAX    256
 
 enum obj_kind {
     OBJ_SOCK,
     OBJ_OTHER,
 };
-
 
 /* One stripe of one message queued on one socket. */
 struct tcp_piece {
@@ -69,6 +69,12 @@ struct tcp_piece {
     bool lead;
 };
 
+/* Pieces of one direction on one socket, in message order. */
+struct tcp_queue {
+    struct tcp_piece *head;
+    struct tcp_piece *tail;
+};
+
 struct tcp_sock {
     enum obj_kind kind; /* first: epoll data points here */
     int fd;
@@ -76,8 +82,8 @@ struct tcp_sock {
     bool can_write;
     bool hup;
     struct fx_tp_conn *conn;
-    struct tcp_piece *head;
-    struct tcp_piece *tail;
+    struct tcp_queue sendq; /* full duplex: sends and receives queue separately */
+    struct tcp_queue recvq;
 };
 
 struct fx_tp_conn {
@@ -106,7 +112,7 @@ struct fx_tp_req {
     struct fx_tp_req *all_next; /* every request of the instance, freed by fini */
     struct fx_tp_conn *conn;
     bool send;
-    int pending;     /* pieces not yet done */
+    int pending; /* pieces not yet done */
     fx_status status;
     uint8_t frame[TCP_FRAME_LEN];
     uint8_t hdr[FX_TP_HDR_MAX];
@@ -152,14 +158,6 @@ struct fx_tp {
 
 /* ------------------------------------------------------------------ helpers */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void put16(uint8_t *p, uint16_t v)
 {
     p[0] = (uint8_t)v;
@@ -196,24 +194,12 @@ static uint64_t get64(const uint8_t *p)
 
 static void addr_str(const struct sockaddr_storage *ss, char *buf, size_t len)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
-
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-        snprintf(buf, len, "%s:%u", host, ntohs(in->sin_port));
-    } else {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-
-        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-        snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
-    }
+    fx_sock_addr_str((const struct sockaddr *)ss, buf, len);
 }
 
 static void tune_socket(int fd)
 {
-    int one = 1;
+    int one  = 1;
     int size = TCP_SOCKBUF;
 
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -268,8 +254,8 @@ static int tcp_wait_fd(struct fx_tp *tp)
 
 static struct fx_tp_req *req_get(struct fx_tp_conn *conn)
 {
-    struct fx_tp *tp     = conn->tp;
-    struct fx_tp_req *r  = tp->free_reqs[conn->nsocks];
+    struct fx_tp *tp    = conn->tp;
+    struct fx_tp_req *r = tp->free_reqs[conn->nsocks];
 
     if (r != NULL) {
         tp->free_reqs[conn->nsocks] = r->next_free;
@@ -292,20 +278,25 @@ static void req_put(struct fx_tp_req *r)
     struct fx_tp *tp = r->conn->tp;
     int slot         = r->conn->nsocks;
 
-    r->next_free       = tp->free_reqs[slot];
+    r->next_free        = tp->free_reqs[slot];
     tp->free_reqs[slot] = r;
 }
 
 static void conn_fail(struct fx_tp_conn *conn, fx_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Fails the connection: every queued piece's request completes with the status. */
+/* Fails the connection: every queued piece's request completes with the status. After a
+ * mismatch only the mismatched request (already marked) says FX_ERR_MISMATCH; the others, and
+ * later posts, say FX_ERR_CONNECTION, so a header is never read from a request that has none. */
 static void conn_fail(struct fx_tp_conn *conn, fx_status status, const char *fmt, ...)
 {
     va_list ap;
 
     if (conn->failed != FX_OK) {
         return;
+    }
+    if (status == FX_ERR_MISMATCH) {
+        status = FX_ERR_CONNECTION;
     }
     conn->failed = status;
     va_start(ap, fmt);
@@ -315,24 +306,30 @@ static void conn_fail(struct fx_tp_conn *conn, fx_status status, const char *fmt
     for (int s = 0; s < conn->nsocks; s++) {
         struct tcp_sock *sk = &conn->socks[s];
 
-        for (struct tcp_piece *p = sk->head; p != NULL; p = p->next) {
-            if (p->req->status == FX_INPROGRESS) {
-                p->req->status = status;
+        struct tcp_queue *qs[2] = {&sk->sendq, &sk->recvq};
+
+        for (int d = 0; d < 2; d++) {
+            for (struct tcp_piece *p = qs[d]->head; p != NULL; p = p->next) {
+                if (p->req->status == FX_INPROGRESS) {
+                    p->req->status = status;
+                }
             }
+            qs[d]->head = qs[d]->tail = NULL;
         }
-        sk->head = sk->tail = NULL;
     }
 }
 
 static void piece_queue(struct tcp_sock *sk, struct tcp_piece *p)
 {
+    struct tcp_queue *q = p->req->send ? &sk->sendq : &sk->recvq;
+
     p->next = NULL;
-    if (sk->tail != NULL) {
-        sk->tail->next = p;
+    if (q->tail != NULL) {
+        q->tail->next = p;
     } else {
-        sk->head = p;
+        q->head = p;
     }
-    sk->tail = p;
+    q->tail = p;
 }
 
 /* Cuts a message in stripes and queues one piece per stripe. */
@@ -365,47 +362,52 @@ static void stripe(struct fx_tp_conn *conn, struct fx_tp_req *r, uint8_t *buf, u
 
 /* ------------------------------------------------------------------ data path */
 
-/* Lead piece of a send: frame + header + stripe; others: stripe. One sendmsg per attempt. */
-static ssize_t piece_send(struct tcp_sock *sk, struct tcp_piece *p)
+/* The iovecs of what is left of a piece: lead frame, header, then the stripe. */
+static int piece_iov(struct tcp_piece *p, struct iovec iov[3])
 {
     struct fx_tp_req *r = p->req;
-    struct iovec iov[3];
-    int n       = 0;
-    size_t skip = p->done;
-    size_t pre  = p->lead ? TCP_FRAME_LEN + r->hdrlen : 0;
-    struct msghdr msg;
+    size_t skip         = p->done;
+    int n               = 0;
 
-    if (p->lead && skip < TCP_FRAME_LEN) {
-        iov[n++] = (struct iovec){r->frame + skip, TCP_FRAME_LEN - skip};
-        skip     = 0;
-    } else if (p->lead) {
-        skip -= TCP_FRAME_LEN;
-    }
-    if (p->lead && skip < r->hdrlen && r->hdrlen > 0) {
-        iov[n++] = (struct iovec){r->hdr + skip, r->hdrlen - skip};
-        skip     = 0;
-    } else if (p->lead) {
-        skip -= r->hdrlen;
-    }
-    if (p->done < pre) {
-        skip = 0;
+    if (p->lead) {
+        if (skip < TCP_FRAME_LEN) {
+            iov[n++] = (struct iovec){r->frame + skip, TCP_FRAME_LEN - skip};
+            skip     = 0;
+        } else {
+            skip -= TCP_FRAME_LEN;
+        }
+        if (skip < r->hdrlen) {
+            iov[n++] = (struct iovec){r->hdr + skip, r->hdrlen - skip};
+            skip     = 0;
+        } else {
+            skip -= r->hdrlen;
+        }
     }
     if (p->len > skip) {
         iov[n++] = (struct iovec){p->buf + skip, p->len - skip};
     }
+    return n;
+}
+
+/* One sendmsg per attempt: small messages leave in a single system call. */
+static ssize_t piece_send(struct tcp_sock *sk, struct tcp_piece *p)
+{
+    struct iovec iov[3];
+    struct msghdr msg;
+
     memset(&msg, 0, sizeof(msg));
     msg.msg_iov    = iov;
-    msg.msg_iovlen = (size_t)n;
+    msg.msg_iovlen = (size_t)piece_iov(p, iov);
     return sendmsg(sk->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
-static void piece_done(struct tcp_sock *sk)
+static void piece_done(struct tcp_queue *q)
 {
-    struct tcp_piece *p = sk->head;
+    struct tcp_piece *p = q->head;
 
-    sk->head = p->next;
-    if (sk->head == NULL) {
-        sk->tail = NULL;
+    q->head = p->next;
+    if (q->head == NULL) {
+        q->tail = NULL;
     }
     if (--p->req->pending == 0 && p->req->status == FX_INPROGRESS) {
         p->req->status = FX_OK;
@@ -416,8 +418,8 @@ static void sock_write(struct tcp_sock *sk)
 {
     struct fx_tp_conn *conn = sk->conn;
 
-    while (sk->head != NULL && sk->can_write && conn->failed == FX_OK) {
-        struct tcp_piece *p = sk->head;
+    while (sk->sendq.head != NULL && sk->can_write && conn->failed == FX_OK) {
+        struct tcp_piece *p = sk->sendq.head;
         size_t total        = p->len + (p->lead ? TCP_FRAME_LEN + p->req->hdrlen : 0);
         ssize_t n           = total > p->done ? piece_send(sk, p) : 0;
 
@@ -432,7 +434,7 @@ static void sock_write(struct tcp_sock *sk)
         }
         p->done += (size_t)n;
         if (p->done == total) {
-            piece_done(sk);
+            piece_done(&sk->sendq);
         }
     }
 }
@@ -451,49 +453,34 @@ static bool frame_ok(struct fx_tp_conn *conn, struct fx_tp_req *r)
     if (hdrlen != r->hdrlen || len != r->len) {
         r->status = FX_ERR_MISMATCH;
         conn_fail(conn, FX_ERR_MISMATCH,
-                  "%s sent a message of %llu + %u bytes where %zu + %zu were expected",
-                  conn->peer, (unsigned long long)len, hdrlen, r->hdrlen, r->len);
+                  "%s sent a message of %llu + %u bytes where %zu + %zu were expected", conn->peer,
+                  (unsigned long long)len, hdrlen, r->hdrlen, r->len);
         return false;
     }
     return true;
 }
 
-/* Reads into the lead frame, the header, then the stripe, with one readv per attempt. */
+/* One readv per attempt, frame, header and stripe together: the frame is checked as soon as
+ * it is complete, and a mismatched message never writes past the posted buffers. */
 static ssize_t piece_recv(struct tcp_sock *sk, struct tcp_piece *p)
 {
-    struct fx_tp_req *r = p->req;
     struct iovec iov[3];
-    int n = 0;
+    int n = piece_iov(p, iov);
 
-    if (!p->lead) {
-        return recv(sk->fd, p->buf + p->done, p->len - p->done, MSG_DONTWAIT);
-    }
-    if (p->done < TCP_FRAME_LEN) {
-        /* Read only the frame first: it says whether the rest may be read where posted. */
-        return recv(sk->fd, r->frame + p->done, TCP_FRAME_LEN - p->done, MSG_DONTWAIT);
-    }
-    if (p->done < TCP_FRAME_LEN + r->hdrlen) {
-        size_t off = p->done - TCP_FRAME_LEN;
-
-        iov[n++] = (struct iovec){r->hdr + off, r->hdrlen - off};
-        if (p->len > 0) {
-            iov[n++] = (struct iovec){p->buf, p->len};
-        }
-    } else {
-        size_t off = p->done - TCP_FRAME_LEN - r->hdrlen;
-
-        iov[n++] = (struct iovec){p->buf + off, p->len - off};
-    }
-    return readv(sk->fd, iov, n);
+    return n == 1 ? recv(sk->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT)
+                  : readv(sk->fd, iov, n);
 }
 
-/* On a mismatch, copies out as much of the sender's header as it sent (best effort). */
-static void salvage_header(struct tcp_sock *sk, struct fx_tp_req *r)
+/* After a frame mismatch: reads the rest of the sender's header (sent with the frame, so it is
+ * there or about to be; bounded to 100 ms) and hands it up so the caller can say what differs. */
+static void salvage_header(struct tcp_sock *sk, struct tcp_piece *p)
 {
-    uint32_t hdrlen = get32(r->frame + 4);
-    size_t want     = hdrlen < r->hdrlen ? hdrlen : r->hdrlen;
-    size_t have     = 0;
+    struct fx_tp_req *r = p->req;
+    uint32_t sent       = get32(r->frame + 4);
+    size_t want         = sent < r->hdrlen ? sent : r->hdrlen;
+    size_t have         = p->done > TCP_FRAME_LEN ? p->done - TCP_FRAME_LEN : 0;
 
+    have = have < want ? have : want;
     for (int tries = 0; tries < 100 && have < want; tries++) {
         ssize_t n = recv(sk->fd, r->hdr + have, want - have, MSG_DONTWAIT);
 
@@ -514,9 +501,10 @@ static void sock_read(struct tcp_sock *sk)
 {
     struct fx_tp_conn *conn = sk->conn;
 
-    while (sk->head != NULL && sk->can_read && conn->failed == FX_OK) {
-        struct tcp_piece *p = sk->head;
+    while (sk->recvq.head != NULL && sk->can_read && conn->failed == FX_OK) {
+        struct tcp_piece *p = sk->recvq.head;
         size_t pre          = p->lead ? TCP_FRAME_LEN + p->req->hdrlen : 0;
+        size_t before       = p->done;
         ssize_t n           = p->len + pre > p->done ? piece_recv(sk, p) : 0;
 
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -531,39 +519,34 @@ static void sock_read(struct tcp_sock *sk)
                       n == 0 ? "connection closed" : strerror(errno), conn->peer);
             return;
         }
-        if (p->lead && p->done < TCP_FRAME_LEN && p->done + (size_t)n == TCP_FRAME_LEN &&
+        p->done += (size_t)n;
+        if (p->lead && before < TCP_FRAME_LEN && p->done >= TCP_FRAME_LEN &&
             !frame_ok(conn, p->req)) {
             if (p->req->status == FX_ERR_MISMATCH) {
-                salvage_header(sk, p->req);
+                salvage_header(sk, p);
             }
             return;
         }
-        p->done += (size_t)n;
         if (p->done == p->len + pre) {
             if (p->lead && p->req->user_hdr != NULL) {
                 memcpy(p->req->user_hdr, p->req->hdr, p->req->hdrlen);
             }
-            piece_done(sk);
+            piece_done(&sk->recvq);
         }
     }
 }
 
 static void sock_io(struct tcp_sock *sk)
 {
-    if (sk->head == NULL) {
-        if (sk->hup && sk->conn->failed == FX_OK) {
-            /* Peer closed with nothing pending here: only later posts fail. */
+    if (sk->sendq.head != NULL) {
+        if (sk->hup) {
+            /* The peer closed: what is queued here will never be read. */
+            conn_fail(sk->conn, FX_ERR_PEER_FAILED, "connection closed by %s", sk->conn->peer);
             return;
         }
-        return;
-    }
-    if (sk->hup && sk->can_write && sk->head->req->conn == sk->conn && sk->head->req->send) {
-        conn_fail(sk->conn, FX_ERR_PEER_FAILED, "connection closed by %s", sk->conn->peer);
-        return;
-    }
-    if (sk->head->req->send) {
         sock_write(sk);
-    } else {
+    }
+    if (sk->recvq.head != NULL) {
         sock_read(sk);
     }
 }
@@ -621,7 +604,9 @@ static fx_status post(struct fx_tp_conn *conn, bool send, const void *hdr, size_
         put32(r->frame, TCP_FRAME_MAGIC);
         put32(r->frame + 4, (uint32_t)hdrlen);
         put64(r->frame + 8, len);
-        memcpy(r->hdr, hdr, hdrlen);
+        if (hdrlen > 0) {
+            memcpy(r->hdr, hdr, hdrlen);
+        }
     }
     stripe(conn, r, (uint8_t *)(uintptr_t)buf, seq);
     /* Latency: try the I/O now rather than at the next progress call. */
@@ -632,8 +617,8 @@ static fx_status post(struct fx_tp_conn *conn, bool send, const void *hdr, size_
     return FX_OK;
 }
 
-static fx_status tcp_isend(struct fx_tp_conn *conn, const void *hdr, size_t hdrlen,
-                           const void *buf, size_t len, struct fx_tp_req **req)
+static fx_status tcp_isend(struct fx_tp_conn *conn, const void *hdr, size_t hdrlen, const void *buf,
+                           size_t len, struct fx_tp_req **req)
 {
     if (conn->socks[0].hup && conn->failed == FX_OK) {
         conn_fail(conn, FX_ERR_PEER_FAILED, "connection closed by %s", conn->peer);
@@ -641,8 +626,8 @@ static fx_status tcp_isend(struct fx_tp_conn *conn, const void *hdr, size_t hdrl
     return post(conn, true, hdr, hdrlen, buf, len, req);
 }
 
-static fx_status tcp_irecv(struct fx_tp_conn *conn, void *hdr, size_t hdrlen, void *buf,
-                           size_t len, struct fx_tp_req **req)
+static fx_status tcp_irecv(struct fx_tp_conn *conn, void *hdr, size_t hdrlen, void *buf, size_t len,
+                           struct fx_tp_req **req)
 {
     return post(conn, false, hdr, hdrlen, buf, len, req);
 }
@@ -650,6 +635,20 @@ static fx_status tcp_irecv(struct fx_tp_conn *conn, void *hdr, size_t hdrlen, vo
 static fx_status tcp_test(struct fx_tp_req *r)
 {
     fx_status status = r->status;
+
+    if (status == FX_INPROGRESS && r->conn->failed == FX_OK) {
+        /* Move whatever the sockets already allow (flags set, no system call otherwise):
+         * the caller need not run progress() between tests. */
+        for (int s = 0; s < r->conn->nsocks; s++) {
+            struct tcp_sock *sk = &r->conn->socks[s];
+
+            if (r->send ? sk->sendq.head != NULL && sk->can_write
+                        : sk->recvq.head != NULL && sk->can_read) {
+                sock_io(sk);
+            }
+        }
+        status = r->status;
+    }
 
     if (status == FX_INPROGRESS && r->conn->failed != FX_OK) {
         status = r->conn->failed;
@@ -745,9 +744,9 @@ static fx_status tcp_listen(struct fx_tp *tp, struct fx_tp_addr *addr, struct fx
     struct sockaddr_storage bound;
     socklen_t blen = sizeof(bound);
     struct fx_tp_listener *l;
-    int n     = 0;
-    fx_status status = fx_tcp_iface_list(tp->ifname[0] ? tp->ifname : NULL, addrs, names,
-                                         TCP_MAX_ADDRS, &n);
+    int n = 0;
+    fx_status status =
+        fx_tcp_iface_list(tp->ifname[0] ? tp->ifname : NULL, addrs, names, TCP_MAX_ADDRS, &n);
 
     if (status != FX_OK || n == 0) {
         fx_warn(FX_SUB_NET, "no network interface matches FX_SOCKET_IFNAME=%s", tp->ifname);
@@ -773,8 +772,9 @@ static fx_status tcp_listen(struct fx_tp *tp, struct fx_tp_addr *addr, struct fx
     }
     l->nfds = 1;
     addr_pack(addrs, n, ntohs(((struct sockaddr_in *)&bound)->sin_port), addr);
-    fx_info(FX_SUB_NET, "tcp: listening on port %u, interface %s (%d address%s), %d sockets per "
-                        "connection",
+    fx_info(FX_SUB_NET,
+            "tcp: listening on port %u, interface %s (%d address%s), %d sockets per "
+            "connection",
             ntohs(((struct sockaddr_in *)&bound)->sin_port), names[0], n, n > 1 ? "es" : "",
             tp->nsocks);
     *out = l;
@@ -795,7 +795,7 @@ static void accept_new(struct fx_tp_listener *l)
     for (int tries = 0; tries < 64 && l->npend < TCP_PENDING_MAX; tries++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
-        int fd       = accept4(l->fds[0], (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(l->fds[0], (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         struct tcp_pending *p;
 
         if (fd < 0) {
@@ -804,7 +804,7 @@ static void accept_new(struct fx_tp_listener *l)
         p = &l->pend[l->npend++];
         memset(p, 0, sizeof(*p));
         p->fd       = fd;
-        p->deadline = now_ms() + (l->tp->timeout_ms < 10000 ? l->tp->timeout_ms : 10000);
+        p->deadline = fx_now_ms() + (l->tp->timeout_ms < 10000 ? l->tp->timeout_ms : 10000);
         addr_str(&ss, p->peer, sizeof(p->peer));
     }
 }
@@ -873,7 +873,7 @@ static fx_status conn_alloc(struct fx_tp *tp, int nsocks, struct fx_tp_conn **ou
 static fx_status conn_arm(struct fx_tp_conn *c)
 {
     for (int s = 0; s < c->nsocks; s++) {
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+        struct epoll_event ev = {.events   = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                                  .data.ptr = &c->socks[s]};
 
         tune_socket(c->socks[s].fd);
@@ -905,8 +905,7 @@ static bool pend_group(struct fx_tp_listener *l, int i, struct fx_tp_conn **out,
     for (int j = 0; j < l->npend; j++) {
         struct tcp_pending *q = &l->pend[j];
 
-        if (q->hello_done && q->nonce == p->nonce && q->nsocks == p->nsocks &&
-            idx[q->index] < 0) {
+        if (q->hello_done && q->nonce == p->nonce && q->nsocks == p->nsocks && idx[q->index] < 0) {
             idx[q->index] = j;
             found++;
         }
@@ -918,7 +917,7 @@ static bool pend_group(struct fx_tp_listener *l, int i, struct fx_tp_conn **out,
     memcpy(hello, l->pend[idx[0]].buf + TCP_HELLO_LEN, l->pend[idx[0]].hlen);
     *hello_len = l->pend[idx[0]].hlen;
     for (int k = 0; k < c->nsocks; k++) {
-        c->socks[k].fd = l->pend[idx[k]].fd;
+        c->socks[k].fd     = l->pend[idx[k]].fd;
         l->pend[idx[k]].fd = -1;
     }
     for (int j = l->npend - 1; j >= 0; j--) {
@@ -942,7 +941,7 @@ static bool pend_group(struct fx_tp_listener *l, int i, struct fx_tp_conn **out,
 static fx_status tcp_accept(struct fx_tp_listener *l, struct fx_tp_conn **conn, void *hello,
                             size_t *hello_len)
 {
-    int64_t now = now_ms();
+    int64_t now = fx_now_ms();
 
     accept_new(l);
     for (int i = l->npend - 1; i >= 0; i--) {
@@ -979,8 +978,8 @@ static void tcp_listen_close(struct fx_tp_listener *l)
 static fx_status start_sockets(struct fx_tp_conn *c)
 {
     const struct sockaddr_storage *a = &c->addrs[c->addr_index];
-    socklen_t len = a->ss_family == AF_INET ? sizeof(struct sockaddr_in)
-                                            : sizeof(struct sockaddr_in6);
+    socklen_t len =
+        a->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
 
     addr_str(a, c->peer, sizeof(c->peer));
     c->connected = 0;
@@ -1013,8 +1012,8 @@ static void close_sockets(struct fx_tp_conn *c)
 /* Advances one socket: connected? hello written? Returns FX_OK when done. */
 static fx_status sock_connect_step(struct fx_tp_conn *c, int s)
 {
-    int fd = c->socks[s].fd;
-    int err = 0;
+    int fd       = c->socks[s].fd;
+    int err      = 0;
     socklen_t el = sizeof(err);
     size_t total = TCP_HELLO_LEN + (s == 0 ? c->hello_len : 0);
     uint8_t msg[TCP_HELLO_LEN + FX_TP_HELLO_MAX];
@@ -1079,7 +1078,7 @@ static fx_status tcp_connect(struct fx_tp *tp, const struct fx_tp_addr *addr, co
                              size_t hello_len, struct fx_tp_conn **conn)
 {
     struct fx_tp_conn *c = *conn;
-    int done = 0;
+    int done             = 0;
 
     if (c == NULL) {
         fx_status status = connect_begin(tp, addr, hello, hello_len, conn);
@@ -1118,8 +1117,7 @@ static void tcp_close(struct fx_tp_conn *c)
     if (*pp == c) {
         *pp = c->next;
     }
-    /* Requests still queued are owned by the caller's lanes, which stop using them now. */
-    conn_fail(c, FX_ERR_CONNECTION, "closed locally");
+    /* Queued requests are abandoned with the connection; fini frees them. */
     close_sockets(c);
     free(c->socks);
     free(c->hello_sent);

@@ -1,1 +1,647 @@
-/* placeholder: being written */
+/*
+ * Reduction kernels against an independent reference: every datatype x operator, random and
+ * special values (NaN, infinities, signed zeros, subnormals, integer extremes), lengths around
+ * the vector widths, unaligned and in-place buffers; the fp16/bf16 conversions exhaustively;
+ * the scalar and AVX2 kernel sets bitwise against each other.
+ *
+ * The reference decodes fp16/bf16 with ldexp and rounds with nearbyint in double precision,
+ * sharing no code with the library's bit-twiddling conversions.
+ */
+#include <criterion/criterion.h>
+#include <fenv.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "collectives/coll_kernels.h"
+
+#define MAXN 1100
+
+static const size_t lengths[] = {0,  1,  2,  3,  7,  8,  9,  15,  16,
+                                 17, 31, 32, 33, 63, 64, 65, 257, 1027};
+#define NLENGTHS (sizeof(lengths) / sizeof(lengths[0]))
+
+static const char *const op_names[] = {"sum", "prod", "min", "max", "avg"};
+
+/* ------------------------------------------------------------------ reference arithmetic */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* A 2-byte float format: mbits explicit mantissa bits, exponent bias. */
+struct fmt16 {
+    int mbits;
+    int bias;
+};
+
+static const struct fmt16 HALF = {10, 15};
+static const struct fmt16 BF16 = {7, 127};
+
+static double ref_decode(struct fmt16 f, uint16_t bits)
+{
+    int ebits  = 15 - f.mbits;
+    int sign   = bits >> 15;
+    int e      = (bits >> f.mbits) & ((1 << ebits) - 1);
+    uint32_t m = bits & ((1u << f.mbits) - 1);
+    double v;
+
+    if (e == (1 << ebits) - 1) {
+        v = m != 0 ? NAN : INFINITY;
+    } else if (e == 0) {
+        v = ldexp((double)m, 1 - f.bias - f.mbits);
+    } else {
+        v = ldexp((double)(m | (1u << f.mbits)), e - f.bias - f.mbits);
+    }
+    return sign ? -v : v;
+}
+
+/* Rounds v to the format, nearest-even, overflow to infinity. NaN gives a quiet NaN. */
+static uint16_t ref_encode(struct fmt16 f, double v)
+{
+    int ebits     = 15 - f.mbits;
+    uint16_t sign = signbit(v) ? 0x8000 : 0;
+    uint16_t inf  = (uint16_t)(((1u << ebits) - 1) << f.mbits);
+    double a      = fabs(v);
+    int emin      = 1 - f.bias;
+    int k;
+    double r;
+
+    if (isnan(v)) {
+        return (uint16_t)(sign | inf | (1u << (f.mbits - 1)));
+    }
+    if (isinf(v)) {
+        return (uint16_t)(sign | inf);
+    }
+    frexp(a, &k);
+    if (a == 0 || k - 1 < emin) {
+        /* Subnormal (or zero); a rounded-up result of 1 << mbits is the smallest normal. */
+        r = nearbyint(ldexp(a, f.bias - 1 + f.mbits));
+        return (uint16_t)(sign | (uint16_t)r);
+    }
+    k -= 1;
+    r = nearbyint(ldexp(a, f.mbits - k));
+    if (r == ldexp(1.0, f.mbits + 1)) {
+        k++;
+        r = ldexp(1.0, f.mbits);
+    }
+    if (k > f.bias) {
+        return (uint16_t)(sign | inf);
+    }
+    return (uint16_t)(sign | (uint16_t)((k + f.bias) << f.mbits) |
+                      ((uint16_t)r & ((1u << f.mbits) - 1)));
+}
+
+static bool lowp_is_nan(struct fmt16 f, uint16_t bits)
+{
+    return isnan(ref_decode(f, bits));
+}
+
+static double ref_minmax(double x, double y, bool max)
+{
+    if (isnan(x)) {
+        return x;
+    }
+    if (isnan(y)) {
+        return y;
+    }
+    return max ? (x > y ? x : y) : (x < y ? x : y);
+}
+
+/* fp16/bf16: widen to fp32, apply the op in fp32, round once (AVG: sum / n in fp32). */
+static uint16_t ref_lowp(struct fmt16 f, uint16_t a, uint16_t b, int op, int nranks)
+{
+    float x = (float)ref_decode(f, a);
+    float y = (float)ref_decode(f, b);
+    float r;
+
+    switch (op) {
+    case FX_SUM:
+        r = x + y;
+        break;
+    case FX_PROD:
+        r = x * y;
+        break;
+    case FX_MIN:
+        r = (float)ref_minmax(x, y, false);
+        break;
+    case FX_MAX:
+        r = (float)ref_minmax(x, y, true);
+        break;
+    default:
+        r = (x + y) / (float)nranks;
+        break;
+    }
+    return ref_encode(f, r);
+}
+
+/* Integers as 64-bit patterns of `bits` width: wrap, signed or unsigned compare. */
+static uint64_t ref_int(uint64_t a, uint64_t b, int bits, bool is_signed, int op, int nranks)
+{
+    uint64_t mask = bits == 64 ? ~0ull : (1ull << bits) - 1;
+    int64_t sa    = (int64_t)(a << (64 - bits)) >> (64 - bits);
+    int64_t sb    = (int64_t)(b << (64 - bits)) >> (64 - bits);
+    uint64_t r;
+
+    switch (op) {
+    case FX_SUM:
+        return (a + b) & mask;
+    case FX_PROD:
+        return (a * b) & mask;
+    case FX_MIN:
+        return is_signed ? (sa < sb ? a : b) : (a < b ? a : b);
+    case FX_MAX:
+        return is_signed ? (sa > sb ? a : b) : (a > b ? a : b);
+    default:
+        r = (a + b) & mask;
+        if (is_signed) {
+            int64_t s = (int64_t)(r << (64 - bits)) >> (64 - bits);
+
+            return (uint64_t)(s / nranks) & mask;
+        }
+        return r / (uint64_t)nranks;
+    }
+}
+
+static double ref_float(double x, double y, int op, int nranks, bool single)
+{
+    switch (op) {
+    case FX_SUM:
+        return single ? (double)((float)x + (float)y) : x + y;
+    case FX_PROD:
+        return single ? (double)((float)x * (float)y) : x * y;
+    case FX_MIN:
+        return ref_minmax(x, y, false);
+    case FX_MAX:
+        return ref_minmax(x, y, true);
+    default:
+        return single ? (double)(((float)x + (float)y) / (float)nranks) : (x + y) / nranks;
+    }
+}
+
+/* ------------------------------------------------------------------ element access */
+
+static uint64_t load_bits(const void *p, size_t i, size_t es)
+{
+    uint64_t v = 0;
+
+    memcpy(&v, (const uint8_t *)p + i * es, es);
+    return v;
+}
+
+static bool dtype_is_signed(fx_datatype dt)
+{
+    return dt == FX_INT8 || dt == FX_INT32 || dt == FX_INT64;
+}
+
+static int dtype_bits(fx_datatype dt)
+{
+    return (int)fx_datatype_size(dt) * 8;
+}
+
+/* The reference result of one element as raw bits; *nan set when any NaN is acceptable. */
+static uint64_t ref_elem(fx_datatype dt, uint64_t a, uint64_t b, int op, int nranks, bool *nan)
+{
+    *nan = false;
+    switch (dt) {
+    case FX_FLOAT16:
+    case FX_BFLOAT16: {
+        struct fmt16 f = dt == FX_FLOAT16 ? HALF : BF16;
+        uint16_t r     = ref_lowp(f, (uint16_t)a, (uint16_t)b, op, nranks);
+
+        *nan = lowp_is_nan(f, r);
+        return r;
+    }
+    case FX_FLOAT32: {
+        float x, y, r;
+        uint32_t ua = (uint32_t)a, ub = (uint32_t)b, ur;
+
+        memcpy(&x, &ua, 4);
+        memcpy(&y, &ub, 4);
+        r    = (float)ref_float(x, y, op, nranks, true);
+        *nan = isnan(r);
+        memcpy(&ur, &r, 4);
+        return ur;
+    }
+    case FX_FLOAT64: {
+        double x, y, r;
+        uint64_t ur;
+
+        memcpy(&x, &a, 8);
+        memcpy(&y, &b, 8);
+        r    = ref_float(x, y, op, nranks, false);
+        *nan = isnan(r);
+        memcpy(&ur, &r, 8);
+        return ur;
+    }
+    default:
+        return ref_int(a, b, dtype_bits(dt), dtype_is_signed(dt), op, nranks);
+    }
+}
+
+static bool elem_is_nan(fx_datatype dt, uint64_t bits)
+{
+    switch (dt) {
+    case FX_FLOAT16:
+        return lowp_is_nan(HALF, (uint16_t)bits);
+    case FX_BFLOAT16:
+        return lowp_is_nan(BF16, (uint16_t)bits);
+    case FX_FLOAT32:
+        return (bits & 0x7fffffffu) > 0x7f800000u;
+    case FX_FLOAT64:
+        return (bits & 0x7fffffffffffffffull) > 0x7ff0000000000000ull;
+    default:
+        return false;
+    }
+}
+
+/* ------------------------------------------------------------------ test data */
+
+/* Special values per datatype, as raw bits. */
+static size_t specials(fx_datatype dt, uint64_t *out)
+{
+    static const uint64_t f16[]  = {0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x0400, 0x3c00, 0xbc00,
+                                    0x7bff, 0xfbff, 0x7c00, 0xfc00, 0x7e00, 0x7c01, 0x3555, 0x7800};
+    static const uint64_t bf16[] = {0x0000, 0x8000, 0x0001, 0x807f, 0x0080, 0x3f80, 0xbf80, 0x7f7f,
+                                    0xff7f, 0x7f80, 0xff80, 0x7fc0, 0x7f81, 0x3eab, 0x4049, 0x0100};
+    static const uint64_t f32[]  = {0x00000000, 0x80000000, 0x00000001, 0x007fffff,
+                                    0x00800000, 0x3f800000, 0xbf800000, 0x7f7fffff,
+                                    0xff7fffff, 0x7f800000, 0xff800000, 0x7fc00000,
+                                    0x7f800001, 0xffc00123, 0x3eaaaaab, 0x4b800000};
+    static const uint64_t f64[]  = {0x0ull,
+                                    0x8000000000000000ull,
+                                    0x1ull,
+                                    0x000fffffffffffffull,
+                                    0x3ff0000000000000ull,
+                                    0xbff0000000000000ull,
+                                    0x7fefffffffffffffull,
+                                    0xffefffffffffffffull,
+                                    0x7ff0000000000000ull,
+                                    0xfff0000000000000ull,
+                                    0x7ff8000000000000ull,
+                                    0x7ff0000000000001ull,
+                                    0x3fd5555555555555ull,
+                                    0x4340000000000000ull};
+    const uint64_t *src;
+    size_t n;
+
+    switch (dt) {
+    case FX_FLOAT16:
+        src = f16;
+        n   = sizeof(f16) / 8;
+        break;
+    case FX_BFLOAT16:
+        src = bf16;
+        n   = sizeof(bf16) / 8;
+        break;
+    case FX_FLOAT32:
+        src = f32;
+        n   = sizeof(f32) / 8;
+        break;
+    case FX_FLOAT64:
+        src = f64;
+        n   = sizeof(f64) / 8;
+        break;
+    default: {
+        int bits      = dtype_bits(dt);
+        uint64_t mask = bits == 64 ? ~0ull : (1ull << bits) - 1;
+        uint64_t top  = 1ull << (bits - 1);
+
+        out[0] = 0;
+        out[1] = 1;
+        out[2] = mask;    /* -1 or the unsigned maximum */
+        out[3] = top;     /* signed minimum */
+        out[4] = top - 1; /* signed maximum */
+        out[5] = (top + 1) & mask;
+        out[6] = 2;
+        out[7] = (mask - 1) & mask;
+        return 8;
+    }
+    }
+    memcpy(out, src, n * sizeof(*src));
+    return n;
+}
+
+/* Mostly random bit patterns (every class of value shows up), some specials, some small
+ * "nice" numbers so that sums and products stay finite. */
+static void fill(fx_datatype dt, void *buf, size_t n)
+{
+    size_t es = fx_datatype_size(dt);
+    uint64_t sp[16];
+    size_t nsp = specials(dt, sp);
+
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v    = rnd();
+        uint64_t pick = rnd() % 8;
+
+        if (pick == 0) {
+            v = sp[rnd() % nsp];
+        } else if (pick <= 3 && (dt == FX_FLOAT32 || dt == FX_FLOAT16 || dt == FX_BFLOAT16)) {
+            float f = (float)((int)(rnd() % 2001) - 1000) / 16.0f;
+            uint32_t u;
+
+            memcpy(&u, &f, 4);
+            v = dt == FX_FLOAT32 ? u : ref_encode(dt == FX_FLOAT16 ? HALF : BF16, f);
+        } else if (pick <= 3 && dt == FX_FLOAT64) {
+            double d = (double)((int)(rnd() % 2001) - 1000) / 16.0;
+
+            memcpy(&v, &d, 8);
+        }
+        memcpy((uint8_t *)buf + i * es, &v, es);
+    }
+}
+
+/* ------------------------------------------------------------------ checks */
+
+/* Runs one kernel call (op 4 = AVG through fx_coll_reduce_final) and compares every element
+ * with the reference. Returns the number of wrong elements (the first few are reported). */
+static size_t check_op(fx_datatype dt, int op, size_t n, int offset, bool in_place, int nranks)
+{
+    static uint8_t abuf[MAXN * 8 + 64], bbuf[MAXN * 8 + 64], dbuf[MAXN * 8 + 64];
+    static uint8_t a0[MAXN * 8];
+    size_t es    = fx_datatype_size(dt);
+    uint8_t *a   = abuf + offset * es % 61;
+    uint8_t *b   = bbuf + offset;
+    uint8_t *d   = in_place ? a : dbuf + (offset * 3) % 7;
+    size_t wrong = 0;
+
+    fill(dt, a, n);
+    fill(dt, b, n);
+    memcpy(a0, a, n * es);
+    memset(d == a ? dbuf : d, 0xee, n * es);
+    if (op == FX_AVG) {
+        fx_coll_reduce_final(d, a, b, n, dt, FX_AVG, nranks);
+    } else {
+        fx_coll_reduce(d, a, b, n, dt, (fx_op)op);
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool any_nan;
+        uint64_t want =
+            ref_elem(dt, load_bits(a0, i, es), load_bits(b, i, es), op, nranks, &any_nan);
+        uint64_t got = load_bits(d, i, es);
+
+        if (any_nan ? !elem_is_nan(dt, got) : got != want) {
+            if (wrong < 4) {
+                cr_log_error("%s %s n=%zu i=%zu: a=%#llx b=%#llx got %#llx want %#llx",
+                             fx_datatype_name(dt), op_names[op], n, i,
+                             (unsigned long long)load_bits(a0, i, es),
+                             (unsigned long long)load_bits(b, i, es), (unsigned long long)got,
+                             (unsigned long long)want);
+            }
+            wrong++;
+        }
+    }
+    return wrong;
+}
+
+static void matrix(void)
+{
+    for (int dt = 0; dt < FX_NUM_DATATYPES; dt++) {
+        for (int op = 0; op < FX_NUM_OPS; op++) {
+            size_t wrong = 0;
+
+            for (size_t l = 0; l < NLENGTHS; l++) {
+                wrong += check_op((fx_datatype)dt, op, lengths[l], (int)l, false, 3);
+                wrong += check_op((fx_datatype)dt, op, lengths[l], (int)l + 1, true, 4);
+            }
+            cr_expect_eq(wrong, 0, "%s %s (%s kernels): %zu wrong elements",
+                         fx_datatype_name((fx_datatype)dt), op_names[op], fx_coll_kernel_isa(),
+                         wrong);
+        }
+    }
+}
+
+Test(kernels, every_datatype_and_op_matches_reference_default_isa, .timeout = 60)
+{
+    fx_coll_kernels_force_scalar(false);
+    matrix();
+}
+
+Test(kernels, every_datatype_and_op_matches_reference_scalar, .timeout = 60)
+{
+    fx_coll_kernels_force_scalar(true);
+    cr_assert_str_eq(fx_coll_kernel_isa(), "scalar");
+    matrix();
+    fx_coll_kernels_force_scalar(false);
+}
+
+Test(kernels, avg_over_many_ranks_matches_reference, .timeout = 60)
+{
+    static const int counts[] = {2, 3, 7, 8, 64, 1000};
+
+    for (int dt = 0; dt < FX_NUM_DATATYPES; dt++) {
+        for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++) {
+            size_t wrong = check_op((fx_datatype)dt, FX_AVG, 257, (int)c, false, counts[c]);
+
+            cr_expect_eq(wrong, 0, "%s avg over %d ranks: %zu wrong",
+                         fx_datatype_name((fx_datatype)dt), counts[c], wrong);
+        }
+    }
+}
+
+/* The two kernel sets must agree bit for bit, NaN payloads aside (which operand's payload a
+ * NaN result carries is up to the compiler's operand order). Ranks get identical results anyway:
+ * each element's final value is computed on one rank and distributed. */
+Test(kernels, scalar_and_vector_kernels_agree_bitwise, .timeout = 60)
+{
+    enum { N = 1031 };
+    static uint8_t a[N * 8], b[N * 8], d1[N * 8], d2[N * 8];
+
+    fx_coll_kernels_force_scalar(false);
+    if (strcmp(fx_coll_kernel_isa(), "scalar") == 0) {
+        cr_skip_test("this CPU has no AVX2+F16C: only the scalar kernels exist here");
+    }
+    for (int dt = 0; dt < FX_NUM_DATATYPES; dt++) {
+        size_t es = fx_datatype_size((fx_datatype)dt);
+
+        for (int op = 0; op < FX_NUM_OPS; op++) {
+            size_t wrong = 0;
+
+            for (int round = 0; round < 8; round++) {
+                fill((fx_datatype)dt, a, N);
+                fill((fx_datatype)dt, b, N);
+                fx_coll_kernels_force_scalar(true);
+                fx_coll_reduce_final(d1, a, b, N, (fx_datatype)dt, (fx_op)op, 5);
+                fx_coll_kernels_force_scalar(false);
+                fx_coll_reduce_final(d2, a, b, N, (fx_datatype)dt, (fx_op)op, 5);
+                for (size_t i = 0; i < N; i++) {
+                    uint64_t x = load_bits(d1, i, es), y = load_bits(d2, i, es);
+
+                    if (x != y &&
+                        !(elem_is_nan((fx_datatype)dt, x) && elem_is_nan((fx_datatype)dt, y)) &&
+                        wrong++ < 4) {
+                        cr_log_error("%s %s element %zu: a %#llx b %#llx: scalar %#llx, %s %#llx",
+                                     fx_datatype_name((fx_datatype)dt), op_names[op], i,
+                                     (unsigned long long)load_bits(a, i, es),
+                                     (unsigned long long)load_bits(b, i, es), (unsigned long long)x,
+                                     fx_coll_kernel_isa(), (unsigned long long)y);
+                    }
+                }
+            }
+            cr_expect_eq(wrong, 0, "%s %s: scalar and %s differ in %zu elements",
+                         fx_datatype_name((fx_datatype)dt), op_names[op], fx_coll_kernel_isa(),
+                         wrong);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ conversions */
+
+Test(kernels, half_to_float_is_exact_for_all_65536_values, .timeout = 30)
+{
+    size_t wrong = 0;
+
+    for (uint32_t h = 0; h < 65536; h++) {
+        double want = ref_decode(HALF, (uint16_t)h);
+        float got   = fx_half_to_float((uint16_t)h);
+
+        if (isnan(want) ? !isnan(got) : ((double)got != want || !signbit(got) != !signbit(want))) {
+            if (wrong++ < 4) {
+                cr_log_error("half %#06x: got %a want %a", h, (double)got, want);
+            }
+        }
+    }
+    cr_expect_eq(wrong, 0, "%zu of 65536 halves decode wrongly", wrong);
+}
+
+Test(kernels, bf16_to_float_is_exact_for_all_65536_values, .timeout = 30)
+{
+    size_t wrong = 0;
+
+    for (uint32_t h = 0; h < 65536; h++) {
+        double want = ref_decode(BF16, (uint16_t)h);
+        float got   = fx_bf16_to_float((uint16_t)h);
+
+        if (isnan(want) ? !isnan(got) : ((double)got != want || !signbit(got) != !signbit(want))) {
+            if (wrong++ < 4) {
+                cr_log_error("bf16 %#06x: got %a want %a", h, (double)got, want);
+            }
+        }
+    }
+    cr_expect_eq(wrong, 0, "%zu of 65536 bf16 values decode wrongly", wrong);
+}
+
+/* Every value, every midpoint between neighbours (ties go to even) and points just beside the
+ * midpoints, then random floats of all magnitudes. */
+static void check_encoder(struct fmt16 f, uint16_t (*enc)(float), const char *name)
+{
+    size_t wrong = 0, tried = 0;
+
+    for (uint32_t h = 0; h < 65536; h++) {
+        double v = ref_decode(f, (uint16_t)h);
+        double next;
+        float probes[4];
+
+        if (isnan(v) || isinf(v)) {
+            continue;
+        }
+        next      = ref_decode(f, (uint16_t)(h + 1));
+        probes[0] = (float)v;
+        probes[1] = (float)v;
+        probes[2] = probes[3] = (float)v;
+        if (!isnan(next) && (h & 0x7fff) != 0x7fff && fabs(next) > fabs(v)) {
+            double mid = (v + next) / 2; /* exact in float: both have few mantissa bits */
+
+            probes[1] = (float)mid;
+            probes[2] = nextafterf((float)mid, 0.0f);
+            probes[3] = nextafterf((float)mid, (float)(2 * mid));
+        }
+        for (int p = 0; p < 4; p++) {
+            uint16_t want = ref_encode(f, probes[p]);
+            uint16_t got  = enc(probes[p]);
+
+            tried++;
+            if (got != want && wrong++ < 4) {
+                cr_log_error("%s(%a): got %#06x want %#06x", name, (double)probes[p], got, want);
+            }
+        }
+    }
+    for (int i = 0; i < 2000000; i++) {
+        uint32_t u = (uint32_t)rnd();
+        float x;
+        uint16_t want, got;
+
+        memcpy(&x, &u, 4);
+        want = ref_encode(f, x);
+        got  = enc(x);
+        tried++;
+        if (isnan(x) ? !lowp_is_nan(f, got) || (got & 0x8000) != (want & 0x8000) : got != want) {
+            if (wrong++ < 4) {
+                cr_log_error("%s(%a): got %#06x want %#06x", name, (double)x, got, want);
+            }
+        }
+    }
+    cr_expect_eq(wrong, 0, "%s: %zu of %zu conversions wrong", name, wrong, tried);
+}
+
+Test(kernels, float_to_half_rounds_nearest_even, .timeout = 60)
+{
+    check_encoder(HALF, fx_float_to_half, "fx_float_to_half");
+}
+
+Test(kernels, float_to_bf16_rounds_nearest_even, .timeout = 60)
+{
+    check_encoder(BF16, fx_float_to_bf16, "fx_float_to_bf16");
+}
+
+/* fp16 sums rounded once from fp32: exact results, ties to even, overflow at the boundary. */
+Test(kernels, half_sum_rounds_once_to_nearest_even, .timeout = 10)
+{
+    /* 1 + 2^-10, 1 + 2^-11 (tie: stays 1), 65504 + 8, 65504 + 16 (tie: the even neighbour is
+     * 65536, which overflows), subnormal + subnormal */
+    uint16_t a[5]    = {0x3c00, 0x3c00, 0x7bff, 0x7bff, 0x0001};
+    uint16_t b[5]    = {0x1400, 0x1000, 0x4800, 0x4c00, 0x0001};
+    uint16_t want[5] = {0x3c01, 0x3c00, 0x7bff, 0x7c00, 0x0002};
+    uint16_t d[5];
+
+    fx_coll_reduce(d, a, b, 5, FX_FLOAT16, FX_SUM);
+    for (int i = 0; i < 5; i++) {
+        cr_expect_eq(d[i], want[i], "%#06x + %#06x = %#06x, want %#06x", a[i], b[i], d[i], want[i]);
+    }
+}
+
+Test(kernels, avg_scale_divides_every_type, .timeout = 10)
+{
+    int32_t i32[4]  = {7, -7, 9, INT32_MIN};
+    uint8_t u8[3]   = {255, 3, 0};
+    float f32[3]    = {3.0f, -0.0f, 1.0f};
+    uint16_t f16[2] = {0x4200 /* 3 */, 0x8000 /* -0 */};
+
+    fx_coll_avg_scale(i32, 4, FX_INT32, 2);
+    cr_expect(i32[0] == 3 && i32[1] == -3 && i32[2] == 4 && i32[3] == INT32_MIN / 2,
+              "int32 avg scale: %d %d %d %d", i32[0], i32[1], i32[2], i32[3]);
+    fx_coll_avg_scale(u8, 3, FX_UINT8, 4);
+    cr_expect(u8[0] == 63 && u8[1] == 0 && u8[2] == 0, "uint8: %u %u %u", u8[0], u8[1], u8[2]);
+    fx_coll_avg_scale(f32, 3, FX_FLOAT32, 2);
+    cr_expect(f32[0] == 1.5f && f32[1] == 0.0f && signbit(f32[1]) && f32[2] == 0.5f,
+              "float: %a %a %a", (double)f32[0], (double)f32[1], (double)f32[2]);
+    fx_coll_avg_scale(f16, 2, FX_FLOAT16, 2);
+    cr_expect(f16[0] == 0x3e00 && f16[1] == 0x8000, "half: %#06x %#06x", f16[0], f16[1]);
+    fx_coll_avg_scale(f32, 3, FX_FLOAT32, 1);
+    cr_expect(f32[0] == 1.5f, "nranks 1 leaves the data alone");
+}
+
+Test(kernels, invalid_datatype_or_op_has_no_kernel, .timeout = 10)
+{
+    cr_expect_null(fx_coll_reduce_fn((fx_datatype)FX_NUM_DATATYPES, FX_SUM));
+    cr_expect_null(fx_coll_reduce_fn(FX_FLOAT32, (fx_op)FX_NUM_OPS));
+    cr_expect_null(fx_coll_reduce_fn((fx_datatype)-1, FX_SUM));
+    cr_expect_not_null(fx_coll_reduce_fn(FX_FLOAT32, FX_AVG));
+    cr_expect_eq(fx_coll_reduce_fn(FX_FLOAT32, FX_AVG), fx_coll_reduce_fn(FX_FLOAT32, FX_SUM));
+}
+
+Test(kernels, rounding_mode_is_round_to_nearest, .timeout = 10)
+{
+    /* The reference relies on nearbyint rounding to nearest-even. */
+    cr_assert_eq(fegetround(), FE_TONEAREST);
+    cr_assert_eq(nearbyint(2.5), 2.0);
+    cr_assert_eq(nearbyint(3.5), 4.0);
+}

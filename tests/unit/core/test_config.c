@@ -23,7 +23,6 @@ Test(config, defaults_apply, .init = clear_env, .timeout = 10)
     cr_expect_eq(cfg.chunk_bytes, 0);
     cr_expect_eq(cfg.nsocks, 0);
     cr_expect_str_eq(cfg.transport, "");
-    cr_expect_eq(cfg.tcp_zerocopy, false);
     cr_expect_str_eq(cfg.kernels, "auto");
 }
 
@@ -37,14 +36,12 @@ Test(config, values_parse, .init = clear_env, .timeout = 10)
     setenv("FX_NSOCKS", "4", 1);
     setenv("FX_TRANSPORT", "tcp", 1);
     setenv("FX_SOCKET_IFNAME", "^docker,lo", 1);
-    setenv("FX_TCP_ZEROCOPY", "yes", 1);
     cr_assert_eq(fx_config_load(&cfg, err, sizeof(err)), FX_OK, "%s", err);
     cr_expect_eq(cfg.timeout_ms, 1500);
     cr_expect_eq(cfg.chunk_bytes, 256 * 1024);
     cr_expect_eq(cfg.nsocks, 4);
     cr_expect_str_eq(cfg.transport, "tcp");
     cr_expect_str_eq(cfg.socket_ifname, "^docker,lo");
-    cr_expect_eq(cfg.tcp_zerocopy, true);
 }
 
 static void expect_bad(const char *name, const char *value)
@@ -54,8 +51,7 @@ static void expect_bad(const char *name, const char *value)
 
     clear_env();
     setenv(name, value, 1);
-    cr_expect_eq(fx_config_load(&cfg, err, sizeof(err)), FX_ERR_INVALID_ARG, "%s=%s", name,
-                 value);
+    cr_expect_eq(fx_config_load(&cfg, err, sizeof(err)), FX_ERR_INVALID_ARG, "%s=%s", name, value);
     cr_expect(strstr(err, name) != NULL && strstr(err, value) != NULL, "err names it: %s", err);
 }
 
@@ -67,7 +63,6 @@ Test(config, bad_values_are_named, .timeout = 10)
     expect_bad("FX_NSOCKS", "65");
     expect_bad("FX_CHUNK_BYTES", "12Q");
     expect_bad("FX_CHUNK_BYTES", "4G");
-    expect_bad("FX_TCP_ZEROCOPY", "maybe");
     expect_bad("FX_KERNELS", "avx9");
 }
 
@@ -118,8 +113,8 @@ Test(config, readme_table_matches, .timeout = 10)
 
         if (sscanf(line, "| `%79[A-Z0-9_]` | %15[a-z] |", name, type) == 2 &&
             strncmp(name, "FX_", 3) == 0 &&
-            (strcmp(type, "int") == 0 || strcmp(type, "size") == 0 ||
-             strcmp(type, "bool") == 0 || strcmp(type, "string") == 0)) {
+            (strcmp(type, "int") == 0 || strcmp(type, "size") == 0 || strcmp(type, "bool") == 0 ||
+             strcmp(type, "string") == 0)) {
             bool known = false;
 
             readme_rows++;
@@ -149,12 +144,12 @@ Test(config, readme_lists_every_status, .timeout = 10)
     do {                                                                                           \
         char needle[160];                                                                          \
         bool found = false;                                                                        \
-        snprintf(needle, sizeof(needle), "| `FX_%s` | %d | %s |", #name, value, text);            \
+        snprintf(needle, sizeof(needle), "| `FX_%s` | %d | %s |", #name, value, text);             \
         rewind(f);                                                                                 \
         while (fgets(line, sizeof(line), f) != NULL) {                                             \
             found |= strncmp(line, needle, strlen(needle)) == 0;                                   \
         }                                                                                          \
-        cr_expect(found, "README.md lacks the row %s", needle);                                   \
+        cr_expect(found, "README.md lacks the row %s", needle);                                    \
         cr_expect_str_eq(fx_strerror(FX_##name), text);                                            \
     } while (0);
     FX_STATUS_MAP(CHECK_STATUS_)

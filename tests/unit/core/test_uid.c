@@ -86,8 +86,7 @@ Test(unique_id, master_rendezvous_uses_port_plus_one_and_secret, .timeout = 10)
 
     unsetenv("FX_JOB_SECRET_FILE");
     setenv("FX_JOB_SECRET", "correct horse", 1);
-    cr_assert_eq(fx_uid_from_master("127.0.0.1", "29500", &a, err, sizeof(err)), FX_OK, "%s",
-                 err);
+    cr_assert_eq(fx_uid_from_master("127.0.0.1", "29500", &a, err, sizeof(err)), FX_OK, "%s", err);
     cr_expect_eq(a.port, 29501);
     cr_expect_eq(a.flags & FX_UID_FLAG_UNAUTH, 0);
     setenv("FX_JOB_SECRET", "battery staple", 1);
@@ -123,7 +122,6 @@ Test(unique_id, secret_file_is_read, .timeout = 10)
     cr_expect_eq(memcmp(a.secret, b.secret, sizeof(a.secret)), 0, "file and text agree");
     setenv("FX_JOB_SECRET_FILE", "/nonexistent/secret", 1);
     unsetenv("FX_JOB_SECRET");
-    cr_expect_eq(fx_uid_from_master("127.0.0.1", "100", &b, err, sizeof(err)),
-                 FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_uid_from_master("127.0.0.1", "100", &b, err, sizeof(err)), FX_ERR_INVALID_ARG);
     unlink(path);
 }

@@ -101,7 +101,7 @@ static void expect_mismatch(struct fx_wire_hdr got, const char *needle)
 
 Test(wire_check, names_ranks_and_what_differs, .timeout = 10)
 {
-    struct fx_wire_hdr h = sample();
+    struct fx_wire_hdr h    = sample();
     struct fx_wire_hdr want = sample();
     char err[300];
 
