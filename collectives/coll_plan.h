@@ -39,7 +39,8 @@ enum fx_plan_buf {
 };
 
 /* Op flags. */
-#define FX_PLAN_FINAL 0x1u /* RECV_REDUCE producing a final result: apply FX_AVG's division */
+#define FX_PLAN_FINAL      0x1u /* RECV_REDUCE producing a final result: apply FX_AVG's division */
+#define FX_PLAN_SLOT_FIRST 0x2u /* RECV_REDUCE: buf = slot (op) src, the received operand first */
 
 struct fx_plan_op {
     uint8_t kind;        /* enum fx_plan_kind */
@@ -97,6 +98,13 @@ fx_status fx_coll_ring_allreduce(struct fx_plan *plan, int nranks, int rank, siz
  * aliases FX_BUF_SEND to that slot, and the plan's COPY of the own slot is then skipped by the
  * executor when source and destination are the same memory.
  */
+/*
+ * Two-rank exchange all-reduce (coll_pair.c): one SEND of the whole buffer and one RECV_REDUCE
+ * (slot 0, FX_PLAN_FINAL, rank 0's data as the first operand on both ranks) depending on the
+ * send. One scratch slot of `count` elements: for messages that fit a slot.
+ */
+fx_status fx_coll_pair_allreduce(struct fx_plan *plan, int rank, size_t count, size_t elem_size);
+
 fx_status fx_coll_ring_allgather(struct fx_plan *plan, int nranks, int rank, size_t count,
                                  size_t elem_size, size_t chunk_bytes);
 

@@ -286,7 +286,11 @@ static fx_status land(struct sim *s, int rank, size_t i, const struct sim_msg *m
     }
     slot = s->r[rank].scratch + (size_t)op->slot * s->r[rank].plan->slot_count * es;
     memcpy(slot, m->data, m->len);
-    s->reduce(s->ctx, dst, local, slot, op->count, (op->flags & FX_PLAN_FINAL) ? 1 : 0);
+    if (op->flags & FX_PLAN_SLOT_FIRST) {
+        s->reduce(s->ctx, dst, slot, local, op->count, (op->flags & FX_PLAN_FINAL) ? 1 : 0);
+    } else {
+        s->reduce(s->ctx, dst, local, slot, op->count, (op->flags & FX_PLAN_FINAL) ? 1 : 0);
+    }
     return FX_OK;
 }
 

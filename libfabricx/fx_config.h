@@ -17,6 +17,7 @@ struct fx_config {
     int nsocks;              /* FX_NSOCKS; 0: the transport's default */
     char transport[32];      /* FX_TRANSPORT; empty: the first built */
     char socket_ifname[256]; /* FX_SOCKET_IFNAME */
+    bool tcp_zerocopy;       /* FX_TCP_ZEROCOPY */
     int scratch_slots;       /* FX_SCRATCH_SLOTS */
     char kernels[16];        /* FX_KERNELS: auto or scalar */
     int spin_us;             /* FX_SPIN_US */

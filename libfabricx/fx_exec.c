@@ -38,6 +38,7 @@
 #define AUTO_CHUNK_MIN (64u << 10)
 #define AUTO_CHUNK_MAX (512u << 10)
 #define PEER_GRACE_MS  200
+#define PAIR_MAX_BYTES (512u << 10) /* 2 ranks: exchange all-reduce up to this size */
 
 /* ------------------------------------------------------------------ plan start */
 
@@ -145,6 +146,10 @@ static fx_status build_plan(struct fx_comm *comm, const struct fx_request *req)
     size_t total       = req->count * es * (req->coll == FX_COLL_ALLGATHER ? comm->nranks : 1);
     size_t chunk       = op_chunk_bytes(comm, total);
 
+    if (req->coll == FX_COLL_ALLREDUCE && comm->nranks == 2 && total <= PAIR_MAX_BYTES &&
+        total <= ex->max_chunk) {
+        return fx_coll_pair_allreduce(&ex->plan, comm->rank, req->count, es);
+    }
     if (req->coll == FX_COLL_ALLREDUCE) {
         return fx_coll_ring_allreduce(&ex->plan, comm->nranks, comm->rank, req->count, es, chunk,
                                       ex->nslots);
@@ -279,6 +284,13 @@ static void reduce_op(struct fx_comm *comm, const struct fx_plan_op *op)
     void *dst                   = buf_ptr(comm, rq, op->buf) + op->offset * es;
     const void *local           = buf_ptr(comm, rq, op->src) + op->offset * es;
     const void *remote          = ex->scratch + (size_t)op->slot * ex->max_chunk;
+
+    if (op->flags & FX_PLAN_SLOT_FIRST) {
+        const void *t = local;
+
+        local  = remote;
+        remote = t;
+    }
 
     if (op->flags & FX_PLAN_FINAL) {
         fx_coll_reduce_final(dst, local, remote, op->count, rq->dtype, rq->op, comm->nranks);
@@ -645,17 +657,17 @@ static void *progress_main(void *arg)
     return NULL;
 }
 
-/* Polls the epoll set without sleeping for up to FX_SPIN_US: waking from a sleep costs more
- * than the next message of a small collective usually takes to arrive. */
-static int spin_wait(struct fx_comm *comm, struct epoll_event *evs)
+/* Runs progress rounds without sleeping for up to FX_SPIN_US, until req completes: waking from
+ * a sleep costs more than the next message of a small collective usually takes to arrive. The
+ * transport is polled directly (no pass through the communicator's epoll set); the control
+ * plane waits for the sleep that follows, at most FX_SPIN_US later. Called with the lock. */
+static void spin_progress(struct fx_comm *comm, const struct fx_request *req)
 {
     int64_t until = fx_now_us() + comm->exec.spin_us;
-    int n         = 0;
 
-    while (comm->exec.spin_us > 0 && n == 0 && fx_now_us() < until) {
-        n = epoll_wait(comm->epfd, evs, MAX_EVENTS, 0);
+    while (comm->exec.spin_us > 0 && !req->done && comm->error == FX_OK && fx_now_us() < until) {
+        fx_exec_progress(comm);
     }
-    return n;
 }
 
 static void req_release(struct fx_comm *comm, struct fx_request *req)
@@ -697,12 +709,13 @@ fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
         if (left <= 0) {
             break;
         }
-        pthread_mutex_unlock(&comm->lock);
-        n = spin_wait(comm, evs);
-        if (n == 0) {
-            n = epoll_wait(comm->epfd, evs, MAX_EVENTS,
-                           left < DRIVE_WAIT_MS ? (int)left : DRIVE_WAIT_MS);
+        spin_progress(comm, req);
+        if (req->done || comm->error != FX_OK) {
+            continue;
         }
+        pthread_mutex_unlock(&comm->lock);
+        n = epoll_wait(comm->epfd, evs, MAX_EVENTS,
+                       left < DRIVE_WAIT_MS ? (int)left : DRIVE_WAIT_MS);
         pthread_mutex_lock(&comm->lock);
         handle_events(comm, evs, n > 0 ? n : 0);
     }

@@ -44,6 +44,7 @@ struct fx_tp_config {
     int nsocks;         /* sockets per connection; 0: the transport's default */
     int timeout_ms;     /* bound on connection set-up handshakes */
     size_t min_stripe;  /* payloads below 2 * min_stripe travel on one socket; 0: default */
+    bool zerocopy;      /* FX_TCP_ZEROCOPY: MSG_ZEROCOPY for large sends */
 };
 
 /* An address published through the bootstrap table: opaque bytes of `len`. */

@@ -192,7 +192,7 @@ Test(faults, killed_rank_gives_peer_failed_on_every_survivor, .timeout = 60,
               "rank 2 did not die of its own SIGKILL (signal %d)", res[VICTIM].term_signal);
     for (int i = 0; i < 4; i++) {
         if (i != VICTIM) {
-            expect_status_by(&res[i], i, FX_ERR_PEER_FAILED, killed_at, 5000);
+            expect_status_by(&res[i], i, FX_ERR_PEER_FAILED, killed_at, 2000);
             expect_names_rank(&res[i], i, VICTIM);
             expect_exit_clean(&res[i], i);
         }

@@ -32,6 +32,8 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <ifaddrs.h>
+#include <linux/errqueue.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -53,6 +55,8 @@
 #define TCP_MAX_ADDRS      4
 #define TCP_ADDR_REC       19 /* u8 family, 16 bytes address, u16 port */
 #define TCP_PENDING_MAX    256
+#define TCP_ZC_MIN         (16u << 10) /* smaller sends copy: pinning costs more */
+#define TCP_ZC_RANGES      32          /* releases remembered out of order */
 
 enum obj_kind {
     OBJ_SOCK,
@@ -67,6 +71,8 @@ struct tcp_piece {
     size_t len;
     size_t done;
     bool lead;
+    bool zc_used;     /* some of it went with MSG_ZEROCOPY */
+    uint32_t zc_last; /* the id of its last zerocopy send */
 };
 
 /* Pieces of one direction on one socket, in message order. */
@@ -84,6 +90,13 @@ struct tcp_sock {
     struct fx_tp_conn *conn;
     struct tcp_queue sendq; /* full duplex: sends and receives queue separately */
     struct tcp_queue recvq;
+    /* MSG_ZEROCOPY: a sent piece waits in zcq until the kernel releases its pages */
+    bool zc;
+    uint32_t zc_next; /* id of the next zerocopy send */
+    uint32_t zc_low;  /* every id below is released */
+    uint32_t zc_ranges[TCP_ZC_RANGES][2];
+    int zc_nranges;
+    struct tcp_queue zcq;
 };
 
 struct fx_tp_conn {
@@ -150,6 +163,8 @@ struct fx_tp {
     int nsocks;
     size_t min_stripe;
     int timeout_ms;
+    bool zerocopy;
+    bool nsocks_auto; /* no FX_NSOCKS: one socket to a local peer, nsocks to others */
     char ifname[256];
     struct fx_tp_conn *conns;
     struct fx_tp_req *free_reqs[TCP_MAX_NSOCKS + 1];
@@ -216,9 +231,11 @@ static fx_status tcp_init(const struct fx_tp_config *cfg, struct fx_tp **out)
     if (tp == NULL) {
         return FX_ERR_NO_MEMORY;
     }
-    tp->nsocks     = cfg->nsocks > 0 ? cfg->nsocks : TCP_DEFAULT_NSOCKS;
-    tp->min_stripe = cfg->min_stripe > 0 ? cfg->min_stripe : TCP_MIN_STRIPE;
-    tp->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 60000;
+    tp->nsocks      = cfg->nsocks > 0 ? cfg->nsocks : TCP_DEFAULT_NSOCKS;
+    tp->nsocks_auto = cfg->nsocks <= 0;
+    tp->min_stripe  = cfg->min_stripe > 0 ? cfg->min_stripe : TCP_MIN_STRIPE;
+    tp->timeout_ms  = cfg->timeout_ms > 0 ? cfg->timeout_ms : 60000;
+    tp->zerocopy    = cfg->zerocopy;
     if (tp->nsocks > TCP_MAX_NSOCKS) {
         tp->nsocks = TCP_MAX_NSOCKS;
     }
@@ -306,9 +323,9 @@ static void conn_fail(struct fx_tp_conn *conn, fx_status status, const char *fmt
     for (int s = 0; s < conn->nsocks; s++) {
         struct tcp_sock *sk = &conn->socks[s];
 
-        struct tcp_queue *qs[2] = {&sk->sendq, &sk->recvq};
+        struct tcp_queue *qs[3] = {&sk->sendq, &sk->recvq, &sk->zcq};
 
-        for (int d = 0; d < 2; d++) {
+        for (int d = 0; d < 3; d++) {
             for (struct tcp_piece *p = qs[d]->head; p != NULL; p = p->next) {
                 if (p->req->status == FX_INPROGRESS) {
                     p->req->status = status;
@@ -350,11 +367,12 @@ static void stripe(struct fx_tp_conn *conn, struct fx_tp_req *r, uint8_t *buf, u
         struct tcp_piece *p = &r->pieces[j];
         size_t off          = j * size;
 
-        p->req  = r;
-        p->buf  = buf + (off < r->len ? off : r->len);
-        p->len  = off < r->len ? (r->len - off < size ? r->len - off : size) : 0;
-        p->done = 0;
-        p->lead = j == 0;
+        p->req     = r;
+        p->buf     = buf + (off < r->len ? off : r->len);
+        p->len     = off < r->len ? (r->len - off < size ? r->len - off : size) : 0;
+        p->done    = 0;
+        p->lead    = j == 0;
+        p->zc_used = false;
         r->pending++;
         piece_queue(&conn->socks[(seq + j) % (uint64_t)conn->nsocks], p);
     }
@@ -389,16 +407,32 @@ static int piece_iov(struct tcp_piece *p, struct iovec iov[3])
     return n;
 }
 
-/* One sendmsg per attempt: small messages leave in a single system call. */
+/* One sendmsg per attempt: small messages leave in a single system call. Large pieces go with
+ * MSG_ZEROCOPY where enabled: the kernel pins the pages instead of copying them, and the piece
+ * completes when the kernel says it has released them. */
 static ssize_t piece_send(struct tcp_sock *sk, struct tcp_piece *p)
 {
     struct iovec iov[3];
     struct msghdr msg;
+    int flags = MSG_NOSIGNAL | MSG_DONTWAIT;
+    ssize_t n;
 
     memset(&msg, 0, sizeof(msg));
     msg.msg_iov    = iov;
     msg.msg_iovlen = (size_t)piece_iov(p, iov);
-    return sendmsg(sk->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (sk->zc && p->len - (p->done < p->len ? p->done : 0) >= TCP_ZC_MIN) {
+        n = sendmsg(sk->fd, &msg, flags | MSG_ZEROCOPY);
+        if (n >= 0) {
+            p->zc_used = true;
+            p->zc_last = sk->zc_next++;
+            return n;
+        }
+        if (errno != ENOBUFS) {
+            return n;
+        }
+        /* Too many pages pinned (optmem limit): this time, copy. */
+    }
+    return sendmsg(sk->fd, &msg, flags);
 }
 
 static void piece_done(struct tcp_queue *q)
@@ -412,6 +446,117 @@ static void piece_done(struct tcp_queue *q)
     if (--p->req->pending == 0 && p->req->status == FX_INPROGRESS) {
         p->req->status = FX_OK;
     }
+}
+
+/* ------------------------------------------------------------------ MSG_ZEROCOPY */
+
+/* id < low, with 32-bit wrap-around. */
+static bool zc_before(uint32_t id, uint32_t low)
+{
+    return (int32_t)(id - low) < 0;
+}
+
+/* Zerocopy sends whose release has not been reported yet. */
+static bool zc_outstanding(const struct tcp_sock *sk)
+{
+    return sk->zc_next != sk->zc_low;
+}
+
+/* Completes the parked pieces whose pages were all released. */
+static void zc_complete(struct tcp_sock *sk)
+{
+    while (sk->zcq.head != NULL && zc_before(sk->zcq.head->zc_last, sk->zc_low)) {
+        piece_done(&sk->zcq);
+    }
+}
+
+/* Moves the fully written head of the send queue to the queue waiting for page release. */
+static void zc_park(struct tcp_sock *sk)
+{
+    struct tcp_piece *p = sk->sendq.head;
+
+    sk->sendq.head = p->next;
+    if (sk->sendq.head == NULL) {
+        sk->sendq.tail = NULL;
+    }
+    p->next = NULL;
+    if (sk->zcq.tail != NULL) {
+        sk->zcq.tail->next = p;
+    } else {
+        sk->zcq.head = p;
+    }
+    sk->zcq.tail = p;
+    zc_complete(sk);
+}
+
+/* Records that the kernel released the pages of sends lo..hi; advances the low watermark over
+ * ranges released in order, remembers the others, completes the pieces below the watermark. */
+static void zc_release(struct tcp_sock *sk, uint32_t lo, uint32_t hi)
+{
+    bool moved = true;
+
+    if (zc_before(sk->zc_low, lo) && sk->zc_nranges < TCP_ZC_RANGES) {
+        sk->zc_ranges[sk->zc_nranges][0] = lo;
+        sk->zc_ranges[sk->zc_nranges][1] = hi;
+        sk->zc_nranges++;
+    } else if (zc_before(sk->zc_low, hi + 1)) {
+        sk->zc_low = hi + 1;
+    }
+    while (moved) {
+        moved = false;
+        for (int i = 0; i < sk->zc_nranges; i++) {
+            if (!zc_before(sk->zc_low, sk->zc_ranges[i][0])) {
+                if (zc_before(sk->zc_low, sk->zc_ranges[i][1] + 1)) {
+                    sk->zc_low = sk->zc_ranges[i][1] + 1;
+                }
+                sk->zc_nranges--;
+                sk->zc_ranges[i][0] = sk->zc_ranges[sk->zc_nranges][0];
+                sk->zc_ranges[i][1] = sk->zc_ranges[sk->zc_nranges][1];
+                moved               = true;
+                break;
+            }
+        }
+    }
+    zc_complete(sk);
+}
+
+/* Reads the socket's error queue: release notifications, and the hint that the kernel copied
+ * anyway (loopback and veth deliver locally and must copy), which turns zerocopy off for the
+ * socket. Returns false when the error queue held a real error. */
+static bool zc_drain(struct tcp_sock *sk)
+{
+    for (int rounds = 0; rounds < 64; rounds++) {
+        uint8_t control[256];
+        struct msghdr msg;
+
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_control    = control;
+        msg.msg_controllen = sizeof(control);
+        if (recvmsg(sk->fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
+            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+        }
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+            struct sock_extended_err ee;
+
+            if (!((cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) ||
+                  (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR))) {
+                continue;
+            }
+            memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
+            if (ee.ee_origin != SO_EE_ORIGIN_ZEROCOPY || ee.ee_errno != 0) {
+                return false;
+            }
+            if ((ee.ee_code & SO_EE_CODE_ZEROCOPY_COPIED) != 0 && sk->zc) {
+                sk->zc = false;
+                fx_info(FX_SUB_NET,
+                        "tcp: the kernel copies zerocopy sends to %s (a local peer?): "
+                        "MSG_ZEROCOPY off for this socket",
+                        sk->conn->peer);
+            }
+            zc_release(sk, ee.ee_info, ee.ee_data);
+        }
+    }
+    return true;
 }
 
 static void sock_write(struct tcp_sock *sk)
@@ -433,7 +578,9 @@ static void sock_write(struct tcp_sock *sk)
             return;
         }
         p->done += (size_t)n;
-        if (p->done == total) {
+        if (p->done == total && p->zc_used) {
+            zc_park(sk);
+        } else if (p->done == total) {
             piece_done(&sk->sendq);
         }
     }
@@ -564,9 +711,15 @@ static fx_status tcp_progress(struct fx_tp *tp)
             if (sk == NULL || sk->kind != OBJ_SOCK) {
                 continue;
             }
-            sk->can_read |= (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
-            sk->can_write |= (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0;
-            sk->hup |= (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+            uint32_t e = evs[i].events;
+
+            if ((e & EPOLLERR) != 0 && zc_outstanding(sk) && zc_drain(sk)) {
+                /* Only release notifications: not a socket error. */
+                e &= ~(uint32_t)EPOLLERR;
+            }
+            sk->can_read |= (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+            sk->can_write |= (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0;
+            sk->hup |= (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
         }
     } while (n == 64);
     for (struct fx_tp_conn *c = tp->conns; c != NULL; c = c->next) {
@@ -645,6 +798,10 @@ static fx_status tcp_test(struct fx_tp_req *r)
             if (r->send ? sk->sendq.head != NULL && sk->can_write
                         : sk->recvq.head != NULL && sk->can_read) {
                 sock_io(sk);
+            }
+            if (r->send && zc_outstanding(sk) && !zc_drain(sk)) {
+                conn_fail(r->conn, FX_ERR_PEER_FAILED, "socket error on the connection to %s",
+                          r->conn->peer);
             }
         }
         status = r->status;
@@ -773,10 +930,10 @@ static fx_status tcp_listen(struct fx_tp *tp, struct fx_tp_addr *addr, struct fx
     l->nfds = 1;
     addr_pack(addrs, n, ntohs(((struct sockaddr_in *)&bound)->sin_port), addr);
     fx_info(FX_SUB_NET,
-            "tcp: listening on port %u, interface %s (%d address%s), %d sockets per "
-            "connection",
+            "tcp: listening on port %u, interface %s (%d address%s), %d socket%s per "
+            "connection%s",
             ntohs(((struct sockaddr_in *)&bound)->sin_port), names[0], n, n > 1 ? "es" : "",
-            tp->nsocks);
+            tp->nsocks, tp->nsocks > 1 ? "s" : "", tp->nsocks_auto ? " (1 to this host)" : "");
     *out = l;
     return FX_OK;
 }
@@ -869,6 +1026,17 @@ static fx_status conn_alloc(struct fx_tp *tp, int nsocks, struct fx_tp_conn **ou
     return FX_OK;
 }
 
+static bool zc_enable(int fd)
+{
+    int one = 1;
+
+    if (setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) != 0) {
+        fx_info(FX_SUB_NET, "tcp: SO_ZEROCOPY refused (%s): sends copy", strerror(errno));
+        return false;
+    }
+    return true;
+}
+
 /* Registers an established connection's sockets with the epoll set. */
 static fx_status conn_arm(struct fx_tp_conn *c)
 {
@@ -879,6 +1047,7 @@ static fx_status conn_arm(struct fx_tp_conn *c)
         tune_socket(c->socks[s].fd);
         c->socks[s].can_read  = true;
         c->socks[s].can_write = true;
+        c->socks[s].zc        = c->tp->zerocopy && zc_enable(c->socks[s].fd);
         if (epoll_ctl(c->tp->epfd, EPOLL_CTL_ADD, c->socks[s].fd, &ev) != 0) {
             fx_warn(FX_SUB_NET, "epoll_ctl failed: %s", strerror(errno));
             return FX_ERR_SYSTEM;
@@ -1042,6 +1211,44 @@ static fx_status sock_connect_step(struct fx_tp_conn *c, int s)
     return c->hello_sent[s] == total ? FX_OK : FX_INPROGRESS;
 }
 
+/* Loopback, or an address of one of this host's interfaces: the kernel delivers it locally. */
+static bool addr_is_local(const struct sockaddr_storage *ss)
+{
+    struct ifaddrs *ifs = NULL;
+    bool local          = false;
+    struct in6_addr a6;
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+
+        if ((ntohl(in->sin_addr.s_addr) >> 24) == 127) {
+            return true;
+        }
+    } else {
+        a6 = ((const struct sockaddr_in6 *)ss)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(&a6)) {
+            return true;
+        }
+    }
+    if (getifaddrs(&ifs) != 0) {
+        return false;
+    }
+    for (struct ifaddrs *i = ifs; i != NULL && !local; i = i->ifa_next) {
+        if (i->ifa_addr == NULL || i->ifa_addr->sa_family != ss->ss_family) {
+            continue;
+        }
+        if (ss->ss_family == AF_INET) {
+            local = ((const struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr ==
+                    ((const struct sockaddr_in *)ss)->sin_addr.s_addr;
+        } else {
+            local = memcmp(&((const struct sockaddr_in6 *)i->ifa_addr)->sin6_addr, &a6,
+                           sizeof(a6)) == 0;
+        }
+    }
+    freeifaddrs(ifs);
+    return local;
+}
+
 static fx_status connect_begin(struct fx_tp *tp, const struct fx_tp_addr *addr, const void *hello,
                                size_t hello_len, struct fx_tp_conn **out)
 {
@@ -1049,20 +1256,27 @@ static fx_status connect_begin(struct fx_tp *tp, const struct fx_tp_addr *addr, 
     uint64_t nonce;
     fx_status status;
 
-    if (hello_len > FX_TP_HELLO_MAX) {
+    struct sockaddr_storage addrs[TCP_MAX_ADDRS];
+    int naddrs = addr_unpack(addr, addrs);
+    int nsocks = tp->nsocks;
+
+    if (hello_len > FX_TP_HELLO_MAX || naddrs == 0) {
         return FX_ERR_INVALID_ARG;
     }
-    status = conn_alloc(tp, tp->nsocks, &c);
+    if (tp->nsocks_auto && addr_is_local(&addrs[0])) {
+        nsocks = 1; /* delivered by this kernel: one stream is fastest (BENCHMARKS.md) */
+    }
+    status = conn_alloc(tp, nsocks, &c);
     if (status != FX_OK) {
         return status;
     }
-    c->naddrs = addr_unpack(addr, c->addrs);
-    if (c->naddrs == 0 || getentropy(&nonce, sizeof(nonce)) != 0) {
-        status = c->naddrs == 0 ? FX_ERR_INVALID_ARG : FX_ERR_SYSTEM;
+    c->naddrs = naddrs;
+    memcpy(c->addrs, addrs, sizeof(addrs));
+    if (getentropy(&nonce, sizeof(nonce)) != 0) {
         free(c->socks);
         free(c->hello_sent);
         free(c);
-        return status;
+        return FX_ERR_SYSTEM;
     }
     put32(c->hello, TCP_HELLO_MAGIC);
     put16(c->hello + 4, TCP_VERSION);

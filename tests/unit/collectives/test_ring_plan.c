@@ -682,3 +682,75 @@ Test(ring_plan, simulator_rejects_out_of_bounds_ops, .timeout = 10)
     cr_expect(strstr(r->res.error, "rank 0 op 0") != NULL, "%s", r->res.error);
     run_free(r);
 }
+
+/* ---- two-rank exchange all-reduce (coll_pair.c) ---- */
+
+/* dst = 3 * first + second, wrapping: not commutative, so the two ranks agree only if both
+ * take rank 0's data as the first operand. Counts final reductions per rank in r->finals. */
+static void order_cb(void *ctx, void *dst, const void *first, const void *second, size_t count,
+                     int final)
+{
+    struct run *r = ctx;
+    size_t es     = r->c.es;
+
+    for (size_t i = 0; i < count; i++) {
+        uint64_t v = 3 * load((const unsigned char *)first + i * es, es) +
+                     load((const unsigned char *)second + i * es, es);
+
+        store((unsigned char *)dst + i * es, es, v);
+    }
+    r->finals[0] += final ? 1 : 0;
+}
+
+Test(ring_plan, pair_allreduce_orders_operands_alike_on_both_ranks, .timeout = 30)
+{
+    static const size_t counts[] = {0, 1, 7, 1021, 70000};
+
+    for (size_t ci = 0; ci < NELEMS(counts); ci++) {
+        for (size_t ei = 0; ei < NELEMS(elem_sizes); ei++) {
+            for (int in_place = 0; in_place < 2; in_place++) {
+                struct cfg c       = {.n        = 2,
+                                      .count    = counts[ci],
+                                      .es       = elem_sizes[ei],
+                                      .nslots   = 1,
+                                      .in_place = in_place,
+                                      .seed     = (uint32_t)ci};
+                struct run *r      = run_new(&c, 0);
+                unsigned char *ref = calloc(c.count * c.es + 1, 1);
+
+                cr_assert_not_null(ref);
+                for (int k = 0; k < 2; k++) {
+                    cr_assert_eq(fx_coll_pair_allreduce(&r->plans[k], k, c.count, c.es), FX_OK);
+                    cr_expect_eq(r->plans[k].nops, c.count ? 2u : 0u);
+                }
+                cr_assert_eq(fx_coll_sim_run(r->ranks, 2, order_cb, r, c.seed, &r->res), FX_OK,
+                             "%s; " CFG_FMT, r->res.error, CFG_ARGS(c));
+                for (size_t i = 0; i < c.count; i++) {
+                    store(ref + i * c.es, c.es,
+                          3 * load(r->in[0] + i * c.es, c.es) + load(r->in[1] + i * c.es, c.es));
+                }
+                for (int k = 0; k < 2; k++) {
+                    expect_recv(r, k, ref, c.count);
+                    cr_expect_eq(r->res.rank_bytes_sent[k], (uint64_t)(c.count * c.es));
+                }
+                cr_expect_eq(r->finals[0], c.count ? 2u : 0u, "final reductions: %u; " CFG_FMT,
+                             r->finals[0], CFG_ARGS(c));
+                cr_expect_leq(r->res.depth, 2u, "exchange depth %u", r->res.depth);
+                free(ref);
+                run_free(r);
+            }
+        }
+    }
+}
+
+Test(ring_plan, pair_allreduce_rejects_invalid_arguments, .timeout = 10)
+{
+    struct fx_plan plan;
+
+    fx_plan_init(&plan);
+    cr_expect_eq(fx_coll_pair_allreduce(NULL, 0, 4, 4), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_pair_allreduce(&plan, 2, 4, 4), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_pair_allreduce(&plan, -1, 4, 4), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_pair_allreduce(&plan, 0, 4, 0), FX_ERR_INVALID_ARG);
+    fx_plan_fini(&plan);
+}

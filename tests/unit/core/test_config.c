@@ -24,6 +24,7 @@ Test(config, defaults_apply, .init = clear_env, .timeout = 10)
     cr_expect_eq(cfg.nsocks, 0);
     cr_expect_str_eq(cfg.transport, "");
     cr_expect_str_eq(cfg.kernels, "auto");
+    cr_expect_eq(cfg.tcp_zerocopy, false);
 }
 
 Test(config, values_parse, .init = clear_env, .timeout = 10)
@@ -36,12 +37,14 @@ Test(config, values_parse, .init = clear_env, .timeout = 10)
     setenv("FX_NSOCKS", "4", 1);
     setenv("FX_TRANSPORT", "tcp", 1);
     setenv("FX_SOCKET_IFNAME", "^docker,lo", 1);
+    setenv("FX_TCP_ZEROCOPY", "yes", 1);
     cr_assert_eq(fx_config_load(&cfg, err, sizeof(err)), FX_OK, "%s", err);
     cr_expect_eq(cfg.timeout_ms, 1500);
     cr_expect_eq(cfg.chunk_bytes, 256 * 1024);
     cr_expect_eq(cfg.nsocks, 4);
     cr_expect_str_eq(cfg.transport, "tcp");
     cr_expect_str_eq(cfg.socket_ifname, "^docker,lo");
+    cr_expect_eq(cfg.tcp_zerocopy, true);
 }
 
 static void expect_bad(const char *name, const char *value)
@@ -64,6 +67,7 @@ Test(config, bad_values_are_named, .timeout = 10)
     expect_bad("FX_CHUNK_BYTES", "12Q");
     expect_bad("FX_CHUNK_BYTES", "4G");
     expect_bad("FX_KERNELS", "avx9");
+    expect_bad("FX_TCP_ZEROCOPY", "maybe");
 }
 
 Test(config, sizes_parse_with_suffixes, .timeout = 10)

@@ -48,10 +48,13 @@ static void progress_both(struct pair *p)
     cr_assert_eq(p->ops->progress(p->b), FX_OK);
 }
 
-static void pair_init(struct pair *p, int nsocks, size_t min_stripe)
+static void pair_init(struct pair *p, int nsocks, size_t min_stripe, bool zerocopy)
 {
-    struct fx_tp_config cfg = {
-        .ifname = "lo", .nsocks = nsocks, .timeout_ms = 5000, .min_stripe = min_stripe};
+    struct fx_tp_config cfg = {.ifname     = "lo",
+                               .nsocks     = nsocks,
+                               .timeout_ms = 5000,
+                               .min_stripe = min_stripe,
+                               .zerocopy   = zerocopy};
 
     memset(p, 0, sizeof(*p));
     p->ops = fx_transport_find("tcp");
@@ -137,7 +140,7 @@ Test(tcp, hello_reaches_the_acceptor_and_peers_are_named, .timeout = 30)
     struct pair p;
     char peer[64];
 
-    pair_init(&p, 2, 0);
+    pair_init(&p, 2, 0, false);
     pair_connect(&p, "rank 3 says hi");
     cr_expect_eq(p.hello_len, strlen("rank 3 says hi"));
     cr_expect(memcmp(p.hello, "rank 3 says hi", p.hello_len) == 0, "hello arrived as '%.*s'",
@@ -156,7 +159,7 @@ static const size_t sizes[] = {
 
 /* Sends every size twice in order, with a header naming the message; receives posted before
  * (recv_first) or after the sends. */
-static void ordered_messages(int nsocks, bool recv_first)
+static void ordered_messages(int nsocks, bool recv_first, bool zerocopy)
 {
     struct pair p;
     struct fx_tp_req *reqs[2 * 2 * NSIZES];
@@ -165,7 +168,7 @@ static void ordered_messages(int nsocks, bool recv_first)
     char shdr[2 * NSIZES][32], rhdr[2 * NSIZES][32];
     int nmsg = 2 * NSIZES, n = 0;
 
-    pair_init(&p, nsocks, 0);
+    pair_init(&p, nsocks, 0, zerocopy);
     pair_connect(&p, "order");
     for (int m = 0; m < nmsg; m++) {
         size_t len = sizes[m % NSIZES];
@@ -213,22 +216,35 @@ static void ordered_messages(int nsocks, bool recv_first)
 
 Test(tcp, messages_arrive_in_order_one_socket, .timeout = 60)
 {
-    ordered_messages(1, true);
+    ordered_messages(1, true, false);
 }
 
 Test(tcp, messages_arrive_in_order_striped_over_two_sockets, .timeout = 60)
 {
-    ordered_messages(2, true);
+    ordered_messages(2, true, false);
 }
 
 Test(tcp, messages_arrive_in_order_striped_over_four_sockets_sends_first, .timeout = 60)
 {
-    ordered_messages(4, false);
+    ordered_messages(4, false, false);
 }
 
 Test(tcp, messages_arrive_in_order_striped_over_eight_sockets, .timeout = 60)
 {
-    ordered_messages(8, true);
+    ordered_messages(8, true, false);
+}
+
+/* MSG_ZEROCOPY: a send completes only once the kernel released its pages. On loopback the
+ * kernel copies anyway and says so, and the transport turns zerocopy off per socket: either
+ * way every message arrives whole and in order. */
+Test(tcp, zerocopy_sends_arrive_in_order, .timeout = 60)
+{
+    ordered_messages(2, true, true);
+}
+
+Test(tcp, zerocopy_sends_posted_before_receives, .timeout = 60)
+{
+    ordered_messages(3, false, true);
 }
 
 /* Small stripes (4 KiB) make every megabyte message use all sockets in rotation. */
@@ -241,7 +257,7 @@ Test(tcp, small_stripes_rotate_over_all_sockets, .timeout = 60)
     static uint8_t sbuf[N][300000], rbuf[N][300000];
     int n = 0;
 
-    pair_init(&p, 5, 4096);
+    pair_init(&p, 5, 4096, false);
     pair_connect(&p, "stripes");
     for (int m = 0; m < N; m++) {
         size_t len = 8192 + (size_t)m * 12007;
@@ -269,7 +285,7 @@ Test(tcp, many_small_messages_keep_their_order, .timeout = 60)
     uint32_t out[WINDOW], in[WINDOW];
     int wrong = 0;
 
-    pair_init(&p, 3, 0);
+    pair_init(&p, 3, 0, false);
     pair_connect(&p, "small");
     for (int base = 0; base < N; base += WINDOW) {
         int n = 0;
@@ -300,7 +316,7 @@ static void both_directions(bool recv_first)
     static uint8_t x[1 << 20], y[1 << 20], rx[1 << 20], ry[1 << 20];
     int n = 0;
 
-    pair_init(&p, 2, 0);
+    pair_init(&p, 2, 0, false);
     pair_connect(&p, "both");
     pattern(x, sizeof(x), 1);
     pattern(y, sizeof(y), 2);
@@ -350,7 +366,7 @@ static void mismatch(size_t send_len, size_t recv_len, size_t send_hdr, size_t r
     int64_t deadline;
 
     cr_assert(sbuf != NULL && rbuf != NULL);
-    pair_init(&p, 4, 4096);
+    pair_init(&p, 4, 4096, false);
     pair_connect(&p, "mismatch");
     pattern(sbuf, send_len, 7);
     memset(rbuf, 0x5c, recv_len + 64);
@@ -420,7 +436,7 @@ Test(tcp, only_the_mismatched_message_reports_mismatch, .timeout = 30)
     static uint8_t big[4 << 20], rbig[4 << 20], small[300], rsmall[200];
     char h0[16] = "zero", h1[16] = "one", r0[16], r1[16];
 
-    pair_init(&p, 4, 0);
+    pair_init(&p, 4, 0, false);
     pair_connect(&p, "late mismatch");
     cr_assert_eq(p.ops->irecv(p.cb, r0, 16, rbig, sizeof(rbig), &reqs[0]), FX_OK);
     cr_assert_eq(p.ops->irecv(p.cb, r1, 16, rsmall, sizeof(rsmall), &reqs[1]), FX_OK);
@@ -442,7 +458,7 @@ Test(tcp, closed_peer_fails_the_pending_receive, .timeout = 30)
     int64_t deadline;
     char why[256];
 
-    pair_init(&p, 3, 0);
+    pair_init(&p, 3, 0, false);
     pair_connect(&p, "close");
     cr_assert_eq(p.ops->irecv(p.cb, NULL, 0, buf, sizeof(buf), &req), FX_OK);
     p.ops->close(p.ca);
@@ -491,7 +507,7 @@ Test(tcp, garbage_and_silent_connections_never_reach_accept, .timeout = 30)
     size_t hlen;
     int64_t deadline;
 
-    pair_init(&p, 2, 0);
+    pair_init(&p, 2, 0, false);
     port = listener_port(&p.addr);
     junk = raw_connect(port);
     pattern(noise, sizeof(noise), 99);
@@ -522,7 +538,7 @@ Test(tcp, connect_to_a_closed_listener_fails, .timeout = 30)
     fx_status s          = FX_INPROGRESS;
     int64_t deadline;
 
-    pair_init(&p, 2, 0);
+    pair_init(&p, 2, 0, false);
     p.ops->listen_close(p.lst);
     p.lst    = NULL;
     deadline = now_ms() + DRIVE_MS;
