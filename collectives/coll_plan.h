@@ -19,6 +19,7 @@
 #ifndef FX_COLL_PLAN_H
 #define FX_COLL_PLAN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -107,5 +108,25 @@ fx_status fx_coll_pair_allreduce(struct fx_plan *plan, int rank, size_t count, s
 
 fx_status fx_coll_ring_allgather(struct fx_plan *plan, int nranks, int rank, size_t count,
                                  size_t elem_size, size_t chunk_bytes);
+
+/*
+ * The same rings in another order: order[p] is the rank at ring position p (a permutation of
+ * 0..nranks-1, the same on every rank), so rank order[p] sends to order[p + 1]. All-gather
+ * still leaves rank k's data at offset k * count. FX_ERR_INVALID_ARG when order is not a
+ * permutation. NULL order: rank order, as the functions above.
+ */
+fx_status fx_coll_ring_allreduce_ordered(struct fx_plan *plan, int nranks, int rank,
+                                         const int *order, size_t count, size_t elem_size,
+                                         size_t chunk_bytes, uint32_t nslots);
+fx_status fx_coll_ring_allgather_ordered(struct fx_plan *plan, int nranks, int rank,
+                                         const int *order, size_t count, size_t elem_size,
+                                         size_t chunk_bytes);
+
+/*
+ * Ring order for a job spread over hosts: host_of[r] is any key naming rank r's host. Ranks of
+ * one host become adjacent, hosts in the order their lowest rank appears, ranks within a host in
+ * rank order, so the ring crosses each host boundary once. Writes order[0..n).
+ */
+void fx_coll_ring_order_by_host(const int *host_of, int n, int *order);
 
 #endif /* FX_COLL_PLAN_H */

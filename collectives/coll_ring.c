@@ -34,11 +34,12 @@
 struct ring {
     struct fx_plan *plan;
     int n;
-    int r;
-    size_t chunk;    /* elements per chunk */
-    size_t seg_base; /* count / n */
-    size_t seg_rem;  /* count % n */
-    size_t nchunks;  /* chunks of the longest segment */
+    int r;            /* this rank's position in the ring */
+    const int *order; /* order[p]: the rank at ring position p; NULL: rank p */
+    size_t chunk;     /* elements per chunk */
+    size_t seg_base;  /* count / n */
+    size_t seg_rem;   /* count % n */
+    size_t nchunks;   /* chunks of the longest segment */
     uint32_t nslots;
     uint32_t nrecv_reduce;
 };
@@ -46,6 +47,34 @@ struct ring {
 static int mod(int a, int n)
 {
     return ((a % n) + n) % n;
+}
+
+/* The rank at ring position p (taken modulo n). */
+static int at(const struct ring *g, int p)
+{
+    p = mod(p, g->n);
+    return g->order != NULL ? g->order[p] : p;
+}
+
+/* This rank's ring position, or -1 when order is not a permutation holding it once. */
+static int position(const int *order, int n, int rank)
+{
+    int pos   = -1;
+    int found = 0;
+
+    if (order == NULL) {
+        return rank;
+    }
+    for (int p = 0; p < n; p++) {
+        if (order[p] < 0 || order[p] >= n) {
+            return -1;
+        }
+        if (order[p] == rank) {
+            pos = p;
+            found++;
+        }
+    }
+    return found == 1 ? pos : -1;
 }
 
 static size_t seg_start(const struct ring *g, int k)
@@ -102,8 +131,8 @@ static int push(struct fx_plan *plan, struct fx_plan_op op)
 static fx_status allreduce_step(struct ring *g, int phase, int s, int32_t *dep_of_chunk,
                                 int32_t *slot_user)
 {
-    int right   = (g->r + 1) % g->n;
-    int left    = mod(g->r - 1, g->n);
+    int right   = at(g, g->r + 1);
+    int left    = at(g, g->r - 1);
     int sendseg = phase == 0 ? mod(g->r - s, g->n) : mod(g->r + 1 - s, g->n);
     int recvseg = phase == 0 ? mod(g->r - s - 1, g->n) : mod(g->r - s, g->n);
     bool final  = phase == 0 && s == g->n - 2;
@@ -187,13 +216,26 @@ static fx_status plan_local_copy(struct fx_plan *plan, size_t dst_off, size_t co
 fx_status fx_coll_ring_allreduce(struct fx_plan *plan, int nranks, int rank, size_t count,
                                  size_t elem_size, size_t chunk_bytes, uint32_t nslots)
 {
+    return fx_coll_ring_allreduce_ordered(plan, nranks, rank, NULL, count, elem_size, chunk_bytes,
+                                          nslots);
+}
+
+fx_status fx_coll_ring_allreduce_ordered(struct fx_plan *plan, int nranks, int rank,
+                                         const int *order, size_t count, size_t elem_size,
+                                         size_t chunk_bytes, uint32_t nslots)
+{
     fx_status status = check_args(plan, nranks, rank, count, elem_size, 1);
     struct ring g;
     int32_t *deps;
     int32_t *slot_user;
+    int pos;
 
     if (status != FX_OK) {
         return status;
+    }
+    pos = position(order, nranks, rank);
+    if (pos < 0) {
+        return FX_ERR_INVALID_ARG;
     }
     fx_plan_reset(plan);
     plan->nranks    = nranks;
@@ -203,7 +245,8 @@ fx_status fx_coll_ring_allreduce(struct fx_plan *plan, int nranks, int rank, siz
     if (nranks == 1 || count == 0) {
         return nranks == 1 ? plan_local_copy(plan, 0, count) : FX_OK;
     }
-    g          = (struct ring){.plan = plan, .n = nranks, .r = rank, .nslots = nslots ? nslots : 1};
+    g = (struct ring){
+        .plan = plan, .n = nranks, .r = pos, .order = order, .nslots = nslots ? nslots : 1};
     g.chunk    = chunk_elems(chunk_bytes, elem_size);
     g.seg_base = count / (size_t)nranks;
     g.seg_rem  = count % (size_t)nranks;
@@ -230,10 +273,10 @@ fx_status fx_coll_ring_allreduce(struct fx_plan *plan, int nranks, int rank, siz
 /* One all-gather step for every chunk of a block; deps as in allreduce_step. */
 static fx_status allgather_step(struct ring *g, size_t count, int s, int32_t *dep_of_chunk)
 {
-    int right   = (g->r + 1) % g->n;
-    int left    = mod(g->r - 1, g->n);
-    int sendblk = mod(g->r - s, g->n);
-    int recvblk = mod(g->r - s - 1, g->n);
+    int right   = at(g, g->r + 1);
+    int left    = at(g, g->r - 1);
+    int sendblk = at(g, g->r - s); /* blocks are ranks' data: rank k's lands at k * count */
+    int recvblk = at(g, g->r - s - 1);
 
     for (size_t c = 0; c < g->nchunks; c++) {
         bool own = s == 0;
@@ -272,12 +315,24 @@ static fx_status allgather_step(struct ring *g, size_t count, int s, int32_t *de
 fx_status fx_coll_ring_allgather(struct fx_plan *plan, int nranks, int rank, size_t count,
                                  size_t elem_size, size_t chunk_bytes)
 {
+    return fx_coll_ring_allgather_ordered(plan, nranks, rank, NULL, count, elem_size, chunk_bytes);
+}
+
+fx_status fx_coll_ring_allgather_ordered(struct fx_plan *plan, int nranks, int rank,
+                                         const int *order, size_t count, size_t elem_size,
+                                         size_t chunk_bytes)
+{
     fx_status status = check_args(plan, nranks, rank, count, elem_size, (size_t)nranks);
     struct ring g;
     int32_t *deps;
+    int pos;
 
     if (status != FX_OK) {
         return status;
+    }
+    pos = position(order, nranks, rank);
+    if (pos < 0) {
+        return FX_ERR_INVALID_ARG;
     }
     fx_plan_reset(plan);
     plan->nranks    = nranks;
@@ -291,7 +346,7 @@ fx_status fx_coll_ring_allgather(struct fx_plan *plan, int nranks, int rank, siz
     if (status != FX_OK || nranks == 1) {
         return status;
     }
-    g         = (struct ring){.plan = plan, .n = nranks, .r = rank, .nslots = 1};
+    g         = (struct ring){.plan = plan, .n = nranks, .r = pos, .order = order, .nslots = 1};
     g.chunk   = chunk_elems(chunk_bytes, elem_size);
     g.nchunks = (count + g.chunk - 1) / g.chunk;
     deps      = malloc(sizeof(*deps) * g.nchunks);

@@ -19,6 +19,8 @@
 #include "fx_log.h"
 #include "fx_sock.h"
 #include "fx_status_int.h"
+#include "fx_topo.h"
+#include "transports/tcp/tcp_iface.h"
 
 #define HELLO_MAGIC 0x31485846u /* "FXH1" */
 #define HELLO_LEN   (4 + 8 + 4 + 4 + FX_MAC_LEN)
@@ -160,8 +162,8 @@ static void accept_pending(struct fx_comm *comm)
  */
 static fx_status connect_ring(struct fx_comm *comm, char *err, size_t errlen)
 {
-    int right              = (comm->rank + 1) % comm->nranks;
-    int left               = (comm->rank - 1 + comm->nranks) % comm->nranks;
+    int right              = comm->ring_order[(comm->ring_pos + 1) % comm->nranks];
+    int left               = comm->ring_order[(comm->ring_pos - 1 + comm->nranks) % comm->nranks];
     bool duplex            = comm->nranks == 2;
     bool connects          = !duplex || comm->rank == 0;
     int64_t deadline       = fx_now_ms() + comm->cfg.timeout_ms;
@@ -237,6 +239,79 @@ static void host_identity(struct fx_boot_entry *self)
     memcpy(self->host_id, digest, sizeof(self->host_id));
 }
 
+/*
+ * Without FX_SOCKET_IFNAME: the network interfaces of the NIC nearest to this process's CPUs
+ * (docs/topology.md), when they carry an address; else the transport's default rules. The
+ * topology is read once per process.
+ */
+static pthread_once_t topo_once = PTHREAD_ONCE_INIT;
+static char topo_ifname[256];
+
+static void pick_ifname(void)
+{
+    struct fx_topo *t = NULL;
+    char err[512];
+    int n;
+
+    if (fx_topo_load(&t, NULL, err, sizeof(err)) != FX_OK) {
+        fx_info(FX_SUB_NET, "no topology (%s): default interface rules", err);
+        return;
+    }
+    n = fx_topo_nearest_nic_to_cpus(t, NULL);
+    if (n >= 0) {
+        const struct fx_topo_dev *d = fx_topo_nic(t, n);
+        struct sockaddr_storage addrs[4];
+        char names[4][FX_TCP_IFNAME_LEN];
+        char spec[256] = "=";
+        size_t used    = 1;
+        int naddrs     = 0;
+
+        for (int k = 0; k < d->nnetdevs; k++) {
+            int w = snprintf(spec + used, sizeof(spec) - used, "%s%s", k ? "," : "", d->netdevs[k]);
+
+            used = w > 0 && (size_t)w < sizeof(spec) - used ? used + (size_t)w : sizeof(spec) - 1;
+        }
+        if (d->nnetdevs > 0 && fx_tcp_iface_list(spec, addrs, names, 4, &naddrs) == FX_OK &&
+            naddrs > 0) {
+            snprintf(topo_ifname, sizeof(topo_ifname), "%s", spec);
+            fx_info(FX_SUB_NET, "nearest NIC %s (%s, NUMA node %d): interface %s", d->name, d->pci,
+                    d->numa, names[0]);
+        } else {
+            fx_info(FX_SUB_NET,
+                    "nearest NIC %s (%s) has no usable interface address: default "
+                    "interface rules",
+                    d->name, d->pci);
+        }
+    }
+    fx_topo_free(t);
+}
+
+/* FX_BIND=1: the process's threads move to the CPUs of the NUMA node of its nearest NIC, once
+ * per process, on the live host only. */
+static pthread_once_t bind_once = PTHREAD_ONCE_INIT;
+
+static void bind_near_nic(void)
+{
+    struct fx_topo *t = NULL;
+    char err[512];
+    int n;
+
+    if (fx_topo_load(&t, NULL, err, sizeof(err)) != FX_OK) {
+        fx_warn(FX_SUB_INIT, "FX_BIND: no topology: %s", err);
+        return;
+    }
+    n = fx_topo_nearest_nic_to_cpus(t, NULL);
+    if (n < 0) {
+        fx_warn(FX_SUB_INIT, "FX_BIND: this host has no NIC to bind near");
+    } else if (fx_topo_bind_near_nic(t, n, err, sizeof(err)) != FX_OK) {
+        fx_warn(FX_SUB_INIT, "FX_BIND: %s", err);
+    } else {
+        fx_info(FX_SUB_INIT, "FX_BIND: bound to CPUs %s, near NIC %s (NUMA node %d)",
+                fx_topo_nic(t, n)->cpus, fx_topo_nic(t, n)->name, fx_topo_nic(t, n)->numa);
+    }
+    fx_topo_free(t);
+}
+
 static fx_status open_transport(struct fx_comm *comm, char *err, size_t errlen)
 {
     struct fx_tp_config tcfg = {
@@ -247,6 +322,13 @@ static fx_status open_transport(struct fx_comm *comm, char *err, size_t errlen)
     };
     fx_status status;
 
+    if (comm->cfg.bind) {
+        pthread_once(&bind_once, bind_near_nic);
+    }
+    if (tcfg.ifname == NULL) {
+        pthread_once(&topo_once, pick_ifname);
+        tcfg.ifname = topo_ifname[0] ? topo_ifname : NULL;
+    }
     comm->tp_ops =
         comm->cfg.transport[0] ? fx_transport_find(comm->cfg.transport) : fx_transports[0];
     if (comm->tp_ops == NULL) {
@@ -312,9 +394,56 @@ static void comm_free(struct fx_comm *comm)
     fx_boot_fini(&comm->boot);
     free(comm->send_conns);
     free(comm->recv_conns);
+    free(comm->ring_order);
     pthread_mutex_destroy(&comm->lock);
     pthread_cond_destroy(&comm->cond);
     free(comm);
+}
+
+/*
+ * The ring order every rank derives alike from the table: ranks of one host adjacent, hosts in
+ * the order their lowest rank appears, so each ring crosses each host boundary once.
+ */
+static fx_status make_ring_order(struct fx_comm *comm)
+{
+    int n     = comm->nranks;
+    int *host = malloc(sizeof(int) * (size_t)n);
+    char text[256];
+    size_t used = 0;
+    bool moved  = false;
+
+    comm->ring_order = malloc(sizeof(int) * (size_t)n);
+    if (host == NULL || comm->ring_order == NULL) {
+        free(host);
+        return FX_ERR_NO_MEMORY;
+    }
+    for (int r = 0; r < n; r++) {
+        host[r] = r;
+        for (int q = 0; q < r; q++) {
+            if (memcmp(comm->boot.table[q].host_id, comm->boot.table[r].host_id,
+                       sizeof(comm->boot.table[r].host_id)) == 0) {
+                host[r] = q;
+                break;
+            }
+        }
+    }
+    fx_coll_ring_order_by_host(host, n, comm->ring_order);
+    free(host);
+    text[0] = '\0';
+    for (int p = 0; p < n; p++) {
+        int w;
+
+        if (comm->ring_order[p] == comm->rank) {
+            comm->ring_pos = p;
+        }
+        moved |= comm->ring_order[p] != p;
+        w    = snprintf(text + used, sizeof(text) - used, " %d", comm->ring_order[p]);
+        used = w > 0 && (size_t)w < sizeof(text) - used ? used + (size_t)w : sizeof(text) - 1;
+    }
+    if (moved) {
+        fx_info(FX_SUB_INIT, "ring order, ranks of a host adjacent:%s", text);
+    }
+    return FX_OK;
 }
 
 /* Everything after the arguments are known good. */
@@ -347,6 +476,11 @@ static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char
     status = fx_boot_init(&comm->boot, uid, comm->nranks, comm->rank, &self, &proposal,
                           comm->cfg.timeout_ms, err, errlen);
     if (status != FX_OK) {
+        return status;
+    }
+    status = make_ring_order(comm);
+    if (status != FX_OK) {
+        snprintf(err, errlen, "out of memory");
         return status;
     }
     if (comm->nranks > 1) {

@@ -82,6 +82,8 @@ struct fx_comm {
     struct fx_tp_listener *lst;
     struct fx_tp_conn **send_conns; /* [nranks]: connections this rank opened (it sends) */
     struct fx_tp_conn **recv_conns; /* [nranks]: connections it accepted (it receives) */
+    int *ring_order; /* [nranks]: the rank at each ring position (ranks of a host adjacent) */
+    int ring_pos;    /* this rank's position */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;

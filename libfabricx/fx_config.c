@@ -40,6 +40,9 @@ const struct fx_config_row fx_config_table[] = {
     ROW("FX_TCP_ZEROCOPY", FX_CFG_BOOL, "0",
         "send large TCP messages with MSG_ZEROCOPY (pays off on real NICs, not on loopback)",
         tcp_zerocopy, 0, 1),
+    ROW("FX_BIND", FX_CFG_BOOL, "0",
+        "bind each rank's threads to the NUMA node of its nearest NIC (live host only)", bind, 0,
+        1),
     ROW("FX_SCRATCH_SLOTS", FX_CFG_INT, "8",
         "receive buffers of one chunk each kept per "
         "communicator for reductions in flight",
@@ -55,6 +58,7 @@ const struct fx_config_row fx_config_table[] = {
     DOC("FX_NRANKS", "", "number of ranks (fx_comm_init_env)"),
     DOC("FX_JOB_SECRET", "", "job secret text when the rendezvous is MASTER_ADDR/MASTER_PORT"),
     DOC("FX_JOB_SECRET_FILE", "", "file holding the job secret (instead of FX_JOB_SECRET)"),
+    DOC("FX_TOPO_FILE", "", "read the host topology from this hwloc XML file (never used to bind)"),
 };
 const size_t fx_config_table_len = sizeof(fx_config_table) / sizeof(fx_config_table[0]);
 

@@ -18,6 +18,7 @@ struct fx_config {
     char transport[32];      /* FX_TRANSPORT; empty: the first built */
     char socket_ifname[256]; /* FX_SOCKET_IFNAME */
     bool tcp_zerocopy;       /* FX_TCP_ZEROCOPY */
+    bool bind;               /* FX_BIND */
     int scratch_slots;       /* FX_SCRATCH_SLOTS */
     char kernels[16];        /* FX_KERNELS: auto or scalar */
     int spin_us;             /* FX_SPIN_US */

@@ -151,10 +151,11 @@ static fx_status build_plan(struct fx_comm *comm, const struct fx_request *req)
         return fx_coll_pair_allreduce(&ex->plan, comm->rank, req->count, es);
     }
     if (req->coll == FX_COLL_ALLREDUCE) {
-        return fx_coll_ring_allreduce(&ex->plan, comm->nranks, comm->rank, req->count, es, chunk,
-                                      ex->nslots);
+        return fx_coll_ring_allreduce_ordered(&ex->plan, comm->nranks, comm->rank, comm->ring_order,
+                                              req->count, es, chunk, ex->nslots);
     }
-    return fx_coll_ring_allgather(&ex->plan, comm->nranks, comm->rank, req->count, es, chunk);
+    return fx_coll_ring_allgather_ordered(&ex->plan, comm->nranks, comm->rank, comm->ring_order,
+                                          req->count, es, chunk);
 }
 
 static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)

@@ -792,8 +792,11 @@ static int launch_local(const struct opts *o)
 {
     fx_unique_id id;
     pid_t pids[1024];
-    fx_status s = fx_get_unique_id(&id);
+    fx_status s;
 
+    /* Local ranks all live on this host: keep the job on loopback unless told otherwise. */
+    setenv("FX_SOCKET_IFNAME", "lo", 0);
+    s = fx_get_unique_id(&id);
     if (o->np > 1024) {
         fprintf(stderr, "fx-bench: --np %d: at most 1024 local ranks\n", o->np);
         return 2;

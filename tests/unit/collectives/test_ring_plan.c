@@ -754,3 +754,131 @@ Test(ring_plan, pair_allreduce_rejects_invalid_arguments, .timeout = 10)
     cr_expect_eq(fx_coll_pair_allreduce(&plan, 0, 4, 0), FX_ERR_INVALID_ARG);
     fx_plan_fini(&plan);
 }
+
+/* ---- topology-aware ring order ---- */
+
+/* Host tables: interleaved ranks, unequal ranks per host, one host, one rank per host. */
+static const int host_tables[][12] = {
+    {0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2}, {5, 5, 9, 7, 9, 9, 9, 7, 5, 3, 9, 7},
+    {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4}, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11},
+    {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+};
+
+static int count_hosts(const int *host, int n)
+{
+    int hosts = 0;
+
+    for (int r = 0; r < n; r++) {
+        bool seen = false;
+
+        for (int q = 0; q < r; q++) {
+            seen |= host[q] == host[r];
+        }
+        hosts += !seen;
+    }
+    return hosts;
+}
+
+Test(ring_plan, ring_order_keeps_hosts_adjacent, .timeout = 10)
+{
+    for (size_t t = 0; t < NELEMS(host_tables); t++) {
+        for (int n = 1; n <= 12; n++) {
+            const int *host = host_tables[t];
+            int order[12];
+            int seen[12]  = {0};
+            int crossings = 0;
+            int hosts     = count_hosts(host, n);
+
+            fx_coll_ring_order_by_host(host, n, order);
+            for (int p = 0; p < n; p++) {
+                cr_assert(order[p] >= 0 && order[p] < n && !seen[order[p]],
+                          "table %zu n %d: not a permutation at %d", t, n, p);
+                seen[order[p]] = 1;
+                crossings += host[order[p]] != host[order[(p + 1) % n]];
+                if (p > 0 && host[order[p]] == host[order[p - 1]]) {
+                    cr_expect_gt(order[p], order[p - 1], "ranks of a host out of rank order");
+                }
+            }
+            cr_expect_eq(crossings, hosts > 1 ? hosts : 0,
+                         "table %zu n %d: %d host crossings for %d hosts", t, n, crossings, hosts);
+            cr_expect_eq(order[0], 0, "rank 0's host comes first");
+        }
+    }
+}
+
+/* Ordered plans through the simulator: correct sums and gathers (rank k's data at offset k *
+ * count), and inter-host traffic on exactly one link per host boundary. */
+static void check_ordered(const int *host, int n, size_t count, int gather, int in_place)
+{
+    struct cfg c  = {.n           = n,
+                     .count       = count,
+                     .es          = 4,
+                     .chunk_bytes = 8,
+                     .nslots      = 2,
+                     .in_place    = in_place,
+                     .seed        = 7};
+    struct run *r = run_new(&c, gather);
+    int order[12];
+    int cross_links = 0;
+    unsigned char *ref;
+
+    fx_coll_ring_order_by_host(host, n, order);
+    for (int k = 0; k < n; k++) {
+        fx_status s = gather ? fx_coll_ring_allgather_ordered(&r->plans[k], n, k, order, count,
+                                                              c.es, c.chunk_bytes)
+                             : fx_coll_ring_allreduce_ordered(&r->plans[k], n, k, order, count,
+                                                              c.es, c.chunk_bytes, c.nslots);
+
+        cr_assert_eq(s, FX_OK);
+    }
+    cr_assert_eq(simulate(r), FX_OK, "%s; " CFG_FMT, r->res.error, CFG_ARGS(c));
+    ref = calloc(r->recv_count * c.es + 1, 1);
+    cr_assert_not_null(ref);
+    for (int k = 0; k < n; k++) {
+        for (size_t i = 0; i < count; i++) {
+            if (gather) {
+                memcpy(ref + ((size_t)k * count + i) * c.es, r->in[k] + i * c.es, c.es);
+            } else {
+                store(ref + i * c.es, c.es,
+                      load(ref + i * c.es, c.es) + load(r->in[k] + i * c.es, c.es));
+            }
+        }
+    }
+    for (int k = 0; k < n; k++) {
+        expect_recv(r, k, ref, r->recv_count);
+    }
+    for (int s = 0; s < n; s++) {
+        for (int d = 0; d < n; d++) {
+            cross_links += host[s] != host[d] && r->res.link_bytes[s * n + d] > 0;
+        }
+    }
+    cr_expect_eq(cross_links, count_hosts(host, n) > 1 ? count_hosts(host, n) : 0,
+                 "%d links between hosts carry data; " CFG_FMT, cross_links, CFG_ARGS(c));
+    free(ref);
+    run_free(r);
+}
+
+Test(ring_plan, ordered_rings_cross_each_host_boundary_once, .timeout = 60)
+{
+    for (size_t t = 0; t < NELEMS(host_tables); t++) {
+        for (int n = 2; n <= 12; n += 5) {
+            for (int in_place = 0; in_place < 2; in_place++) {
+                check_ordered(host_tables[t], n, 23, 0, in_place);
+                check_ordered(host_tables[t], n, 23, 1, in_place);
+            }
+        }
+    }
+}
+
+Test(ring_plan, ordered_plans_reject_a_bad_order, .timeout = 10)
+{
+    struct fx_plan plan;
+    int dup[3]   = {0, 1, 1};
+    int range[3] = {0, 1, 3};
+
+    fx_plan_init(&plan);
+    cr_expect_eq(fx_coll_ring_allreduce_ordered(&plan, 3, 2, dup, 9, 4, 0, 2), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_ring_allreduce_ordered(&plan, 3, 1, dup, 9, 4, 0, 2), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_ring_allgather_ordered(&plan, 3, 0, range, 9, 4, 0), FX_ERR_INVALID_ARG);
+    fx_plan_fini(&plan);
+}
