@@ -7,14 +7,24 @@
  * rank 0's data as the first operand (rank 1 reduces with FX_PLAN_SLOT_FIRST). For a commutative
  * op this changes nothing; it keeps NaN payloads of MIN/MAX and the like bitwise identical.
  *
- * In place, the receive may only overwrite the buffer once the send has read it: the reduce
- * depends on the send.
+ * No receive depends on the send: a transport may complete a large send only once the peer has
+ * read it (shared memory's single copy), and the peer reads only into a posted receive, so a
+ * receive waiting for the send would deadlock both ranks. In place, the reduction must then not
+ * overwrite the send buffer the peer may still be reading: the plan first copies the input to
+ * scratch slot 0, sends from there and reduces from there, and receives into slot 1.
  */
 #include "coll_plan.h"
 
-fx_status fx_coll_pair_allreduce(struct fx_plan *plan, int rank, size_t count, size_t elem_size)
+static int push(struct fx_plan *plan, struct fx_plan_op op)
 {
-    int send_idx;
+    return fx_plan_push(plan, &op);
+}
+
+fx_status fx_coll_pair_allreduce(struct fx_plan *plan, int rank, size_t count, size_t elem_size,
+                                 bool in_place)
+{
+    uint32_t flags = FX_PLAN_FINAL | (rank == 1 ? FX_PLAN_SLOT_FIRST : 0u);
+    int copy;
 
     if (plan == NULL || rank < 0 || rank > 1 || elem_size == 0) {
         return FX_ERR_INVALID_ARG;
@@ -24,28 +34,50 @@ fx_status fx_coll_pair_allreduce(struct fx_plan *plan, int rank, size_t count, s
     plan->rank       = rank;
     plan->count      = count;
     plan->elem_size  = elem_size;
-    plan->nslots     = count > 0 ? 1 : 0;
+    plan->nslots     = count == 0 ? 0 : in_place ? 2 : 1;
     plan->slot_count = count;
     if (count == 0) {
         return FX_OK;
     }
-    send_idx = fx_plan_push(plan, &(struct fx_plan_op){
-                                      .kind  = FX_PLAN_SEND,
-                                      .buf   = FX_BUF_SEND,
-                                      .peer  = 1 - rank,
-                                      .dep   = -1,
-                                      .count = count,
-                                  });
-    if (send_idx < 0 ||
-        fx_plan_push(plan, &(struct fx_plan_op){
-                               .kind  = FX_PLAN_RECV_REDUCE,
-                               .buf   = FX_BUF_RECV,
-                               .src   = FX_BUF_SEND,
-                               .flags = FX_PLAN_FINAL | (rank == 1 ? FX_PLAN_SLOT_FIRST : 0u),
-                               .peer  = 1 - rank,
-                               .dep   = send_idx,
-                               .count = count,
-                           }) < 0) {
+    if (!in_place) {
+        if (push(plan, (struct fx_plan_op){.kind  = FX_PLAN_SEND,
+                                           .buf   = FX_BUF_SEND,
+                                           .peer  = 1 - rank,
+                                           .dep   = -1,
+                                           .count = count}) < 0 ||
+            push(plan, (struct fx_plan_op){.kind  = FX_PLAN_RECV_REDUCE,
+                                           .buf   = FX_BUF_RECV,
+                                           .src   = FX_BUF_SEND,
+                                           .flags = (uint8_t)flags,
+                                           .peer  = 1 - rank,
+                                           .dep   = -1,
+                                           .slot  = 0,
+                                           .count = count}) < 0) {
+            return FX_ERR_NO_MEMORY;
+        }
+        return FX_OK;
+    }
+    copy = push(plan, (struct fx_plan_op){.kind       = FX_PLAN_COPY,
+                                          .buf        = FX_BUF_SCRATCH,
+                                          .src        = FX_BUF_SEND,
+                                          .peer       = -1,
+                                          .dep        = -1,
+                                          .src_offset = 0,
+                                          .count      = count});
+    if (copy < 0 ||
+        push(plan, (struct fx_plan_op){.kind  = FX_PLAN_SEND,
+                                       .buf   = FX_BUF_SCRATCH,
+                                       .peer  = 1 - rank,
+                                       .dep   = copy,
+                                       .count = count}) < 0 ||
+        push(plan, (struct fx_plan_op){.kind  = FX_PLAN_RECV_REDUCE,
+                                       .buf   = FX_BUF_RECV,
+                                       .src   = FX_BUF_SCRATCH,
+                                       .flags = (uint8_t)flags,
+                                       .peer  = 1 - rank,
+                                       .dep   = copy,
+                                       .slot  = 1,
+                                       .count = count}) < 0) {
         return FX_ERR_NO_MEMORY;
     }
     return FX_OK;

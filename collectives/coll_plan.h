@@ -100,11 +100,14 @@ fx_status fx_coll_ring_allreduce(struct fx_plan *plan, int nranks, int rank, siz
  * executor when source and destination are the same memory.
  */
 /*
- * Two-rank exchange all-reduce (coll_pair.c): one SEND of the whole buffer and one RECV_REDUCE
- * (slot 0, FX_PLAN_FINAL, rank 0's data as the first operand on both ranks) depending on the
- * send. One scratch slot of `count` elements: for messages that fit a slot.
+ * Two-rank exchange all-reduce (coll_pair.c): each rank sends its whole buffer and receives the
+ * other's into a scratch slot to reduce (FX_PLAN_FINAL, rank 0's data as the first operand on
+ * both ranks). No receive depends on a send. In place (the executor's send buffer is the
+ * receive buffer) the input is first copied to slot 0, sent and reduced from there, and the
+ * receive lands in slot 1: two slots of `count` elements; out of place one.
  */
-fx_status fx_coll_pair_allreduce(struct fx_plan *plan, int rank, size_t count, size_t elem_size);
+fx_status fx_coll_pair_allreduce(struct fx_plan *plan, int rank, size_t count, size_t elem_size,
+                                 bool in_place);
 
 fx_status fx_coll_ring_allgather(struct fx_plan *plan, int nranks, int rank, size_t count,
                                  size_t elem_size, size_t chunk_bytes);

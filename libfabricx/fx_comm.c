@@ -332,7 +332,7 @@ static fx_status open_transport(struct fx_comm *comm, char *err, size_t errlen)
     comm->tp_ops =
         comm->cfg.transport[0] ? fx_transport_find(comm->cfg.transport) : fx_transports[0];
     if (comm->tp_ops == NULL) {
-        snprintf(err, errlen, "FX_TRANSPORT=%s is not a transport of this build (tcp)",
+        snprintf(err, errlen, "FX_TRANSPORT=%s is not a transport of this build (tcp, shm)",
                  comm->cfg.transport);
         return FX_ERR_INVALID_ARG;
     }
@@ -477,6 +477,20 @@ static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char
                           comm->cfg.timeout_ms, err, errlen);
     if (status != FX_OK) {
         return status;
+    }
+    if (comm->tp_ops->caps & FX_TP_CAP_LOCAL_ONLY) {
+        for (int r = 0; r < comm->nranks; r++) {
+            if (memcmp(comm->boot.table[r].host_id, self.host_id, sizeof(self.host_id)) != 0) {
+                char who[160];
+
+                fx_boot_rank_str(&comm->boot, r, who, sizeof(who));
+                snprintf(err, errlen,
+                         "FX_TRANSPORT=%s reaches only ranks of this host (%s), but %s is "
+                         "elsewhere",
+                         comm->tp_ops->name, self.host, who);
+                return FX_ERR_INVALID_ARG;
+            }
+        }
     }
     status = make_ring_order(comm);
     if (status != FX_OK) {

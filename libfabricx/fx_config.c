@@ -33,7 +33,7 @@ const struct fx_config_row fx_config_table[] = {
         1LL << 30),
     ROW("FX_NSOCKS", FX_CFG_INT, "0",
         "TCP sockets per peer connection; 0: 1 to a peer on this host, 2 to others", nsocks, 0, 64),
-    ROW("FX_TRANSPORT", FX_CFG_STRING, "", "force a transport by name (tcp)", transport, 0, 0),
+    ROW("FX_TRANSPORT", FX_CFG_STRING, "", "force a transport by name (tcp, shm)", transport, 0, 0),
     ROW("FX_SOCKET_IFNAME", FX_CFG_STRING, "",
         "interfaces: name prefixes, ^ to exclude, = for exact names, or a CIDR", socket_ifname, 0,
         0),

@@ -147,8 +147,9 @@ static fx_status build_plan(struct fx_comm *comm, const struct fx_request *req)
     size_t chunk       = op_chunk_bytes(comm, total);
 
     if (req->coll == FX_COLL_ALLREDUCE && comm->nranks == 2 && total <= PAIR_MAX_BYTES &&
-        total <= ex->max_chunk) {
-        return fx_coll_pair_allreduce(&ex->plan, comm->rank, req->count, es);
+        total <= ex->max_chunk && (req->sendbuf != req->recvbuf || ex->nslots >= 2)) {
+        return fx_coll_pair_allreduce(&ex->plan, comm->rank, req->count, es,
+                                      req->sendbuf == req->recvbuf);
     }
     if (req->coll == FX_COLL_ALLREDUCE) {
         return fx_coll_ring_allreduce_ordered(&ex->plan, comm->nranks, comm->rank, comm->ring_order,

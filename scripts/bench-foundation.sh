@@ -5,6 +5,8 @@
 # 8-byte latency, for
 #   fx-tcp            fx-bench with FX_TRANSPORT=tcp, default settings
 #   fx-tcp-nsocksK    same with FX_NSOCKS=K for each K of --nsocks
+#   with --shm instead: fx-shm (FX_TRANSPORT=shm), fx-tcp, Open MPI over shared
+#   memory (ompi-shm: --mca btl self,vader) and Gloo
 #   ompi-tcp          Open MPI, --mca pml ob1 --mca btl self,tcp (over lo)
 #   gloo-ring_chunked Gloo AllreduceRingChunked over its TCP transport
 # plus machine limits: iperf3 --bidir over loopback (1 and 2 streams) and
@@ -20,6 +22,7 @@
 #   --fx-bench PATH   fx-bench binary (default ./build/tools/fx-bench)
 #   --nsocks "1 2 4"  FX_NSOCKS variants ("" for none)
 #   --no-fx           peers and limits only
+#   --shm             shared memory: fx-shm and ompi-shm (vader) beside fx-tcp and Gloo
 #   --sizes "1M 16M 64M 128M"   busbw sizes (K/M/G suffixes)
 #   --fx-check C      fx-bench -c value (default 1: like the peers, fx-bench
 #                     checks one extra untimed run per size)
@@ -47,6 +50,7 @@ QUICK=0
 FXBENCH=./build/tools/fx-bench
 NSOCKS="1 2 4"
 NOFX=0
+SHM=0
 SIZES="1M 16M 64M 128M"
 SIZES_SET=0
 LAT_BYTES=8
@@ -73,6 +77,7 @@ while [ $# -gt 0 ]; do
     --fx-bench) need_arg "$@"; FXBENCH=$2; shift 2 ;;
     --nsocks) need_arg "$@"; NSOCKS=$2; shift 2 ;;
     --no-fx) NOFX=1; shift ;;
+    --shm) SHM=1; shift ;;
     --sizes) need_arg "$@"; SIZES=$2; SIZES_SET=1; shift 2 ;;
     --fx-check) need_arg "$@"; FXCHECK=$2; shift 2 ;;
     --fx-mode) need_arg "$@"; FXMODE=$2; shift 2 ;;
@@ -202,11 +207,17 @@ if [ "$NOFX" = 0 ]; then
 fi
 
 FX_CONT=()
-if [ "$NOFX" = 0 ]; then
+if [ "$NOFX" = 0 ] && [ "$SHM" = 1 ]; then
+  FX_CONT+=(fx-shm fx-tcp)
+elif [ "$NOFX" = 0 ]; then
   FX_CONT+=(fx-tcp)
   for k in $NSOCKS; do FX_CONT+=("fx-tcp-nsocks$k"); done
 fi
-CONTENDERS=("${FX_CONT[@]}" ompi-tcp gloo-ring_chunked)
+if [ "$SHM" = 1 ]; then
+  CONTENDERS=("${FX_CONT[@]}" ompi-shm gloo-ring_chunked)
+else
+  CONTENDERS=("${FX_CONT[@]}" ompi-tcp gloo-ring_chunked)
+fi
 
 # ---------------------------------------------------------------- metadata
 {
@@ -297,7 +308,9 @@ run_fx() { # round slot contender bytes
   read -r n w < <(fx_iters "$bytes")
   lf=$OUT/logs/r$r-$c-$bytes
   local fxtmo=$(((TMO > 10 ? TMO - 5 : TMO) * 1000))   # fx-bench kills its ranks first
-  local envs=(env -u FX_NSOCKS FX_TRANSPORT=tcp)
+  local tp=tcp
+  [ "$c" = fx-shm ] && tp=shm
+  local envs=(env -u FX_NSOCKS FX_TRANSPORT=$tp)
   for kv in $FXENV; do envs+=("$kv"); done
   [ -n "$nsocks" ] && envs+=(FX_NSOCKS="$nsocks")
   echo "${envs[*]} $FXBENCH allreduce --np 2 -b $bytes -e $bytes -f 2 -n $n -w $w -r 1 -d float -o sum -c $FXCHECK --timeout-ms $fxtmo --json" >"$lf.cmd"
@@ -348,11 +361,12 @@ peer_row() { # round slot contender mode file rc wall
   show "$c" "$bytes" "$med" "$bus" "$ok"
 }
 
-run_ompi() { # round slot bytes
-  local r=$1 slot=$2 bytes=$3 c=ompi-tcp rc t0 wall lf
+run_ompi() { # round slot bytes [contender: ompi-tcp or ompi-shm]
+  local r=$1 slot=$2 bytes=$3 c=${4:-ompi-tcp} rc t0 wall lf btl=self,tcp
+  [ "$c" = ompi-shm ] && btl=self,vader
   lf=$OUT/logs/r$r-$c-$bytes
   t0=$(now)
-  run_tmo "$TMO" mpirun --oversubscribe -np 2 --mca pml ob1 --mca btl self,tcp \
+  run_tmo "$TMO" mpirun --oversubscribe -np 2 --mca pml ob1 --mca btl "$btl" \
     --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo \
     "$B/mpi_coll" -p "$c" -o allreduce -b "$bytes" -e "$bytes" -r 1 -t "$TARGET_MS" -m "$MAXIT" \
     >"$lf.out" 2>"$lf.err"
@@ -392,7 +406,7 @@ run_gloo() { # round slot bytes ; 2 ranks meeting in a private FileStore dir
 run_contender() { # round slot contender bytes
   case $3 in
     fx-*) run_fx "$1" "$2" "$3" "$4" ;;
-    ompi-tcp) run_ompi "$1" "$2" "$4" ;;
+    ompi-tcp|ompi-shm) run_ompi "$1" "$2" "$4" "$3" ;;
     gloo-ring_chunked) run_gloo "$1" "$2" "$4" ;;
   esac
 }

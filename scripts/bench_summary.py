@@ -23,7 +23,7 @@ import statistics
 import sys
 from collections import OrderedDict, defaultdict
 
-PEERS = ("ompi-tcp", "gloo-ring_chunked")
+PEERS = ("ompi-tcp", "ompi-shm", "gloo-ring_chunked")
 
 
 def human(n):

@@ -7,11 +7,13 @@
 #if FX_HAVE_TCP
 extern const struct fx_transport_ops fx_tcp_ops;
 #endif
+extern const struct fx_transport_ops fx_shm_ops;
 
 const struct fx_transport_ops *const fx_transports[] = {
 #if FX_HAVE_TCP
     &fx_tcp_ops,
 #endif
+    &fx_shm_ops, /* ranks of one host only: chosen with FX_TRANSPORT=shm */
     NULL,
 };
 

@@ -36,7 +36,8 @@
 #define FX_TP_HELLO_MAX 128
 
 /* Capability bits, set to match the slots a transport fills. */
-#define FX_TP_CAP_HOST_MEM (1u << 0) /* sends from / receives into any host memory */
+#define FX_TP_CAP_HOST_MEM   (1u << 0) /* sends from / receives into any host memory */
+#define FX_TP_CAP_LOCAL_ONLY (1u << 1) /* reaches only processes of the same host */
 
 /* Configuration handed to init by the core (from FX_* variables and the bootstrap). */
 struct fx_tp_config {
@@ -109,7 +110,9 @@ struct fx_transport_ops {
     /*
      * Posts a send of hdr[0..hdrlen) followed by buf[0..len). Never blocks. The caller keeps
      * both buffers unchanged until the request completes (hdr may be copied at post time).
-     * len may be 0.
+     * len may be 0. A send may complete only once the peer has posted the matching receive
+     * (shared memory's single copy waits for the peer to read it), so a plan must never make
+     * a receive from a peer wait for a send to that peer.
      */
     fx_status (*isend)(struct fx_tp_conn *conn, const void *hdr, size_t hdrlen, const void *buf,
                        size_t len, struct fx_tp_req **req);

@@ -720,8 +720,9 @@ Test(ring_plan, pair_allreduce_orders_operands_alike_on_both_ranks, .timeout = 3
 
                 cr_assert_not_null(ref);
                 for (int k = 0; k < 2; k++) {
-                    cr_assert_eq(fx_coll_pair_allreduce(&r->plans[k], k, c.count, c.es), FX_OK);
-                    cr_expect_eq(r->plans[k].nops, c.count ? 2u : 0u);
+                    cr_assert_eq(fx_coll_pair_allreduce(&r->plans[k], k, c.count, c.es, in_place),
+                                 FX_OK);
+                    cr_expect_eq(r->plans[k].nops, c.count ? (in_place ? 3u : 2u) : 0u);
                 }
                 cr_assert_eq(fx_coll_sim_run(r->ranks, 2, order_cb, r, c.seed, &r->res), FX_OK,
                              "%s; " CFG_FMT, r->res.error, CFG_ARGS(c));
@@ -735,7 +736,7 @@ Test(ring_plan, pair_allreduce_orders_operands_alike_on_both_ranks, .timeout = 3
                 }
                 cr_expect_eq(r->finals[0], c.count ? 2u : 0u, "final reductions: %u; " CFG_FMT,
                              r->finals[0], CFG_ARGS(c));
-                cr_expect_leq(r->res.depth, 2u, "exchange depth %u", r->res.depth);
+                cr_expect_leq(r->res.depth, in_place ? 3u : 2u, "exchange depth %u", r->res.depth);
                 free(ref);
                 run_free(r);
             }
@@ -748,10 +749,10 @@ Test(ring_plan, pair_allreduce_rejects_invalid_arguments, .timeout = 10)
     struct fx_plan plan;
 
     fx_plan_init(&plan);
-    cr_expect_eq(fx_coll_pair_allreduce(NULL, 0, 4, 4), FX_ERR_INVALID_ARG);
-    cr_expect_eq(fx_coll_pair_allreduce(&plan, 2, 4, 4), FX_ERR_INVALID_ARG);
-    cr_expect_eq(fx_coll_pair_allreduce(&plan, -1, 4, 4), FX_ERR_INVALID_ARG);
-    cr_expect_eq(fx_coll_pair_allreduce(&plan, 0, 4, 0), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_pair_allreduce(NULL, 0, 4, 4, false), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_pair_allreduce(&plan, 2, 4, 4, false), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_pair_allreduce(&plan, -1, 4, 4, true), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_pair_allreduce(&plan, 0, 4, 0, false), FX_ERR_INVALID_ARG);
     fx_plan_fini(&plan);
 }
 

@@ -1,0 +1,1196 @@
+/*
+ * The shared-memory transport: ranks of one host exchange messages through rings in memory both
+ * map, with no system call on the data path while both sides are busy.
+ *
+ * Connection set-up. The listener is an abstract UNIX socket (SOCK_SEQPACKET, name drawn at
+ * random: nothing in the file system). connect() creates the connection's segment with
+ * memfd_create (no name in /dev/shm, so a crash leaves nothing behind; it disappears with the
+ * last mapping) and two eventfds, and sends them to the listener with SCM_RIGHTS in one packet:
+ *   u32 magic "FXSH", u16 version, u16 hello length, u32 slots, u32 slot bytes, hello
+ * The acceptor maps the segment and hands the connection up with the hello, which the core
+ * authenticates (HMAC under the job secret) as for any transport. The UNIX socket stays open:
+ * when a peer dies the kernel closes it, and the survivor sees a hang-up at once.
+ *
+ * Segment: two rings, one per direction (the connecting side writes ring 0 and reads ring 1).
+ * A ring is a control cache line (head: slots published, tail: slots consumed, a flag per side
+ * saying it sleeps) and `nslots` slots of a 64-byte slot header (bytes used) and `slot_bytes` of
+ * data. The producer fills slot head % nslots while head - tail < nslots, then publishes head
+ * + 1 (release); the consumer copies out and publishes tail + 1. A message is a 16-byte frame
+ * (magic, header length, payload length), the header and the payload, packed into consecutive
+ * slots; messages on one ring arrive in order. The receiver checks the frame against its posted
+ * lengths: a mismatch completes that receive with FX_ERR_MISMATCH (the sender's header copied
+ * out), nothing is written past the posted buffers, and the connection fails.
+ *
+ * Waiting: the core polls the transport, and sleeps in epoll on wait_fd() only when nothing
+ * moves. A side that finds its ring empty (or full) raises its sleep flag, re-checks the ring
+ * (so no wake-up is lost), and the other side then writes the sleeper's eventfd after it
+ * published; the eventfd is in the transport's epoll set. So an idle rank uses no CPU, and
+ * while both sides poll there is no system call at all. (A futex cannot join the epoll set the
+ * executor sleeps on together with the control plane; an eventfd can.)
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "fx_log.h"
+#include "fx_sock.h"
+#include "transports/transport.h"
+
+#define SHM_MAGIC      0x48535846u /* "FXSH" */
+#define SHM_FRAME      0x31535846u /* "FXS1" */
+#define SHM_VERSION    1
+#define SHM_NSLOTS     32
+#define SHM_SLOT_BYTES (64u << 10)
+#define SHM_HELLO_HDR  16
+#define SHM_FRAME_LEN  16
+#define SHM_LINE       64
+#define SHM_NAME_LEN   48
+#define SHM_PENDING    64
+#define SHM_FRAME_CMA  0x32535846u  /* "FXS2": the payload stays in the sender's memory */
+#define SHM_CMA_MIN    (256u << 10) /* smaller payloads go through the ring */
+#define SHM_CMA_DESC   16           /* u64 address, u64 length, after frame and header */
+
+/* Shared: the control line of one ring. */
+struct shm_ctl {
+    _Atomic uint64_t head; /* slots published by the producer */
+    _Atomic uint64_t tail; /* slots consumed by the consumer */
+    _Atomic uint32_t consumer_sleeps;
+    _Atomic uint32_t producer_sleeps;
+    _Atomic uint64_t cma_acked;        /* consumer: single-copy messages it has read */
+    _Atomic int32_t producer_pid;      /* producer: whose memory single-copy reads come from */
+    _Atomic int32_t consumer_can_read; /* consumer: 0 unknown, 1 it may read the producer's
+                                          memory (process_vm_readv), 2 it may not */
+    uint64_t probe_addr;               /* producer: a buffer of its own holding probe[] */
+    uint8_t probe[16];
+};
+_Static_assert(sizeof(struct shm_ctl) == SHM_LINE, "the control line is one cache line");
+
+/* Shared: one slot's header line; data follows. */
+struct shm_slot {
+    uint32_t used;
+    uint8_t pad[SHM_LINE - 4];
+};
+
+struct shm_ring {
+    struct shm_ctl *ctl;
+    uint8_t *slots; /* nslots * (SHM_LINE + slot_bytes) */
+    uint64_t pos;   /* our copy of head (producer) or tail (consumer) */
+};
+
+/* One posted send or receive. */
+struct fx_tp_req {
+    struct fx_tp_req *next; /* in its queue, then in the free list */
+    struct fx_tp_req *all_next;
+    struct fx_tp_conn *conn;
+    bool send;
+    fx_status status;
+    uint8_t frame[SHM_FRAME_LEN];
+    uint8_t hdr[FX_TP_HDR_MAX];
+    size_t hdrlen;
+    uint8_t *user_hdr;
+    uint8_t *buf;
+    size_t len;
+    size_t done;      /* bytes of frame + header + payload moved */
+    bool cma;         /* single copy: the receiver reads the payload from the sender */
+    uint64_t cma_seq; /* send: which ack completes it */
+    uint64_t cma_addr;
+};
+
+struct req_queue {
+    struct fx_tp_req *head;
+    struct fx_tp_req *tail;
+};
+
+enum obj_kind { OBJ_LISTENER, OBJ_CONN_SOCK, OBJ_CONN_EVENT };
+
+struct epoll_tag {
+    enum obj_kind kind;
+    void *obj;
+};
+
+struct fx_tp_conn {
+    struct fx_tp *tp;
+    struct fx_tp_conn *next;
+    int sock;     /* the UNIX socket: set-up, then liveness */
+    int my_efd;   /* written by the peer to wake us */
+    int peer_efd; /* we write it to wake the peer */
+    uint8_t *seg;
+    size_t seg_len;
+    struct shm_ring out; /* we produce */
+    struct shm_ring in;  /* we consume */
+    struct req_queue sendq;
+    struct req_queue recvq;
+    struct req_queue cmaq; /* sends whose payload the peer reads: waiting for its ack */
+    uint64_t cma_sent;
+    uint8_t probe[16]; /* read by the peer to learn whether it may read our memory */
+    struct epoll_tag sock_tag;
+    struct epoll_tag efd_tag;
+    fx_status failed;
+    char error[200];
+    char peer[64];
+    bool connected; /* connect side: the set-up packet went out */
+};
+
+struct shm_pending {
+    int fd;
+    int64_t deadline;
+};
+
+struct fx_tp_listener {
+    struct fx_tp *tp;
+    int fd;
+    struct epoll_tag tag;
+    struct shm_pending pend[SHM_PENDING];
+    int npend;
+};
+
+struct fx_tp {
+    int epfd;
+    int timeout_ms;
+    struct fx_tp_conn *conns;
+    struct fx_tp_req *free_reqs;
+    struct fx_tp_req *all_reqs;
+};
+
+/* ------------------------------------------------------------------ helpers */
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    uint32_t v;
+
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    memcpy(p, &v, 8);
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v;
+
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static void conn_fail(struct fx_tp_conn *c, fx_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Fails the connection: queued requests complete with the status (after a mismatch: the
+ * mismatched one, already marked, keeps FX_ERR_MISMATCH; the others get FX_ERR_CONNECTION). */
+static void conn_fail(struct fx_tp_conn *c, fx_status status, const char *fmt, ...)
+{
+    struct req_queue *qs[3] = {&c->sendq, &c->recvq, &c->cmaq};
+    va_list ap;
+
+    if (c->failed != FX_OK) {
+        return;
+    }
+    if (status == FX_ERR_MISMATCH) {
+        status = FX_ERR_CONNECTION;
+    }
+    c->failed = status;
+    va_start(ap, fmt);
+    vsnprintf(c->error, sizeof(c->error), fmt, ap);
+    va_end(ap);
+    fx_info(FX_SUB_NET, "shm connection to %s failed: %s", c->peer, c->error);
+    for (int d = 0; d < 3; d++) {
+        for (struct fx_tp_req *r = qs[d]->head; r != NULL; r = r->next) {
+            if (r->status == FX_INPROGRESS) {
+                r->status = status;
+            }
+        }
+        qs[d]->head = qs[d]->tail = NULL;
+    }
+}
+
+static void wake(int efd)
+{
+    uint64_t one = 1;
+
+    if (write(efd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is saturated, a wake-up is pending anyway. */
+    }
+}
+
+static uint8_t *slot_data(const struct shm_ring *r, uint64_t i)
+{
+    return r->slots + (i % SHM_NSLOTS) * (SHM_LINE + SHM_SLOT_BYTES) + SHM_LINE;
+}
+
+static struct shm_slot *slot_hdr(const struct shm_ring *r, uint64_t i)
+{
+    return (struct shm_slot *)(r->slots + (i % SHM_NSLOTS) * (SHM_LINE + SHM_SLOT_BYTES));
+}
+
+static size_t ring_bytes(void)
+{
+    return SHM_LINE + (size_t)SHM_NSLOTS * (SHM_LINE + SHM_SLOT_BYTES);
+}
+
+/* Maps the two rings of a segment; the connecting side produces on ring 0. */
+static void rings_attach(struct fx_tp_conn *c, bool connector)
+{
+    uint8_t *r0 = c->seg;
+    uint8_t *r1 = c->seg + ring_bytes();
+
+    c->out.ctl   = (struct shm_ctl *)(connector ? r0 : r1);
+    c->out.slots = (connector ? r0 : r1) + SHM_LINE;
+    c->in.ctl    = (struct shm_ctl *)(connector ? r1 : r0);
+    c->in.slots  = (connector ? r1 : r0) + SHM_LINE;
+    c->out.pos   = atomic_load_explicit(&c->out.ctl->head, memory_order_relaxed);
+    c->in.pos    = atomic_load_explicit(&c->in.ctl->tail, memory_order_relaxed);
+    /* Offer single-copy reads of our memory: the peer probes this buffer. */
+    if (getentropy(c->probe, sizeof(c->probe)) != 0) {
+        memset(c->probe, 0x5c, sizeof(c->probe));
+    }
+    memcpy(c->out.ctl->probe, c->probe, sizeof(c->probe));
+    c->out.ctl->probe_addr = (uint64_t)(uintptr_t)c->probe;
+    atomic_store_explicit(&c->out.ctl->producer_pid, (int32_t)getpid(), memory_order_release);
+}
+
+/* Can we read the peer's memory with process_vm_readv (same user, ptrace scope allowing)?
+ * Probed once per connection on the peer's probe buffer; the answer is published for the
+ * peer, which then sends large payloads by reference. */
+static void cma_probe(struct fx_tp_conn *c)
+{
+    int32_t pid = atomic_load_explicit(&c->in.ctl->producer_pid, memory_order_acquire);
+    uint8_t got[16];
+    struct iovec local  = {got, sizeof(got)};
+    struct iovec remote = {(void *)(uintptr_t)c->in.ctl->probe_addr, sizeof(got)};
+    bool ok;
+
+    if (pid == 0 || atomic_load_explicit(&c->in.ctl->consumer_can_read, memory_order_relaxed)) {
+        return;
+    }
+    ok = process_vm_readv(pid, &local, 1, &remote, 1, 0) == (ssize_t)sizeof(got) &&
+         memcmp(got, c->in.ctl->probe, sizeof(got)) == 0;
+    fx_info(FX_SUB_NET, "shm: %s: large messages %s", c->peer,
+            ok ? "single copy (process_vm_readv)"
+               : "copied twice through the ring (process_vm_readv refused: ptrace scope?)");
+    atomic_store_explicit(&c->in.ctl->consumer_can_read, ok ? 1 : 2, memory_order_release);
+}
+
+/* Sends whose payload the peer has read are complete. */
+static void cma_complete(struct fx_tp_conn *c)
+{
+    uint64_t acked = atomic_load_explicit(&c->out.ctl->cma_acked, memory_order_acquire);
+
+    while (c->cmaq.head != NULL && c->cmaq.head->cma_seq <= acked) {
+        struct fx_tp_req *r = c->cmaq.head;
+
+        c->cmaq.head = r->next;
+        if (c->cmaq.head == NULL) {
+            c->cmaq.tail = NULL;
+        }
+        r->status = FX_OK;
+    }
+}
+
+static void queue_push(struct req_queue *q, struct fx_tp_req *r)
+{
+    r->next = NULL;
+    if (q->tail != NULL) {
+        q->tail->next = r;
+    } else {
+        q->head = r;
+    }
+    q->tail = r;
+}
+
+/* ------------------------------------------------------------------ data path */
+
+/* Copies what the head send request still has into free slots. Returns true if it moved. */
+static bool push_sends(struct fx_tp_conn *c)
+{
+    struct shm_ring *o = &c->out;
+    bool moved         = false;
+
+    while (c->sendq.head != NULL && c->failed == FX_OK) {
+        struct fx_tp_req *r = c->sendq.head;
+        size_t total        = SHM_FRAME_LEN + r->hdrlen + r->len;
+        uint64_t tail       = atomic_load_explicit(&o->ctl->tail, memory_order_acquire);
+        uint8_t *dst;
+        size_t room;
+        size_t used = 0;
+
+        if (o->pos - tail >= SHM_NSLOTS) {
+            break; /* full */
+        }
+        dst  = slot_data(o, o->pos);
+        room = SHM_SLOT_BYTES;
+        if (r->done == 0 && r->len >= SHM_CMA_MIN &&
+            atomic_load_explicit(&o->ctl->consumer_can_read, memory_order_acquire) == 1) {
+            /* By reference: frame, header and where the payload is; the peer reads it. */
+            put32(r->frame, SHM_FRAME_CMA);
+            memcpy(dst, r->frame, SHM_FRAME_LEN);
+            memcpy(dst + SHM_FRAME_LEN, r->hdr, r->hdrlen);
+            put64(dst + SHM_FRAME_LEN + r->hdrlen, (uint64_t)(uintptr_t)r->buf);
+            put64(dst + SHM_FRAME_LEN + r->hdrlen + 8, r->len);
+            slot_hdr(o, o->pos)->used = (uint32_t)(SHM_FRAME_LEN + r->hdrlen + SHM_CMA_DESC);
+            o->pos++;
+            atomic_store_explicit(&o->ctl->head, o->pos, memory_order_release);
+            moved         = true;
+            r->cma        = true;
+            r->cma_seq    = ++c->cma_sent;
+            c->sendq.head = r->next;
+            if (c->sendq.head == NULL) {
+                c->sendq.tail = NULL;
+            }
+            queue_push(&c->cmaq, r);
+            continue;
+        }
+        while (used < room && r->done < total) {
+            size_t n;
+
+            if (r->done < SHM_FRAME_LEN) {
+                n = SHM_FRAME_LEN - r->done;
+                memcpy(dst + used, r->frame + r->done, n);
+            } else if (r->done < SHM_FRAME_LEN + r->hdrlen) {
+                size_t off = r->done - SHM_FRAME_LEN;
+
+                n = r->hdrlen - off < room - used ? r->hdrlen - off : room - used;
+                memcpy(dst + used, r->hdr + off, n);
+            } else {
+                size_t off = r->done - SHM_FRAME_LEN - r->hdrlen;
+
+                n = r->len - off < room - used ? r->len - off : room - used;
+                memcpy(dst + used, r->buf + off, n);
+            }
+            used += n;
+            r->done += n;
+        }
+        slot_hdr(o, o->pos)->used = (uint32_t)used;
+        o->pos++;
+        atomic_store_explicit(&o->ctl->head, o->pos, memory_order_release);
+        moved = true;
+        if (r->done == total) {
+            c->sendq.head = r->next;
+            if (c->sendq.head == NULL) {
+                c->sendq.tail = NULL;
+            }
+            r->status = FX_OK;
+        }
+    }
+    if (moved) {
+        atomic_thread_fence(memory_order_seq_cst);
+        if (atomic_load_explicit(&o->ctl->consumer_sleeps, memory_order_relaxed)) {
+            wake(c->peer_efd);
+        }
+    }
+    return moved;
+}
+
+/* The frame of a receive arrived: the sender's lengths must be the posted ones. */
+static bool frame_ok(struct fx_tp_conn *c, struct fx_tp_req *r, const uint8_t *frame,
+                     const uint8_t *slot, size_t slot_used)
+{
+    uint32_t hdrlen = get32(frame + 4);
+    uint64_t len    = get64(frame + 8);
+
+    if (get32(frame) != SHM_FRAME && get32(frame) != SHM_FRAME_CMA) {
+        conn_fail(c, FX_ERR_CONNECTION, "garbage from %s (bad frame magic)", c->peer);
+        return false;
+    }
+    if (hdrlen == r->hdrlen && len == r->len) {
+        return true;
+    }
+    if (r->user_hdr != NULL) { /* the sender's header, as much as we have room for */
+        size_t n = hdrlen < r->hdrlen ? hdrlen : r->hdrlen;
+
+        if (n > slot_used - SHM_FRAME_LEN) {
+            n = slot_used - SHM_FRAME_LEN;
+        }
+        memcpy(r->user_hdr, slot + SHM_FRAME_LEN, n);
+    }
+    r->status = FX_ERR_MISMATCH;
+    conn_fail(c, FX_ERR_MISMATCH,
+              "%s sent a message of %llu + %u bytes where %zu + %zu were expected", c->peer,
+              (unsigned long long)len, hdrlen, r->hdrlen, r->len);
+    return false;
+}
+
+/* Reads a single-copy payload straight from the sender's buffer into the posted one, acks it,
+ * and finishes the receive's header. False when the connection failed. */
+static bool cma_pull(struct fx_tp_conn *c, struct fx_tp_req *r)
+{
+    int32_t pid = atomic_load_explicit(&c->in.ctl->producer_pid, memory_order_acquire);
+    size_t got  = 0;
+
+    while (got < r->len) {
+        struct iovec local  = {r->buf + got, r->len - got};
+        struct iovec remote = {(void *)(uintptr_t)(r->cma_addr + got), r->len - got};
+        ssize_t n           = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+
+        if (n <= 0) {
+            conn_fail(c, errno == ESRCH ? FX_ERR_PEER_FAILED : FX_ERR_CONNECTION,
+                      "%s: cannot read its buffer: %s", c->peer,
+                      errno == ESRCH ? "the process is gone" : strerror(errno));
+            return false;
+        }
+        got += (size_t)n;
+    }
+    r->done += r->len;
+    if (r->user_hdr != NULL && r->hdrlen > 0) {
+        memcpy(r->user_hdr, r->hdr, r->hdrlen);
+    }
+    atomic_fetch_add_explicit(&c->in.ctl->cma_acked, 1, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&c->in.ctl->producer_sleeps, memory_order_relaxed)) {
+        wake(c->peer_efd);
+    }
+    return true;
+}
+
+/* Copies published slots into the posted receives. Returns true if it moved. */
+static bool pull_recvs(struct fx_tp_conn *c)
+{
+    struct shm_ring *in = &c->in;
+    bool moved          = false;
+
+    while (c->recvq.head != NULL && c->failed == FX_OK) {
+        struct fx_tp_req *r = c->recvq.head;
+        size_t total        = SHM_FRAME_LEN + r->hdrlen + r->len;
+        uint64_t head       = atomic_load_explicit(&in->ctl->head, memory_order_acquire);
+        const uint8_t *src;
+        size_t used;
+        size_t off = 0;
+
+        if (in->pos == head) {
+            break; /* empty */
+        }
+        src  = slot_data(in, in->pos);
+        used = slot_hdr(in, in->pos)->used;
+        if (used > SHM_SLOT_BYTES) {
+            conn_fail(c, FX_ERR_CONNECTION, "corrupt ring from %s", c->peer);
+            break;
+        }
+        if (r->done == 0 && (used < SHM_FRAME_LEN || !frame_ok(c, r, src, src, used))) {
+            if (c->failed == FX_OK) {
+                conn_fail(c, FX_ERR_CONNECTION, "short frame from %s", c->peer);
+            }
+            break;
+        }
+        if (r->done == 0 && get32(src) == SHM_FRAME_CMA) {
+            if (used != SHM_FRAME_LEN + r->hdrlen + SHM_CMA_DESC) {
+                conn_fail(c, FX_ERR_CONNECTION, "bad single-copy descriptor from %s", c->peer);
+                break;
+            }
+            memcpy(r->hdr, src + SHM_FRAME_LEN, r->hdrlen);
+            r->cma_addr = get64(src + SHM_FRAME_LEN + r->hdrlen);
+            r->cma      = true;
+            r->done     = SHM_FRAME_LEN + r->hdrlen;
+            in->pos++;
+            atomic_store_explicit(&in->ctl->tail, in->pos, memory_order_release);
+            moved = true;
+            if (!cma_pull(c, r)) {
+                break;
+            }
+            c->recvq.head = r->next;
+            if (c->recvq.head == NULL) {
+                c->recvq.tail = NULL;
+            }
+            r->status = FX_OK;
+            continue;
+        }
+        while (off < used) {
+            size_t n;
+
+            if (r->done >= total) {
+                conn_fail(c, FX_ERR_CONNECTION, "%s: a slot runs past its message", c->peer);
+                return moved;
+            }
+            if (r->done < SHM_FRAME_LEN) {
+                n = SHM_FRAME_LEN - r->done;
+                memcpy(r->frame + r->done, src + off, n);
+            } else if (r->done < SHM_FRAME_LEN + r->hdrlen) {
+                size_t h = r->done - SHM_FRAME_LEN;
+
+                n = r->hdrlen - h < used - off ? r->hdrlen - h : used - off;
+                memcpy(r->hdr + h, src + off, n);
+            } else {
+                size_t p = r->done - SHM_FRAME_LEN - r->hdrlen;
+
+                n = r->len - p < used - off ? r->len - p : used - off;
+                memcpy(r->buf + p, src + off, n);
+            }
+            off += n;
+            r->done += n;
+        }
+        in->pos++;
+        atomic_store_explicit(&in->ctl->tail, in->pos, memory_order_release);
+        moved = true;
+        if (r->done == total) {
+            if (r->user_hdr != NULL && r->hdrlen > 0) {
+                memcpy(r->user_hdr, r->hdr, r->hdrlen);
+            }
+            c->recvq.head = r->next;
+            if (c->recvq.head == NULL) {
+                c->recvq.tail = NULL;
+            }
+            r->status = FX_OK;
+        }
+    }
+    if (moved) {
+        atomic_thread_fence(memory_order_seq_cst);
+        if (atomic_load_explicit(&in->ctl->producer_sleeps, memory_order_relaxed)) {
+            wake(c->peer_efd);
+        }
+    }
+    return moved;
+}
+
+/* Blocked on an empty or full ring: raise the flag, then look again so that a publish that
+ * raced with it is not missed (the peer reads the flag after publishing). */
+static void arm_sleep(struct fx_tp_conn *c)
+{
+    bool want_in  = c->recvq.head != NULL;
+    bool want_out = c->sendq.head != NULL || c->cmaq.head != NULL;
+
+    atomic_store_explicit(&c->in.ctl->consumer_sleeps, want_in, memory_order_relaxed);
+    atomic_store_explicit(&c->out.ctl->producer_sleeps, want_out, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if ((want_in && atomic_load_explicit(&c->in.ctl->head, memory_order_acquire) != c->in.pos) ||
+        (c->sendq.head != NULL &&
+         c->out.pos - atomic_load_explicit(&c->out.ctl->tail, memory_order_acquire) < SHM_NSLOTS) ||
+        (c->cmaq.head != NULL &&
+         atomic_load_explicit(&c->out.ctl->cma_acked, memory_order_acquire) >=
+             c->cmaq.head->cma_seq)) {
+        wake(c->my_efd); /* it moved meanwhile: make sure the caller comes back */
+    }
+}
+
+static void conn_io(struct fx_tp_conn *c)
+{
+    bool moved = true;
+
+    cma_probe(c);
+    for (int rounds = 0; rounds < 64 && moved && c->failed == FX_OK; rounds++) {
+        moved = push_sends(c);
+        moved |= pull_recvs(c);
+    }
+    cma_complete(c);
+    if (c->failed == FX_OK &&
+        (c->sendq.head != NULL || c->recvq.head != NULL || c->cmaq.head != NULL)) {
+        arm_sleep(c);
+    }
+}
+
+/* ------------------------------------------------------------------ requests */
+
+static struct fx_tp_req *req_get(struct fx_tp_conn *c)
+{
+    struct fx_tp *tp    = c->tp;
+    struct fx_tp_req *r = tp->free_reqs;
+
+    if (r != NULL) {
+        tp->free_reqs = r->next;
+    } else {
+        r = calloc(1, sizeof(*r));
+        if (r == NULL) {
+            return NULL;
+        }
+        r->all_next  = tp->all_reqs;
+        tp->all_reqs = r;
+    }
+    r->next   = NULL;
+    r->conn   = c;
+    r->status = FX_INPROGRESS;
+    r->done   = 0;
+    r->cma    = false;
+    return r;
+}
+
+static void req_put(struct fx_tp_req *r)
+{
+    struct fx_tp *tp = r->conn->tp;
+
+    r->next       = tp->free_reqs;
+    tp->free_reqs = r;
+}
+
+static fx_status post(struct fx_tp_conn *c, bool send, const void *hdr, size_t hdrlen,
+                      const void *buf, size_t len, struct fx_tp_req **out)
+{
+    struct req_queue *q = send ? &c->sendq : &c->recvq;
+    struct fx_tp_req *r;
+
+    if (c->failed != FX_OK) {
+        return c->failed;
+    }
+    if (hdrlen > FX_TP_HDR_MAX) {
+        return FX_ERR_INVALID_ARG;
+    }
+    r = req_get(c);
+    if (r == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    r->send     = send;
+    r->hdrlen   = hdrlen;
+    r->len      = len;
+    r->buf      = (uint8_t *)(uintptr_t)buf;
+    r->user_hdr = send ? NULL : (uint8_t *)hdr;
+    if (send) {
+        put32(r->frame, SHM_FRAME);
+        put32(r->frame + 4, (uint32_t)hdrlen);
+        put64(r->frame + 8, len);
+        if (hdrlen > 0) {
+            memcpy(r->hdr, hdr, hdrlen);
+        }
+    }
+    if (q->tail != NULL) {
+        q->tail->next = r;
+    } else {
+        q->head = r;
+    }
+    q->tail = r;
+    conn_io(c); /* latency: move it now */
+    *out = r;
+    return FX_OK;
+}
+
+static fx_status shm_isend(struct fx_tp_conn *c, const void *hdr, size_t hdrlen, const void *buf,
+                           size_t len, struct fx_tp_req **req)
+{
+    return post(c, true, hdr, hdrlen, buf, len, req);
+}
+
+static fx_status shm_irecv(struct fx_tp_conn *c, void *hdr, size_t hdrlen, void *buf, size_t len,
+                           struct fx_tp_req **req)
+{
+    return post(c, false, hdr, hdrlen, buf, len, req);
+}
+
+static fx_status shm_test(struct fx_tp_req *r)
+{
+    fx_status status;
+
+    if (r->status == FX_INPROGRESS && r->conn->failed == FX_OK) {
+        conn_io(r->conn);
+    }
+    status = r->status;
+    if (status == FX_INPROGRESS && r->conn->failed != FX_OK) {
+        status = r->conn->failed;
+    }
+    if (status == FX_INPROGRESS) {
+        return FX_INPROGRESS;
+    }
+    req_put(r);
+    return status;
+}
+
+/* ------------------------------------------------------------------ instance */
+
+static fx_status shm_init(const struct fx_tp_config *cfg, struct fx_tp **out)
+{
+    struct fx_tp *tp = calloc(1, sizeof(*tp));
+
+    if (tp == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    tp->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 60000;
+    tp->epfd       = epoll_create1(EPOLL_CLOEXEC);
+    if (tp->epfd < 0) {
+        fx_warn(FX_SUB_NET, "epoll_create1 failed: %s", strerror(errno));
+        free(tp);
+        return FX_ERR_SYSTEM;
+    }
+    *out = tp;
+    return FX_OK;
+}
+
+static void shm_fini(struct fx_tp *tp)
+{
+    while (tp->all_reqs != NULL) {
+        struct fx_tp_req *r = tp->all_reqs;
+
+        tp->all_reqs = r->all_next;
+        free(r);
+    }
+    close(tp->epfd);
+    free(tp);
+}
+
+static int shm_wait_fd(struct fx_tp *tp)
+{
+    return tp->epfd;
+}
+
+static void peer_gone(struct fx_tp_conn *c)
+{
+    conn_fail(c, FX_ERR_PEER_FAILED, "%s died or closed its connection", c->peer);
+}
+
+static fx_status shm_progress(struct fx_tp *tp)
+{
+    struct epoll_event evs[32];
+    int n;
+
+    do {
+        n = epoll_wait(tp->epfd, evs, 32, 0);
+        for (int i = 0; i < n; i++) {
+            struct epoll_tag *tag = evs[i].data.ptr;
+
+            if (tag->kind == OBJ_CONN_EVENT) {
+                uint64_t v;
+
+                if (read(((struct fx_tp_conn *)tag->obj)->my_efd, &v, sizeof(v)) < 0) {
+                    /* drained by an earlier round */
+                }
+            } else if (tag->kind == OBJ_CONN_SOCK &&
+                       (evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR | EPOLLIN))) {
+                peer_gone(tag->obj); /* nothing is ever sent after set-up */
+            }
+        }
+    } while (n == 32);
+    for (struct fx_tp_conn *c = tp->conns; c != NULL; c = c->next) {
+        if (c->failed == FX_OK) {
+            conn_io(c);
+        }
+    }
+    return FX_OK;
+}
+
+/* ------------------------------------------------------------------ set-up */
+
+static void fcntl_nonblock(int fd);
+
+/* Published address: u32 magic, u8 name length, the abstract socket name (without the NUL). */
+static void addr_make(const char *name, size_t len, struct fx_tp_addr *a)
+{
+    memset(a, 0, sizeof(*a));
+    put32(a->data, SHM_MAGIC);
+    a->data[4] = (uint8_t)len;
+    memcpy(a->data + 5, name, len);
+    a->len = (uint32_t)(5 + len);
+}
+
+static int addr_parse(const struct fx_tp_addr *a, struct sockaddr_un *sun, socklen_t *slen)
+{
+    size_t len = a->len >= 5 ? a->data[4] : 0;
+
+    if (a->len < 5 || get32(a->data) != SHM_MAGIC || len == 0 || len > SHM_NAME_LEN ||
+        a->len != 5 + len) {
+        return -1;
+    }
+    memset(sun, 0, sizeof(*sun));
+    sun->sun_family = AF_UNIX;
+    memcpy(sun->sun_path + 1, a->data + 5, len); /* abstract: leading NUL */
+    *slen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len);
+    return 0;
+}
+
+static fx_status epoll_add(struct fx_tp *tp, int fd, uint32_t events, struct epoll_tag *tag)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = tag};
+
+    if (epoll_ctl(tp->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        fx_warn(FX_SUB_NET, "shm: epoll_ctl failed: %s", strerror(errno));
+        return FX_ERR_SYSTEM;
+    }
+    return FX_OK;
+}
+
+static fx_status shm_listen(struct fx_tp *tp, struct fx_tp_addr *addr, struct fx_tp_listener **out)
+{
+    struct fx_tp_listener *l = calloc(1, sizeof(*l));
+    struct sockaddr_un sun;
+    char name[SHM_NAME_LEN];
+    uint64_t nonce;
+    int len;
+
+    if (l == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    if (getentropy(&nonce, sizeof(nonce)) != 0) {
+        free(l);
+        return FX_ERR_SYSTEM;
+    }
+    len = snprintf(name, sizeof(name), "libfabricx-shm-%d-%016llx", (int)getpid(),
+                   (unsigned long long)nonce);
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    memcpy(sun.sun_path + 1, name, (size_t)len);
+    l->tp = tp;
+    l->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (l->fd < 0 ||
+        bind(l->fd, (struct sockaddr *)&sun,
+             (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len)) != 0 ||
+        listen(l->fd, 128) != 0) {
+        fx_warn(FX_SUB_NET, "shm: cannot listen: %s", strerror(errno));
+        if (l->fd >= 0) {
+            close(l->fd);
+        }
+        free(l);
+        return FX_ERR_SYSTEM;
+    }
+    addr_make(name, (size_t)len, addr);
+    fx_info(FX_SUB_NET, "shm: listening on @%s", name);
+    *out = l;
+    return FX_OK;
+}
+
+static void shm_listen_close(struct fx_tp_listener *l)
+{
+    for (int i = 0; i < l->npend; i++) {
+        close(l->pend[i].fd);
+    }
+    close(l->fd);
+    free(l);
+}
+
+static void conn_free(struct fx_tp_conn *c)
+{
+    if (c->seg != NULL) {
+        munmap(c->seg, c->seg_len);
+    }
+    if (c->sock >= 0) {
+        close(c->sock);
+    }
+    if (c->my_efd >= 0) {
+        close(c->my_efd);
+    }
+    if (c->peer_efd >= 0) {
+        close(c->peer_efd);
+    }
+    free(c);
+}
+
+static struct fx_tp_conn *conn_new(struct fx_tp *tp)
+{
+    struct fx_tp_conn *c = calloc(1, sizeof(*c));
+
+    if (c != NULL) {
+        c->tp       = tp;
+        c->sock     = -1;
+        c->my_efd   = -1;
+        c->peer_efd = -1;
+    }
+    return c;
+}
+
+/* Registers an established connection: liveness socket and wake-up eventfd in the epoll set. */
+static fx_status conn_arm(struct fx_tp_conn *c)
+{
+    struct ucred cred;
+    socklen_t cl = sizeof(cred);
+
+    if (getsockopt(c->sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+        snprintf(c->peer, sizeof(c->peer), "pid %d (shm)", (int)cred.pid);
+    } else {
+        snprintf(c->peer, sizeof(c->peer), "a local process (shm)");
+    }
+    c->sock_tag = (struct epoll_tag){OBJ_CONN_SOCK, c};
+    c->efd_tag  = (struct epoll_tag){OBJ_CONN_EVENT, c};
+    if (epoll_add(c->tp, c->sock, EPOLLIN | EPOLLRDHUP, &c->sock_tag) != FX_OK ||
+        epoll_add(c->tp, c->my_efd, EPOLLIN, &c->efd_tag) != FX_OK) {
+        return FX_ERR_SYSTEM;
+    }
+    c->next      = c->tp->conns;
+    c->tp->conns = c;
+    return FX_OK;
+}
+
+/* Creates the segment (touched now: no first touch on the data path) and the eventfds. */
+static fx_status make_segment(struct fx_tp_conn *c, int *memfd, int *efd_peer)
+{
+    c->seg_len = 2 * ring_bytes();
+    *memfd     = memfd_create("libfabricx-shm", MFD_CLOEXEC);
+    *efd_peer  = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    c->my_efd  = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (*memfd < 0 || *efd_peer < 0 || c->my_efd < 0 || ftruncate(*memfd, (off_t)c->seg_len) != 0) {
+        snprintf(c->error, sizeof(c->error), "cannot create a shared segment: %s", strerror(errno));
+        return FX_ERR_SYSTEM;
+    }
+    c->seg = mmap(NULL, c->seg_len, PROT_READ | PROT_WRITE, MAP_SHARED, *memfd, 0);
+    if (c->seg == MAP_FAILED) {
+        c->seg = NULL;
+        snprintf(c->error, sizeof(c->error), "cannot map a %zu-byte segment: %s", c->seg_len,
+                 strerror(errno));
+        return FX_ERR_SYSTEM;
+    }
+    memset(c->seg, 0, c->seg_len);
+    return FX_OK;
+}
+
+/* Sends the set-up packet with the memfd and both eventfds. */
+static fx_status send_setup(struct fx_tp_conn *c, int memfd, int efd_peer, const void *hello,
+                            size_t hello_len)
+{
+    uint8_t pkt[SHM_HELLO_HDR + FX_TP_HELLO_MAX];
+    int fds[3] = {memfd, efd_peer, c->my_efd};
+    union {
+        char buf[CMSG_SPACE(sizeof(fds))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {pkt, SHM_HELLO_HDR + hello_len};
+    struct msghdr msg;
+    struct cmsghdr *cm;
+
+    put32(pkt, SHM_MAGIC);
+    pkt[4] = SHM_VERSION;
+    pkt[5] = 0;
+    pkt[6] = (uint8_t)hello_len;
+    pkt[7] = 0;
+    put32(pkt + 8, SHM_NSLOTS);
+    put32(pkt + 12, SHM_SLOT_BYTES);
+    memcpy(pkt + SHM_HELLO_HDR, hello, hello_len);
+    memset(&msg, 0, sizeof(msg));
+    memset(&ctl, 0, sizeof(ctl));
+    msg.msg_iov        = &iov;
+    msg.msg_iovlen     = 1;
+    msg.msg_control    = ctl.buf;
+    msg.msg_controllen = sizeof(ctl.buf);
+    cm                 = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level     = SOL_SOCKET;
+    cm->cmsg_type      = SCM_RIGHTS;
+    cm->cmsg_len       = CMSG_LEN(sizeof(fds));
+    memcpy(CMSG_DATA(cm), fds, sizeof(fds));
+    if (sendmsg(c->sock, &msg, MSG_NOSIGNAL) < 0) {
+        return errno == EAGAIN ? FX_INPROGRESS : FX_ERR_CONNECTION;
+    }
+    return FX_OK;
+}
+
+static fx_status shm_connect(struct fx_tp *tp, const struct fx_tp_addr *addr, const void *hello,
+                             size_t hello_len, struct fx_tp_conn **conn)
+{
+    struct fx_tp_conn *c = *conn;
+    struct sockaddr_un sun;
+    socklen_t slen;
+    int memfd    = -1;
+    int efd_peer = -1;
+    fx_status status;
+
+    if (hello_len > FX_TP_HELLO_MAX || addr_parse(addr, &sun, &slen) != 0) {
+        return FX_ERR_INVALID_ARG;
+    }
+    if (c != NULL) {
+        return FX_OK; /* set up in one go below; never left in progress */
+    }
+    c = conn_new(tp);
+    if (c == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    snprintf(c->peer, sizeof(c->peer), "@%.*s", (int)addr->data[4], (const char *)addr->data + 5);
+    c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (c->sock < 0 || connect(c->sock, (struct sockaddr *)&sun, slen) != 0) {
+        fx_warn(FX_SUB_NET, "shm: connect to %s: %s", c->peer, strerror(errno));
+        conn_free(c);
+        return FX_ERR_CONNECTION;
+    }
+    status = make_segment(c, &memfd, &efd_peer);
+    if (status == FX_OK) {
+        c->peer_efd = efd_peer;
+        efd_peer    = -1;
+        status      = send_setup(c, memfd, c->peer_efd, hello, hello_len);
+        if (status == FX_INPROGRESS) {
+            status = FX_ERR_CONNECTION; /* a blocking SEQPACKET send does not stay pending */
+        }
+    }
+    if (memfd >= 0) {
+        close(memfd); /* the mapping keeps the memory; the peer got its own descriptor */
+    }
+    if (efd_peer >= 0) {
+        close(efd_peer);
+    }
+    if (status == FX_OK) {
+        rings_attach(c, true);
+        fcntl_nonblock(c->sock);
+        status = conn_arm(c);
+    }
+    if (status != FX_OK) {
+        fx_warn(FX_SUB_NET, "shm: connection to %s failed: %s", c->peer,
+                c->error[0] ? c->error : strerror(errno));
+        conn_free(c);
+        return status == FX_ERR_SYSTEM ? FX_ERR_SYSTEM : FX_ERR_CONNECTION;
+    }
+    c->connected = true;
+    *conn        = c;
+    return FX_OK;
+}
+
+static void fcntl_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+
+    if (fl >= 0) {
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    }
+}
+
+static void pend_drop(struct fx_tp_listener *l, int i, const char *why)
+{
+    fx_warn(FX_SUB_NET, "shm: dropped a local connection: %s", why);
+    close(l->pend[i].fd);
+    l->pend[i] = l->pend[--l->npend];
+}
+
+static void close_fds(const int *fds, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+}
+
+/* Reads one pending socket's set-up packet. 1: a connection is ready in *out; 0: not yet;
+ * -1: dropped. */
+static int pend_read(struct fx_tp_listener *l, int i, struct fx_tp_conn **out, void *hello,
+                     size_t *hello_len)
+{
+    uint8_t pkt[SHM_HELLO_HDR + FX_TP_HELLO_MAX];
+    union {
+        char buf[CMSG_SPACE(3 * sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {pkt, sizeof(pkt)};
+    struct msghdr msg;
+    struct cmsghdr *cm;
+    int fds[3] = {-1, -1, -1};
+    struct fx_tp_conn *c;
+    ssize_t n;
+    size_t hlen;
+
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov        = &iov;
+    msg.msg_iovlen     = 1;
+    msg.msg_control    = ctl.buf;
+    msg.msg_controllen = sizeof(ctl.buf);
+    n                  = recvmsg(l->pend[i].fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        if (fx_now_ms() > l->pend[i].deadline) {
+            pend_drop(l, i, "no set-up packet in time");
+            return -1;
+        }
+        return 0;
+    }
+    cm = CMSG_FIRSTHDR(&msg);
+    if (cm != NULL && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+        cm->cmsg_len == CMSG_LEN(sizeof(fds))) {
+        memcpy(fds, CMSG_DATA(cm), sizeof(fds));
+    }
+    hlen = n >= SHM_HELLO_HDR ? pkt[6] : 0;
+    if (n < SHM_HELLO_HDR || get32(pkt) != SHM_MAGIC || pkt[4] != SHM_VERSION ||
+        get32(pkt + 8) != SHM_NSLOTS || get32(pkt + 12) != SHM_SLOT_BYTES ||
+        (size_t)n != SHM_HELLO_HDR + hlen || fds[2] < 0 || (msg.msg_flags & MSG_CTRUNC)) {
+        close_fds(fds, 3);
+        pend_drop(l, i,
+                  n <= 0 ? "closed before its set-up packet"
+                         : "not a libfabricx shm set-up packet (or another version)");
+        return -1;
+    }
+    c = conn_new(l->tp);
+    if (c == NULL) {
+        close_fds(fds, 3);
+        pend_drop(l, i, "out of memory");
+        return -1;
+    }
+    c->seg_len  = 2 * ring_bytes();
+    c->seg      = mmap(NULL, c->seg_len, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+    c->my_efd   = fds[1];
+    c->peer_efd = fds[2];
+    close(fds[0]);
+    c->sock    = l->pend[i].fd;
+    l->pend[i] = l->pend[--l->npend];
+    if (c->seg == MAP_FAILED) {
+        c->seg = NULL;
+        fx_warn(FX_SUB_NET, "shm: cannot map a peer's segment: %s", strerror(errno));
+        conn_free(c);
+        return -1;
+    }
+    rings_attach(c, false);
+    if (conn_arm(c) != FX_OK) {
+        conn_free(c);
+        return -1;
+    }
+    memcpy(hello, pkt + SHM_HELLO_HDR, hlen);
+    *hello_len = hlen;
+    *out       = c;
+    return 1;
+}
+
+static fx_status shm_accept(struct fx_tp_listener *l, struct fx_tp_conn **conn, void *hello,
+                            size_t *hello_len)
+{
+    for (int tries = 0; tries < 16 && l->npend < SHM_PENDING; tries++) {
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0) {
+            break;
+        }
+        l->pend[l->npend].fd = fd;
+        l->pend[l->npend].deadline =
+            fx_now_ms() + (l->tp->timeout_ms < 10000 ? l->tp->timeout_ms : 10000);
+        l->npend++;
+    }
+    for (int i = l->npend - 1; i >= 0; i--) {
+        if (pend_read(l, i, conn, hello, hello_len) == 1) {
+            return FX_OK;
+        }
+    }
+    return FX_INPROGRESS;
+}
+
+static void shm_close(struct fx_tp_conn *c)
+{
+    struct fx_tp_conn **pp = &c->tp->conns;
+
+    while (*pp != NULL && *pp != c) {
+        pp = &(*pp)->next;
+    }
+    if (*pp == c) {
+        *pp = c->next;
+    }
+    /* Queued requests are abandoned with the connection; fini frees them. */
+    conn_free(c); /* closing the socket tells the peer */
+}
+
+static void shm_conn_error(struct fx_tp_conn *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", c->failed != FX_OK ? c->error : "no error");
+}
+
+static void shm_conn_peer(struct fx_tp_conn *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", c->peer);
+}
+
+const struct fx_transport_ops fx_shm_ops = {
+    .name         = "shm",
+    .caps         = FX_TP_CAP_HOST_MEM | FX_TP_CAP_LOCAL_ONLY,
+    .init         = shm_init,
+    .fini         = shm_fini,
+    .progress     = shm_progress,
+    .wait_fd      = shm_wait_fd,
+    .listen       = shm_listen,
+    .listen_close = shm_listen_close,
+    .connect      = shm_connect,
+    .accept       = shm_accept,
+    .close        = shm_close,
+    .isend        = shm_isend,
+    .irecv        = shm_irecv,
+    .test         = shm_test,
+    .conn_error   = shm_conn_error,
+    .conn_peer    = shm_conn_peer,
+};
