@@ -607,6 +607,13 @@ static void handle_events(struct fx_comm *comm, const struct epoll_event *evs, i
     }
 }
 
+/* Before sleeping on the epoll set: lets the transport arrange its wake-ups; false when it can
+ * move already (then do not sleep). Called with the lock held. */
+static bool transport_may_sleep(struct fx_comm *comm)
+{
+    return comm->tp_ops->prepare_wait == NULL || !comm->tp_ops->prepare_wait(comm->tp);
+}
+
 /*
  * The progress thread: sleeps on the condition variable while nothing is queued or a user
  * thread drives; otherwise sleeps in epoll_wait and runs progress rounds.
@@ -620,6 +627,7 @@ static void *progress_main(void *arg)
     pthread_mutex_lock(&comm->lock);
     while (!comm->shutdown) {
         int n;
+        int sleep_ms;
 
         if (comm->drivers > 0) {
             comm->parked = true;
@@ -647,8 +655,9 @@ static void *progress_main(void *arg)
             }
             continue;
         }
+        sleep_ms = transport_may_sleep(comm) ? IDLE_WAIT_MS : 0;
         pthread_mutex_unlock(&comm->lock);
-        n = epoll_wait(comm->epfd, evs, MAX_EVENTS, IDLE_WAIT_MS);
+        n = epoll_wait(comm->epfd, evs, MAX_EVENTS, sleep_ms);
         pthread_mutex_lock(&comm->lock);
         handle_events(comm, evs, n > 0 ? n : 0);
         if (comm->drivers == 0) {
@@ -713,6 +722,9 @@ fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
         }
         spin_progress(comm, req);
         if (req->done || comm->error != FX_OK) {
+            continue;
+        }
+        if (!transport_may_sleep(comm)) {
             continue;
         }
         pthread_mutex_unlock(&comm->lock);

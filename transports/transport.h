@@ -80,6 +80,14 @@ struct fx_transport_ops {
      * then calls progress(). Owned by the transport.
      */
     int (*wait_fd)(struct fx_tp *tp);
+    /*
+     * Optional (NULL: nothing to do). Called right before the caller sleeps on wait_fd(): the
+     * transport makes sure that whatever lets its requests move from now on makes wait_fd()
+     * readable. Returns true when something can move already (then the caller should not
+     * sleep). Lets a transport that is polled without system calls (shared memory) ask its
+     * peers for wake-ups only while it really sleeps.
+     */
+    bool (*prepare_wait)(struct fx_tp *tp);
 
     /*
      * Opens a listener; *addr receives the address to publish (it may list several interface

@@ -159,6 +159,8 @@ struct fx_tp_listener {
 struct fx_tp {
     int epfd;
     int timeout_ms;
+    bool armed;           /* sleep flags raised: the caller may be asleep */
+    int64_t last_poll_us; /* when the epoll set was last read */
     struct fx_tp_conn *conns;
     struct fx_tp_req *free_reqs;
     struct fx_tp_req *all_reqs;
@@ -559,9 +561,10 @@ static bool pull_recvs(struct fx_tp_conn *c)
     return moved;
 }
 
-/* Blocked on an empty or full ring: raise the flag, then look again so that a publish that
- * raced with it is not missed (the peer reads the flag after publishing). */
-static void arm_sleep(struct fx_tp_conn *c)
+/* Before the caller sleeps: raise the sleep flags of what this side waits for, then look
+ * again, so that a publish that raced with the flag is not missed (the peer reads the flag
+ * after publishing). Returns true when something moved meanwhile. */
+static bool arm_sleep(struct fx_tp_conn *c)
 {
     bool want_in  = c->recvq.head != NULL;
     bool want_out = c->sendq.head != NULL || c->cmaq.head != NULL;
@@ -569,14 +572,20 @@ static void arm_sleep(struct fx_tp_conn *c)
     atomic_store_explicit(&c->in.ctl->consumer_sleeps, want_in, memory_order_relaxed);
     atomic_store_explicit(&c->out.ctl->producer_sleeps, want_out, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
-    if ((want_in && atomic_load_explicit(&c->in.ctl->head, memory_order_acquire) != c->in.pos) ||
-        (c->sendq.head != NULL &&
-         c->out.pos - atomic_load_explicit(&c->out.ctl->tail, memory_order_acquire) < SHM_NSLOTS) ||
-        (c->cmaq.head != NULL &&
-         atomic_load_explicit(&c->out.ctl->cma_acked, memory_order_acquire) >=
-             c->cmaq.head->cma_seq)) {
-        wake(c->my_efd); /* it moved meanwhile: make sure the caller comes back */
-    }
+    return (want_in && atomic_load_explicit(&c->in.ctl->head, memory_order_acquire) != c->in.pos) ||
+           (c->sendq.head != NULL &&
+            c->out.pos - atomic_load_explicit(&c->out.ctl->tail, memory_order_acquire) <
+                SHM_NSLOTS) ||
+           (c->cmaq.head != NULL &&
+            atomic_load_explicit(&c->out.ctl->cma_acked, memory_order_acquire) >=
+                c->cmaq.head->cma_seq);
+}
+
+/* Awake again: peers need not write our eventfd while we poll. */
+static void disarm(struct fx_tp_conn *c)
+{
+    atomic_store_explicit(&c->in.ctl->consumer_sleeps, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->out.ctl->producer_sleeps, 0, memory_order_relaxed);
 }
 
 static void conn_io(struct fx_tp_conn *c)
@@ -589,10 +598,6 @@ static void conn_io(struct fx_tp_conn *c)
         moved |= pull_recvs(c);
     }
     cma_complete(c);
-    if (c->failed == FX_OK &&
-        (c->sendq.head != NULL || c->recvq.head != NULL || c->cmaq.head != NULL)) {
-        arm_sleep(c);
-    }
 }
 
 /* ------------------------------------------------------------------ requests */
@@ -740,34 +745,61 @@ static void peer_gone(struct fx_tp_conn *c)
     conn_fail(c, FX_ERR_PEER_FAILED, "%s died or closed its connection", c->peer);
 }
 
+/*
+ * Moves every connection. The epoll set (wake-ups, and hang-ups of dead peers) is read when
+ * the caller slept or at most every millisecond: while both sides poll, the data path makes no
+ * system call.
+ */
 static fx_status shm_progress(struct fx_tp *tp)
 {
     struct epoll_event evs[32];
+    int64_t now = fx_now_us();
     int n;
 
-    do {
-        n = epoll_wait(tp->epfd, evs, 32, 0);
-        for (int i = 0; i < n; i++) {
-            struct epoll_tag *tag = evs[i].data.ptr;
+    if (tp->armed || now - tp->last_poll_us >= 1000) {
+        tp->last_poll_us = now;
+        do {
+            n = epoll_wait(tp->epfd, evs, 32, 0);
+            for (int i = 0; i < n; i++) {
+                struct epoll_tag *tag = evs[i].data.ptr;
 
-            if (tag->kind == OBJ_CONN_EVENT) {
-                uint64_t v;
+                if (tag->kind == OBJ_CONN_EVENT) {
+                    uint64_t v;
 
-                if (read(((struct fx_tp_conn *)tag->obj)->my_efd, &v, sizeof(v)) < 0) {
-                    /* drained by an earlier round */
+                    if (read(((struct fx_tp_conn *)tag->obj)->my_efd, &v, sizeof(v)) < 0) {
+                        /* drained by an earlier round */
+                    }
+                } else if (tag->kind == OBJ_CONN_SOCK &&
+                           (evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR | EPOLLIN))) {
+                    peer_gone(tag->obj); /* nothing is ever sent after set-up */
                 }
-            } else if (tag->kind == OBJ_CONN_SOCK &&
-                       (evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR | EPOLLIN))) {
-                peer_gone(tag->obj); /* nothing is ever sent after set-up */
             }
-        }
-    } while (n == 32);
+        } while (n == 32);
+    }
     for (struct fx_tp_conn *c = tp->conns; c != NULL; c = c->next) {
+        if (tp->armed && c->failed == FX_OK) {
+            disarm(c);
+        }
         if (c->failed == FX_OK) {
             conn_io(c);
         }
     }
+    tp->armed = false;
     return FX_OK;
+}
+
+static bool shm_prepare_wait(struct fx_tp *tp)
+{
+    bool ready = false;
+
+    for (struct fx_tp_conn *c = tp->conns; c != NULL; c = c->next) {
+        if (c->failed == FX_OK &&
+            (c->sendq.head != NULL || c->recvq.head != NULL || c->cmaq.head != NULL)) {
+            ready |= arm_sleep(c);
+        }
+    }
+    tp->armed = true;
+    return ready;
 }
 
 /* ------------------------------------------------------------------ set-up */
@@ -1183,6 +1215,7 @@ const struct fx_transport_ops fx_shm_ops = {
     .fini         = shm_fini,
     .progress     = shm_progress,
     .wait_fd      = shm_wait_fd,
+    .prepare_wait = shm_prepare_wait,
     .listen       = shm_listen,
     .listen_close = shm_listen_close,
     .connect      = shm_connect,
