@@ -292,22 +292,6 @@ static void cma_probe(struct fx_tp_conn *c)
     atomic_store_explicit(&c->in.ctl->consumer_can_read, ok ? 1 : 2, memory_order_release);
 }
 
-/* Sends whose payload the peer has read are complete. */
-static void cma_complete(struct fx_tp_conn *c)
-{
-    uint64_t acked = atomic_load_explicit(&c->out.ctl->cma_acked, memory_order_acquire);
-
-    while (c->cmaq.head != NULL && c->cmaq.head->cma_seq <= acked) {
-        struct fx_tp_req *r = c->cmaq.head;
-
-        c->cmaq.head = r->next;
-        if (c->cmaq.head == NULL) {
-            c->cmaq.tail = NULL;
-        }
-        r->status = FX_OK;
-    }
-}
-
 static void queue_push(struct req_queue *q, struct fx_tp_req *r)
 {
     r->next = NULL;
@@ -317,6 +301,28 @@ static void queue_push(struct req_queue *q, struct fx_tp_req *r)
         q->head = r;
     }
     q->tail = r;
+}
+
+/* Removes the head of a queue (it must not be empty). */
+static void queue_pop(struct req_queue *q)
+{
+    q->head = q->head->next;
+    if (q->head == NULL) {
+        q->tail = NULL;
+    }
+}
+
+/* Sends whose payload the peer has read are complete. */
+static void cma_complete(struct fx_tp_conn *c)
+{
+    uint64_t acked = atomic_load_explicit(&c->out.ctl->cma_acked, memory_order_acquire);
+
+    while (c->cmaq.head != NULL && c->cmaq.head->cma_seq <= acked) {
+        struct fx_tp_req *r = c->cmaq.head;
+
+        queue_pop(&c->cmaq);
+        r->status = FX_OK;
+    }
 }
 
 /* ------------------------------------------------------------------ data path */
@@ -351,13 +357,10 @@ static bool push_sends(struct fx_tp_conn *c)
             slot_hdr(o, o->pos)->used = (uint32_t)(SHM_FRAME_LEN + r->hdrlen + SHM_CMA_DESC);
             o->pos++;
             atomic_store_explicit(&o->ctl->head, o->pos, memory_order_release);
-            moved         = true;
-            r->cma        = true;
-            r->cma_seq    = ++c->cma_sent;
-            c->sendq.head = r->next;
-            if (c->sendq.head == NULL) {
-                c->sendq.tail = NULL;
-            }
+            moved      = true;
+            r->cma     = true;
+            r->cma_seq = ++c->cma_sent;
+            queue_pop(&c->sendq);
             queue_push(&c->cmaq, r);
             continue;
         }
@@ -386,10 +389,7 @@ static bool push_sends(struct fx_tp_conn *c)
         atomic_store_explicit(&o->ctl->head, o->pos, memory_order_release);
         moved = true;
         if (r->done == total) {
-            c->sendq.head = r->next;
-            if (c->sendq.head == NULL) {
-                c->sendq.tail = NULL;
-            }
+            queue_pop(&c->sendq);
             r->status = FX_OK;
         }
     }
@@ -507,10 +507,7 @@ static bool pull_recvs(struct fx_tp_conn *c)
             if (!cma_pull(c, r)) {
                 break;
             }
-            c->recvq.head = r->next;
-            if (c->recvq.head == NULL) {
-                c->recvq.tail = NULL;
-            }
+            queue_pop(&c->recvq);
             r->status = FX_OK;
             continue;
         }
@@ -545,10 +542,7 @@ static bool pull_recvs(struct fx_tp_conn *c)
             if (r->user_hdr != NULL && r->hdrlen > 0) {
                 memcpy(r->user_hdr, r->hdr, r->hdrlen);
             }
-            c->recvq.head = r->next;
-            if (c->recvq.head == NULL) {
-                c->recvq.tail = NULL;
-            }
+            queue_pop(&c->recvq);
             r->status = FX_OK;
         }
     }

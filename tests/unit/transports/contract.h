@@ -94,6 +94,22 @@ static void pair_fini(struct pair *p)
 }
 
 /* Tests every request until all completed (status[i] != FX_INPROGRESS) or DRIVE_MS passed. */
+/* For ms milliseconds, the listener hands up no further connection (garbage is dropped inside). */
+static void expect_no_accept(struct pair *p, int ms)
+{
+    struct fx_tp_conn *extra = NULL;
+    char hello[FX_TP_HELLO_MAX];
+    size_t hlen;
+    int64_t deadline = now_ms() + ms;
+
+    while (now_ms() < deadline) {
+        hlen = sizeof(hello);
+        cr_assert_eq(p->ops->accept(p->lst, &extra, hello, &hlen), FX_INPROGRESS,
+                     "a garbage connection was accepted");
+        progress_both(p);
+    }
+}
+
 static void drive(struct pair *p, struct fx_tp_req **reqs, fx_status *status, int n)
 {
     int64_t deadline = now_ms() + DRIVE_MS;
