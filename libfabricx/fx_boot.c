@@ -7,8 +7,9 @@
  *                       32 B HMAC(secret, "fx-boot-client" | server nonce | client nonce)
  *   server proof  36 B: u32 result (0 accepted, 1 rejected), 32 B
  *                       HMAC(secret, "fx-boot-server" | client nonce | server nonce)
- *   join         264 B: i32 rank, i32 nranks, i32 pid, u32 0, 64 B host, 16 B host id,
- *                       u32 addr length, 160 B address           (also a table entry)
+ *   join         448 B: i32 rank, i32 nranks, i32 pid, u32 0, 64 B host, 16 B host id,
+ *                       u32 address count (1..2), 2 x (8 B transport name, u32 address
+ *                       length, 160 B address)                   (also a table entry)
  *   table head   288 B: i32 status (0 or an fx_status), u32 nranks, u64 comm id,
  *                       u64 chunk bytes, 256 B error text (status != 0)
  *   table        nranks join records, by rank
@@ -34,11 +35,12 @@
 #include "fx_sock.h"
 
 #define BOOT_MAGIC       0x31425846u /* "FXB1" */
-#define BOOT_VERSION     1
+#define BOOT_VERSION     2
 #define SRV_HELLO_LEN    40
 #define CLI_PROOF_LEN    72
 #define SRV_PROOF_LEN    36
-#define JOIN_LEN         264
+#define JOIN_LEN         (100 + FX_BOOT_MAX_ADDRS * ADDR_REC_LEN)
+#define ADDR_REC_LEN     (FX_BOOT_TP_NAME + 4 + FX_TP_ADDR_MAX)
 #define TABLE_HEAD_LEN   288
 #define CTRL_HDR_LEN     8
 #define CTRL_MAX_PAYLOAD 1024
@@ -82,11 +84,18 @@ static void encode_entry(const struct fx_boot_entry *e, int nranks, uint8_t *p)
     memcpy(p + 16, e->host, FX_HOST_LEN);
     p[16 + FX_HOST_LEN - 1] = '\0';
     memcpy(p + 80, e->host_id, 16);
-    put32(p + 96, e->addr.len);
-    memcpy(p + 100, e->addr.data, FX_TP_ADDR_MAX);
+    put32(p + 96, (uint32_t)e->naddrs);
+    for (int i = 0; i < e->naddrs && i < FX_BOOT_MAX_ADDRS; i++) {
+        uint8_t *a = p + 100 + (size_t)i * ADDR_REC_LEN;
+
+        memcpy(a, e->addrs[i].tp, FX_BOOT_TP_NAME);
+        a[FX_BOOT_TP_NAME - 1] = '\0';
+        put32(a + FX_BOOT_TP_NAME, e->addrs[i].addr.len);
+        memcpy(a + FX_BOOT_TP_NAME + 4, e->addrs[i].addr.data, FX_TP_ADDR_MAX);
+    }
 }
 
-/* Decodes a join record; false when its address length is impossible. */
+/* Decodes a join record; false when its address count or lengths are impossible. */
 static bool decode_entry(const uint8_t *p, struct fx_boot_entry *e, int *nranks)
 {
     e->rank = (int32_t)get32(p);
@@ -95,9 +104,22 @@ static bool decode_entry(const uint8_t *p, struct fx_boot_entry *e, int *nranks)
     memcpy(e->host, p + 16, FX_HOST_LEN);
     e->host[FX_HOST_LEN - 1] = '\0';
     memcpy(e->host_id, p + 80, 16);
-    e->addr.len = get32(p + 96);
-    memcpy(e->addr.data, p + 100, FX_TP_ADDR_MAX);
-    return e->addr.len <= FX_TP_ADDR_MAX;
+    e->naddrs = (int32_t)get32(p + 96);
+    if (e->naddrs < 1 || e->naddrs > FX_BOOT_MAX_ADDRS) {
+        return false;
+    }
+    for (int i = 0; i < e->naddrs; i++) {
+        const uint8_t *a = p + 100 + (size_t)i * ADDR_REC_LEN;
+
+        memcpy(e->addrs[i].tp, a, FX_BOOT_TP_NAME);
+        e->addrs[i].tp[FX_BOOT_TP_NAME - 1] = '\0';
+        e->addrs[i].addr.len                = get32(a + FX_BOOT_TP_NAME);
+        memcpy(e->addrs[i].addr.data, a + FX_BOOT_TP_NAME + 4, FX_TP_ADDR_MAX);
+        if (e->addrs[i].addr.len > FX_TP_ADDR_MAX || e->addrs[i].tp[0] == '\0') {
+            return false;
+        }
+    }
+    return true;
 }
 
 static void encode_head(fx_status status, int nranks, const struct fx_boot_info *info,

@@ -3,9 +3,9 @@
  *
  * Rank 0 listens on the unique id's port. Each rank connects and the two prove knowledge of the
  * job secret to each other (HMAC-SHA256 over fresh nonces) before anything else is read; then
- * the rank sends its join record (rank, host, data-plane address) and rank 0 answers, once all
- * ranks have joined, with the whole table and the job-wide settings. Garbage, wrong secrets and
- * silent connections are dropped and logged while init goes on.
+ * the rank sends its join record (rank, host, data-plane addresses, one per transport) and
+ * rank 0 answers, once all ranks have joined, with the whole table and the job-wide settings.
+ * Garbage, wrong secrets and silent connections are dropped and logged while init goes on.
  *
  * The connections to rank 0 stay open as the control plane: a rank that detects a failure sends
  * an abort notice to rank 0, which relays it to every rank, so that all ranks fail fast with
@@ -30,15 +30,24 @@
 #include "fx_uid.h"
 #include "transports/transport.h"
 
-#define FX_HOST_LEN 64
+#define FX_HOST_LEN       64
+#define FX_BOOT_MAX_ADDRS 2
+#define FX_BOOT_TP_NAME   8
+
+/* A data-plane address a rank publishes, with the name of the transport that listens on it. */
+struct fx_boot_addr {
+    char tp[FX_BOOT_TP_NAME]; /* "tcp", "shm"; NUL-terminated */
+    struct fx_tp_addr addr;
+};
 
 /* One rank's record in the table. */
 struct fx_boot_entry {
     int32_t rank;
     int32_t pid;
     char host[FX_HOST_LEN];
-    uint8_t host_id[16];
-    struct fx_tp_addr addr;
+    uint8_t host_id[16]; /* equal for ranks that can share memory (docs/shm.md) */
+    int32_t naddrs;
+    struct fx_boot_addr addrs[FX_BOOT_MAX_ADDRS];
 };
 
 /* Settings every rank takes from rank 0. */
@@ -89,7 +98,7 @@ struct fx_boot_event {
 };
 
 /*
- * Joins the job. self describes this rank (its data-plane address included); rank 0 proposes
+ * Joins the job. self describes this rank (its data-plane addresses included); rank 0 proposes
  * info (comm_id is drawn here). On success boot holds the table and the control sockets.
  * On failure err says why (missing ranks named on timeout).
  */

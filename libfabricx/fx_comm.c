@@ -17,6 +17,7 @@
 #include "collectives/coll_kernels.h"
 #include "fx_exec.h"
 #include "fx_log.h"
+#include "fx_route.h"
 #include "fx_sock.h"
 #include "fx_status_int.h"
 #include "fx_topo.h"
@@ -47,11 +48,11 @@ static void close_data_conns(struct fx_comm *comm)
             comm->recv_conns[r] = NULL; /* one duplex connection: closed once below */
         }
         if (comm->send_conns[r] != NULL) {
-            comm->tp_ops->close(comm->send_conns[r]);
+            fx_comm_peer_ops(comm, r)->close(comm->send_conns[r]);
             comm->send_conns[r] = NULL;
         }
         if (comm->recv_conns[r] != NULL) {
-            comm->tp_ops->close(comm->recv_conns[r]);
+            fx_comm_peer_ops(comm, r)->close(comm->recv_conns[r]);
             comm->recv_conns[r] = NULL;
         }
     }
@@ -128,29 +129,39 @@ static int check_hello(const struct fx_comm *comm, const uint8_t *hello, size_t 
     return src;
 }
 
-static void accept_pending(struct fx_comm *comm)
+/* Takes the data connections that arrived on transport t's listener. */
+static void accept_pending(struct fx_comm *comm, int t)
 {
+    const struct fx_transport_ops *ops = comm->tps[t].ops;
+
     for (int tries = 0; tries < 16; tries++) {
         uint8_t hello[FX_TP_HELLO_MAX];
         size_t hlen             = sizeof(hello);
         struct fx_tp_conn *conn = NULL;
+        const char *why         = NULL;
         int src;
 
-        if (comm->tp_ops->accept(comm->lst, &conn, hello, &hlen) != FX_OK) {
+        if (ops->accept(comm->tps[t].lst, &conn, hello, &hlen) != FX_OK) {
             return;
         }
         src = check_hello(comm, hello, hlen);
-        if (src < 0 || comm->recv_conns[src] != NULL) {
+        if (src < 0) {
+            why = "not from this communicator (bad hello)";
+        } else if (comm->peer_tp[src] != t) {
+            why = "the pair's traffic belongs to another transport";
+        } else if (comm->recv_conns[src] != NULL) {
+            why = "duplicate";
+        }
+        if (why != NULL) {
             char peer[80];
 
-            comm->tp_ops->conn_peer(conn, peer, sizeof(peer));
-            fx_warn(FX_SUB_NET, "dropped a data connection from %s: %s", peer,
-                    src < 0 ? "not from this communicator (bad hello)" : "duplicate");
-            comm->tp_ops->close(conn);
+            ops->conn_peer(conn, peer, sizeof(peer));
+            fx_warn(FX_SUB_NET, "dropped a %s data connection from %s: %s", ops->name, peer, why);
+            ops->close(conn);
             continue;
         }
         comm->recv_conns[src] = conn;
-        fx_trace(FX_SUB_NET, "accepted data connection from rank %d", src);
+        fx_trace(FX_SUB_NET, "accepted %s data connection from rank %d", ops->name, src);
     }
 }
 
@@ -171,13 +182,18 @@ static fx_status connect_ring(struct fx_comm *comm, char *err, size_t errlen)
     uint8_t hello[HELLO_LEN];
     char who[160];
 
+    const struct fx_comm_tp *rt = &comm->tps[comm->peer_tp[right]];
+    const struct fx_tp_addr *to = fx_route_addr(&comm->boot.table[right], rt->ops->name);
+    struct pollfd pfds[FX_BOOT_MAX_ADDRS];
+
+    for (int t = 0; t < comm->ntps; t++) {
+        pfds[t] =
+            (struct pollfd){.fd = comm->tps[t].ops->wait_fd(comm->tps[t].tp), .events = POLLIN};
+    }
     make_hello(comm, comm->rank, right, hello);
     while (comm->send_conns[right] == NULL || comm->recv_conns[left] == NULL) {
-        struct pollfd p = {.fd = comm->tp_ops->wait_fd(comm->tp), .events = POLLIN};
-
         if (connects && comm->send_conns[right] == NULL) {
-            fx_status status = comm->tp_ops->connect(comm->tp, &comm->boot.table[right].addr, hello,
-                                                     sizeof(hello), &out);
+            fx_status status = rt->ops->connect(rt->tp, to, hello, sizeof(hello), &out);
             if (status == FX_OK) {
                 comm->send_conns[right] = out;
                 if (duplex) {
@@ -190,12 +206,14 @@ static fx_status connect_ring(struct fx_comm *comm, char *err, size_t errlen)
             }
         }
         if (!connects || !duplex) {
-            accept_pending(comm);
+            accept_pending(comm, comm->peer_tp[left]);
         }
         if (!connects && comm->recv_conns[left] != NULL) {
             comm->send_conns[right] = comm->recv_conns[left];
         }
-        comm->tp_ops->progress(comm->tp);
+        for (int t = 0; t < comm->ntps; t++) {
+            comm->tps[t].ops->progress(comm->tps[t].tp);
+        }
         if (comm->send_conns[right] != NULL && comm->recv_conns[left] != NULL) {
             break;
         }
@@ -203,104 +221,66 @@ static fx_status connect_ring(struct fx_comm *comm, char *err, size_t errlen)
             int late = comm->send_conns[right] == NULL && connects ? right : left;
 
             if (comm->send_conns[right] == NULL && out != NULL) {
-                comm->tp_ops->close(out);
+                rt->ops->close(out);
             }
             fx_boot_rank_str(&comm->boot, late, who, sizeof(who));
             snprintf(err, errlen, "data connection %s %s not established within %d ms",
                      connects && late == right ? "to" : "from", who, comm->cfg.timeout_ms);
             return FX_ERR_TIMEOUT;
         }
-        poll(&p, 1, 5);
+        poll(pfds, (nfds_t)comm->ntps, 5);
     }
     return FX_OK;
 }
 
 /* ------------------------------------------------------------------ init */
 
-/* Host identity: the host name, and a hash of it with the kernel's boot id, which tells hosts
- * apart even when containers share a name. */
+/*
+ * Host identity: the host name, and a hash of it with the kernel's boot id and the network
+ * namespace. Ranks with equal ids share memory through the shm transport, whose rendezvous is an
+ * abstract UNIX socket: those exist per network namespace, so ranks in two namespaces of one
+ * kernel (containers, or the test bed's namespace hosts) are two hosts, talking over the network.
+ */
 static void host_identity(struct fx_boot_entry *self)
 {
-    char boot_id[64] = "";
+    char where[192] = "";
+    size_t used     = 0;
     uint8_t digest[FX_SECRET_LEN];
     int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    ssize_t n;
 
     if (gethostname(self->host, sizeof(self->host)) != 0) {
         snprintf(self->host, sizeof(self->host), "unknown");
     }
     self->host[sizeof(self->host) - 1] = '\0';
     if (fd >= 0) {
-        ssize_t n = read(fd, boot_id, sizeof(boot_id) - 1);
-
-        boot_id[n > 0 ? n : 0] = '\0';
+        n    = read(fd, where, 64);
+        used = n > 0 ? (size_t)n : 0;
         close(fd);
     }
-    fx_auth_derive(self->host, boot_id, strlen(boot_id), digest);
+    n = readlink("/proc/self/ns/net", where + used, sizeof(where) - used - 1);
+    used += n > 0 ? (size_t)n : 0;
+    where[used] = '\0';
+    fx_auth_derive(self->host, where, used, digest);
     memcpy(self->host_id, digest, sizeof(self->host_id));
 }
 
 /*
- * Without FX_SOCKET_IFNAME: the network interfaces of the NIC nearest to this process's CPUs
- * (docs/topology.md), when they carry an address; else the transport's default rules. The
- * topology is read once per process.
+ * Where this process runs and talks from, decided once per process from the live topology
+ * (docs/topology.md), which takes about 0.1 s to read and is read at most once for both:
+ * - FX_BIND=1: the process's threads move to the CPUs of the NUMA node of its nearest NIC;
+ * - without FX_SOCKET_IFNAME: the network interfaces of the NIC nearest to this process's CPUs
+ *   (after binding), when they carry an address; else the transport's default rules.
  */
-static pthread_once_t topo_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t place_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool place_bound, place_picked;
 static char topo_ifname[256];
 
-static void pick_ifname(void)
+static void bind_near_nic(const struct fx_topo *t)
 {
-    struct fx_topo *t = NULL;
     char err[512];
-    int n;
+    int n = fx_topo_nearest_nic_to_cpus(t, NULL);
 
-    if (fx_topo_load(&t, NULL, err, sizeof(err)) != FX_OK) {
-        fx_info(FX_SUB_NET, "no topology (%s): default interface rules", err);
-        return;
-    }
-    n = fx_topo_nearest_nic_to_cpus(t, NULL);
-    if (n >= 0) {
-        const struct fx_topo_dev *d = fx_topo_nic(t, n);
-        struct sockaddr_storage addrs[4];
-        char names[4][FX_TCP_IFNAME_LEN];
-        char spec[256] = "=";
-        size_t used    = 1;
-        int naddrs     = 0;
-
-        for (int k = 0; k < d->nnetdevs; k++) {
-            int w = snprintf(spec + used, sizeof(spec) - used, "%s%s", k ? "," : "", d->netdevs[k]);
-
-            used = w > 0 && (size_t)w < sizeof(spec) - used ? used + (size_t)w : sizeof(spec) - 1;
-        }
-        if (d->nnetdevs > 0 && fx_tcp_iface_list(spec, addrs, names, 4, &naddrs) == FX_OK &&
-            naddrs > 0) {
-            snprintf(topo_ifname, sizeof(topo_ifname), "%s", spec);
-            fx_info(FX_SUB_NET, "nearest NIC %s (%s, NUMA node %d): interface %s", d->name, d->pci,
-                    d->numa, names[0]);
-        } else {
-            fx_info(FX_SUB_NET,
-                    "nearest NIC %s (%s) has no usable interface address: default "
-                    "interface rules",
-                    d->name, d->pci);
-        }
-    }
-    fx_topo_free(t);
-}
-
-/* FX_BIND=1: the process's threads move to the CPUs of the NUMA node of its nearest NIC, once
- * per process, on the live host only. */
-static pthread_once_t bind_once = PTHREAD_ONCE_INIT;
-
-static void bind_near_nic(void)
-{
-    struct fx_topo *t = NULL;
-    char err[512];
-    int n;
-
-    if (fx_topo_load(&t, NULL, err, sizeof(err)) != FX_OK) {
-        fx_warn(FX_SUB_INIT, "FX_BIND: no topology: %s", err);
-        return;
-    }
-    n = fx_topo_nearest_nic_to_cpus(t, NULL);
     if (n < 0) {
         fx_warn(FX_SUB_INIT, "FX_BIND: this host has no NIC to bind near");
     } else if (fx_topo_bind_near_nic(t, n, err, sizeof(err)) != FX_OK) {
@@ -309,10 +289,106 @@ static void bind_near_nic(void)
         fx_info(FX_SUB_INIT, "FX_BIND: bound to CPUs %s, near NIC %s (NUMA node %d)",
                 fx_topo_nic(t, n)->cpus, fx_topo_nic(t, n)->name, fx_topo_nic(t, n)->numa);
     }
-    fx_topo_free(t);
 }
 
-static fx_status open_transport(struct fx_comm *comm, char *err, size_t errlen)
+static void pick_ifname(const struct fx_topo *t)
+{
+    int n = fx_topo_nearest_nic_to_cpus(t, NULL);
+    const struct fx_topo_dev *d;
+    struct sockaddr_storage addrs[4];
+    char names[4][FX_TCP_IFNAME_LEN];
+    char spec[256] = "=";
+    size_t used    = 1;
+    int naddrs     = 0;
+
+    if (n < 0) {
+        return;
+    }
+    d = fx_topo_nic(t, n);
+    for (int k = 0; k < d->nnetdevs; k++) {
+        int w = snprintf(spec + used, sizeof(spec) - used, "%s%s", k ? "," : "", d->netdevs[k]);
+
+        used = w > 0 && (size_t)w < sizeof(spec) - used ? used + (size_t)w : sizeof(spec) - 1;
+    }
+    if (d->nnetdevs > 0 && fx_tcp_iface_list(spec, addrs, names, 4, &naddrs) == FX_OK &&
+        naddrs > 0) {
+        snprintf(topo_ifname, sizeof(topo_ifname), "%s", spec);
+        fx_info(FX_SUB_NET, "nearest NIC %s (%s, NUMA node %d): interface %s", d->name, d->pci,
+                d->numa, names[0]);
+    } else {
+        fx_info(FX_SUB_NET,
+                "nearest NIC %s (%s) has no usable interface address: default interface rules",
+                d->name, d->pci);
+    }
+}
+
+/* Returns the interface rule chosen from the topology ("" for the default rules) when asked. */
+static const char *place_process(bool bind, bool want_ifname)
+{
+    bool need_bind = false, need_pick = false;
+
+    pthread_mutex_lock(&place_lock);
+    need_bind = bind && !place_bound;
+    need_pick = want_ifname && !place_picked;
+    if (need_bind || need_pick) {
+        struct fx_topo *t = NULL;
+        char err[512];
+
+        if (fx_topo_load(&t, NULL, err, sizeof(err)) != FX_OK) {
+            if (need_bind) {
+                fx_warn(FX_SUB_INIT, "FX_BIND: no topology: %s", err);
+            }
+            if (need_pick) {
+                fx_info(FX_SUB_NET, "no topology (%s): default interface rules", err);
+            }
+        } else {
+            if (need_bind) {
+                bind_near_nic(t);
+            }
+            if (need_pick) {
+                pick_ifname(t);
+            }
+            fx_topo_free(t);
+        }
+        place_bound  = place_bound || need_bind;
+        place_picked = place_picked || need_pick;
+    }
+    pthread_mutex_unlock(&place_lock);
+    return topo_ifname;
+}
+
+/* Starts transport ops, listens, and publishes its address in self. */
+static fx_status start_transport(struct fx_comm *comm, const struct fx_transport_ops *ops,
+                                 const struct fx_tp_config *tcfg, struct fx_boot_entry *self,
+                                 char *err, size_t errlen)
+{
+    struct fx_comm_tp *ct  = &comm->tps[comm->ntps];
+    struct fx_boot_addr *a = &self->addrs[self->naddrs];
+    fx_status status       = ops->init(tcfg, &ct->tp);
+
+    if (status != FX_OK) {
+        snprintf(err, errlen, "transport %s failed to start: %s", ops->name, fx_strerror(status));
+        return status;
+    }
+    ct->ops = ops;
+    comm->ntps++;
+    status = ops->listen(ct->tp, &a->addr, &ct->lst);
+    if (status != FX_OK) {
+        snprintf(err, errlen, "transport %s cannot listen: %s", ops->name, fx_strerror(status));
+        return status;
+    }
+    snprintf(a->tp, sizeof(a->tp), "%s", ops->name);
+    self->naddrs++;
+    return FX_OK;
+}
+
+/*
+ * Starts the transports this rank offers: the one FX_TRANSPORT names; else the first network
+ * transport of the build and, unless FX_SHM_DISABLE=1, shared memory for ranks of this host.
+ * Which one each pair uses is decided after the bootstrap (choose_routes).
+ */
+static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *self, char *err,
+                                 size_t errlen)
 {
     struct fx_tp_config tcfg = {
         .ifname     = comm->cfg.socket_ifname[0] ? comm->cfg.socket_ifname : NULL,
@@ -320,29 +396,102 @@ static fx_status open_transport(struct fx_comm *comm, char *err, size_t errlen)
         .timeout_ms = comm->cfg.timeout_ms,
         .zerocopy   = comm->cfg.tcp_zerocopy,
     };
-    fx_status status;
+    bool have_net = false;
 
-    if (comm->cfg.bind) {
-        pthread_once(&bind_once, bind_near_nic);
+    if (comm->cfg.bind || tcfg.ifname == NULL) {
+        const char *picked = place_process(comm->cfg.bind, tcfg.ifname == NULL);
+
+        if (tcfg.ifname == NULL && picked[0] != '\0') {
+            tcfg.ifname = picked;
+        }
     }
-    if (tcfg.ifname == NULL) {
-        pthread_once(&topo_once, pick_ifname);
-        tcfg.ifname = topo_ifname[0] ? topo_ifname : NULL;
+    if (comm->cfg.transport[0]) {
+        const struct fx_transport_ops *ops = fx_transport_find(comm->cfg.transport);
+
+        if (ops == NULL) {
+            snprintf(err, errlen, "FX_TRANSPORT=%s is not a transport of this build (tcp, shm)",
+                     comm->cfg.transport);
+            return FX_ERR_INVALID_ARG;
+        }
+        return start_transport(comm, ops, &tcfg, self, err, errlen);
     }
-    comm->tp_ops =
-        comm->cfg.transport[0] ? fx_transport_find(comm->cfg.transport) : fx_transports[0];
-    if (comm->tp_ops == NULL) {
-        snprintf(err, errlen, "FX_TRANSPORT=%s is not a transport of this build (tcp, shm)",
-                 comm->cfg.transport);
-        return FX_ERR_INVALID_ARG;
+    for (int i = 0; fx_transports[i] != NULL && self->naddrs < FX_BOOT_MAX_ADDRS; i++) {
+        const struct fx_transport_ops *ops = fx_transports[i];
+        bool local_only                    = (ops->caps & FX_TP_CAP_LOCAL_ONLY) != 0;
+        fx_status status;
+
+        if ((local_only && comm->cfg.shm_disable) || (!local_only && have_net)) {
+            continue;
+        }
+        status = start_transport(comm, ops, &tcfg, self, err, errlen);
+        if (status != FX_OK) {
+            return status;
+        }
+        have_net = have_net || !local_only;
     }
-    status = comm->tp_ops->init(&tcfg, &comm->tp);
-    if (status != FX_OK) {
-        snprintf(err, errlen, "transport %s failed to start: %s", comm->tp_ops->name,
-                 fx_strerror(status));
-        return status;
+    return FX_OK;
+}
+
+/*
+ * Decides the transport of every pair from the table (fx_route.h), closes the transports no
+ * pair uses, and logs the choice.
+ */
+static fx_status choose_routes(struct fx_comm *comm, char *err, size_t errlen)
+{
+    const struct fx_boot_entry *me = &comm->boot.table[comm->rank];
+    int used[FX_BOOT_MAX_ADDRS]    = {0};
+    int remap[FX_BOOT_MAX_ADDRS];
+    int kept = 0;
+
+    for (int r = 0; r < comm->nranks; r++) {
+        const struct fx_transport_ops *ops;
+        char why[256];
+        int t;
+
+        comm->peer_tp[r] = -1;
+        if (r == comm->rank) {
+            continue;
+        }
+        ops = fx_route_choose(me, &comm->boot.table[r], why, sizeof(why));
+        for (t = 0; ops != NULL && t < comm->ntps && comm->tps[t].ops != ops; t++) {
+        }
+        if (ops == NULL || t == comm->ntps) {
+            if (comm->cfg.transport[0] && comm->ntps == 1 &&
+                (comm->tps[0].ops->caps & FX_TP_CAP_LOCAL_ONLY)) {
+                char who[160];
+
+                fx_boot_rank_str(&comm->boot, r, who, sizeof(who));
+                snprintf(err, errlen,
+                         "FX_TRANSPORT=%s reaches only ranks of this host (%s), but %s is "
+                         "elsewhere",
+                         comm->tps[0].ops->name, me->host, who);
+            } else {
+                snprintf(err, errlen, "%s", why);
+            }
+            return FX_ERR_INVALID_ARG;
+        }
+        comm->peer_tp[r] = (int8_t)t;
+        used[t]++;
     }
-    fx_info(FX_SUB_INIT, "transport %s", comm->tp_ops->name);
+    for (int t = 0; t < comm->ntps; t++) {
+        if (used[t] == 0 && comm->nranks > 1) {
+            fx_trace(FX_SUB_INIT, "transport %s: no peer uses it, closed", comm->tps[t].ops->name);
+            comm->tps[t].ops->listen_close(comm->tps[t].lst);
+            comm->tps[t].ops->fini(comm->tps[t].tp);
+            remap[t] = -1;
+            continue;
+        }
+        remap[t]          = kept;
+        comm->tps[kept++] = comm->tps[t];
+        fx_info(FX_SUB_INIT, "transport %s to %d of %d peers", comm->tps[t].ops->name, used[t],
+                comm->nranks - 1);
+    }
+    comm->ntps = kept;
+    for (int r = 0; r < comm->nranks; r++) {
+        if (comm->peer_tp[r] >= 0) {
+            comm->peer_tp[r] = (int8_t)remap[comm->peer_tp[r]];
+        }
+    }
     return FX_OK;
 }
 
@@ -370,10 +519,14 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
     comm->wakefd     = -1;
     comm->send_conns = calloc((size_t)nranks, sizeof(*comm->send_conns));
     comm->recv_conns = calloc((size_t)nranks, sizeof(*comm->recv_conns));
+    comm->peer_tp    = malloc((size_t)nranks * sizeof(*comm->peer_tp));
+    if (comm->peer_tp != NULL) {
+        memset(comm->peer_tp, -1, (size_t)nranks * sizeof(*comm->peer_tp));
+    }
     pthread_mutex_init(&comm->lock, NULL);
     cond_init_monotonic(&comm->cond);
     *out = comm;
-    if (comm->send_conns == NULL || comm->recv_conns == NULL) {
+    if (comm->send_conns == NULL || comm->recv_conns == NULL || comm->peer_tp == NULL) {
         return FX_ERR_NO_MEMORY;
     }
     return FX_OK;
@@ -382,18 +535,19 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
 static void comm_free(struct fx_comm *comm)
 {
     fx_exec_fini(comm);
-    if (comm->send_conns != NULL && comm->recv_conns != NULL && comm->tp != NULL) {
+    if (comm->send_conns != NULL && comm->recv_conns != NULL && comm->peer_tp != NULL) {
         close_data_conns(comm);
     }
-    if (comm->lst != NULL) {
-        comm->tp_ops->listen_close(comm->lst);
-    }
-    if (comm->tp != NULL) {
-        comm->tp_ops->fini(comm->tp);
+    for (int t = 0; t < comm->ntps; t++) {
+        if (comm->tps[t].lst != NULL) {
+            comm->tps[t].ops->listen_close(comm->tps[t].lst);
+        }
+        comm->tps[t].ops->fini(comm->tps[t].tp);
     }
     fx_boot_fini(&comm->boot);
     free(comm->send_conns);
     free(comm->recv_conns);
+    free(comm->peer_tp);
     free(comm->ring_order);
     pthread_mutex_destroy(&comm->lock);
     pthread_cond_destroy(&comm->cond);
@@ -459,18 +613,12 @@ static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char
     }
     fx_coll_kernels_force_scalar(strcmp(comm->cfg.kernels, "scalar") == 0);
     proposal.chunk_bytes = comm->cfg.chunk_bytes;
-    status               = open_transport(comm, err, errlen);
-    if (status != FX_OK) {
-        return status;
-    }
     memset(&self, 0, sizeof(self));
     self.rank = comm->rank;
     self.pid  = (int32_t)getpid();
     host_identity(&self);
-    status = comm->tp_ops->listen(comm->tp, &self.addr, &comm->lst);
+    status = open_transports(comm, &self, err, errlen);
     if (status != FX_OK) {
-        snprintf(err, errlen, "transport %s cannot listen: %s", comm->tp_ops->name,
-                 fx_strerror(status));
         return status;
     }
     status = fx_boot_init(&comm->boot, uid, comm->nranks, comm->rank, &self, &proposal,
@@ -478,19 +626,9 @@ static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char
     if (status != FX_OK) {
         return status;
     }
-    if (comm->tp_ops->caps & FX_TP_CAP_LOCAL_ONLY) {
-        for (int r = 0; r < comm->nranks; r++) {
-            if (memcmp(comm->boot.table[r].host_id, self.host_id, sizeof(self.host_id)) != 0) {
-                char who[160];
-
-                fx_boot_rank_str(&comm->boot, r, who, sizeof(who));
-                snprintf(err, errlen,
-                         "FX_TRANSPORT=%s reaches only ranks of this host (%s), but %s is "
-                         "elsewhere",
-                         comm->tp_ops->name, self.host, who);
-                return FX_ERR_INVALID_ARG;
-            }
-        }
+    status = choose_routes(comm, err, errlen);
+    if (status != FX_OK) {
+        return status;
     }
     status = make_ring_order(comm);
     if (status != FX_OK) {

@@ -40,6 +40,7 @@ struct fx_request {
 struct fx_lane {
     int peer;
     bool send;
+    const struct fx_transport_ops *ops; /* the connection's transport */
     struct fx_tp_conn *conn;
     uint32_t start; /* range in fx_exec.lane_ops */
     uint32_t end;
@@ -72,14 +73,21 @@ struct fx_exec {
     int spin_us;         /* FX_SPIN_US, or 0 when the host is oversubscribed */
 };
 
+/* A transport this rank runs: shared memory to ranks of its host, the network to the others. */
+struct fx_comm_tp {
+    const struct fx_transport_ops *ops;
+    struct fx_tp *tp;
+    struct fx_tp_listener *lst;
+};
+
 struct fx_comm {
     int rank;
     int nranks;
     struct fx_config cfg;
     struct fx_boot boot;
-    const struct fx_transport_ops *tp_ops;
-    struct fx_tp *tp;
-    struct fx_tp_listener *lst;
+    struct fx_comm_tp tps[FX_BOOT_MAX_ADDRS]; /* those in use; ntps of them */
+    int ntps;
+    int8_t *peer_tp; /* [nranks]: index in tps of the transport to that rank; -1 itself */
     struct fx_tp_conn **send_conns; /* [nranks]: connections this rank opened (it sends) */
     struct fx_tp_conn **recv_conns; /* [nranks]: connections it accepted (it receives) */
     int *ring_order; /* [nranks]: the rank at each ring position (ranks of a host adjacent) */
@@ -116,6 +124,12 @@ fx_status fx_comm_note_error(struct fx_comm *comm, fx_status status, const char 
  */
 void fx_comm_fail(struct fx_comm *comm, fx_status status, int failed_rank, bool propagate,
                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* The transport that carries traffic between this rank and peer. */
+static inline const struct fx_transport_ops *fx_comm_peer_ops(const struct fx_comm *comm, int peer)
+{
+    return comm->tps[comm->peer_tp[peer]].ops;
+}
 
 /* Wakes whoever sleeps in epoll_wait on the communicator. */
 void fx_comm_wake(struct fx_comm *comm);

@@ -15,7 +15,8 @@ struct fx_config {
     int timeout_ms;          /* FX_TIMEOUT_MS */
     size_t chunk_bytes;      /* FX_CHUNK_BYTES; 0: chosen per operation */
     int nsocks;              /* FX_NSOCKS; 0: the transport's default */
-    char transport[32];      /* FX_TRANSPORT; empty: the first built */
+    char transport[32];      /* FX_TRANSPORT; empty: chosen per pair */
+    bool shm_disable;        /* FX_SHM_DISABLE */
     char socket_ifname[256]; /* FX_SOCKET_IFNAME */
     bool tcp_zerocopy;       /* FX_TCP_ZEROCOPY */
     bool bind;               /* FX_BIND */

@@ -118,6 +118,7 @@ static void build_lanes(struct fx_comm *comm)
             l->peer = op->kind == FX_PLAN_COPY ? -1 : op->peer;
             l->send = op->kind == FX_PLAN_SEND;
             if (l->peer >= 0) {
+                l->ops  = fx_comm_peer_ops(comm, l->peer);
                 l->conn = l->send ? comm->send_conns[l->peer] : comm->recv_conns[l->peer];
             }
             ex->lane_index[key] = ex->nlanes++;
@@ -234,18 +235,17 @@ static fx_status post_op(struct fx_comm *comm, struct fx_lane *lane, uint32_t i)
     if (op->kind == FX_PLAN_SEND) {
         op_header(comm, rq, op, comm->rank, &h);
         fx_wire_encode(&h, ex->hdrs[i]);
-        return comm->tp_ops->isend(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
-                                   buf_ptr(comm, rq, op->buf) + op->offset * es, bytes,
-                                   &ex->tp_reqs[i]);
+        return lane->ops->isend(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
+                                buf_ptr(comm, rq, op->buf) + op->offset * es, bytes,
+                                &ex->tp_reqs[i]);
     }
     if (op->kind == FX_PLAN_RECV) {
-        return comm->tp_ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
-                                   buf_ptr(comm, rq, op->buf) + op->offset * es, bytes,
-                                   &ex->tp_reqs[i]);
+        return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
+                                buf_ptr(comm, rq, op->buf) + op->offset * es, bytes,
+                                &ex->tp_reqs[i]);
     }
-    return comm->tp_ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
-                               ex->scratch + (size_t)op->slot * ex->max_chunk, bytes,
-                               &ex->tp_reqs[i]);
+    return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
+                            ex->scratch + (size_t)op->slot * ex->max_chunk, bytes, &ex->tp_reqs[i]);
 }
 
 static void run_copy(struct fx_comm *comm, const struct fx_plan_op *op)
@@ -334,7 +334,7 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
             uint32_t j = comm->exec.lane_ops[k];
 
             if (comm->exec.tp_reqs[j] != NULL &&
-                comm->tp_ops->test(comm->exec.tp_reqs[j]) == FX_ERR_MISMATCH) {
+                lane->ops->test(comm->exec.tp_reqs[j]) == FX_ERR_MISMATCH) {
                 comm->exec.tp_reqs[j] = NULL;
                 status                = FX_ERR_MISMATCH;
                 i                     = j;
@@ -353,7 +353,7 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
     if (adopt_relayed_error(comm)) {
         return;
     }
-    comm->tp_ops->conn_error(lane->conn, detail, sizeof(detail));
+    lane->ops->conn_error(lane->conn, detail, sizeof(detail));
     fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
     fx_comm_fail(comm, status == FX_ERR_PEER_FAILED ? FX_ERR_PEER_FAILED : FX_ERR_CONNECTION,
                  lane->peer, true, "%s failed during %s #%llu: %s", who,
@@ -433,7 +433,7 @@ static bool lane_complete(struct fx_comm *comm, struct fx_lane *lane)
     while (lane->done < lane->post && comm->error == FX_OK) {
         uint32_t i                  = ex->lane_ops[lane->done];
         const struct fx_plan_op *op = &ex->plan.ops[i];
-        fx_status status            = comm->tp_ops->test(ex->tp_reqs[i]);
+        fx_status status            = lane->ops->test(ex->tp_reqs[i]);
 
         if (status == FX_INPROGRESS) {
             break;
@@ -580,7 +580,9 @@ void fx_exec_progress(struct fx_comm *comm)
     if (comm->exec.head == NULL || comm->error != FX_OK) {
         return;
     }
-    comm->tp_ops->progress(comm->tp);
+    for (int t = 0; t < comm->ntps; t++) {
+        comm->tps[t].ops->progress(comm->tps[t].tp);
+    }
     run_head(comm);
 }
 
@@ -611,7 +613,14 @@ static void handle_events(struct fx_comm *comm, const struct epoll_event *evs, i
  * move already (then do not sleep). Called with the lock held. */
 static bool transport_may_sleep(struct fx_comm *comm)
 {
-    return comm->tp_ops->prepare_wait == NULL || !comm->tp_ops->prepare_wait(comm->tp);
+    for (int t = 0; t < comm->ntps; t++) {
+        const struct fx_comm_tp *ct = &comm->tps[t];
+
+        if (ct->ops->prepare_wait != NULL && ct->ops->prepare_wait(ct->tp)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 /*
@@ -820,10 +829,15 @@ static fx_status setup_epoll(struct fx_comm *comm, char *err, size_t errlen)
 
     comm->epfd   = epoll_create1(EPOLL_CLOEXEC);
     comm->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (comm->epfd < 0 || comm->wakefd < 0 || epoll_add(comm->epfd, comm->wakefd, EV_WAKE) ||
-        epoll_add(comm->epfd, comm->tp_ops->wait_fd(comm->tp), EV_TP)) {
+    if (comm->epfd < 0 || comm->wakefd < 0 || epoll_add(comm->epfd, comm->wakefd, EV_WAKE)) {
         snprintf(err, errlen, "epoll set-up failed: %s", strerror(errno));
         return FX_ERR_SYSTEM;
+    }
+    for (int t = 0; t < comm->ntps; t++) {
+        if (epoll_add(comm->epfd, comm->tps[t].ops->wait_fd(comm->tps[t].tp), EV_TP) != FX_OK) {
+            snprintf(err, errlen, "epoll set-up failed: %s", strerror(errno));
+            return FX_ERR_SYSTEM;
+        }
     }
     for (int i = 0; i < n; i++) {
         if (epoll_add(comm->epfd, fds[i], EV_CTRL) != FX_OK) {

@@ -1,7 +1,8 @@
 /*
  * The logger. Settings come from FX_DEBUG, FX_DEBUG_SUBSYS and FX_DEBUG_FILE, read once. Lines
  * are written with one write(2) each so that ranks sharing a terminal do not interleave
- * mid-line.
+ * mid-line. A FX_DEBUG_FILE name with %p is opened again in a forked child, under the child's
+ * pid: ranks forked from one launcher process each get their own file.
  */
 #include "fx_log.h"
 
@@ -76,6 +77,29 @@ static void expand_path(const char *pattern, char *out, size_t len)
     out[o] = '\0';
 }
 
+static char log_pattern[512]; /* FX_DEBUG_FILE when it holds %p, else empty */
+
+static int open_log(const char *pattern)
+{
+    char path[512];
+
+    expand_path(pattern, path, sizeof(path));
+    return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+}
+
+/* pthread_atfork child handler: the child writes to a file named with its own pid. */
+static void reopen_in_child(void)
+{
+    int fd = open_log(log_pattern);
+
+    if (fd >= 0) {
+        if (log_fd != STDERR_FILENO) {
+            close(log_fd);
+        }
+        log_fd = fd;
+    }
+}
+
 static void log_setup(void)
 {
     const char *level  = getenv("FX_DEBUG");
@@ -101,13 +125,14 @@ static void log_setup(void)
         log_mask = parse_subsys(subsys);
     }
     if (file != NULL && file[0] != '\0') {
-        char path[512];
-        int fd;
+        int fd = open_log(file);
 
-        expand_path(file, path, sizeof(path));
-        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
         if (fd >= 0) {
             log_fd = fd;
+            if (strstr(file, "%p") != NULL && strlen(file) < sizeof(log_pattern)) {
+                snprintf(log_pattern, sizeof(log_pattern), "%s", file);
+                pthread_atfork(NULL, NULL, reopen_in_child);
+            }
         }
     }
 }

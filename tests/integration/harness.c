@@ -6,6 +6,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -239,6 +241,59 @@ static int child_main(const struct harness_opts *opts, struct harness_child *c)
     return code;
 }
 
+/* ------------------------------------------------------------------ namespace hosts */
+
+#define HARNESS_MAX_NETNS 8
+
+static int netns_names(char names[HARNESS_MAX_NETNS][64])
+{
+    const char *list = getenv("LIBFABRICX_TEST_NETNS");
+    int n            = 0;
+
+    while (list != NULL && *list != '\0' && n < HARNESS_MAX_NETNS) {
+        size_t len = strcspn(list, ",");
+
+        if (len > 0 && len < 64) {
+            memcpy(names[n], list, len);
+            names[n++][len] = '\0';
+        }
+        list += len + (list[len] == ',');
+    }
+    return n;
+}
+
+int harness_netns_count(void)
+{
+    char names[HARNESS_MAX_NETNS][64];
+
+    return netns_names(names);
+}
+
+/* Moves the calling thread into namespace host i (modulo the count); 0 or -1. */
+static int enter_netns(int i)
+{
+    char names[HARNESS_MAX_NETNS][64];
+    char path[128];
+    int n = netns_names(names);
+    int fd, rc;
+
+    if (n == 0) {
+        return 0;
+    }
+    snprintf(path, sizeof(path), "/var/run/netns/%s", names[i % n]);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "harness: LIBFABRICX_TEST_NETNS: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    rc = setns(fd, CLONE_NEWNET);
+    if (rc != 0) {
+        fprintf(stderr, "harness: setns %s: %s\n", path, strerror(errno));
+    }
+    close(fd);
+    return rc;
+}
+
 /* Forks child `index`; returns its pid or -1. */
 static pid_t spawn_child(const struct harness_opts *opts, struct harness_run_info *info,
                          const fx_unique_id *id, int index)
@@ -255,6 +310,9 @@ static pid_t spawn_child(const struct harness_opts *opts, struct harness_run_inf
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) {
         _exit(99);
+    }
+    if (!opts->one_host && enter_netns(index) != 0) {
+        _exit(98);
     }
     struct harness_child c = {
         .index  = index,
@@ -379,7 +437,26 @@ static int prepare_run(const struct harness_opts *opts, struct harness_run_info 
         info->shared->res[i].status      = FX_INPROGRESS;
     }
     memset(id, 0, sizeof(*id));
-    info->id_status = opts->no_unique_id ? FX_OK : fx_get_unique_id(id);
+    if (!opts->one_host && harness_netns_count() > 0) {
+        /* Rank 0 runs in the first namespace host: the id (and its listener) are made there. */
+        int home = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+
+        if (home < 0 || enter_netns(0) != 0) {
+            if (home >= 0) {
+                close(home);
+            }
+            return -1;
+        }
+        info->id_status = opts->no_unique_id ? FX_OK : fx_get_unique_id(id);
+        if (setns(home, CLONE_NEWNET) != 0) {
+            perror("harness: setns back");
+            close(home);
+            return -1;
+        }
+        close(home);
+    } else {
+        info->id_status = opts->no_unique_id ? FX_OK : fx_get_unique_id(id);
+    }
     if (info->id_status != FX_OK) {
         fprintf(stderr, "harness: fx_get_unique_id: %s: %s\n", fx_strerror(info->id_status),
                 fx_last_error());

@@ -77,6 +77,8 @@ struct harness_opts {
     int fx_timeout_ms;       /* exported as FX_TIMEOUT_MS before anything starts; 0 leaves it */
     int no_unique_id;        /* 1: do not call fx_get_unique_id (the test joins by environment) */
     unsigned hang_mask;      /* processes expected to hang: killed once all others have exited */
+    int one_host;            /* 1: every process stays in the test's network namespace, even
+                                when LIBFABRICX_TEST_NETNS spreads jobs over namespace hosts */
     int sync_destroy;        /* 1: ranks meet (in shared memory, at most 10 s) before destroying,
                                 so that none closes connections a peer still reads from */
     harness_rank_fn rank_fn; /* one of rank_fn and raw_fn */
@@ -98,6 +100,15 @@ struct harness_run_info {
  * info->log-worthy detail is on stderr). Free info with harness_free. */
 int harness_run(const struct harness_opts *opts, struct harness_run_info *info);
 void harness_free(struct harness_run_info *info);
+
+/*
+ * Several hosts: when LIBFABRICX_TEST_NETNS lists network namespaces ("fxm-h0,fxm-h1", made by
+ * scripts/netns-cluster.sh), process i runs in namespace i % count and the unique id is made in
+ * the first, so one job spans namespace hosts: ranks of one namespace talk through shared memory,
+ * the others through TCP over the namespaces' veth links (FX_SOCKET_IFNAME then names that link).
+ * Returns the number of namespaces (0: the test's own namespace only).
+ */
+int harness_netns_count(void);
 
 /* Keeps the job on loopback: FX_SOCKET_IFNAME=lo unless the environment already chose.
  * harness_run calls it; tests that call the library themselves call it first. */

@@ -592,6 +592,7 @@ Test(faults, garbage_on_bootstrap_port_is_rejected_without_harm, .timeout = 60,
                                 .deadline_ms   = 40000,
                                 .fx_timeout_ms = 15000,
                                 .no_unique_id  = 1,
+                                .one_host      = 1, /* MASTER_ADDR is 127.0.0.1 */
                                 .raw_fn        = join_env_under_fire,
                                 .arg           = &port};
     struct harness_run_info info;

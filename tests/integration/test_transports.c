@@ -1,0 +1,357 @@
+/*
+ * Which transport each pair of ranks uses, over real rank processes: shared memory between ranks
+ * of one host, TCP between hosts (namespace hosts when LIBFABRICX_TEST_NETNS is set), or the one
+ * FX_TRANSPORT forces; FX_SHM_DISABLE; two jobs on one host at once; and nothing left in
+ * /dev/shm after a rank is killed. Each rank logs its choice at INFO ("transport shm to 1 of 3
+ * peers"); the tests read those logs.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define COUNT_BIG (1u << 20)
+#define NJOBS     2
+#define JOB_RANKS 3
+#define JOB_ITERS 40
+
+/* ------------------------------------------------------------------ helpers */
+
+/* Fills element i of rank r's contribution; the sum over ranks 0..n-1 is known. */
+static int32_t contrib(int r, size_t i, int salt)
+{
+    return (int32_t)((r + 1) * (int)(i % 1013) + salt);
+}
+
+static int32_t expected_sum(int n, size_t i, int salt)
+{
+    return (int32_t)(n * (n + 1) / 2 * (int)(i % 1013) + n * salt);
+}
+
+/* One checked all-reduce of count int32 elements; counts wrong elements into c->res->wrong. */
+static fx_status checked_allreduce(fx_comm_t comm, struct harness_child *c, int rank, int nranks,
+                                   size_t count, int salt)
+{
+    int32_t *send = calloc(count + 1, sizeof(int32_t));
+    int32_t *recv = calloc(count + 1, sizeof(int32_t));
+    fx_status status;
+
+    if (send == NULL || recv == NULL) {
+        free(send);
+        free(recv);
+        return FX_ERR_NO_MEMORY;
+    }
+    for (size_t i = 0; i < count; i++) {
+        send[i] = contrib(rank, i, salt);
+    }
+    status = fx_allreduce(send, recv, count, FX_INT32, FX_SUM, comm);
+    if (status == FX_OK) {
+        for (size_t i = 0; i < count; i++) {
+            if (recv[i] != expected_sum(nranks, i, salt)) {
+                if (c->res->wrong++ == 0) {
+                    harness_logf(c, "count %zu: element %zu is %d, expected %d", count, i, recv[i],
+                                 expected_sum(nranks, i, salt));
+                }
+            }
+        }
+    }
+    free(send);
+    free(recv);
+    return status;
+}
+
+static int allreduce_sizes(fx_comm_t comm, struct harness_child *c)
+{
+    static const size_t counts[] = {1, 1000, 65537, COUNT_BIG};
+    fx_status status             = FX_OK;
+
+    for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]) && status == FX_OK; k++) {
+        status = checked_allreduce(comm, c, c->index, c->nranks, counts[k], (int)k);
+        c->res->ops++;
+    }
+    harness_set_status(c, comm, status);
+    return 0;
+}
+
+/* Log file of process pid in this test's directory. */
+static void log_path(char *buf, size_t len, pid_t pid)
+{
+    snprintf(buf, len, "/tmp/fx-test-transports-%d-%d.log", (int)getpid(), (int)pid);
+}
+
+/* Every rank logs at INFO to a file of its own, read back by expect_routes. */
+static void log_to_files(void)
+{
+    char pattern[128];
+
+    snprintf(pattern, sizeof(pattern), "/tmp/fx-test-transports-%d-%%p.log", (int)getpid());
+    setenv("FX_DEBUG", "INFO", 1);
+    setenv("FX_DEBUG_SUBSYS", "INIT", 1);
+    setenv("FX_DEBUG_FILE", pattern, 1);
+}
+
+/* How many peers of rank r (of n) process i of a run should reach through each transport. */
+struct routes {
+    int shm;
+    int tcp;
+};
+
+static struct routes expected_routes(int i, int n, const char *forced)
+{
+    struct routes want = {0, 0};
+    int hosts          = harness_netns_count();
+
+    if (forced != NULL && forced[0] != '\0') {
+        if (strcmp(forced, "shm") == 0) {
+            want.shm = n - 1;
+        } else {
+            want.tcp = n - 1;
+        }
+        return want;
+    }
+    for (int j = 0; j < n; j++) {
+        if (j != i) {
+            bool same = hosts < 2 || j % hosts == i % hosts;
+
+            want.shm += same;
+            want.tcp += !same;
+        }
+    }
+    return want;
+}
+
+/* Reads each process's log: the transports it reports match want(); removes the logs. */
+static void expect_routes(const struct harness_run_info *info, int n, bool shm_disabled)
+{
+    const char *forced = getenv("FX_TRANSPORT");
+    char path_self[160];
+
+    for (int i = 0; i < n; i++) {
+        struct routes want = expected_routes(i, n, forced);
+        struct routes got  = {0, 0};
+        char path[160], line[512];
+        FILE *f;
+
+        if (shm_disabled && (forced == NULL || forced[0] == '\0')) {
+            want.tcp += want.shm;
+            want.shm = 0;
+        }
+        log_path(path, sizeof(path), info->shared->res[i].pid);
+        f = fopen(path, "r");
+        cr_expect(f != NULL, "rank %d wrote no log %s", i, path);
+        if (f == NULL) {
+            continue;
+        }
+        while (fgets(line, sizeof(line), f) != NULL) {
+            const char *p = strstr(line, "INFO transport ");
+            char name[16];
+            int peers, of;
+
+            if (p != NULL &&
+                sscanf(p, "INFO transport %15s to %d of %d peers", name, &peers, &of) == 3) {
+                cr_expect_eq(of, n - 1, "rank %d: %s", i, line);
+                if (strcmp(name, "shm") == 0) {
+                    got.shm = peers;
+                } else if (strcmp(name, "tcp") == 0) {
+                    got.tcp = peers;
+                }
+            }
+        }
+        fclose(f);
+        unlink(path);
+        cr_expect(got.shm == want.shm && got.tcp == want.tcp,
+                  "rank %d of %d: shm to %d and tcp to %d peers, expected %d and %d (namespace "
+                  "hosts: %d, FX_TRANSPORT=%s)",
+                  i, n, got.shm, got.tcp, want.shm, want.tcp, harness_netns_count(),
+                  forced != NULL ? forced : "");
+    }
+    log_path(path_self, sizeof(path_self), getpid()); /* the test's own, if it logged */
+    unlink(path_self);
+}
+
+static void expect_all_ok(const struct harness_run_info *info, int n, long long ops)
+{
+    for (int i = 0; i < n; i++) {
+        const struct harness_result *res = &info->shared->res[i];
+
+        cr_expect(res->exit_code == 0 && res->status == FX_OK && res->wrong == 0 && res->ops == ops,
+                  "rank %d: exit %d, status %d (%s), %lld wrong, %lld of %lld operations: %s", i,
+                  res->exit_code, res->status, res->err, res->wrong, res->ops, ops, res->log);
+    }
+}
+
+/* ------------------------------------------------------------------ routes */
+
+Test(transports, pairs_use_shared_memory_inside_a_host_and_tcp_between, .timeout = 120,
+     .fini = harness_kill_all)
+{
+    for (int n = 2; n <= 5; n += 3) {
+        struct harness_opts opts = {.nranks = n, .deadline_ms = 60000, .rank_fn = allreduce_sizes};
+        struct harness_run_info info;
+
+        log_to_files();
+        cr_assert_eq(harness_run(&opts, &info), 0);
+        harness_dump(&info, "routes");
+        expect_all_ok(&info, n, 4);
+        expect_routes(&info, n, false);
+        harness_free(&info);
+    }
+}
+
+Test(transports, shm_disable_keeps_every_pair_on_the_network, .timeout = 120,
+     .fini = harness_kill_all)
+{
+    struct harness_opts opts = {.nranks = 3, .deadline_ms = 60000, .rank_fn = allreduce_sizes};
+    struct harness_run_info info;
+
+    setenv("FX_SHM_DISABLE", "1", 1);
+    log_to_files();
+    cr_assert_eq(harness_run(&opts, &info), 0);
+    harness_dump(&info, "FX_SHM_DISABLE=1");
+    expect_all_ok(&info, 3, 4);
+    expect_routes(&info, 3, true);
+    harness_free(&info);
+}
+
+/* FX_TRANSPORT=shm on a job that spans namespace hosts: init fails on every rank, naming a rank
+ * of the other host, instead of hanging on a connection that cannot exist. */
+Test(transports, forced_shm_across_hosts_fails_naming_the_remote_rank, .timeout = 60,
+     .fini = harness_kill_all)
+{
+    struct harness_opts opts = {.nranks = 2, .deadline_ms = 30000, .rank_fn = allreduce_sizes};
+    struct harness_run_info info;
+
+    if (harness_netns_count() < 2) {
+        cr_skip_test("needs two namespace hosts (LIBFABRICX_TEST_NETNS)");
+    }
+    setenv("FX_TRANSPORT", "shm", 1);
+    cr_assert_eq(harness_run(&opts, &info), 0);
+    harness_dump(&info, "FX_TRANSPORT=shm across hosts");
+    for (int i = 0; i < 2; i++) {
+        const struct harness_result *res = &info.shared->res[i];
+
+        cr_expect_eq(res->init_status, FX_ERR_INVALID_ARG, "rank %d: init status %d (%s)", i,
+                     res->init_status, res->err);
+        cr_expect(strstr(res->err, "reaches only ranks of this host") != NULL &&
+                      harness_names_rank(res->err, 1 - i),
+                  "rank %d: the error must say why and name rank %d: %s", i, 1 - i, res->err);
+        cr_expect(!res->killed, "rank %d hung until the harness killed it", i);
+    }
+    harness_free(&info);
+}
+
+/* ------------------------------------------------------------------ two jobs on one host */
+
+struct two_jobs {
+    fx_unique_id ids[NJOBS];
+};
+
+/* Process i is rank i % JOB_RANKS of job i / JOB_RANKS; each job reduces its own data. */
+static int run_in_job(struct harness_child *c)
+{
+    const struct two_jobs *jobs = c->arg;
+    int job                     = c->index / JOB_RANKS;
+    int rank                    = c->index % JOB_RANKS;
+    fx_status status;
+    fx_comm_t comm;
+
+    status              = fx_comm_init_rank(&comm, JOB_RANKS, jobs->ids[job], rank);
+    c->res->init_status = status;
+    if (status != FX_OK) {
+        harness_set_status(c, NULL, status);
+        return 0;
+    }
+    for (int it = 0; it < JOB_ITERS && status == FX_OK; it++) {
+        /* Job-specific values: a message crossing into the other job would show. */
+        status = checked_allreduce(comm, c, rank, JOB_RANKS, it % 2 ? COUNT_BIG : 4099,
+                                   1000 * (job + 1) + it);
+        c->res->ops++;
+    }
+    harness_set_status(c, comm, status);
+    fx_comm_destroy(comm);
+    return 0;
+}
+
+Test(transports, two_jobs_on_one_host_do_not_disturb_each_other, .timeout = 120,
+     .fini = harness_kill_all)
+{
+    struct two_jobs jobs;
+    struct harness_opts opts = {.nranks       = JOB_RANKS,
+                                .nprocs       = NJOBS * JOB_RANKS,
+                                .deadline_ms  = 90000,
+                                .no_unique_id = 1,
+                                .one_host     = 1,
+                                .raw_fn       = run_in_job,
+                                .arg          = &jobs};
+    struct harness_run_info info;
+
+    harness_use_loopback();
+    for (int j = 0; j < NJOBS; j++) {
+        cr_assert_eq(fx_get_unique_id(&jobs.ids[j]), FX_OK, "%s", fx_last_error());
+    }
+    cr_assert_eq(harness_run(&opts, &info), 0);
+    harness_dump(&info, "two jobs");
+    expect_all_ok(&info, NJOBS * JOB_RANKS, JOB_ITERS);
+    harness_free(&info);
+}
+
+/* ------------------------------------------------------------------ nothing left behind */
+
+static int count_dev_shm(void)
+{
+    DIR *d = opendir("/dev/shm");
+    struct dirent *e;
+    int n = 0;
+
+    if (d == NULL) {
+        return 0;
+    }
+    while ((e = readdir(d)) != NULL) {
+        n += e->d_name[0] != '.';
+    }
+    closedir(d);
+    return n;
+}
+
+/* Rank 1 kills itself in the middle of a large all-reduce; the others get an error. */
+static int die_midway(fx_comm_t comm, struct harness_child *c)
+{
+    fx_status status = FX_OK;
+
+    for (int it = 0; it < 200 && status == FX_OK; it++) {
+        if (c->index == 1 && it == 5) {
+            kill(getpid(), SIGKILL);
+        }
+        status = checked_allreduce(comm, c, c->index, c->nranks, COUNT_BIG, it);
+        c->res->ops++;
+    }
+    harness_set_status(c, comm, status);
+    return 0;
+}
+
+Test(transports, a_killed_rank_leaves_nothing_in_dev_shm, .timeout = 60, .fini = harness_kill_all)
+{
+    struct harness_opts opts = {
+        .nranks = 4, .deadline_ms = 30000, .fx_timeout_ms = 10000, .rank_fn = die_midway};
+    struct harness_run_info info;
+    int before = count_dev_shm();
+
+    cr_assert_eq(harness_run(&opts, &info), 0);
+    harness_dump(&info, "rank 1 killed");
+    cr_expect_eq(info.shared->res[1].term_signal, SIGKILL);
+    for (int i = 0; i < 4; i++) {
+        if (i != 1) {
+            cr_expect_eq(info.shared->res[i].status, FX_ERR_PEER_FAILED, "rank %d: %d (%s)", i,
+                         info.shared->res[i].status, info.shared->res[i].err);
+        }
+    }
+    cr_expect_eq(count_dev_shm(), before, "/dev/shm held %d entries before the job, %d after",
+                 before, count_dev_shm());
+    harness_free(&info);
+}
