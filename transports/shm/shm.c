@@ -140,7 +140,8 @@ struct fx_tp_conn {
     fx_status failed;
     char error[200];
     char peer[64];
-    bool connected; /* connect side: the set-up packet went out */
+    bool connected;   /* connect side: the set-up packet went out */
+    bool peer_closed; /* its socket hung up: what it published is still read, then it fails */
 };
 
 struct shm_pending {
@@ -740,6 +741,30 @@ static void peer_gone(struct fx_tp_conn *c)
 }
 
 /*
+ * The peer's socket hung up. A peer that finished its work may close right after publishing its
+ * last messages (a send completes once it is in the ring), so what it published is still read
+ * (the segment stays mapped); only requests that can no longer complete fail: a send (nobody
+ * reads it), or a receive with nothing left in the ring. A peer killed mid-message leaves a
+ * partial message, which fails the same way once consumed.
+ */
+static void peer_hung_up(struct fx_tp_conn *c)
+{
+    if (!c->peer_closed) {
+        c->peer_closed = true;
+        epoll_ctl(c->tp->epfd, EPOLL_CTL_DEL, c->sock, NULL); /* level-triggered: once is enough */
+    }
+}
+
+static void check_closed(struct fx_tp_conn *c)
+{
+    bool ring_empty = atomic_load_explicit(&c->in.ctl->head, memory_order_acquire) == c->in.pos;
+
+    if (c->sendq.head != NULL || c->cmaq.head != NULL || (c->recvq.head != NULL && ring_empty)) {
+        peer_gone(c);
+    }
+}
+
+/*
  * Moves every connection. The epoll set (wake-ups, and hang-ups of dead peers) is read when
  * the caller slept or at most every millisecond: while both sides poll, the data path makes no
  * system call.
@@ -765,7 +790,7 @@ static fx_status shm_progress(struct fx_tp *tp)
                     }
                 } else if (tag->kind == OBJ_CONN_SOCK &&
                            (evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR | EPOLLIN))) {
-                    peer_gone(tag->obj); /* nothing is ever sent after set-up */
+                    peer_hung_up(tag->obj); /* nothing is ever sent after set-up */
                 }
             }
         } while (n == 32);
@@ -776,6 +801,9 @@ static fx_status shm_progress(struct fx_tp *tp)
         }
         if (c->failed == FX_OK) {
             conn_io(c);
+        }
+        if (c->failed == FX_OK && c->peer_closed) {
+            check_closed(c);
         }
     }
     tp->armed = false;

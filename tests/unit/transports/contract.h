@@ -404,6 +404,56 @@ CONTRACT_TEST(only_the_mismatched_message_reports_mismatch, .timeout = 30)
     pair_fini(&p);
 }
 
+/* A peer whose sends completed may close at once (a rank that finished its last collective):
+ * the receiver still gets every message it sent, and only a receive beyond them fails. */
+CONTRACT_TEST(messages_sent_before_close_are_still_received, .timeout = 30)
+{
+    enum { NMSG = 6, LEN = 3000 };
+    struct pair p;
+    struct fx_tp_req *reqs[NMSG];
+    fx_status st[NMSG];
+    static uint8_t sbuf[NMSG][LEN], rbuf[NMSG][LEN], extra[16];
+    char shdr[NMSG][8], rhdr[NMSG][8];
+    fx_status s = FX_INPROGRESS;
+    int64_t deadline;
+
+    pair_init(&p, 1, 0, false);
+    pair_connect(&p, "bye");
+    for (int i = 0; i < NMSG; i++) {
+        pattern(sbuf[i], LEN, 40u + (uint32_t)i);
+        snprintf(shdr[i], sizeof(shdr[i]), "m%d", i);
+        cr_assert_eq(p.ops->isend(p.ca, shdr[i], sizeof(shdr[i]), sbuf[i], LEN, &reqs[i]), FX_OK);
+    }
+    drive(&p, reqs, st, NMSG);
+    for (int i = 0; i < NMSG; i++) {
+        cr_assert_eq(st[i], FX_OK, "send %d: %s", i, fx_strerror(st[i]));
+    }
+    p.ops->close(p.ca);
+    p.ca = NULL;
+    for (int i = 0; i < 20; i++) { /* let the receiver notice the hang-up first */
+        progress_both(&p);
+        usleep(1000);
+    }
+    for (int i = 0; i < NMSG; i++) {
+        cr_assert_eq(p.ops->irecv(p.cb, rhdr[i], sizeof(rhdr[i]), rbuf[i], LEN, &reqs[i]), FX_OK);
+    }
+    drive(&p, reqs, st, NMSG);
+    for (int i = 0; i < NMSG; i++) {
+        cr_expect_eq(st[i], FX_OK, "message %d sent before the close: %s", i, fx_strerror(st[i]));
+        cr_expect_str_eq(rhdr[i], shdr[i]);
+        cr_expect(memcmp(rbuf[i], sbuf[i], LEN) == 0, "message %d arrived damaged", i);
+    }
+    cr_assert_eq(p.ops->irecv(p.cb, NULL, 0, extra, sizeof(extra), &reqs[0]), FX_OK);
+    deadline = now_ms() + DRIVE_MS;
+    while (s == FX_INPROGRESS && now_ms() < deadline) {
+        progress_both(&p);
+        s = p.ops->test(reqs[0]);
+    }
+    cr_expect(s == FX_ERR_PEER_FAILED || s == FX_ERR_CONNECTION,
+              "a receive beyond what the closed peer sent: %s", fx_strerror(s));
+    pair_fini(&p);
+}
+
 CONTRACT_TEST(closed_peer_fails_the_pending_receive, .timeout = 30)
 {
     struct pair p;
