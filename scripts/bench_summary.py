@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
 """bench_summary.py - helpers for scripts/bench-foundation.sh (stdlib only).
 
-  bench_summary.py parse-fx FILE CONTENDER CHECK
+  bench_summary.py parse-fx FILE CONTENDER CHECK [COLL NRANKS]
       fx-bench --json output (FILE) -> CSV fields, one line per mode (oop, ip):
       contender,mode,bytes,iters,time_us,algbw_GBps,busbw_GBps,check
+      (with COLL and NRANKS: fails unless the JSON's collective and nranks match)
   bench_summary.py parse-iperf FILE
       iperf3 -J --bidir output -> "fwd_Gbps,rev_Gbps,sum_Gbps" (NA on error)
   bench_summary.py free-port
       prints a currently free TCP port on 127.0.0.1
   bench_summary.py summarize DIR [--fx-mode oop|ip]
-      DIR/allreduce.csv, iperf.csv, membw.csv -> markdown on stdout
-      (also written to DIR/summary.md)
+      DIR/<coll>.csv (allreduce.csv or allgather.csv, after coll= in
+      DIR/meta.txt; allreduce when absent), iperf.csv, membw.csv -> markdown
+      on stdout (also written to DIR/summary.md); N ranks from np= in meta.txt
 
-Conventions (nccl-tests): size = buffer bytes, busbw = algbw * 2(n-1)/n for
-allreduce, GB/s = 1e9 B/s.
+Conventions (nccl-tests): allreduce size = buffer bytes, busbw = algbw *
+2(n-1)/n; allgather size = gathered output bytes, busbw = algbw * (n-1)/n;
+GB/s = 1e9 B/s. Sizes <= 64 B are shown as time per op (us), larger ones as
+busbw.
 """
 import csv
 import json
@@ -24,6 +28,8 @@ import sys
 from collections import OrderedDict, defaultdict
 
 PEERS = ("ompi-tcp", "ompi-shm", "gloo-ring_chunked")
+SMALL = 64  # sizes up to this many bytes: time per op (us), not busbw
+COLL_DESC = {"allreduce": "all-reduce float32 sum", "allgather": "all-gather float32"}
 
 
 def human(n):
@@ -47,9 +53,13 @@ def load_json_blob(text):
     return json.loads(text[a : b + 1])
 
 
-def parse_fx(path, contender, check):
+def parse_fx(path, contender, check, coll=None, nranks=None):
     with open(path, errors="replace") as f:
         d = load_json_blob(f.read())
+    if coll is not None and d.get("collective") not in (None, coll):
+        raise ValueError(f"fx-bench ran {d.get('collective')}, expected {coll}")
+    if nranks is not None and d.get("nranks") not in (None, "") and int(d["nranks"]) != int(nranks):
+        raise ValueError(f"fx-bench ran {d.get('nranks')} ranks, expected {nranks}")
     res = d.get("results") or []
     if not res:
         raise ValueError("fx-bench JSON has no results")
@@ -157,8 +167,23 @@ def summarize(d, fx_mode="oop"):
                 if "=" in line:
                     k, v = line.rstrip("\n").split("=", 1)
                     meta[k] = v
-    rows = read_csv(os.path.join(d, "allreduce.csv"))
+    coll = meta.get("coll") or "allreduce"
+    csv_path = os.path.join(d, f"{coll}.csv")
+    if not os.path.exists(csv_path) and not meta.get("coll"):
+        csv_path = os.path.join(d, "allreduce.csv")
+    rows = read_csv(csv_path)
+    # rows of another collective or rank count (should not happen) are left out
+    rows = [
+        r
+        for r in rows
+        if r.get("coll") in (None, "", coll)
+        and (not meta.get("np") or r.get("nranks") in (None, "", meta.get("np")))
+    ]
     lat_bytes = int(meta.get("lat_bytes", "8"))
+    try:
+        nranks = int(meta.get("np") or next((r["nranks"] for r in rows if r.get("nranks")), 2))
+    except ValueError:
+        nranks = 2
 
     # contender order: fx variants first, then peers, as they first appear
     order = OrderedDict()
@@ -178,12 +203,17 @@ def summarize(d, fx_mode="oop"):
             return r["mode"] == fx_mode
         return True
 
-    busbw = defaultdict(list)  # (contender, bytes) -> [GB/s]
-    lat = defaultdict(list)  # contender -> [us]
+    # (contender, bytes) -> [us] for sizes <= SMALL (and the latency size),
+    # [GB/s busbw] for the others
+    vals = defaultdict(list)
     errors = defaultdict(int)
     fails = defaultdict(int)
     sizes = set()
     rounds = set()
+
+    def is_time(b):
+        return b == lat_bytes or b <= SMALL
+
     for r in rows:
         rounds.add(r["round"])
         if not mode_ok(r):
@@ -194,14 +224,23 @@ def summarize(d, fx_mode="oop"):
             continue
         if r["check"] == "FAIL":
             fails[c] += 1
-        if b == lat_bytes:
-            lat[c].append(fnum(r["time_us"]))
-        else:
-            sizes.add(b)
-            busbw[(c, b)].append(fnum(r["busbw_GBps"]))
+        sizes.add(b)
+        vals[(c, b)].append(fnum(r["time_us"] if is_time(b) else r["busbw_GBps"]))
+    sizes.add(lat_bytes)  # the latency column is always there (n/a if it failed)
     sizes = sorted(sizes)
+    bw_sizes = [s for s in sizes if not is_time(s)]
 
-    out.append(f"## Foundation benchmark: all-reduce float32 sum, 2 ranks, loopback")
+    def bw_digits(s):  # sub-MiB sizes run at a few MB/s: more decimals
+        return 4 if s < (1 << 20) else 2
+
+    def col_name(s):
+        if s == lat_bytes:
+            return f"{human(s)} latency"
+        return f"{human(s)} time" if is_time(s) else human(s)
+
+    out.append(
+        f"## Foundation benchmark: {COLL_DESC.get(coll, coll)}, {nranks} ranks, loopback"
+    )
     out.append("")
     out.append(
         f"{meta.get('date', '')} on {meta.get('host', '')} ({meta.get('cpu', '')}, "
@@ -209,30 +248,37 @@ def summarize(d, fx_mode="oop"):
         f"(contenders interleaved in each size round, order rotated per round); "
         f"cells: median (min-max) over rounds; wall time {meta.get('wall_s', '?')} s."
     )
+    peers_line = "Open MPI: out-of-place; Gloo ring_chunked: in-place."
+    if coll != "allreduce":
+        peers_line = "Open MPI: out-of-place."
     out.append(
-        f"fx-bench figures: {'out-of-place' if fx_mode == 'oop' else 'in-place'}; "
-        "Open MPI: out-of-place; Gloo ring_chunked: in-place."
+        f"fx-bench figures: {'out-of-place' if fx_mode == 'oop' else 'in-place'}; " + peers_line
     )
+    if coll == "allgather":
+        out.append(
+            f"Sizes are gathered output bytes (each rank sends size/{nranks}); "
+            f"busbw = algbw * (N-1)/N."
+        )
+    if meta.get("left_out"):
+        out.append(f"Left out: {meta['left_out']}.")
     out.append("")
 
-    hdr = f"| contender | {human(lat_bytes)} latency us |" + "".join(
-        f" {human(s)} busbw GB/s |" for s in sizes
+    hdr = "| contender |" + "".join(
+        f" {col_name(s)} us |" if is_time(s) else f" {human(s)} busbw GB/s |" for s in sizes
     )
-    has_ratio = (16 << 20) in sizes and len([s for s in sizes if s > (16 << 20)]) > 0
-    big = max(sizes) if sizes else None
+    has_ratio = (16 << 20) in bw_sizes and len([s for s in bw_sizes if s > (16 << 20)]) > 0
+    big = max(bw_sizes) if bw_sizes else None
     if has_ratio:
         hdr += f" {human(big)}/16 MiB |"
     out.append(hdr)
-    out.append("|---|---:|" + "---:|" * len(sizes) + ("---:|" if has_ratio else ""))
+    out.append("|---|" + "---:|" * len(sizes) + ("---:|" if has_ratio else ""))
     med = {}
     for c in contenders:
-        ls = stats(lat[c])
-        med[(c, lat_bytes)] = ls[0] if ls else None
-        line = f"| {c} | {fmt_us(ls)} |"
+        line = f"| {c} |"
         for s in sizes:
-            st = stats(busbw[(c, s)])
+            st = stats(vals[(c, s)])
             med[(c, s)] = st[0] if st else None
-            line += f" {fmt_bw(st)} |"
+            line += f" {fmt_us(st)} |" if is_time(s) else f" {fmt_bw(st, bw_digits(s))} |"
         if has_ratio:
             a, b = med.get((c, big)), med.get((c, 16 << 20))
             line += f" {a / b:.2f} |" if a and b else " n/a |"
@@ -247,26 +293,31 @@ def summarize(d, fx_mode="oop"):
             "latency_best / latency_fx; > 1 means libfabricx is faster)"
         )
         out.append("")
-        out.append(f"| | {human(lat_bytes)} latency |" + "".join(f" {human(s)} |" for s in sizes))
-        out.append("|---|---:|" + "---:|" * len(sizes))
+        out.append("| |" + "".join(f" {col_name(s)} |" for s in sizes))
+        out.append("|---|" + "---:|" * len(sizes))
         best = {}
-        lats = [(med.get((p, lat_bytes)), p) for p in peers if med.get((p, lat_bytes))]
-        best[lat_bytes] = min(lats) if lats else None
         for s in sizes:
-            bws = [(med.get((p, s)), p) for p in peers if med.get((p, s))]
-            best[s] = max(bws) if bws else None
+            got = [(med.get((p, s)), p) for p in peers if med.get((p, s))]
+            best[s] = (min(got) if is_time(s) else max(got)) if got else None
         line = "| best peer |"
-        line += (f" {best[lat_bytes][1]} {best[lat_bytes][0]:.1f} us |" if best[lat_bytes] else " n/a |")
         for s in sizes:
-            line += f" {best[s][1]} {best[s][0]:.2f} |" if best[s] else " n/a |"
+            if not best[s]:
+                line += " n/a |"
+            elif is_time(s):
+                line += f" {best[s][1]} {best[s][0]:.1f} us |"
+            else:
+                line += f" {best[s][1]} {best[s][0]:.{bw_digits(s)}f} |"
         out.append(line)
         for c in fxs:
             line = f"| {c} |"
-            v, b = med.get((c, lat_bytes)), best[lat_bytes]
-            line += f" {b[0] / v:.2f} |" if v and b else " n/a |"
             for s in sizes:
                 v, b = med.get((c, s)), best[s]
-                line += f" {v / b[0]:.2f} |" if v and b else " n/a |"
+                if not (v and b):
+                    line += " n/a |"
+                elif is_time(s):
+                    line += f" {b[0] / v:.2f} |"
+                else:
+                    line += f" {v / b[0]:.2f} |"
             out.append(line)
         out.append("")
 
@@ -290,10 +341,11 @@ def summarize(d, fx_mode="oop"):
             )
             out.append(f"| same, Gbit/s fwd / rev | {fmt_bw(f, 1)} / {fmt_bw(rv, 1)} |")
             if sm:
-                # a 2-rank allreduce moves busbw bytes/s each way at once
+                # in an N-rank ring every rank sends (and receives) busbw bytes/s,
+                # so loopback carries N * busbw in all (2-rank: busbw each way)
                 out.append(
-                    f"| same, both-direction sum / 2 in GB/s (compare with 2-rank busbw) |"
-                    f" {sm[0] / 2 / 8:.2f} |"
+                    f"| same, both-direction sum / {nranks} in GB/s (compare with {nranks}-rank busbw) |"
+                    f" {sm[0] / nranks / 8:.2f} |"
                 )
         byk = defaultdict(list)
         for r in mb:
@@ -347,6 +399,8 @@ def main(argv):
     try:
         if cmd == "parse-fx" and len(argv) == 5:
             parse_fx(argv[2], argv[3], argv[4])
+        elif cmd == "parse-fx" and len(argv) == 7:
+            parse_fx(argv[2], argv[3], argv[4], argv[5], argv[6])
         elif cmd == "parse-iperf" and len(argv) == 3:
             parse_iperf(argv[2])
         elif cmd == "free-port":
