@@ -70,7 +70,8 @@ struct fx_exec {
     uint32_t nslots;
     int64_t last_progress_ms;
     bool stall_reported; /* rank 0 was told this rank waits */
-    int spin_us;         /* FX_SPIN_US, or 0 when the host is oversubscribed */
+    int spin_us;         /* FX_SPIN_US */
+    bool spin_yield;     /* more ranks than cores on this host: yield while polling */
 };
 
 /* A transport this rank runs: shared memory to ranks of its host, the network to the others. */
