@@ -13,6 +13,12 @@ if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! ip netns list >/dev/nu
     echo "run-netns.sh: needs root and iproute2 network namespaces: skipped"
     exit 77
 fi
+# Root in a container may still lack the right to make namespaces: try one first.
+if ! ip netns add "fxprobe$$" >/dev/null 2>&1; then
+    echo "run-netns.sh: this environment cannot create network namespaces: skipped"
+    exit 77
+fi
+ip netns del "fxprobe$$" >/dev/null 2>&1 || true
 name="fxi$(( $$ % 100000 ))"
 cluster="$src/scripts/netns-cluster.sh"
 cleanup() { "$cluster" down --name "$name" >/dev/null 2>&1 || true; }

@@ -34,6 +34,13 @@ if ! ip netns list >/dev/null 2>&1; then
     echo "skip: 'ip netns' is not available"
     exit 77
 fi
+# Root in a container may still lack the right to make namespaces: try one, outside our scripts.
+probe="fxprobe$$"
+if ! ip netns add "$probe" >/dev/null 2>&1; then
+    echo "skip: this environment cannot create network namespaces"
+    exit 77
+fi
+ip netns del "$probe" >/dev/null 2>&1 || true
 
 # The ranks must choose their interface the testbed way (eth0), whatever the caller exported
 # (scripts/test exports FX_SOCKET_IFNAME=lo). FX_BENCH is for this script only: the library
