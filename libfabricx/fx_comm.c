@@ -432,6 +432,17 @@ static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *sel
     return FX_OK;
 }
 
+/* Index in comm->tps of the running transport ops, or -1 (also for NULL). */
+static int tp_index(const struct fx_comm *comm, const struct fx_transport_ops *ops)
+{
+    for (int t = 0; ops != NULL && t < comm->ntps; t++) {
+        if (comm->tps[t].ops == ops) {
+            return t;
+        }
+    }
+    return -1;
+}
+
 /*
  * Decides the transport of every pair from the table (fx_route.h), closes the transports no
  * pair uses, and logs the choice.
@@ -453,9 +464,8 @@ static fx_status choose_routes(struct fx_comm *comm, char *err, size_t errlen)
             continue;
         }
         ops = fx_route_choose(me, &comm->boot.table[r], why, sizeof(why));
-        for (t = 0; ops != NULL && t < comm->ntps && comm->tps[t].ops != ops; t++) {
-        }
-        if (ops == NULL || t == comm->ntps) {
+        t   = tp_index(comm, ops);
+        if (t < 0) {
             if (comm->cfg.transport[0] && comm->ntps == 1 &&
                 (comm->tps[0].ops->caps & FX_TP_CAP_LOCAL_ONLY)) {
                 char who[160];
@@ -574,8 +584,7 @@ static fx_status make_ring_order(struct fx_comm *comm)
     for (int r = 0; r < n; r++) {
         host[r] = r;
         for (int q = 0; q < r; q++) {
-            if (memcmp(comm->boot.table[q].host_id, comm->boot.table[r].host_id,
-                       sizeof(comm->boot.table[r].host_id)) == 0) {
+            if (fx_route_same_host(&comm->boot.table[q], &comm->boot.table[r])) {
                 host[r] = q;
                 break;
             }

@@ -27,6 +27,7 @@
 
 #include "collectives/coll_kernels.h"
 #include "fx_log.h"
+#include "fx_route.h"
 #include "fx_sock.h"
 
 #define EV_TP          1u
@@ -861,12 +862,11 @@ static fx_status setup_epoll(struct fx_comm *comm, char *err, size_t errlen)
  * take the core of the rank it waits for, so waiters yield while they poll (spin_progress). */
 static int spin_budget(struct fx_comm *comm)
 {
-    const uint8_t *me = comm->boot.table[comm->rank].host_id;
-    long cores        = sysconf(_SC_NPROCESSORS_ONLN);
-    int local         = 0;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int local  = 0;
 
     for (int r = 0; r < comm->nranks; r++) {
-        local += memcmp(comm->boot.table[r].host_id, me, sizeof(comm->boot.table[r].host_id)) == 0;
+        local += fx_route_same_host(&comm->boot.table[r], &comm->boot.table[comm->rank]);
     }
     if (cores > 0 && local > cores) {
         fx_info(FX_SUB_INIT,

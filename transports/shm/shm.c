@@ -657,12 +657,7 @@ static fx_status post(struct fx_tp_conn *c, bool send, const void *hdr, size_t h
             memcpy(r->hdr, hdr, hdrlen);
         }
     }
-    if (q->tail != NULL) {
-        q->tail->next = r;
-    } else {
-        q->head = r;
-    }
-    q->tail = r;
+    queue_push(q, r);
     conn_io(c); /* latency: move it now */
     *out = r;
     return FX_OK;
