@@ -219,7 +219,9 @@ int fx_slow_analyze(const struct fx_slow_link *links, size_t nlinks, int nhosts,
     }
     written = host_findings(links, nlinks, valid, slow, nhosts, hc, tmp, out, max, &total);
     written = path_findings(links, nlinks, valid, slow, hc, seen, tmp, out, written, max, &total);
-    qsort(out, (size_t)written, sizeof(*out), cmp_finding);
+    if (written > 1) {
+        qsort(out, (size_t)written, sizeof(*out), cmp_finding);
+    }
 out:
     free(rates);
     free(tmp);
