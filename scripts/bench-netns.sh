@@ -15,6 +15,9 @@
 #   --contenders "fx-tcp ..."    a subset of the five above
 #   --fx-env "K=V ..."           extra environment for fx-bench (e.g. FX_NSOCKS=4)
 #   --timeout S                  limit for one invocation (default: from the size and the rate)
+#   --wait-idle S                before each cluster's turn wait (up to S s) until the CPUs are
+#                                < 25% busy over 1 s (other jobs on a shared machine); the busy
+#                                share found is recorded in phases.csv either way
 #   --fx-bench PATH              default ./build/tools/fx-bench (fx-id is found beside it)
 #   --no-setup                   do not run scripts/peers-setup.sh (builds the peers into
 #                                .bench/peers-build with the kit's Makefile, apt if missing)
@@ -33,6 +36,7 @@
 # goodput the shaped links allow, in each cluster, every repetition.
 # busbw = algbw * 2(N-1)/N (nccl-tests), GB/s = 1e9 B/s; link rate in GB/s = rate bits/s / 8e9.
 # Output: DIR/netns.csv (one row per contender, rate, size, repetition), DIR/iperf.csv,
+# DIR/phases.csv (CPU busy with other work before each cluster's turn),
 # DIR/qdisc-*.txt, DIR/logs/, DIR/meta.txt, DIR/summary.md; the markdown summary goes to stdout,
 # progress to stderr. Exit 0 when every invocation worked, 1 when some failed, 2 on setup errors.
 # Every namespace made here is removed on exit, failure, Ctrl-C and SIGTERM.
@@ -62,6 +66,7 @@ SETUP=1
 PEERS=${FX_PEERS_DIR:-$ROOT/../shared/peers}
 PEERS_BUILD=$ROOT/.bench/peers-build
 IPERF_SECS=4
+WAIT_IDLE=0
 
 FX_UP=0    # our cluster exists
 LFX_UP=0   # the kit's cluster exists
@@ -98,6 +103,7 @@ parse_args() {
         --contenders) need_arg "$@"; CONTENDERS=$2; shift 2 ;;
         --fx-env) need_arg "$@"; FXENV=$2; shift 2 ;;
         --timeout) need_arg "$@"; TMO=$2; shift 2 ;;
+        --wait-idle) need_arg "$@"; WAIT_IDLE=$2; shift 2 ;;
         --fx-bench) need_arg "$@"; FXBENCH=$2; shift 2 ;;
         --no-setup) SETUP=0; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -112,6 +118,7 @@ parse_args() {
     [[ $REPS =~ ^[1-9][0-9]?$ ]] || die "--reps must be 1 to 99"
     [[ $TARGET_S =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--target-s must be a number of seconds"
     [ -z "$TMO" ] || [[ $TMO =~ ^[1-9][0-9]{0,3}$ ]] || die "--timeout must be 1 to 9999 s"
+    [[ $WAIT_IDLE =~ ^[0-9]{1,4}$ ]] || die "--wait-idle must be 0 to 9999 s"
     local c kv r
     for c in $CONTENDERS; do
         [[ " $ALL_CONTENDERS " == *" $c "* ]] || die "--contenders: unknown '$c'"
@@ -337,6 +344,35 @@ load1() {
     cut -d' ' -f1 /proc/loadavg
 }
 
+# Percentage of CPU time not idle over one second, all CPUs.
+cpu_busy() {
+    local a b
+
+    a=$(head -1 /proc/stat)
+    sleep 1
+    b=$(head -1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " "); t = 0
+        for (i = 2; i <= 9 && i <= n; i++) t += y[i] - x[i]
+        idle = (y[5] - x[5]) + (y[6] - x[6])
+        printf "%.0f\n", (t > 0 ? 100 * (t - idle) / t : 0) }'
+}
+
+# Called before a cluster's turn, with no cluster of ours up: waits up to WAIT_IDLE seconds (2 s
+# steps, so at most WAIT_IDLE / 2 + 1 probes) for other work to quieten, and records what it found.
+wait_idle() { # phase rate rep
+    local busy t0=$SECONDS
+
+    busy=$(cpu_busy)
+    while [ "$busy" -ge 25 ] && [ $((SECONDS - t0)) -lt "$WAIT_IDLE" ]; do
+        [ $((SECONDS - t0)) -gt 1 ] ||
+            say "CPUs ${busy}% busy with other work; waiting up to $WAIT_IDLE s"
+        sleep 1
+        busy=$(cpu_busy)
+    done
+    echo "$1,$2,$3,$busy,$((SECONDS - t0)),$(load1)" >>"$OUT/phases.csv"
+}
+
 # iperf3 ring: host i sends one TCP stream to host i+1, all four at once, IPERF_SECS seconds (the
 # first one omitted: slow start and the full token bucket). Prints the mean receive rate per
 # flow in Gbit/s and the lowest, into iperf.csv.
@@ -492,6 +528,7 @@ one_rep() {
     local rate=$1 rep=$2 b c i addrs=()
 
     if has fx-tcp; then
+        wait_idle fx "$rate" "$rep"
         say "rate $rate rep $rep: fx-tcp"
         fx_up "$rate" || { say "cluster $NAME failed to come up ($OUT/logs)"; return 1; }
         for ((i = 0; i < NHOSTS; i++)); do
@@ -509,6 +546,7 @@ one_rep() {
         fx_up "$rate" || return 1
         fx_down
     fi
+    wait_idle peers "$rate" "$rep"
     say "rate $rate rep $rep: peers"
     lfx_up "$rate" || { say "the peers' cluster failed to come up or to match ours"; return 1; }
     iperf_ring peers "$rate" "$rep" lfx-h 1 10.77.0.1 10.77.0.2 10.77.0.3 10.77.0.4
@@ -674,6 +712,7 @@ main() {
         echo "reps=$REPS"
         echo "contenders=$CONTENDERS"
         echo "target_s=$TARGET_S"
+        echo "wait_idle=$WAIT_IDLE"
         echo "fx_env=$FXENV"
         echo "cpu=$(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2; exit }')"
         echo "cores=$(nproc)"
@@ -684,6 +723,7 @@ main() {
     echo "contender,rate,rate_bits,rep,bytes,iters,time_us,busbw_GBps,link_GBps,busbw_over_link,check,status,load1" \
         >"$OUT/netns.csv"
     echo "cluster,rate,rep,flows,mean_Gbps,min_Gbps" >"$OUT/iperf.csv"
+    echo "phase,rate,rep,other_busy_pct,waited_s,load1" >"$OUT/phases.csv"
     t0=$(date +%s)
     for rate in $RATES; do
         RATE_BITS=$(rate_bits "$rate")
