@@ -369,6 +369,7 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
     comm->wakefd     = -1;
     comm->send_conns = calloc((size_t)nranks, sizeof(*comm->send_conns));
     comm->recv_conns = calloc((size_t)nranks, sizeof(*comm->recv_conns));
+    comm->connecting = calloc((size_t)nranks, sizeof(*comm->connecting));
     comm->peer_tp    = malloc((size_t)nranks * sizeof(*comm->peer_tp));
     if (comm->peer_tp != NULL) {
         memset(comm->peer_tp, -1, (size_t)nranks * sizeof(*comm->peer_tp));
@@ -376,7 +377,8 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
     pthread_mutex_init(&comm->lock, NULL);
     cond_init_monotonic(&comm->cond);
     *out = comm;
-    if (comm->send_conns == NULL || comm->recv_conns == NULL || comm->peer_tp == NULL) {
+    if (comm->send_conns == NULL || comm->recv_conns == NULL || comm->connecting == NULL ||
+        comm->peer_tp == NULL) {
         return FX_ERR_NO_MEMORY;
     }
     return FX_OK;
@@ -385,7 +387,8 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
 static void comm_free(struct fx_comm *comm)
 {
     fx_exec_fini(comm);
-    if (comm->send_conns != NULL && comm->recv_conns != NULL && comm->peer_tp != NULL) {
+    if (comm->send_conns != NULL && comm->recv_conns != NULL && comm->connecting != NULL &&
+        comm->peer_tp != NULL) {
         fx_conn_close_all(comm);
     }
     for (int t = 0; t < comm->ntps; t++) {
@@ -397,6 +400,7 @@ static void comm_free(struct fx_comm *comm)
     fx_boot_fini(&comm->boot);
     free(comm->send_conns);
     free(comm->recv_conns);
+    free(comm->connecting);
     free(comm->peer_tp);
     free(comm->ring_order);
     pthread_mutex_destroy(&comm->lock);

@@ -63,6 +63,7 @@ struct fx_exec {
     uint32_t *lane_ops;
     struct fx_lane *lanes;
     int nlanes;
+    int unconnected;    /* lanes of the running plan still without their connection */
     int *lane_index;    /* 2 * nranks: (peer, direction) -> lane, -1 none */
     uint32_t next_copy; /* first COPY op not yet run, scanning forward */
     uint8_t *scratch;   /* nslots * max_chunk bytes, touched at init */
@@ -91,6 +92,7 @@ struct fx_comm {
     int8_t *peer_tp; /* [nranks]: index in tps of the transport to that rank; -1 itself */
     struct fx_tp_conn **send_conns; /* [nranks]: connections this rank opened (it sends) */
     struct fx_tp_conn **recv_conns; /* [nranks]: connections it accepted (it receives) */
+    struct fx_tp_conn **connecting; /* [nranks]: on-demand connects in progress (fx_conn.h) */
     int *ring_order; /* [nranks]: the rank at each ring position (ranks of a host adjacent) */
     int ring_pos;    /* this rank's position */
 

@@ -1,4 +1,5 @@
-/* Data connections: the hello that authenticates them, the ring's at init. */
+/* Data connections: the hello that authenticates them, the ring's at init, the others on
+ * demand. */
 #include "fx_conn.h"
 
 #include <poll.h>
@@ -15,6 +16,10 @@
 void fx_conn_close_all(struct fx_comm *comm)
 {
     for (int r = 0; r < comm->nranks; r++) {
+        if (comm->connecting[r] != NULL) {
+            fx_comm_peer_ops(comm, r)->close(comm->connecting[r]);
+            comm->connecting[r] = NULL;
+        }
         if (comm->recv_conns[r] == comm->send_conns[r]) {
             comm->recv_conns[r] = NULL; /* one duplex connection: closed once below */
         }
@@ -63,10 +68,11 @@ static int check_hello(const struct fx_comm *comm, const uint8_t *hello, size_t 
     return src;
 }
 
-/* Takes the data connections that arrived on transport t's listener. */
-static void accept_pending(struct fx_comm *comm, int t)
+/* Takes the data connections that arrived on transport t's listener; returns how many. */
+static int accept_pending(struct fx_comm *comm, int t)
 {
     const struct fx_transport_ops *ops = comm->tps[t].ops;
+    int taken                          = 0;
 
     for (int tries = 0; tries < 16; tries++) {
         uint8_t hello[FX_TP_HELLO_MAX];
@@ -76,7 +82,7 @@ static void accept_pending(struct fx_comm *comm, int t)
         int src;
 
         if (ops->accept(comm->tps[t].lst, &conn, hello, &hlen) != FX_OK) {
-            return;
+            break;
         }
         src = check_hello(comm, hello, hlen);
         if (src < 0) {
@@ -95,8 +101,48 @@ static void accept_pending(struct fx_comm *comm, int t)
             continue;
         }
         comm->recv_conns[src] = conn;
+        taken++;
         fx_trace(FX_SUB_NET, "accepted %s data connection from rank %d", ops->name, src);
     }
+    return taken;
+}
+
+bool fx_conn_accept(struct fx_comm *comm)
+{
+    int taken = 0;
+
+    for (int t = 0; t < comm->ntps; t++) {
+        taken += accept_pending(comm, t);
+    }
+    return taken > 0;
+}
+
+fx_status fx_conn_open(struct fx_comm *comm, int peer)
+{
+    const struct fx_comm_tp *ct = &comm->tps[comm->peer_tp[peer]];
+    const struct fx_tp_addr *to = fx_route_addr(&comm->boot.table[peer], ct->ops->name);
+    uint8_t hello[HELLO_LEN];
+    fx_status status;
+
+    if (comm->send_conns[peer] != NULL) {
+        return FX_OK;
+    }
+    if (to == NULL) {
+        return FX_ERR_INTERNAL; /* choose_routes picked a transport the peer publishes */
+    }
+    if (comm->connecting[peer] == NULL) {
+        fx_trace(FX_SUB_NET, "connecting to rank %d over %s on demand", peer, ct->ops->name);
+    }
+    make_hello(comm, comm->rank, peer, hello);
+    status = ct->ops->connect(ct->tp, to, hello, sizeof(hello), &comm->connecting[peer]);
+    if (status == FX_OK) {
+        comm->send_conns[peer] = comm->connecting[peer];
+        comm->connecting[peer] = NULL;
+    } else if (status != FX_INPROGRESS && comm->connecting[peer] != NULL) {
+        ct->ops->close(comm->connecting[peer]); /* the transport left its handle to us */
+        comm->connecting[peer] = NULL;
+    }
+    return status;
 }
 
 /*
@@ -140,7 +186,7 @@ fx_status fx_conn_connect_ring(struct fx_comm *comm, char *err, size_t errlen)
             }
         }
         if (!connects || !duplex) {
-            accept_pending(comm, comm->peer_tp[left]);
+            (void)accept_pending(comm, comm->peer_tp[left]);
         }
         if (!connects && comm->recv_conns[left] != NULL) {
             comm->send_conns[right] = comm->recv_conns[left];

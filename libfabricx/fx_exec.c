@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "collectives/coll_kernels.h"
+#include "fx_conn.h"
 #include "fx_log.h"
 #include "fx_route.h"
 #include "fx_sock.h"
@@ -41,6 +42,7 @@
 #define AUTO_CHUNK_MAX (512u << 10)
 #define PEER_GRACE_MS  200
 #define PAIR_MAX_BYTES (512u << 10) /* 2 ranks: exchange all-reduce up to this size */
+#define CONN_POLL_MS   1            /* longest sleep while a lane waits for its connection */
 
 /* ------------------------------------------------------------------ plan start */
 
@@ -105,7 +107,8 @@ static void build_lanes(struct fx_comm *comm)
     struct fx_exec *ex = &comm->exec;
     uint32_t pos       = 0;
 
-    ex->nlanes = 0;
+    ex->nlanes      = 0;
+    ex->unconnected = 0;
     for (int k = 0; k <= 2 * comm->nranks; k++) {
         ex->lane_index[k] = -1;
     }
@@ -122,6 +125,7 @@ static void build_lanes(struct fx_comm *comm)
             if (l->peer >= 0) {
                 l->ops  = fx_comm_peer_ops(comm, l->peer);
                 l->conn = l->send ? comm->send_conns[l->peer] : comm->recv_conns[l->peer];
+                ex->unconnected += l->conn == NULL;
             }
             ex->lane_index[key] = ex->nlanes++;
         }
@@ -179,18 +183,12 @@ static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
         memset(ex->op_done, 0, ex->plan.nops);
     }
     build_lanes(comm);
-    for (int l = 0; l < ex->nlanes; l++) {
-        if (ex->lanes[l].peer >= 0 && ex->lanes[l].conn == NULL) {
-            fx_comm_fail(comm, FX_ERR_INTERNAL, -1, false, "no connection %s rank %d",
-                         ex->lanes[l].send ? "to" : "from", ex->lanes[l].peer);
-            return FX_ERR_INTERNAL;
-        }
-    }
     ex->ndone            = 0;
     ex->running          = true;
     ex->last_progress_ms = fx_now_ms();
-    fx_trace(FX_SUB_COLL, "%s #%llu: count %zu, %zu plan ops, %d lanes", fx_coll_name(req->coll),
-             (unsigned long long)req->seq, req->count, ex->plan.nops, ex->nlanes);
+    fx_trace(FX_SUB_COLL, "%s #%llu: count %zu, %zu plan ops, %d lanes (%d to connect)",
+             fx_coll_name(req->coll), (unsigned long long)req->seq, req->count, ex->plan.nops,
+             ex->nlanes, ex->unconnected);
     return FX_OK;
 }
 
@@ -400,7 +398,11 @@ static void check_timeout(struct fx_comm *comm)
 
         if (lane->peer >= 0 && lane->done < lane->end) {
             peer = lane->peer;
-            what = lane->send ? "waiting to send to" : "waiting for data from";
+            if (lane->conn == NULL) {
+                what = lane->send ? "waiting to connect to" : "waiting for a connection from";
+            } else {
+                what = lane->send ? "waiting to send to" : "waiting for data from";
+            }
             if (!lane->send) {
                 break;
             }
@@ -459,11 +461,58 @@ static bool lane_complete(struct fx_comm *comm, struct fx_lane *lane)
     return changed;
 }
 
+/* A connect failed: the peer's listener is gone (it died or left) or unreachable. */
+static void connect_failed(struct fx_comm *comm, const struct fx_lane *lane, fx_status status)
+{
+    char who[160];
+
+    if (adopt_relayed_error(comm)) {
+        return;
+    }
+    fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
+    fx_comm_fail(comm, status, lane->peer, true, "cannot connect to %s during %s #%llu: %s", who,
+                 fx_coll_name(comm->exec.head->coll), (unsigned long long)comm->exec.head->seq,
+                 fx_strerror(status));
+}
+
+/*
+ * Gives a lane the connection it lacks, if it exists by now: a send lane advances its connect,
+ * a receive lane looks for the peer's connection among those accepted (run_head accepts). A
+ * lane without its connection posts nothing yet. Returns true once the lane has it.
+ */
+static bool lane_connect(struct fx_comm *comm, struct fx_lane *lane)
+{
+    fx_status status = FX_INPROGRESS;
+
+    if (lane->send) {
+        status     = fx_conn_open(comm, lane->peer);
+        lane->conn = comm->send_conns[lane->peer];
+    } else {
+        lane->conn = comm->recv_conns[lane->peer];
+    }
+    if (lane->conn != NULL) {
+        comm->exec.unconnected--;
+        fx_trace(FX_SUB_NET, "connection %s rank %d ready", lane->send ? "to" : "from", lane->peer);
+        return true;
+    }
+    if (status != FX_INPROGRESS) {
+        connect_failed(comm, lane, status);
+    }
+    return false;
+}
+
 /* Posts the lane's next ops whose dependencies have completed. */
 static bool lane_post(struct fx_comm *comm, struct fx_lane *lane)
 {
     struct fx_exec *ex = &comm->exec;
     bool changed       = false;
+
+    if (lane->peer >= 0 && lane->conn == NULL) {
+        if (!lane_connect(comm, lane)) {
+            return false;
+        }
+        changed = true;
+    }
 
     while (lane->post < lane->end && comm->error == FX_OK) {
         uint32_t i                  = ex->lane_ops[lane->post];
@@ -547,6 +596,9 @@ static void run_head(struct fx_comm *comm)
                 return;
             }
         }
+        if (ex->unconnected > 0) {
+            changed |= fx_conn_accept(comm);
+        }
         for (int l = 0; l < ex->nlanes && comm->error == FX_OK; l++) {
             changed |= lane_complete(comm, &ex->lanes[l]);
             changed |= lane_post(comm, &ex->lanes[l]);
@@ -626,6 +678,18 @@ static bool transport_may_sleep(struct fx_comm *comm)
 }
 
 /*
+ * How long a sleep on the epoll set may last: while a lane of the running plan waits for its
+ * connection, the progress rounds must come often, since neither a connect in progress nor a
+ * listener's new connection is in that set. Called with the lock held.
+ */
+static int sleep_cap(const struct fx_comm *comm, int ms)
+{
+    bool waits = comm->exec.running && comm->exec.unconnected > 0;
+
+    return waits && ms > CONN_POLL_MS ? CONN_POLL_MS : ms;
+}
+
+/*
  * The progress thread: sleeps on the condition variable while nothing is queued or a user
  * thread drives; otherwise sleeps in epoll_wait and runs progress rounds.
  */
@@ -666,7 +730,7 @@ static void *progress_main(void *arg)
             }
             continue;
         }
-        sleep_ms = transport_may_sleep(comm) ? IDLE_WAIT_MS : 0;
+        sleep_ms = transport_may_sleep(comm) ? sleep_cap(comm, IDLE_WAIT_MS) : 0;
         pthread_mutex_unlock(&comm->lock);
         n = epoll_wait(comm->epfd, evs, MAX_EVENTS, sleep_ms);
         pthread_mutex_lock(&comm->lock);
@@ -748,7 +812,7 @@ fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
         }
         pthread_mutex_unlock(&comm->lock);
         n = epoll_wait(comm->epfd, evs, MAX_EVENTS,
-                       left < DRIVE_WAIT_MS ? (int)left : DRIVE_WAIT_MS);
+                       sleep_cap(comm, left < DRIVE_WAIT_MS ? (int)left : DRIVE_WAIT_MS));
         pthread_mutex_lock(&comm->lock);
         handle_events(comm, evs, n > 0 ? n : 0);
     }
