@@ -370,6 +370,8 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
     comm->send_conns = calloc((size_t)nranks, sizeof(*comm->send_conns));
     comm->recv_conns = calloc((size_t)nranks, sizeof(*comm->recv_conns));
     comm->connecting = calloc((size_t)nranks, sizeof(*comm->connecting));
+    comm->p2p_sent   = calloc((size_t)nranks, sizeof(*comm->p2p_sent));
+    comm->p2p_recvd  = calloc((size_t)nranks, sizeof(*comm->p2p_recvd));
     comm->peer_tp    = malloc((size_t)nranks * sizeof(*comm->peer_tp));
     if (comm->peer_tp != NULL) {
         memset(comm->peer_tp, -1, (size_t)nranks * sizeof(*comm->peer_tp));
@@ -378,7 +380,7 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
     cond_init_monotonic(&comm->cond);
     *out = comm;
     if (comm->send_conns == NULL || comm->recv_conns == NULL || comm->connecting == NULL ||
-        comm->peer_tp == NULL) {
+        comm->p2p_sent == NULL || comm->p2p_recvd == NULL || comm->peer_tp == NULL) {
         return FX_ERR_NO_MEMORY;
     }
     return FX_OK;
@@ -401,6 +403,8 @@ static void comm_free(struct fx_comm *comm)
     free(comm->send_conns);
     free(comm->recv_conns);
     free(comm->connecting);
+    free(comm->p2p_sent);
+    free(comm->p2p_recvd);
     free(comm->peer_tp);
     free(comm->ring_order);
     pthread_mutex_destroy(&comm->lock);

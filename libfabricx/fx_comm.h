@@ -20,7 +20,7 @@
 #include "fx_wire.h"
 #include "transports/transport.h"
 
-/* One collective call: the public fx_request. */
+/* One call: the public fx_request. */
 struct fx_request {
     struct fx_request *next;     /* in the communicator's queue or free list */
     struct fx_request *all_next; /* every request object of the communicator */
@@ -31,7 +31,12 @@ struct fx_request {
     size_t count;
     fx_datatype dtype;
     fx_op op;
-    uint64_t seq;
+    uint64_t seq;      /* collectives: the communicator's operation number */
+    int send_peer;     /* send/recv: where to send count elements of sendbuf, or -1 */
+    int recv_peer;     /* send/recv: whence to receive recv_count elements, or -1 */
+    size_t recv_count; /* send/recv */
+    uint64_t send_seq; /* send/recv: the message's number from this rank to send_peer */
+    uint64_t recv_seq; /* send/recv: the message's number from recv_peer to this rank */
     fx_status status;
     bool done;
 };
@@ -107,7 +112,9 @@ struct fx_comm {
     bool parked; /* the progress thread sleeps on cond */
 
     struct fx_exec exec;
-    uint64_t op_seq;
+    uint64_t op_seq;     /* collectives started; point-to-point calls do not count */
+    uint64_t *p2p_sent;  /* [nranks]: messages queued for sending to each rank */
+    uint64_t *p2p_recvd; /* [nranks]: messages queued for receiving from each rank */
 
     fx_status error; /* first fatal error; FX_OK while healthy */
     char errmsg[512];

@@ -44,6 +44,9 @@
 #define PAIR_MAX_BYTES (512u << 10) /* 2 ranks: exchange all-reduce up to this size */
 #define CONN_POLL_MS   1            /* longest sleep while a lane waits for its connection */
 
+/* The payload pointer of empty messages: transports never see NULL, even from a NULL buffer. */
+static uint8_t no_payload[1];
+
 /* ------------------------------------------------------------------ plan start */
 
 /* The pipeline chunk for an operation: FX_CHUNK_BYTES (rank 0's) or a size-based choice that
@@ -153,6 +156,10 @@ static fx_status build_plan(struct fx_comm *comm, const struct fx_request *req)
     size_t total       = req->count * es * (req->coll == FX_COLL_ALLGATHER ? comm->nranks : 1);
     size_t chunk       = op_chunk_bytes(comm, total);
 
+    if (req->coll == FX_COLL_SENDRECV) {
+        return fx_coll_p2p(&ex->plan, comm->nranks, comm->rank, req->send_peer, req->count,
+                           req->recv_peer, req->recv_count, es, ex->max_chunk);
+    }
     if (req->coll == FX_COLL_ALLREDUCE && comm->nranks == 2 && total <= PAIR_MAX_BYTES &&
         total <= ex->max_chunk && (req->sendbuf != req->recvbuf || ex->nslots >= 2)) {
         return fx_coll_pair_allreduce(&ex->plan, comm->rank, req->count, es,
@@ -164,6 +171,25 @@ static fx_status build_plan(struct fx_comm *comm, const struct fx_request *req)
     }
     return fx_coll_ring_allgather_ordered(&ex->plan, comm->nranks, comm->rank, comm->ring_order,
                                           req->count, es, chunk);
+}
+
+/* An operation as messages name it: "allreduce #6", "send #2 to rank 3", "recv #1 from rank 0",
+ * "sendrecv #2 to rank 3, #1 from rank 0". */
+static void op_name(const struct fx_request *req, char *buf, size_t len)
+{
+    unsigned long long sent = req->send_seq;
+    unsigned long long got  = req->recv_seq;
+
+    if (req->coll != FX_COLL_SENDRECV) {
+        snprintf(buf, len, "%s #%llu", fx_coll_name(req->coll), (unsigned long long)req->seq);
+    } else if (req->recv_peer < 0) {
+        snprintf(buf, len, "send #%llu to rank %d", sent, req->send_peer);
+    } else if (req->send_peer < 0) {
+        snprintf(buf, len, "recv #%llu from rank %d", got, req->recv_peer);
+    } else {
+        snprintf(buf, len, "sendrecv #%llu to rank %d, #%llu from rank %d", sent, req->send_peer,
+                 got, req->recv_peer);
+    }
 }
 
 static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
@@ -186,9 +212,13 @@ static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
     ex->ndone            = 0;
     ex->running          = true;
     ex->last_progress_ms = fx_now_ms();
-    fx_trace(FX_SUB_COLL, "%s #%llu: count %zu, %zu plan ops, %d lanes (%d to connect)",
-             fx_coll_name(req->coll), (unsigned long long)req->seq, req->count, ex->plan.nops,
-             ex->nlanes, ex->unconnected);
+    if (fx_log_enabled(FX_LOG_TRACE, FX_SUB_COLL)) {
+        char name[96];
+
+        op_name(req, name, sizeof(name));
+        fx_trace(FX_SUB_COLL, "%s: count %zu, %zu plan ops, %d lanes (%d to connect)", name,
+                 req->count, ex->plan.nops, ex->nlanes, ex->unconnected);
+    }
     return FX_OK;
 }
 
@@ -209,6 +239,9 @@ static uint8_t *buf_ptr(const struct fx_comm *comm, const struct fx_request *req
 static void op_header(const struct fx_comm *comm, const struct fx_request *req,
                       const struct fx_plan_op *op, int src_rank, struct fx_wire_hdr *h)
 {
+    bool p2p   = req->coll == FX_COLL_SENDRECV;
+    bool sends = op->kind == FX_PLAN_SEND;
+
     memset(h, 0, sizeof(*h));
     h->coll     = (uint8_t)req->coll;
     h->dtype    = (uint8_t)req->dtype;
@@ -216,8 +249,8 @@ static void op_header(const struct fx_comm *comm, const struct fx_request *req,
     h->phase    = (uint8_t)op->phase;
     h->src_rank = src_rank;
     h->comm_id  = comm->boot.info.comm_id;
-    h->op_seq   = req->seq;
-    h->count    = req->count;
+    h->op_seq   = !p2p ? req->seq : sends ? req->send_seq : req->recv_seq;
+    h->count    = p2p && !sends ? req->recv_count : req->count;
     h->offset   = op->offset;
     h->length   = op->count;
     h->step     = op->step;
@@ -230,18 +263,17 @@ static fx_status post_op(struct fx_comm *comm, struct fx_lane *lane, uint32_t i)
     const struct fx_plan_op *op = &ex->plan.ops[i];
     size_t es                   = ex->plan.elem_size;
     size_t bytes                = op->count * es;
+    uint8_t *data = bytes > 0 ? buf_ptr(comm, rq, op->buf) + op->offset * es : no_payload;
     struct fx_wire_hdr h;
 
     if (op->kind == FX_PLAN_SEND) {
         op_header(comm, rq, op, comm->rank, &h);
         fx_wire_encode(&h, ex->hdrs[i]);
-        return lane->ops->isend(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
-                                buf_ptr(comm, rq, op->buf) + op->offset * es, bytes,
+        return lane->ops->isend(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE, data, bytes,
                                 &ex->tp_reqs[i]);
     }
     if (op->kind == FX_PLAN_RECV) {
-        return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
-                                buf_ptr(comm, rq, op->buf) + op->offset * es, bytes,
+        return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE, data, bytes,
                                 &ex->tp_reqs[i]);
     }
     return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
@@ -325,6 +357,7 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
 {
     char detail[256];
     char who[160];
+    char name[96];
 
     if (status == FX_ERR_CONNECTION && !lane->send) {
         /* A transport that finds a mismatch on a later message of the connection (its frame
@@ -355,10 +388,9 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
     }
     lane->ops->conn_error(lane->conn, detail, sizeof(detail));
     fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
+    op_name(comm->exec.head, name, sizeof(name));
     fx_comm_fail(comm, status == FX_ERR_PEER_FAILED ? FX_ERR_PEER_FAILED : FX_ERR_CONNECTION,
-                 lane->peer, true, "%s failed during %s #%llu: %s", who,
-                 fx_coll_name(comm->exec.head->coll), (unsigned long long)comm->exec.head->seq,
-                 detail);
+                 lane->peer, true, "%s failed during %s: %s", who, name, detail);
 }
 
 /* Rank 0: names the rank at the end of the job's chain of waits once it is due. */
@@ -408,8 +440,7 @@ static void check_timeout(struct fx_comm *comm)
             }
         }
     }
-    snprintf(op, sizeof(op), "%s #%llu", fx_coll_name(ex->head->coll),
-             (unsigned long long)ex->head->seq);
+    op_name(ex->head, op, sizeof(op));
     if (!ex->stall_reported) {
         fx_boot_ctrl_stall(&comm->boot, peer, idle, op);
         ex->stall_reported = true;
@@ -465,13 +496,14 @@ static bool lane_complete(struct fx_comm *comm, struct fx_lane *lane)
 static void connect_failed(struct fx_comm *comm, const struct fx_lane *lane, fx_status status)
 {
     char who[160];
+    char name[96];
 
     if (adopt_relayed_error(comm)) {
         return;
     }
     fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
-    fx_comm_fail(comm, status, lane->peer, true, "cannot connect to %s during %s #%llu: %s", who,
-                 fx_coll_name(comm->exec.head->coll), (unsigned long long)comm->exec.head->seq,
+    op_name(comm->exec.head, name, sizeof(name));
+    fx_comm_fail(comm, status, lane->peer, true, "cannot connect to %s during %s: %s", who, name,
                  fx_strerror(status));
 }
 
@@ -870,7 +902,15 @@ fx_status fx_exec_submit(struct fx_comm *comm, struct fx_request *req, bool back
     struct fx_exec *ex = &comm->exec;
 
     pthread_mutex_lock(&comm->lock);
-    req->seq  = ++comm->op_seq;
+    if (req->coll == FX_COLL_SENDRECV) {
+        /* Messages match in order per pair: the n-th send from a to b meets b's n-th receive
+         * from a; the numbers are the pair's, so collectives keep theirs in step on all ranks. */
+        req->seq      = 0;
+        req->send_seq = req->send_peer >= 0 ? ++comm->p2p_sent[req->send_peer] : 0;
+        req->recv_seq = req->recv_peer >= 0 ? ++comm->p2p_recvd[req->recv_peer] : 0;
+    } else {
+        req->seq = ++comm->op_seq;
+    }
     req->next = NULL;
     if (ex->tail != NULL) {
         ex->tail->next = req;
