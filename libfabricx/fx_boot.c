@@ -18,6 +18,7 @@
  *                       type 2 goodbye: empty
  *                       type 3 stall: i32 rank waited for (-1: withdrawn), u32 ms waited,
  *                              text naming the operation
+ *                       type 4 report: opaque to the bootstrap (fx_links.c), rank 0 only
  */
 #include "fx_boot.h"
 
@@ -47,6 +48,7 @@
 #define CTRL_ABORT       1
 #define CTRL_BYE         2
 #define CTRL_STALL       3
+#define CTRL_REPORT      4
 #define HANDSHAKE_MAX_MS 10000
 #define TABLE_GRACE_MS   2000
 
@@ -770,6 +772,22 @@ void fx_boot_ctrl_abort(struct fx_boot *boot, fx_status status, int failed_rank,
     }
 }
 
+void fx_boot_ctrl_report(struct fx_boot *boot, const void *payload, size_t len)
+{
+    if (boot->fds == NULL || len > CTRL_MAX_PAYLOAD) {
+        return;
+    }
+    if (boot->rank == 0) {
+        if (boot->on_report != NULL) {
+            boot->on_report(boot->report_arg, 0, payload, len);
+        }
+        return;
+    }
+    if (boot->fds[0] >= 0) {
+        ctrl_send(boot->fds[0], CTRL_REPORT, payload, len);
+    }
+}
+
 /* ------------------------------------------------------------------ stalls */
 
 static void record_stall(struct fx_boot *boot, int rank, int on, int64_t idle_ms, const char *what,
@@ -936,6 +954,12 @@ static void ctrl_frame(struct fx_boot *boot, int i, uint32_t type, const uint8_t
         if (boot->rank == 0 && len >= 8) {
             record_stall(boot, i, (int32_t)get32(payload), (int64_t)get32(payload + 4),
                          (const char *)payload + 8, len - 8);
+        }
+        return;
+    }
+    if (type == CTRL_REPORT) {
+        if (boot->rank == 0 && boot->on_report != NULL) {
+            boot->on_report(boot->report_arg, i, payload, len);
         }
         return;
     }

@@ -83,6 +83,9 @@ struct fx_boot {
     struct fx_boot_stall *stall; /* rank 0: nranks entries */
     int64_t first_stall_ms;      /* rank 0: when the oldest standing report arrived; 0: none */
     bool verdict_sent;           /* rank 0: a stall verdict went out */
+    /* rank 0: called with each rank's periodic report (fx_boot_ctrl_report), its own included */
+    void (*on_report)(void *arg, int rank, const uint8_t *payload, size_t len);
+    void *report_arg;
 };
 
 enum fx_boot_event_kind {
@@ -127,6 +130,13 @@ void fx_boot_ctrl_abort(struct fx_boot *boot, fx_status status, int failed_rank,
  * withdraws the report (waiting_on -1) once it moves again. Rank 0 records its own.
  */
 void fx_boot_ctrl_stall(struct fx_boot *boot, int waiting_on, int64_t idle_ms, const char *what);
+
+/*
+ * Sends rank 0 a periodic report (at most 1024 bytes, opaque to the bootstrap: the link
+ * statistics of fx_links.h), handed there to boot->on_report. Best effort, never blocks; rank 0
+ * hands its own over directly.
+ */
+void fx_boot_ctrl_report(struct fx_boot *boot, const void *payload, size_t len);
 
 /*
  * Rank 0: once the oldest standing stall report is grace_ms old, names the rank at the end of

@@ -400,6 +400,7 @@ static void comm_free(struct fx_comm *comm)
         comm->tps[t].ops->fini(comm->tps[t].tp);
     }
     fx_boot_fini(&comm->boot);
+    fx_links_fini(&comm->links);
     free(comm->send_conns);
     free(comm->recv_conns);
     free(comm->connecting);
@@ -457,6 +458,45 @@ static fx_status make_ring_order(struct fx_comm *comm)
     return FX_OK;
 }
 
+/* Rank 0's monitor receives every rank's link report through the control plane. */
+static void on_link_report(void *arg, int rank, const uint8_t *payload, size_t len)
+{
+    struct fx_comm *comm = arg;
+
+    fx_links_on_report(&comm->links, rank, payload, len, fx_now_ms());
+}
+
+/* Per-peer statistics (FX_LINK_STATS); rank 0 numbers the hosts for its monitor. */
+static fx_status start_link_stats(struct fx_comm *comm)
+{
+    int *host_of = malloc((size_t)comm->nranks * sizeof(*host_of));
+    int nhosts   = 0;
+    fx_status status;
+
+    if (host_of == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    for (int r = 0; r < comm->nranks; r++) {
+        host_of[r] = -1;
+        for (int q = 0; q < r && host_of[r] < 0; q++) {
+            if (fx_route_same_host(&comm->boot.table[q], &comm->boot.table[r])) {
+                host_of[r] = host_of[q];
+            }
+        }
+        if (host_of[r] < 0) {
+            host_of[r] = nhosts++;
+        }
+    }
+    status = fx_links_init(&comm->links, comm->cfg.link_stats, comm->rank, comm->nranks, host_of,
+                           nhosts);
+    free(host_of);
+    if (status == FX_OK && comm->links.on && comm->rank == 0) {
+        comm->boot.on_report  = on_link_report;
+        comm->boot.report_arg = comm;
+    }
+    return status;
+}
+
 /* Everything after the arguments are known good. */
 static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char *err,
                             size_t errlen)
@@ -497,6 +537,11 @@ static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char
         if (status != FX_OK) {
             return status;
         }
+    }
+    status = start_link_stats(comm);
+    if (status != FX_OK) {
+        snprintf(err, errlen, "out of memory for link statistics");
+        return status;
     }
     return fx_exec_init(comm, err, errlen);
 }
@@ -686,4 +731,36 @@ FX_API fx_status fx_comm_get_error(fx_comm_t comm, char *msg, size_t len)
     }
     pthread_mutex_unlock(&comm->lock);
     return status;
+}
+
+FX_API fx_status fx_comm_stats(fx_comm_t comm, fx_link_stats *links, int max, int *nlinks)
+{
+    int64_t now = fx_link_now_ns();
+    int k       = 0;
+
+    if (comm == NULL || nlinks == NULL || max < 0 || (links == NULL && max > 0)) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_stats: %s",
+                                 comm == NULL     ? "comm is NULL"
+                                 : nlinks == NULL ? "nlinks is NULL"
+                                 : max < 0        ? "max is negative"
+                                                  : "links is NULL with max > 0");
+    }
+    pthread_mutex_lock(&comm->lock);
+    for (int p = 0; p < comm->nranks && k < max; p++) {
+        fx_link_stats *s = &links[k];
+
+        if (p == comm->rank) {
+            continue;
+        }
+        memset(s, 0, sizeof(*s));
+        fx_links_snapshot(&comm->links, p, now, s);
+        if (comm->peer_tp[p] >= 0) {
+            snprintf(s->transport, sizeof(s->transport), "%s", fx_comm_peer_ops(comm, p)->name);
+        }
+        snprintf(s->host, sizeof(s->host), "%s", comm->boot.table[p].host);
+        k++;
+    }
+    *nlinks = comm->nranks - 1;
+    pthread_mutex_unlock(&comm->lock);
+    return FX_OK;
 }

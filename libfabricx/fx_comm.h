@@ -17,6 +17,7 @@
 #include "fabricx.h"
 #include "fx_boot.h"
 #include "fx_config.h"
+#include "fx_links.h"
 #include "fx_wire.h"
 #include "transports/transport.h"
 
@@ -47,7 +48,8 @@ struct fx_lane {
     bool send;
     const struct fx_transport_ops *ops; /* the connection's transport */
     struct fx_tp_conn *conn;
-    uint32_t start; /* range in fx_exec.lane_ops */
+    struct fx_link_dir *stats; /* the peer's statistics in this direction */
+    uint32_t start;            /* range in fx_exec.lane_ops */
     uint32_t end;
     uint32_t post; /* next op to post */
     uint32_t done; /* oldest posted op not yet complete */
@@ -78,6 +80,7 @@ struct fx_exec {
     bool stall_reported; /* rank 0 was told this rank waits */
     int spin_us;         /* FX_SPIN_US */
     bool spin_yield;     /* more ranks than cores on this host: yield while polling */
+    int64_t now_ns;      /* this progress round's clock for the link statistics; 0: unread */
 };
 
 /* A transport this rank runs: shared memory to ranks of its host, the network to the others. */
@@ -115,6 +118,7 @@ struct fx_comm {
     uint64_t op_seq;     /* collectives started; point-to-point calls do not count */
     uint64_t *p2p_sent;  /* [nranks]: messages queued for sending to each rank */
     uint64_t *p2p_recvd; /* [nranks]: messages queued for receiving from each rank */
+    struct fx_links links; /* per-peer statistics; rank 0: the slow-link monitor */
 
     fx_status error; /* first fatal error; FX_OK while healthy */
     char errmsg[512];

@@ -23,6 +23,7 @@ struct fx_config {
     int scratch_slots;       /* FX_SCRATCH_SLOTS */
     char kernels[16];        /* FX_KERNELS: auto or scalar */
     int spin_us;             /* FX_SPIN_US */
+    bool link_stats;         /* FX_LINK_STATS */
 };
 
 enum fx_config_type {

@@ -113,8 +113,9 @@ static void build_lanes(struct fx_comm *comm)
             l->peer = op->kind == FX_PLAN_COPY ? -1 : op->peer;
             l->send = op->kind == FX_PLAN_SEND;
             if (l->peer >= 0) {
-                l->ops  = fx_comm_peer_ops(comm, l->peer);
-                l->conn = l->send ? comm->send_conns[l->peer] : comm->recv_conns[l->peer];
+                l->ops   = fx_comm_peer_ops(comm, l->peer);
+                l->conn  = l->send ? comm->send_conns[l->peer] : comm->recv_conns[l->peer];
+                l->stats = &comm->links.dir[l->peer][l->send ? FX_LINK_SEND : FX_LINK_RECV];
                 ex->unconnected += l->conn == NULL;
             }
             ex->lane_index[key] = ex->nlanes++;
@@ -444,6 +445,17 @@ static void check_timeout(struct fx_comm *comm)
 
 /* ------------------------------------------------------------------ progress */
 
+/* The clock for the link statistics: read once per progress round, when an op first posts or
+ * completes in it (rounds take microseconds; one read per op would cost more than the rest of
+ * the bookkeeping). */
+static int64_t round_now(struct fx_exec *ex)
+{
+    if (ex->now_ns == 0) {
+        ex->now_ns = fx_link_now_ns();
+    }
+    return ex->now_ns;
+}
+
 /* Completes what finished at the front of a lane. Returns true if anything did. */
 static bool lane_complete(struct fx_comm *comm, struct fx_lane *lane)
 {
@@ -462,6 +474,9 @@ static bool lane_complete(struct fx_comm *comm, struct fx_lane *lane)
         if (status != FX_OK) {
             lane_failed(comm, lane, i, status);
             return true;
+        }
+        if (comm->links.on) {
+            fx_link_completed(lane->stats, op->count * ex->plan.elem_size, round_now(ex));
         }
         if (op->kind != FX_PLAN_SEND && !check_header(comm, lane, i)) {
             return true;
@@ -553,6 +568,9 @@ static bool lane_post(struct fx_comm *comm, struct fx_lane *lane)
             lane_failed(comm, lane, i, status);
             return true;
         }
+        if (comm->links.on) {
+            fx_link_posted(lane->stats, round_now(ex));
+        }
         lane->post++;
         changed = true;
     }
@@ -605,6 +623,7 @@ static void run_head(struct fx_comm *comm)
     for (int rounds = 0; rounds < 1000 && comm->error == FX_OK; rounds++) {
         bool changed = false;
 
+        ex->now_ns = 0;
         if (!ex->running) {
             if (ex->head == NULL) {
                 return;
@@ -641,11 +660,83 @@ static void run_head(struct fx_comm *comm)
     }
 }
 
+/* The peer's address without the port ("10.0.0.2"): the port of an accepted connection is
+ * the peer's ephemeral one and names nothing. */
+static void peer_host_addr(const struct fx_transport_ops *ops, struct fx_tp_conn *conn, char *out)
+{
+    char text[FX_LINK_ADDR_LEN];
+    const char *colon;
+    const char *end;
+
+    ops->conn_peer(conn, text, sizeof(text));
+    text[sizeof(text) - 1] = '\0';
+    if (text[0] == '[' && (end = strchr(text, ']')) != NULL) { /* "[v6]:port" */
+        snprintf(out, FX_LINK_ADDR_LEN, "%.*s", (int)(end - text - 1), text + 1);
+    } else if ((colon = strchr(text, ':')) != NULL && strchr(colon + 1, ':') == NULL) {
+        snprintf(out, FX_LINK_ADDR_LEN, "%.*s", (int)(colon - text), text);
+    } else {
+        snprintf(out, FX_LINK_ADDR_LEN, "%s", text);
+    }
+}
+
+/*
+ * Once a second: closes the link-rate windows and sends the fresh rates to rank 0, which first
+ * reads the control plane (the reports of the others; it may be too busy to sleep on it) and
+ * then names what is slow (fx_links.h).
+ */
+void fx_exec_links_tick(struct fx_comm *comm)
+{
+    uint8_t report[FX_LINK_REPORT_SIZE];
+    int64_t now = fx_now_ms();
+    size_t len;
+    bool due;
+
+    if (now < comm->links.next_tick_ms) {
+        return;
+    }
+    for (int p = 0; p < comm->nranks; p++) {
+        const struct fx_transport_ops *ops;
+        struct fx_tp_conn_stats st;
+
+        if (comm->peer_tp[p] < 0) {
+            continue;
+        }
+        ops = fx_comm_peer_ops(comm, p);
+        if (comm->send_conns[p] != NULL && comm->links.dir[p][FX_LINK_SEND].msgs > 0) {
+            if (comm->links.addr[p][0] == '\0') {
+                peer_host_addr(ops, comm->send_conns[p], comm->links.addr[p]);
+            }
+            if (ops->conn_stats != NULL && ops->conn_stats(comm->send_conns[p], &st)) {
+                fx_link_wire(&comm->links, p, FX_LINK_SEND, st.bytes_acked, st.busy_ns);
+            }
+        }
+        if (comm->recv_conns[p] != NULL && comm->links.dir[p][FX_LINK_RECV].msgs > 0) {
+            if (comm->links.addr[p][0] == '\0') {
+                peer_host_addr(ops, comm->recv_conns[p], comm->links.addr[p]);
+            }
+            if (ops->conn_stats != NULL && ops->conn_stats(comm->recv_conns[p], &st)) {
+                fx_link_wire(&comm->links, p, FX_LINK_RECV, st.recv_bytes, st.recv_ns);
+            }
+        }
+    }
+    len = fx_links_tick(&comm->links, now, report, &due);
+    if (len > 0) {
+        fx_boot_ctrl_report(&comm->boot, report, len);
+    }
+    if (due && comm->rank == 0 && comm->boot.fds != NULL) {
+        fx_exec_drain_control(comm);
+        fx_links_evaluate(&comm->links, &comm->boot, now);
+    }
+}
+
 void fx_exec_progress(struct fx_comm *comm)
 {
     if (comm->error != FX_OK) {
         fx_exec_fail_all(comm, comm->error);
         return;
+    }
+    if (comm->links.on) {
+        fx_exec_links_tick(comm);
     }
     stall_verdict(comm);
     if (comm->exec.head == NULL || comm->error != FX_OK) {

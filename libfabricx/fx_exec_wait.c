@@ -111,6 +111,9 @@ static void *progress_main(void *arg)
             if (comm->drivers == 0 && comm->exec.head == NULL && !comm->shutdown &&
                 comm->boot.fds != NULL) {
                 fx_exec_drain_control(comm);
+                if (comm->links.on && comm->error == FX_OK) {
+                    fx_exec_links_tick(comm);
+                }
             }
             continue;
         }

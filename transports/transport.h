@@ -54,6 +54,14 @@ struct fx_tp_addr {
     uint8_t data[FX_TP_ADDR_MAX];
 };
 
+/* What a connection moved, seen by the transport at the wire (conn_stats). */
+struct fx_tp_conn_stats {
+    uint64_t bytes_acked; /* sent: payload and framing bytes the peer acknowledged */
+    uint64_t busy_ns;     /* sent: time with data queued for or in flight on the wire */
+    uint64_t recv_bytes;  /* received, in messages of 64 KiB or more: their payload bytes */
+    uint64_t recv_ns;     /* ... and the time from the first byte of each to its last */
+};
+
 struct fx_tp;          /* one transport instance; the core makes one per communicator */
 struct fx_tp_listener; /* a passive endpoint whose address peers connect to */
 struct fx_tp_conn;     /* one logical connection (possibly several sockets) */
@@ -138,6 +146,17 @@ struct fx_transport_ops {
     void (*conn_error)(struct fx_tp_conn *conn, char *buf, size_t len);
     /* Writes the connection's peer address as text ("10.0.0.2:41234"). */
     void (*conn_peer)(struct fx_tp_conn *conn, char *buf, size_t len);
+    /*
+     * Optional (NULL: the transport cannot tell). Cumulative counters of the connection: what
+     * this side received (the arrival rate of large messages, which the receiver reads as they
+     * come, so a receiver that holds data back does not slow its measure) and what it sent,
+     * seen at the wire (TCP: the kernel's acknowledged bytes and its busy and
+     * send-buffer-limited times, not the time the receiver's window held it back; bytes summed
+     * over the sockets, the busy time the longest of theirs, as they carry stripes of the same
+     * messages at once).
+     * Returns false when they cannot be read now. Never blocks; called about once a second.
+     */
+    bool (*conn_stats)(struct fx_tp_conn *conn, struct fx_tp_conn_stats *st);
 };
 
 /* Transports in preference order; NULL-terminated. */

@@ -185,6 +185,45 @@ FX_API fx_status fx_comm_get_error(fx_comm_t comm, char *msg, size_t len);
 FX_API const char *fx_last_error(void);
 
 /*
+ * Traffic between this rank and one peer since the communicator was created (fx_comm_stats).
+ * Blocked times are the time during which at least one message to (from) the peer was posted
+ * and not yet complete: for sends, data queued that the link was not draining. The rates are
+ * smoothed once a second, so they tell the link's own speed while it had data to move (the time
+ * a collective gave it nothing to do does not count); each is the median of the last five
+ * one-second samples, 0 until the first. Where the transport sees the wire (TCP), recv_gbps is
+ * the arrival rate of messages of 64 KiB or more while they arrive and send_gbps the bytes
+ * acknowledged over wire_busy_ns; otherwise (shm) both come from busy stretches of 64 KiB or
+ * more of the blocked times. docs/linkstats.md has the details.
+ */
+typedef struct {
+    int peer;            /* the peer's rank */
+    char transport[8];   /* "tcp", "shm"; "" when this rank has no traffic path to it */
+    char host[64];       /* the peer's host name */
+    char address[48];    /* the peer's data-plane address as this rank reached it; "" unknown */
+    uint64_t bytes_sent; /* payload bytes */
+    uint64_t bytes_received;
+    uint64_t messages_sent;
+    uint64_t messages_received;
+    uint64_t send_blocked_ns;
+    uint64_t recv_blocked_ns;
+    uint64_t wire_busy_ns; /* time the transport had data for the peer queued or in flight on
+                              the wire (TCP: the kernel's count); 0 where it cannot tell (shm) */
+    double send_gbps;      /* 1e9 bits per second */
+    double recv_gbps;
+} fx_link_stats;
+
+/*
+ * Per-peer link statistics of this rank: one entry per other rank, in rank order. Not
+ * collective; safe while operations run (it takes the communicator's lock briefly). With
+ * FX_LINK_STATS=0 the counters stay zero.
+ *   [out] links   up to max entries (links may be NULL when max is 0)
+ *   [in]  max     capacity of links
+ *   [out] nlinks  the number of peers (nranks - 1), whatever max is
+ * Returns FX_OK or FX_ERR_INVALID_ARG (NULL comm or nlinks, max < 0, links NULL with max > 0).
+ */
+FX_API fx_status fx_comm_stats(fx_comm_t comm, fx_link_stats *links, int max, int *nlinks);
+
+/*
  * All-reduce: recvbuf[i] = op over ranks of sendbuf[i], for count elements; every rank gets
  * bitwise identical results. In place when sendbuf == recvbuf. Blocking; collective.
  * Returns FX_OK, FX_ERR_INVALID_ARG (NULL buffer with count > 0, invalid dtype or op, count whose

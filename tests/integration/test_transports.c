@@ -355,3 +355,162 @@ Test(transports, a_killed_rank_leaves_nothing_in_dev_shm, .timeout = 60, .fini =
                  before, count_dev_shm());
     harness_free(&info);
 }
+
+/* ------------------------------------------------------------------ link statistics */
+
+#define STATS_COUNT (4 * 65536) /* floats: 1 MiB, a multiple of 4 ranks */
+#define STATS_REPS  3
+
+/* Checks the counters after STATS_REPS ring all-reduces: exactly one peer received all this
+ * rank sent (its ring successor) and one sent all it received, 2(n-1)/n of the buffer per
+ * operation; every other peer is untouched. Returns the number of problems, logged. */
+static long long check_counters(struct harness_child *c, const fx_link_stats *s, int n, bool on)
+{
+    uint64_t want = on ? (uint64_t)STATS_REPS * 2 * (uint64_t)(n - 1) * STATS_COUNT * 4 / n : 0;
+    uint64_t sent = 0, recvd = 0;
+    int nsend = 0, nrecv = 0;
+    long long bad = 0;
+
+    for (int k = 0; k < n - 1; k++) {
+        int peer = k < c->index ? k : k + 1;
+
+        if (s[k].peer != peer || s[k].host[0] == '\0' ||
+            (strcmp(s[k].transport, "tcp") != 0 && strcmp(s[k].transport, "shm") != 0)) {
+            harness_logf(c, "entry %d: peer %d (want %d), host '%s', transport '%s'; ", k,
+                         s[k].peer, peer, s[k].host, s[k].transport);
+            bad++;
+        }
+        if ((s[k].bytes_sent > 0) != (s[k].messages_sent > 0) ||
+            (s[k].bytes_sent > 0) != (s[k].send_blocked_ns > 0) ||
+            (s[k].bytes_received > 0) != (s[k].messages_received > 0) ||
+            (s[k].bytes_received > 0) != (s[k].recv_blocked_ns > 0)) {
+            harness_logf(c, "peer %d: bytes, messages and blocked times disagree; ", peer);
+            bad++;
+        }
+        sent += s[k].bytes_sent;
+        recvd += s[k].bytes_received;
+        nsend += s[k].bytes_sent > 0;
+        nrecv += s[k].bytes_received > 0;
+    }
+    if (sent != want || recvd != want || nsend != (on ? 1 : 0) || nrecv != (on ? 1 : 0)) {
+        harness_logf(c, "sent %llu to %d peers, received %llu from %d, want %llu each way; ",
+                     (unsigned long long)sent, nsend, (unsigned long long)recvd, nrecv,
+                     (unsigned long long)want);
+        bad++;
+    }
+    return bad;
+}
+
+static int stats_rank(fx_comm_t comm, struct harness_child *c)
+{
+    int n              = c->nranks;
+    size_t big         = 4u << 20; /* floats: 16 MiB, for the rates */
+    float *buf         = calloc(big, sizeof(float));
+    fx_link_stats s[8] = {0};
+    bool on            = getenv("FX_LINK_STATS") == NULL || strcmp(getenv("FX_LINK_STATS"), "0");
+    fx_status status   = buf == NULL ? FX_ERR_NO_MEMORY : FX_OK;
+    int nlinks         = -1;
+    double until;
+
+    for (int r = 0; r < STATS_REPS && status == FX_OK; r++, c->res->ops++) {
+        status = fx_allreduce(buf, buf, STATS_COUNT, FX_FLOAT32, FX_SUM, comm);
+    }
+    if (status == FX_OK) {
+        status = fx_comm_stats(comm, s, 8, &nlinks);
+    }
+    if (status == FX_OK) {
+        c->res->wrong += nlinks != n - 1;
+        c->res->wrong += check_counters(c, s, n, on);
+    }
+    /* Bad arguments. */
+    if (fx_comm_stats(NULL, s, 8, &nlinks) != FX_ERR_INVALID_ARG ||
+        fx_comm_stats(comm, NULL, 1, &nlinks) != FX_ERR_INVALID_ARG ||
+        fx_comm_stats(comm, s, -1, &nlinks) != FX_ERR_INVALID_ARG ||
+        fx_comm_stats(comm, s, 8, NULL) != FX_ERR_INVALID_ARG) {
+        harness_logf(c, "a bad argument was accepted; ");
+        c->res->wrong++;
+    }
+    nlinks = -1;
+    if (fx_comm_stats(comm, NULL, 0, &nlinks) != FX_OK || nlinks != n - 1) {
+        harness_logf(c, "max 0: nlinks %d; ", nlinks);
+        c->res->wrong++;
+    }
+    /* Rates: a second or more of traffic, until every rank sees a rate on each active link. */
+    until = harness_now_ms() + 10000;
+    for (int more = 1; more && status == FX_OK;) {
+        float go;
+
+        status = fx_allreduce(buf, buf, big, FX_FLOAT32, FX_SUM, comm);
+        if (status == FX_OK) {
+            status = fx_comm_stats(comm, s, 8, &nlinks);
+        }
+        more = 0;
+        for (int k = 0; k < n - 1 && on; k++) {
+            more |= s[k].bytes_sent > 0 && !(s[k].send_gbps > 0);
+            more |= s[k].bytes_received > 0 && !(s[k].recv_gbps > 0);
+        }
+        go = (float)(more && harness_now_ms() < until); /* until every rank has its rates */
+        if (status == FX_OK) {
+            status = fx_allreduce(&go, &go, 1, FX_FLOAT32, FX_MAX, comm);
+        }
+        more = go > 0;
+    }
+    for (int k = 0; k < n - 1 && status == FX_OK; k++) {
+        bool tcp = strcmp(s[k].transport, "tcp") == 0;
+
+        if (on && ((s[k].bytes_sent > 0 && !(s[k].send_gbps > 0)) ||
+                   (s[k].bytes_received > 0 && !(s[k].recv_gbps > 0)) ||
+                   (tcp && s[k].bytes_sent > 0 && s[k].wire_busy_ns == 0))) {
+            harness_logf(c,
+                         "peer %d (%s): no rate after 10 s: send %.3f, recv %.3f Gbit/s, "
+                         "wire busy %llu ns; ",
+                         s[k].peer, s[k].transport, s[k].send_gbps, s[k].recv_gbps,
+                         (unsigned long long)s[k].wire_busy_ns);
+            c->res->wrong++;
+        }
+        if (!on && (s[k].bytes_sent || s[k].bytes_received || s[k].send_gbps > 0 ||
+                    s[k].recv_gbps > 0 || s[k].wire_busy_ns)) {
+            harness_logf(c, "FX_LINK_STATS=0 but peer %d has counts; ", s[k].peer);
+            c->res->wrong++;
+        }
+    }
+    free(buf);
+    harness_set_status(c, comm, status);
+    return 0;
+}
+
+Test(transports, link_statistics_count_each_peer_and_measure_rates, .timeout = 120,
+     .fini = harness_kill_all)
+{
+    struct harness_opts opts = {.nranks = 4, .deadline_ms = 90000, .rank_fn = stats_rank};
+    struct harness_run_info info;
+
+    cr_assert_eq(harness_run(&opts, &info), 0);
+    harness_dump(&info, "link statistics");
+    for (int i = 0; i < 4; i++) {
+        const struct harness_result *res = &info.shared->res[i];
+
+        cr_expect(res->exit_code == 0 && res->status == FX_OK && res->wrong == 0,
+                  "rank %d: exit %d, status %d (%s), %lld problems: %s", i, res->exit_code,
+                  res->status, res->err, res->wrong, res->log);
+    }
+    harness_free(&info);
+}
+
+Test(transports, link_statistics_off_count_nothing, .timeout = 60, .fini = harness_kill_all)
+{
+    struct harness_opts opts = {.nranks = 3, .deadline_ms = 50000, .rank_fn = stats_rank};
+    struct harness_run_info info;
+
+    setenv("FX_LINK_STATS", "0", 1);
+    cr_assert_eq(harness_run(&opts, &info), 0);
+    harness_dump(&info, "FX_LINK_STATS=0");
+    for (int i = 0; i < 3; i++) {
+        const struct harness_result *res = &info.shared->res[i];
+
+        cr_expect(res->exit_code == 0 && res->status == FX_OK && res->wrong == 0,
+                  "rank %d: exit %d, status %d (%s), %lld problems: %s", i, res->exit_code,
+                  res->status, res->err, res->wrong, res->log);
+    }
+    harness_free(&info);
+}

@@ -41,11 +41,14 @@
 #include "fx_log.h"
 #include "fx_sock.h"
 #include "transports/tcp/tcp_iface.h"
+#include "transports/tcp/tcp_info.h"
 #include "transports/transport.h"
 
 #define TCP_DEFAULT_NSOCKS 2
 #define TCP_MAX_NSOCKS     64
 #define TCP_MIN_STRIPE     (64u << 10)
+#define TCP_RX_RATE_MIN    (64u << 10) /* smaller receives are latency, not rate */
+#define TCP_RX_WAITING     (64u << 10) /* a piece's first read this large found data waiting */
 #define TCP_SOCKBUF        (4 << 20)
 #define TCP_HELLO_LEN      20
 #define TCP_FRAME_LEN      16
@@ -71,6 +74,7 @@ struct tcp_piece {
     size_t len;
     size_t done;
     bool lead;
+    bool rx_begun;    /* receive: counted in conn->rx_active (rx_read) */
     bool zc_used;     /* some of it went with MSG_ZEROCOPY */
     uint32_t zc_last; /* the id of its last zerocopy send */
 };
@@ -118,6 +122,12 @@ struct fx_tp_conn {
     size_t hello_len;
     int connected;
     size_t *hello_sent;
+    /* messages of at least TCP_RX_RATE_MIN received (conn_stats, rx_read): bytes that arrived
+     * while at least one of their pieces was arriving, and the time that lasted */
+    uint64_t rx_bytes;
+    uint64_t rx_ns;
+    int rx_active; /* such pieces begun and not complete */
+    int64_t rx_since;
 };
 
 struct fx_tp_req {
@@ -367,12 +377,13 @@ static void stripe(struct fx_tp_conn *conn, struct fx_tp_req *r, uint8_t *buf, u
         struct tcp_piece *p = &r->pieces[j];
         size_t off          = j * size;
 
-        p->req     = r;
-        p->buf     = buf + (off < r->len ? off : r->len);
-        p->len     = off < r->len ? (r->len - off < size ? r->len - off : size) : 0;
-        p->done    = 0;
-        p->lead    = j == 0;
-        p->zc_used = false;
+        p->req      = r;
+        p->buf      = buf + (off < r->len ? off : r->len);
+        p->len      = off < r->len ? (r->len - off < size ? r->len - off : size) : 0;
+        p->done     = 0;
+        p->lead     = j == 0;
+        p->rx_begun = false;
+        p->zc_used  = false;
         r->pending++;
         piece_queue(&conn->socks[(seq + j) % (uint64_t)conn->nsocks], p);
     }
@@ -644,6 +655,46 @@ static void salvage_header(struct tcp_sock *sk, struct tcp_piece *p)
     }
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/*
+ * Arrival rate of large messages: bytes over the time during which at least one of their
+ * pieces was arriving (begun and not complete, on any socket of the connection: the stripes of
+ * a message travel side by side). The read that opens such a stretch found data that came
+ * before it and does not count, nor does a first read of another piece that finds
+ * TCP_RX_WAITING bytes at once; what the stretch reads afterwards came while it was timed. So
+ * a receiver that posts late, finds data waiting and reads it at memory speed does not inflate
+ * the measure, and one that waits for its sender does not deflate it.
+ */
+static void rx_read(struct fx_tp_conn *conn, struct tcp_piece *p, size_t n)
+{
+    if (p->req->len < TCP_RX_RATE_MIN) {
+        return;
+    }
+    if (conn->rx_active == 0) {
+        conn->rx_since = mono_ns();
+    } else if (p->rx_begun || n < TCP_RX_WAITING) {
+        conn->rx_bytes += n;
+    }
+    if (!p->rx_begun) {
+        p->rx_begun = true;
+        conn->rx_active++;
+    }
+}
+
+static void rx_end(struct fx_tp_conn *conn, struct tcp_piece *p)
+{
+    if (p->rx_begun && --conn->rx_active == 0) {
+        conn->rx_ns += (uint64_t)(mono_ns() - conn->rx_since);
+    }
+}
+
 static void sock_read(struct tcp_sock *sk)
 {
     struct fx_tp_conn *conn = sk->conn;
@@ -667,6 +718,7 @@ static void sock_read(struct tcp_sock *sk)
             return;
         }
         p->done += (size_t)n;
+        rx_read(conn, p, (size_t)n);
         if (p->lead && before < TCP_FRAME_LEN && p->done >= TCP_FRAME_LEN &&
             !frame_ok(conn, p->req)) {
             if (p->req->status == FX_ERR_MISMATCH) {
@@ -675,9 +727,12 @@ static void sock_read(struct tcp_sock *sk)
             return;
         }
         if (p->done == p->len + pre) {
-            if (p->lead && p->req->user_hdr != NULL) {
-                memcpy(p->req->user_hdr, p->req->hdr, p->req->hdrlen);
+            struct fx_tp_req *r = p->req;
+
+            if (p->lead && r->user_hdr != NULL) {
+                memcpy(r->user_hdr, r->hdr, r->hdrlen);
             }
+            rx_end(conn, p);
             piece_done(&sk->recvq);
         }
     }
@@ -1348,6 +1403,29 @@ static void tcp_conn_peer(struct fx_tp_conn *c, char *buf, size_t len)
     snprintf(buf, len, "%s", c->peer);
 }
 
+static bool tcp_conn_stats(struct fx_tp_conn *c, struct fx_tp_conn_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (!c->established) {
+        return false;
+    }
+    st->recv_bytes = c->rx_bytes;
+    st->recv_ns    = c->rx_ns;
+    for (int i = 0; i < c->nsocks; i++) {
+        uint64_t acked;
+        uint64_t busy_us;
+
+        if (c->socks[i].fd < 0 || !fx_tcp_sock_wire(c->socks[i].fd, &acked, &busy_us)) {
+            return false;
+        }
+        st->bytes_acked += acked;
+        if (busy_us * 1000 > st->busy_ns) {
+            st->busy_ns = busy_us * 1000;
+        }
+    }
+    return true;
+}
+
 const struct fx_transport_ops fx_tcp_ops = {
     .name         = "tcp",
     .caps         = FX_TP_CAP_HOST_MEM,
@@ -1365,4 +1443,5 @@ const struct fx_transport_ops fx_tcp_ops = {
     .test         = tcp_test,
     .conn_error   = tcp_conn_error,
     .conn_peer    = tcp_conn_peer,
+    .conn_stats   = tcp_conn_stats,
 };

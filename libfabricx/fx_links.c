@@ -1,0 +1,384 @@
+/*
+ * Per-peer link statistics and rank 0's slow-link monitor (fx_links.h).
+ *
+ * Report (control plane, little-endian): u32 count (<= FX_LINK_REPORT_MAX), then per link
+ * i32 sending rank, u32 0, u64 smoothed receive rate in bytes per second, 48 B address text of
+ * the sender.
+ */
+#include "fx_links.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fx_log.h"
+#include "fx_slow.h"
+
+#define RATE_MIN_BYTES   (64u << 10) /* a busy stretch shorter in bytes is latency, not rate */
+#define RATE_MIN_NS      10000000    /* ... unless it lasted this long */
+#define WIN_MIN_BYTES    (2u << 20)  /* a window's sample needs this much, over this long */
+#define WIN_MIN_NS       20000000
+#define RATE_MIN_SAMPLES 3    /* rates are reported from the third sample on */
+#define RATE_KEEP_MS     5000 /* ... and while their last sample is this recent */
+#define REPORT_AGE_MS    (3 * FX_LINK_TICK_MS)
+#define LOG_EVERY_MS     10000
+#define HOST_STREAK      2   /* evaluations in a row before a host finding is logged */
+#define PATH_STREAK      5   /* ... a path finding: one link is weaker evidence than two */
+#define MONITOR_MIN_DROP 0.3 /* per-second rates are noisier than fx-doctor's */
+#define MAX_FINDINGS     8
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+void fx_link_span_end(struct fx_link_dir *d, int64_t now_ns)
+{
+    int64_t dt = now_ns - d->busy_since;
+
+    if (dt < 0) {
+        dt = 0;
+    }
+    d->blocked_ns += (uint64_t)dt;
+    if (d->span_bytes >= RATE_MIN_BYTES || dt >= RATE_MIN_NS) {
+        d->win_bytes += d->span_bytes;
+        d->win_ns += (uint64_t)dt;
+    }
+    d->span_bytes = 0;
+    d->busy_since = now_ns;
+}
+
+fx_status fx_links_init(struct fx_links *L, bool on, int rank, int nranks, const int *host_of,
+                        int nhosts)
+{
+    memset(L, 0, sizeof(*L));
+    L->on     = on;
+    L->rank   = rank;
+    L->nranks = nranks;
+    L->dir    = calloc((size_t)nranks, sizeof(*L->dir));
+    L->addr   = calloc((size_t)nranks, sizeof(*L->addr));
+    if (L->dir == NULL || L->addr == NULL) {
+        fx_links_fini(L);
+        return FX_ERR_NO_MEMORY;
+    }
+    if (on && rank == 0) {
+        L->host_of = malloc((size_t)nranks * sizeof(*L->host_of));
+        L->reps    = calloc((size_t)nranks * FX_LINK_REPORT_MAX, sizeof(*L->reps));
+        if (L->host_of == NULL || L->reps == NULL) {
+            fx_links_fini(L);
+            return FX_ERR_NO_MEMORY;
+        }
+        memcpy(L->host_of, host_of, (size_t)nranks * sizeof(*L->host_of));
+        L->nhosts = nhosts;
+    }
+    L->next_tick_ms = 0;
+    return FX_OK;
+}
+
+void fx_links_fini(struct fx_links *L)
+{
+    free(L->dir);
+    free(L->addr);
+    free(L->host_of);
+    free(L->reps);
+    memset(L, 0, sizeof(*L));
+}
+
+static double median_of(const double *v, uint32_t n)
+{
+    double t[FX_LINK_SAMPLES];
+
+    memcpy(t, v, n * sizeof(*t));
+    return fx_slow_median(t, n);
+}
+
+/* Turns the window into a sample when it holds enough (the wire's counters where the transport
+ * has them, else the executor's busy stretches). The rate is the median of the last
+ * FX_LINK_SAMPLES samples: a window that a descheduled sender stretched, or that a shaper's
+ * burst after an idle spell shortened, does not move it. */
+static void close_window(struct fx_link_dir *d, int64_t now_ns, int64_t now_ms)
+{
+    uint64_t bytes = d->win_bytes;
+    uint64_t ns    = d->win_ns;
+
+    if (d->posted > 0) {
+        fx_link_span_end(d, now_ns); /* the stretch goes on from now in the next window */
+    }
+    d->fresh = false;
+    if (d->wire) {
+        bytes        = d->wire_bytes - d->wire_bytes0;
+        ns           = d->wire_ns - d->wire_ns0;
+        d->win_bytes = 0;
+        d->win_ns    = 0;
+    }
+    if (bytes < WIN_MIN_BYTES || ns < WIN_MIN_NS) {
+        return;
+    }
+    d->hist[d->samples % FX_LINK_SAMPLES] = (double)bytes * 1e9 / (double)ns;
+    d->samples++;
+    d->rate      = median_of(d->hist, d->samples < FX_LINK_SAMPLES ? d->samples : FX_LINK_SAMPLES);
+    d->rate_ms   = now_ms;
+    d->fresh     = true;
+    d->win_bytes = 0;
+    d->win_ns    = 0;
+    d->wire_bytes0 = d->wire_bytes;
+    d->wire_ns0    = d->wire_ns;
+}
+
+size_t fx_links_tick(struct fx_links *L, int64_t now_ms, uint8_t *report, bool *due)
+{
+    int64_t now_ns = fx_link_now_ns();
+    uint32_t n     = 0;
+
+    *due = false;
+    if (!L->on || now_ms < L->next_tick_ms) {
+        return 0;
+    }
+    *due            = true;
+    L->next_tick_ms = now_ms + FX_LINK_TICK_MS;
+    for (int p = 0; p < L->nranks; p++) {
+        close_window(&L->dir[p][FX_LINK_SEND], now_ns, now_ms);
+        close_window(&L->dir[p][FX_LINK_RECV], now_ns, now_ms);
+        const struct fx_link_dir *rd = &L->dir[p][FX_LINK_RECV];
+
+        if (rd->samples >= RATE_MIN_SAMPLES && now_ms - rd->rate_ms <= RATE_KEEP_MS &&
+            n < FX_LINK_REPORT_MAX) {
+            uint8_t *e = report + 4 + n * (16 + FX_LINK_ADDR_LEN);
+            uint64_t r = (uint64_t)L->dir[p][FX_LINK_RECV].rate;
+
+            put32(e, (uint32_t)p);
+            put32(e + 4, 0);
+            put32(e + 8, (uint32_t)r);
+            put32(e + 12, (uint32_t)(r >> 32));
+            memcpy(e + 16, L->addr[p], FX_LINK_ADDR_LEN);
+            e[16 + FX_LINK_ADDR_LEN - 1] = '\0';
+            n++;
+        }
+    }
+    if (n == 0) {
+        return 0;
+    }
+    put32(report, n);
+    return 4 + n * (16 + FX_LINK_ADDR_LEN);
+}
+
+void fx_links_on_report(struct fx_links *L, int src, const uint8_t *report, size_t len,
+                        int64_t now_ms)
+{
+    uint32_t n;
+    struct fx_link_rep *reps;
+
+    if (L->reps == NULL || src < 0 || src >= L->nranks || len < 4) {
+        return;
+    }
+    n = get32(report);
+    if (n > FX_LINK_REPORT_MAX || len != 4 + n * (16 + FX_LINK_ADDR_LEN)) {
+        fx_trace(FX_SUB_BOOT, "ignored a malformed link report from rank %d", src);
+        return;
+    }
+    reps = &L->reps[(size_t)src * FX_LINK_REPORT_MAX];
+    memset(reps, 0, FX_LINK_REPORT_MAX * sizeof(*reps));
+    for (uint32_t k = 0; k < n; k++) {
+        const uint8_t *e = report + 4 + k * (16 + FX_LINK_ADDR_LEN);
+        int32_t peer     = (int32_t)get32(e);
+
+        if (peer < 0 || peer >= L->nranks || peer == src) {
+            continue;
+        }
+        reps[k].peer = peer;
+        reps[k].rate = (double)((uint64_t)get32(e + 8) | (uint64_t)get32(e + 12) << 32);
+        reps[k].ms   = now_ms;
+        memcpy(reps[k].addr, e + 16, FX_LINK_ADDR_LEN);
+        reps[k].addr[FX_LINK_ADDR_LEN - 1] = '\0';
+    }
+}
+
+/* ------------------------------------------------------------------ rank 0's verdicts */
+
+/*
+ * A finding is logged once it held in HOST_STREAK (a host, whose links two receivers measure)
+ * or PATH_STREAK (a path, often one link) evaluations in a row, one second apart, so that a
+ * window's noise names nothing, then at most every LOG_EVERY_MS while it holds. The
+ * table tracks the findings of the last evaluation; `seen` marks those of the current one.
+ */
+static bool log_due(struct fx_links *L, int kind, int a, int b, int64_t now_ms, uint64_t round)
+{
+    struct fx_link_logged *slot = NULL;
+    size_t n                    = sizeof(L->logged) / sizeof(L->logged[0]);
+
+    for (size_t i = 0; i < n; i++) {
+        struct fx_link_logged *g = &L->logged[i];
+
+        if (g->round != 0 && g->kind == kind && g->a == a && g->b == b) {
+            slot = g;
+            break;
+        }
+        if (slot == NULL && (g->round == 0 || g->round + 1 < round)) {
+            slot = g; /* free, or not found in the last evaluation */
+        }
+    }
+    if (slot == NULL) {
+        return false; /* more simultaneous findings than tracked: the first ones are logged */
+    }
+    if (slot->round == 0 || slot->kind != kind || slot->a != a || slot->b != b ||
+        slot->round + 1 < round) {
+        *slot = (struct fx_link_logged){.kind = kind, .a = a, .b = b};
+    }
+    slot->streak = slot->round + 1 == round ? slot->streak + 1 : 1;
+    slot->round  = round;
+    if (slot->streak < (kind == FX_SLOW_HOST ? HOST_STREAK : PATH_STREAK) ||
+        (slot->ms != 0 && now_ms - slot->ms < LOG_EVERY_MS)) {
+        return false;
+    }
+    slot->ms = now_ms;
+    return true;
+}
+
+/* "ranks 2,3" of host h, and an address of it seen in a report ("" none). */
+static void describe_host(const struct fx_links *L, const struct fx_boot *boot, int h,
+                          int64_t since, char *ranks, size_t rlen, const char **addr)
+{
+    size_t off = 0;
+    int shown  = 0;
+
+    ranks[0] = '\0';
+    *addr    = "";
+    for (int r = 0; r < L->nranks; r++) {
+        if (L->host_of[r] != h) {
+            continue;
+        }
+        if (shown++ < 8 && off < rlen) {
+            off += (size_t)snprintf(ranks + off, rlen - off, "%s%d", shown > 1 ? "," : "", r);
+        } else if (shown == 9 && off < rlen) {
+            off += (size_t)snprintf(ranks + off, rlen - off, ",...");
+        }
+    }
+    for (size_t i = 0; i < (size_t)L->nranks * FX_LINK_REPORT_MAX && (*addr)[0] == '\0'; i++) {
+        const struct fx_link_rep *rep = &L->reps[i];
+
+        if (rep->ms >= since && rep->ms != 0 && L->host_of[rep->peer] == h) {
+            *addr = rep->addr;
+        }
+    }
+    (void)boot;
+}
+
+static const char *host_name(const struct fx_links *L, const struct fx_boot *boot, int h)
+{
+    for (int r = 0; r < L->nranks; r++) {
+        if (L->host_of[r] == h) {
+            return boot->table[r].host;
+        }
+    }
+    return "?";
+}
+
+static void log_finding(struct fx_links *L, const struct fx_boot *boot,
+                        const struct fx_slow_finding *f, const struct fx_slow_result *res,
+                        int64_t since)
+{
+    char ranks_a[64];
+    char ranks_b[64];
+    const char *addr_a;
+    const char *addr_b;
+    double gb = 8e-9;
+
+    if (f->kind == FX_SLOW_HOST) {
+        describe_host(L, boot, f->host, since, ranks_a, sizeof(ranks_a), &addr_a);
+        fx_info(FX_SUB_NET,
+                "slow link: host %s (rank%s %s%s%s): %d of its %d measured links are slow, "
+                "%.2f Gbit/s against %.2f expected; median of the communicator's %d links "
+                "%.2f Gbit/s",
+                host_name(L, boot, f->host), strchr(ranks_a, ',') ? "s" : "", ranks_a,
+                addr_a[0] ? ", " : "", addr_a, f->nslow, f->nlinks, f->measured * gb,
+                res->expected * gb, res->nlinks, res->median * gb);
+        return;
+    }
+    describe_host(L, boot, f->a, since, ranks_a, sizeof(ranks_a), &addr_a);
+    describe_host(L, boot, f->b, since, ranks_b, sizeof(ranks_b), &addr_b);
+    fx_info(FX_SUB_NET,
+            "slow link: path %s (rank%s %s%s%s) %s %s (rank%s %s%s%s): %.2f Gbit/s against "
+            "%.2f expected; both hosts are fine on their other links; median of the "
+            "communicator's %d links %.2f Gbit/s",
+            host_name(L, boot, f->a), strchr(ranks_a, ',') ? "s" : "", ranks_a,
+            addr_a[0] ? ", " : "", addr_a,
+            f->dirs == 3   ? "<->"
+            : f->dirs == 1 ? "->"
+                           : "<-",
+            host_name(L, boot, f->b), strchr(ranks_b, ',') ? "s" : "", ranks_b,
+            addr_b[0] ? ", " : "", addr_b, f->measured * gb, res->expected * gb, res->nlinks,
+            res->median * gb);
+}
+
+int fx_links_evaluate(struct fx_links *L, const struct fx_boot *boot, int64_t now_ms)
+{
+    size_t cap    = (size_t)L->nranks * FX_LINK_REPORT_MAX;
+    int64_t since = now_ms - REPORT_AGE_MS;
+    struct fx_slow_finding found[MAX_FINDINGS];
+    struct fx_slow_result res;
+    struct fx_slow_params params = {MONITOR_MIN_DROP, 4.0};
+    struct fx_slow_link *links;
+    size_t n = 0;
+    int nf;
+
+    if (L->reps == NULL) {
+        return 0;
+    }
+    links = malloc(cap * sizeof(*links));
+    if (links == NULL) {
+        return 0; /* the monitor is best effort; the next tick tries again */
+    }
+    for (size_t i = 0; i < cap; i++) {
+        const struct fx_link_rep *rep = &L->reps[i];
+        int dst                       = (int)(i / FX_LINK_REPORT_MAX);
+
+        if (rep->ms == 0 || rep->ms < since || L->host_of[rep->peer] == L->host_of[dst]) {
+            continue;
+        }
+        links[n++] = (struct fx_slow_link){
+            .src = L->host_of[rep->peer], .dst = L->host_of[dst], .rate = rep->rate};
+    }
+    nf = fx_slow_analyze(links, n, L->nhosts, &params, found, MAX_FINDINGS, &res);
+    L->rounds++;
+    free(links);
+    for (int k = 0; k < nf && k < MAX_FINDINGS; k++) {
+        const struct fx_slow_finding *f = &found[k];
+
+        if (log_due(L, f->kind, f->kind == FX_SLOW_HOST ? f->host : f->a,
+                    f->kind == FX_SLOW_HOST ? -1 : f->b, now_ms, L->rounds)) {
+            log_finding(L, boot, f, &res, since);
+        }
+    }
+    return nf < 0 ? 0 : nf;
+}
+
+void fx_links_snapshot(const struct fx_links *L, int peer, int64_t now_ns, fx_link_stats *out)
+{
+    const struct fx_link_dir *s = &L->dir[peer][FX_LINK_SEND];
+    const struct fx_link_dir *r = &L->dir[peer][FX_LINK_RECV];
+
+    out->peer              = peer;
+    out->bytes_sent        = s->bytes;
+    out->bytes_received    = r->bytes;
+    out->messages_sent     = s->msgs;
+    out->messages_received = r->msgs;
+    out->send_blocked_ns   = s->blocked_ns;
+    out->recv_blocked_ns   = r->blocked_ns;
+    if (s->posted > 0 && now_ns > s->busy_since) {
+        out->send_blocked_ns += (uint64_t)(now_ns - s->busy_since);
+    }
+    if (r->posted > 0 && now_ns > r->busy_since) {
+        out->recv_blocked_ns += (uint64_t)(now_ns - r->busy_since);
+    }
+    out->wire_busy_ns = s->wire ? s->wire_ns : 0;
+    out->send_gbps    = s->rate * 8e-9;
+    out->recv_gbps    = r->rate * 8e-9;
+    snprintf(out->address, sizeof(out->address), "%s", L->addr[peer]);
+}
