@@ -17,14 +17,15 @@
 #include "fx_log.h"
 #include "fx_sock.h"
 
-#define EV_TP         1u
-#define EV_WAKE       2u
-#define EV_CTRL       3u
-#define MAX_EVENTS    16
-#define IDLE_WAIT_MS  500
-#define DRIVE_WAIT_MS 100
-#define IDLE_TICK_MS  200
-#define CONN_POLL_MS  1 /* longest sleep while a lane waits for its connection */
+#define EV_TP            1u
+#define EV_WAKE          2u
+#define EV_CTRL          3u
+#define MAX_EVENTS       16
+#define IDLE_WAIT_MS     500
+#define DRIVE_WAIT_MS    100
+#define IDLE_TICK_MS     200
+#define CONN_POLL_MS     1  /* sleeps while a lane waits for its connection: at first */
+#define CONN_POLL_MAX_MS 50 /* ... and at most, after a long wait */
 
 /* Sorts epoll results: the control plane is read here; the transport is read by progress. */
 static void handle_events(struct fx_comm *comm, const struct epoll_event *evs, int n)
@@ -64,13 +65,19 @@ static bool transport_may_sleep(struct fx_comm *comm)
 /*
  * How long a sleep on the epoll set may last: while a lane of the running plan waits for its
  * connection, the progress rounds must come often, since neither a connect in progress nor a
- * listener's new connection is in that set. Called with the lock held.
+ * listener's new connection is in that set. A tenth of the time waited so far, within
+ * [CONN_POLL_MS, CONN_POLL_MAX_MS]: a connection that comes at once is taken within a
+ * millisecond, a peer that is late costs few wake-ups. Called with the lock held.
  */
 static int sleep_cap(const struct fx_comm *comm, int ms)
 {
-    bool waits = comm->exec.running && comm->exec.unconnected > 0;
+    int64_t cap = (fx_now_ms() - comm->exec.last_progress_ms) / 10;
 
-    return waits && ms > CONN_POLL_MS ? CONN_POLL_MS : ms;
+    if (!comm->exec.running || comm->exec.unconnected == 0) {
+        return ms;
+    }
+    cap = cap < CONN_POLL_MS ? CONN_POLL_MS : cap > CONN_POLL_MAX_MS ? CONN_POLL_MAX_MS : cap;
+    return ms > cap ? (int)cap : ms;
 }
 
 /*

@@ -7,6 +7,7 @@
  */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <dirent.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -238,6 +239,90 @@ ParameterizedTest(int *nranks, p2p, every_pair_exchanges_in_order_connecting_on_
 
     snprintf(what, sizeof(what), "every pair of %d ranks", *nranks);
     run_clean(*nranks, every_pair, NULL, 100000, what);
+}
+
+/* ---- connections only where messages go ---- */
+
+/* Sockets this process holds: each data connection holds at least one at each end (a TCP
+ * stream, or the shared-memory connection's UNIX socket). */
+static int count_sockets(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int n = 0;
+
+    if (d == NULL) {
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        char path[300];
+        char target[64];
+        ssize_t len;
+
+        snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+        len = readlink(path, target, sizeof(target) - 1);
+        n += len > 7 && strncmp(target, "socket:", 7) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+/* On one host the ring is rank order: rank r sends to r + 1 and receives from r - 1 over the
+ * connections made at init. Messages along the ring must open no socket; messages to r + 2 (no
+ * neighbour of 4 ranks) must open one connection out and accept one in. */
+static int connects_on_demand_only(fx_comm_t comm, struct harness_child *c)
+{
+    int n        = c->nranks;
+    float out    = (float)c->index;
+    float in[2]  = {-1, -1};
+    int at_init  = count_sockets();
+    int far      = (c->index + 2) % n;
+    int on_ring  = 0;
+    int off_ring = 0;
+    fx_status s  = fx_sendrecv(&out, 1, (c->index + 1) % n, &in[0], 1, (c->index + n - 1) % n,
+                               FX_FLOAT32, comm);
+
+    /* Then blocking calls around the ring, even ranks sending first (the shared-memory
+     * transport may complete a send only once the receive is posted). */
+    for (int half = 0; half < 2 && s == FX_OK; half++) {
+        if ((c->index + half) % 2 == 0) {
+            s = fx_send(&out, 1, FX_FLOAT32, (c->index + 1) % n, comm);
+        } else {
+            s = fx_recv(&in[0], 1, FX_FLOAT32, (c->index + n - 1) % n, comm);
+        }
+    }
+    on_ring = count_sockets();
+    if (s == FX_OK) {
+        s = fx_sendrecv(&out, 1, far, &in[1], 1, far, FX_FLOAT32, comm);
+    }
+    off_ring = count_sockets();
+    if (s != FX_OK) {
+        return failed(c, comm, s, "messages along and across the ring");
+    }
+    if (at_init < 0 || on_ring != at_init || off_ring < on_ring + 2 ||
+        in[0] != (float)((c->index + n - 1) % n) || in[1] != (float)far) {
+        c->res->wrong++;
+        harness_logf(c,
+                     "sockets: %d at init, %d after ring messages (want the same), %d after "
+                     "messages to rank %d (want 2 more); got %g and %g",
+                     at_init, on_ring, off_ring, far, (double)in[0], (double)in[1]);
+    }
+    return collectives_still_work(comm, c) || done(comm, c);
+}
+
+Test(p2p, only_messages_off_the_ring_open_connections, .timeout = 60, .fini = harness_kill_all)
+{
+    struct harness_opts opts = {.nranks       = 4,
+                                .deadline_ms  = 50000,
+                                .one_host     = 1, /* the ring is rank order */
+                                .sync_destroy = 1,
+                                .rank_fn      = connects_on_demand_only};
+    struct harness_run_info info;
+
+    setenv("FX_SOCKET_IFNAME", "lo", 1); /* one host: loopback, whatever the set-up */
+    cr_assert_eq(harness_run(&opts, &info), 0, "harness could not start");
+    expect_clean(&info, "connections on demand only");
+    harness_free(&info);
 }
 
 /* ---- sendrecv: ring shifts and pair exchanges ---- */
