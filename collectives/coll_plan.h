@@ -53,7 +53,7 @@ struct fx_plan_op {
     uint32_t slot;       /* RECV_REDUCE: scratch slot the data lands in */
     uint64_t offset;     /* element offset in buf (and in src for RECV_REDUCE) */
     uint64_t src_offset; /* COPY: element offset in src */
-    uint64_t count;      /* elements; never 0 */
+    uint64_t count;      /* elements; 0 only for an empty point-to-point message */
     uint32_t step;       /* the algorithm's step number (for the simulator's step counts) */
     uint32_t phase;      /* 0: reduce-scatter / gather, 1: all-gather phase of all-reduce */
 };
@@ -124,6 +124,18 @@ fx_status fx_coll_ring_allreduce_ordered(struct fx_plan *plan, int nranks, int r
 fx_status fx_coll_ring_allgather_ordered(struct fx_plan *plan, int nranks, int rank,
                                          const int *order, size_t count, size_t elem_size,
                                          size_t chunk_bytes);
+
+/*
+ * Point-to-point (coll_p2p.c): send send_count elements of FX_BUF_SEND to rank dst and receive
+ * recv_count elements from rank src into FX_BUF_RECV, either peer -1 for none (so the plan is a
+ * send, a receive, or both at once). Each message is cut into chunks of at most chunk_bytes
+ * (whole elements, at least one), the same way on both ends; an empty message is one op of
+ * count 0, so its header still travels. No op depends on another; no scratch.
+ * Returns FX_OK, FX_ERR_INVALID_ARG (rank or a peer out of range, a peer equal to rank,
+ * elem_size 0) or FX_ERR_NO_MEMORY.
+ */
+fx_status fx_coll_p2p(struct fx_plan *plan, int nranks, int rank, int dst, size_t send_count,
+                      int src, size_t recv_count, size_t elem_size, size_t chunk_bytes);
 
 /*
  * Ring order for a job spread over hosts: host_of[r] is any key naming rank r's host. Ranks of

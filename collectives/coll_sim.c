@@ -113,7 +113,7 @@ static fx_status check_op(struct sim *s, int rank, size_t i)
         return fail(s, FX_ERR_INVALID_ARG, "rank %d op %zu (%s): dep %d out of range (%zu ops)",
                     rank, i, kind_name(op->kind), (int)op->dep, plan->nops);
     }
-    if (op->count == 0) {
+    if (op->count == 0 && op->kind != FX_PLAN_SEND && op->kind != FX_PLAN_RECV) {
         return fail(s, FX_ERR_INVALID_ARG, "rank %d op %zu (%s): count 0", rank, i,
                     kind_name(op->kind));
     }

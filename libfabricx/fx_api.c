@@ -1,4 +1,4 @@
-/* The collective entry points: argument checks, then the executor's queue. */
+/* The collective and point-to-point entry points: argument checks, then the executor's queue. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,8 +41,9 @@ static fx_status check_common(struct fx_comm *comm, const char *name, const void
     return FX_OK;
 }
 
-static fx_status submit(struct fx_comm *comm, enum fx_coll coll, const void *sendbuf, void *recvbuf,
-                        size_t count, fx_datatype dtype, fx_op op, bool blocking, fx_request_t *out)
+/* Queues a request with the arguments of `args` (coll through recv_count). */
+static fx_status submit(struct fx_comm *comm, const struct fx_request *args, bool blocking,
+                        fx_request_t *out)
 {
     struct fx_request *req;
 
@@ -52,14 +53,17 @@ static fx_status submit(struct fx_comm *comm, enum fx_coll coll, const void *sen
     req = fx_exec_req_get(comm);
     if (req == NULL) {
         return fx_comm_note_error(comm, FX_ERR_NO_MEMORY, "%s: out of memory for a request",
-                                  fx_coll_name(coll));
+                                  fx_coll_name(args->coll));
     }
-    req->coll    = coll;
-    req->sendbuf = sendbuf;
-    req->recvbuf = recvbuf;
-    req->count   = count;
-    req->dtype   = dtype;
-    req->op      = op;
+    req->coll       = args->coll;
+    req->sendbuf    = args->sendbuf;
+    req->recvbuf    = args->recvbuf;
+    req->count      = args->count;
+    req->dtype      = args->dtype;
+    req->op         = args->op;
+    req->send_peer  = args->send_peer;
+    req->recv_peer  = args->recv_peer;
+    req->recv_count = args->recv_count;
     fx_exec_submit(comm, req, !blocking);
     *out = req;
     return FX_OK;
@@ -87,7 +91,16 @@ static fx_status start_allreduce(const void *sendbuf, void *recvbuf, size_t coun
         return fx_comm_note_error(comm, FX_ERR_INVALID_ARG,
                                   "allreduce: sendbuf and recvbuf overlap without being equal");
     }
-    return submit(comm, FX_COLL_ALLREDUCE, sendbuf, recvbuf, count, dtype, op, blocking, req);
+    return submit(comm,
+                  &(struct fx_request){.coll      = FX_COLL_ALLREDUCE,
+                                       .sendbuf   = sendbuf,
+                                       .recvbuf   = recvbuf,
+                                       .count     = count,
+                                       .dtype     = dtype,
+                                       .op        = op,
+                                       .send_peer = -1,
+                                       .recv_peer = -1},
+                  blocking, req);
 }
 
 static fx_status start_allgather(const void *sendbuf, void *recvbuf, size_t sendcount,
@@ -112,9 +125,140 @@ static fx_status start_allgather(const void *sendbuf, void *recvbuf, size_t send
                                   "allgather: sendbuf overlaps recvbuf but is not rank %d's slot",
                                   comm->rank);
     }
-    return submit(comm, FX_COLL_ALLGATHER, sendbuf, recvbuf, sendcount, dtype, FX_NUM_OPS, blocking,
-                  req);
+    return submit(comm,
+                  &(struct fx_request){.coll      = FX_COLL_ALLGATHER,
+                                       .sendbuf   = sendbuf,
+                                       .recvbuf   = recvbuf,
+                                       .count     = sendcount,
+                                       .dtype     = dtype,
+                                       .op        = FX_NUM_OPS,
+                                       .send_peer = -1,
+                                       .recv_peer = -1},
+                  blocking, req);
 }
+
+/* ------------------------------------------------------------------ point to point */
+
+/* A peer of a point-to-point call: another rank of the communicator. */
+static fx_status check_peer(struct fx_comm *comm, const char *name, const char *which, int peer)
+{
+    if (peer < 0 || peer >= comm->nranks) {
+        return fx_comm_note_error(comm, FX_ERR_INVALID_ARG, "%s: %s %d out of range [0, %d)", name,
+                                  which, peer, comm->nranks);
+    }
+    if (peer == comm->rank) {
+        return fx_comm_note_error(comm, FX_ERR_INVALID_ARG,
+                                  "%s: %s %d is this rank (messages to itself are not supported)",
+                                  name, which, peer);
+    }
+    return FX_OK;
+}
+
+/* One buffer of a point-to-point call (dtype already checked); *bytes gets its size. */
+static fx_status check_buf(struct fx_comm *comm, const char *name, const char *which,
+                           const void *buf, size_t count, fx_datatype dtype, size_t *bytes)
+{
+    size_t es = fx_datatype_size(dtype);
+
+    if (count > SIZE_MAX / es) {
+        return fx_comm_note_error(comm, FX_ERR_INVALID_ARG,
+                                  "%s: count %zu of %s overflows the address space", name, count,
+                                  fx_datatype_name(dtype));
+    }
+    if (count > 0 && buf == NULL) {
+        return fx_comm_note_error(comm, FX_ERR_INVALID_ARG, "%s: %s is NULL with count %zu", name,
+                                  which, count);
+    }
+    *bytes = count * es;
+    return FX_OK;
+}
+
+/* Checks the destination and send buffer (sends) and the source and receive buffer (recvs) of
+ * a point-to-point call, then runs it. Blocking. */
+static fx_status run_p2p(struct fx_comm *comm, const char *name, const struct fx_request *args,
+                         bool sends, bool recvs)
+{
+    bool both        = sends && recvs;
+    size_t sbytes    = 0;
+    size_t rbytes    = 0;
+    fx_status status = FX_OK;
+    fx_request_t req;
+
+    if (comm == NULL) {
+        return fx_set_last_error(FX_ERR_INVALID_ARG, "%s: comm is NULL", name);
+    }
+    if (fx_datatype_size(args->dtype) == 0) {
+        return fx_comm_note_error(comm, FX_ERR_INVALID_ARG, "%s: invalid datatype %d", name,
+                                  (int)args->dtype);
+    }
+    if (sends) {
+        status = check_peer(comm, name, both ? "dest" : "peer", args->send_peer);
+        if (status == FX_OK) {
+            status = check_buf(comm, name, both ? "sendbuf" : "buf", args->sendbuf, args->count,
+                               args->dtype, &sbytes);
+        }
+    }
+    if (recvs && status == FX_OK) {
+        status = check_peer(comm, name, both ? "src" : "peer", args->recv_peer);
+        if (status == FX_OK) {
+            status = check_buf(comm, name, both ? "recvbuf" : "buf", args->recvbuf,
+                               args->recv_count, args->dtype, &rbytes);
+        }
+    }
+    if (status != FX_OK) {
+        return status;
+    }
+    if (overlaps(args->sendbuf, sbytes, args->recvbuf, rbytes)) {
+        return fx_comm_note_error(comm, FX_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap",
+                                  name);
+    }
+    status = submit(comm, args, true, &req);
+    return status == FX_OK ? fx_exec_wait(req, -1) : status;
+}
+
+FX_API fx_status fx_send(const void *buf, size_t count, fx_datatype dtype, int peer, fx_comm_t comm)
+{
+    return run_p2p(comm, "fx_send",
+                   &(struct fx_request){.coll      = FX_COLL_SENDRECV,
+                                        .sendbuf   = buf,
+                                        .count     = count,
+                                        .dtype     = dtype,
+                                        .op        = FX_NUM_OPS,
+                                        .send_peer = peer,
+                                        .recv_peer = -1},
+                   true, false);
+}
+
+FX_API fx_status fx_recv(void *buf, size_t count, fx_datatype dtype, int peer, fx_comm_t comm)
+{
+    return run_p2p(comm, "fx_recv",
+                   &(struct fx_request){.coll       = FX_COLL_SENDRECV,
+                                        .recvbuf    = buf,
+                                        .recv_count = count,
+                                        .dtype      = dtype,
+                                        .op         = FX_NUM_OPS,
+                                        .send_peer  = -1,
+                                        .recv_peer  = peer},
+                   false, true);
+}
+
+FX_API fx_status fx_sendrecv(const void *sendbuf, size_t sendcount, int dest, void *recvbuf,
+                             size_t recvcount, int src, fx_datatype dtype, fx_comm_t comm)
+{
+    return run_p2p(comm, "fx_sendrecv",
+                   &(struct fx_request){.coll       = FX_COLL_SENDRECV,
+                                        .sendbuf    = sendbuf,
+                                        .recvbuf    = recvbuf,
+                                        .count      = sendcount,
+                                        .recv_count = recvcount,
+                                        .dtype      = dtype,
+                                        .op         = FX_NUM_OPS,
+                                        .send_peer  = dest,
+                                        .recv_peer  = src},
+                   true, true);
+}
+
+/* ------------------------------------------------------------------ non-blocking, completion */
 
 FX_API fx_status fx_iallreduce(const void *sendbuf, void *recvbuf, size_t count, fx_datatype dtype,
                                fx_op op, fx_comm_t comm, fx_request_t *req)

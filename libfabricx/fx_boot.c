@@ -886,6 +886,17 @@ void fx_boot_stall_verdict(struct fx_boot *boot, int64_t grace_ms, struct fx_boo
                  "(%s), as if messages were lost or the ranks called different collectives",
                  boot->stall[start].what, (long long)(fx_now_ms() - boot->stall[start].since_ms),
                  chain);
+    } else if (boot->bye[r]) {
+        /* It destroyed its communicator: a wait for it (a message it never sent, a connection
+         * it never made) can only end in failure. */
+        fx_boot_rank_str(boot, r, who, sizeof(who));
+        ev->failed_rank = r;
+        ev->status      = FX_ERR_PEER_FAILED;
+        snprintf(ev->text, sizeof(ev->text),
+                 "%s made no progress for %lld ms because %s has left the communicator "
+                 "(fx_comm_destroy) (wait chain: %s)",
+                 boot->stall[start].what, (long long)(fx_now_ms() - boot->stall[start].since_ms),
+                 who, chain);
     } else {
         fx_boot_rank_str(boot, r, who, sizeof(who));
         ev->failed_rank = r;

@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include <unistd.h>
 
 #include "collectives/coll_kernels.h"
+#include "fx_conn.h"
 #include "fx_exec.h"
 #include "fx_log.h"
 #include "fx_route.h"
@@ -22,9 +22,6 @@
 #include "fx_status_int.h"
 #include "fx_topo.h"
 #include "transports/tcp/tcp_iface.h"
-
-#define HELLO_MAGIC 0x31485846u /* "FXH1" */
-#define HELLO_LEN   (4 + 8 + 4 + 4 + FX_MAC_LEN)
 
 /* ------------------------------------------------------------------ errors */
 
@@ -39,24 +36,6 @@ fx_status fx_comm_note_error(struct fx_comm *comm, fx_status status, const char 
     comm->last_status = status;
     pthread_mutex_unlock(&comm->lock);
     return status;
-}
-
-static void close_data_conns(struct fx_comm *comm)
-{
-    for (int r = 0; r < comm->nranks; r++) {
-        if (comm->recv_conns[r] == comm->send_conns[r]) {
-            comm->recv_conns[r] = NULL; /* one duplex connection: closed once below */
-        }
-        if (comm->send_conns[r] != NULL) {
-            fx_comm_peer_ops(comm, r)->close(comm->send_conns[r]);
-            comm->send_conns[r] = NULL;
-        }
-        if (comm->recv_conns[r] != NULL) {
-            fx_comm_peer_ops(comm, r)->close(comm->recv_conns[r]);
-            comm->recv_conns[r] = NULL;
-        }
-    }
-    comm->exec.running = false;
 }
 
 void fx_comm_fail(struct fx_comm *comm, fx_status status, int failed_rank, bool propagate,
@@ -81,7 +60,7 @@ void fx_comm_fail(struct fx_comm *comm, fx_status status, int failed_rank, bool 
     }
     /* Posted receives point into user buffers: closing frees them before the user gets the
      * error and reuses the memory. */
-    close_data_conns(comm);
+    fx_conn_close_all(comm);
     fx_exec_fail_all(comm, status);
 }
 
@@ -92,145 +71,6 @@ void fx_comm_wake(struct fx_comm *comm)
     if (comm->wakefd >= 0 && write(comm->wakefd, &one, sizeof(one)) < 0) {
         /* The counter is saturated: a wake-up is pending anyway. */
     }
-}
-
-/* ------------------------------------------------------------------ data connections */
-
-static void make_hello(const struct fx_comm *comm, int src, int dst, uint8_t *out)
-{
-    uint8_t ids[16];
-    uint64_t id = comm->boot.info.comm_id;
-
-    memcpy(out, &(uint32_t){HELLO_MAGIC}, 4);
-    memcpy(out + 4, &id, 8);
-    memcpy(out + 12, &src, 4);
-    memcpy(out + 16, &dst, 4);
-    memcpy(ids, out + 4, 16);
-    fx_auth_mac(comm->boot.secret, "fx-data-hello", ids, sizeof(ids), NULL, 0, out + 20);
-}
-
-/* Returns the sending rank of a valid hello for this rank, or -1. */
-static int check_hello(const struct fx_comm *comm, const uint8_t *hello, size_t len)
-{
-    uint8_t want[HELLO_LEN];
-    int src;
-
-    if (len != HELLO_LEN) {
-        return -1;
-    }
-    memcpy(&src, hello + 12, 4);
-    if (src < 0 || src >= comm->nranks) {
-        return -1;
-    }
-    make_hello(comm, src, comm->rank, want);
-    if (memcmp(want, hello, 20) != 0 || !fx_auth_equal(want + 20, hello + 20)) {
-        return -1;
-    }
-    return src;
-}
-
-/* Takes the data connections that arrived on transport t's listener. */
-static void accept_pending(struct fx_comm *comm, int t)
-{
-    const struct fx_transport_ops *ops = comm->tps[t].ops;
-
-    for (int tries = 0; tries < 16; tries++) {
-        uint8_t hello[FX_TP_HELLO_MAX];
-        size_t hlen             = sizeof(hello);
-        struct fx_tp_conn *conn = NULL;
-        const char *why         = NULL;
-        int src;
-
-        if (ops->accept(comm->tps[t].lst, &conn, hello, &hlen) != FX_OK) {
-            return;
-        }
-        src = check_hello(comm, hello, hlen);
-        if (src < 0) {
-            why = "not from this communicator (bad hello)";
-        } else if (comm->peer_tp[src] != t) {
-            why = "the pair's traffic belongs to another transport";
-        } else if (comm->recv_conns[src] != NULL) {
-            why = "duplicate";
-        }
-        if (why != NULL) {
-            char peer[80];
-
-            ops->conn_peer(conn, peer, sizeof(peer));
-            fx_warn(FX_SUB_NET, "dropped a %s data connection from %s: %s", ops->name, peer, why);
-            ops->close(conn);
-            continue;
-        }
-        comm->recv_conns[src] = conn;
-        fx_trace(FX_SUB_NET, "accepted %s data connection from rank %d", ops->name, src);
-    }
-}
-
-/*
- * Connects to the ring neighbours: sends go to rank + 1, receives come from rank - 1. With two
- * ranks both neighbours are the same rank: rank 0 opens one connection and both use it in both
- * directions, so each message's TCP acknowledgement rides on the data going the other way
- * instead of costing a packet of its own (small-message latency).
- */
-static fx_status connect_ring(struct fx_comm *comm, char *err, size_t errlen)
-{
-    int right              = comm->ring_order[(comm->ring_pos + 1) % comm->nranks];
-    int left               = comm->ring_order[(comm->ring_pos - 1 + comm->nranks) % comm->nranks];
-    bool duplex            = comm->nranks == 2;
-    bool connects          = !duplex || comm->rank == 0;
-    int64_t deadline       = fx_now_ms() + comm->cfg.timeout_ms;
-    struct fx_tp_conn *out = NULL;
-    uint8_t hello[HELLO_LEN];
-    char who[160];
-
-    const struct fx_comm_tp *rt = &comm->tps[comm->peer_tp[right]];
-    const struct fx_tp_addr *to = fx_route_addr(&comm->boot.table[right], rt->ops->name);
-    struct pollfd pfds[FX_BOOT_MAX_ADDRS];
-
-    for (int t = 0; t < comm->ntps; t++) {
-        pfds[t] =
-            (struct pollfd){.fd = comm->tps[t].ops->wait_fd(comm->tps[t].tp), .events = POLLIN};
-    }
-    make_hello(comm, comm->rank, right, hello);
-    while (comm->send_conns[right] == NULL || comm->recv_conns[left] == NULL) {
-        if (connects && comm->send_conns[right] == NULL) {
-            fx_status status = rt->ops->connect(rt->tp, to, hello, sizeof(hello), &out);
-            if (status == FX_OK) {
-                comm->send_conns[right] = out;
-                if (duplex) {
-                    comm->recv_conns[left] = out;
-                }
-            } else if (status != FX_INPROGRESS) {
-                fx_boot_rank_str(&comm->boot, right, who, sizeof(who));
-                snprintf(err, errlen, "cannot connect to %s: %s", who, fx_strerror(status));
-                return status;
-            }
-        }
-        if (!connects || !duplex) {
-            accept_pending(comm, comm->peer_tp[left]);
-        }
-        if (!connects && comm->recv_conns[left] != NULL) {
-            comm->send_conns[right] = comm->recv_conns[left];
-        }
-        for (int t = 0; t < comm->ntps; t++) {
-            comm->tps[t].ops->progress(comm->tps[t].tp);
-        }
-        if (comm->send_conns[right] != NULL && comm->recv_conns[left] != NULL) {
-            break;
-        }
-        if (fx_now_ms() >= deadline) {
-            int late = comm->send_conns[right] == NULL && connects ? right : left;
-
-            if (comm->send_conns[right] == NULL && out != NULL) {
-                rt->ops->close(out);
-            }
-            fx_boot_rank_str(&comm->boot, late, who, sizeof(who));
-            snprintf(err, errlen, "data connection %s %s not established within %d ms",
-                     connects && late == right ? "to" : "from", who, comm->cfg.timeout_ms);
-            return FX_ERR_TIMEOUT;
-        }
-        poll(pfds, (nfds_t)comm->ntps, 5);
-    }
-    return FX_OK;
 }
 
 /* ------------------------------------------------------------------ init */
@@ -529,6 +369,9 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
     comm->wakefd     = -1;
     comm->send_conns = calloc((size_t)nranks, sizeof(*comm->send_conns));
     comm->recv_conns = calloc((size_t)nranks, sizeof(*comm->recv_conns));
+    comm->connecting = calloc((size_t)nranks, sizeof(*comm->connecting));
+    comm->p2p_sent   = calloc((size_t)nranks, sizeof(*comm->p2p_sent));
+    comm->p2p_recvd  = calloc((size_t)nranks, sizeof(*comm->p2p_recvd));
     comm->peer_tp    = malloc((size_t)nranks * sizeof(*comm->peer_tp));
     if (comm->peer_tp != NULL) {
         memset(comm->peer_tp, -1, (size_t)nranks * sizeof(*comm->peer_tp));
@@ -536,7 +379,8 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
     pthread_mutex_init(&comm->lock, NULL);
     cond_init_monotonic(&comm->cond);
     *out = comm;
-    if (comm->send_conns == NULL || comm->recv_conns == NULL || comm->peer_tp == NULL) {
+    if (comm->send_conns == NULL || comm->recv_conns == NULL || comm->connecting == NULL ||
+        comm->p2p_sent == NULL || comm->p2p_recvd == NULL || comm->peer_tp == NULL) {
         return FX_ERR_NO_MEMORY;
     }
     return FX_OK;
@@ -545,8 +389,9 @@ static fx_status comm_alloc(struct fx_comm **out, int nranks, int rank)
 static void comm_free(struct fx_comm *comm)
 {
     fx_exec_fini(comm);
-    if (comm->send_conns != NULL && comm->recv_conns != NULL && comm->peer_tp != NULL) {
-        close_data_conns(comm);
+    if (comm->send_conns != NULL && comm->recv_conns != NULL && comm->connecting != NULL &&
+        comm->peer_tp != NULL) {
+        fx_conn_close_all(comm);
     }
     for (int t = 0; t < comm->ntps; t++) {
         if (comm->tps[t].lst != NULL) {
@@ -558,6 +403,9 @@ static void comm_free(struct fx_comm *comm)
     fx_links_fini(&comm->links);
     free(comm->send_conns);
     free(comm->recv_conns);
+    free(comm->connecting);
+    free(comm->p2p_sent);
+    free(comm->p2p_recvd);
     free(comm->peer_tp);
     free(comm->ring_order);
     pthread_mutex_destroy(&comm->lock);
@@ -685,7 +533,7 @@ static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char
         return status;
     }
     if (comm->nranks > 1) {
-        status = connect_ring(comm, err, errlen);
+        status = fx_conn_connect_ring(comm, err, errlen);
         if (status != FX_OK) {
             return status;
         }

@@ -21,7 +21,7 @@
 #include "fx_wire.h"
 #include "transports/transport.h"
 
-/* One collective call: the public fx_request. */
+/* One call: the public fx_request. */
 struct fx_request {
     struct fx_request *next;     /* in the communicator's queue or free list */
     struct fx_request *all_next; /* every request object of the communicator */
@@ -32,7 +32,12 @@ struct fx_request {
     size_t count;
     fx_datatype dtype;
     fx_op op;
-    uint64_t seq;
+    uint64_t seq;      /* collectives: the communicator's operation number */
+    int send_peer;     /* send/recv: where to send count elements of sendbuf, or -1 */
+    int recv_peer;     /* send/recv: whence to receive recv_count elements, or -1 */
+    size_t recv_count; /* send/recv */
+    uint64_t send_seq; /* send/recv: the message's number from this rank to send_peer */
+    uint64_t recv_seq; /* send/recv: the message's number from recv_peer to this rank */
     fx_status status;
     bool done;
 };
@@ -65,6 +70,7 @@ struct fx_exec {
     uint32_t *lane_ops;
     struct fx_lane *lanes;
     int nlanes;
+    int unconnected;    /* lanes of the running plan still without their connection */
     int *lane_index;    /* 2 * nranks: (peer, direction) -> lane, -1 none */
     uint32_t next_copy; /* first COPY op not yet run, scanning forward */
     uint8_t *scratch;   /* nslots * max_chunk bytes, touched at init */
@@ -94,6 +100,7 @@ struct fx_comm {
     int8_t *peer_tp; /* [nranks]: index in tps of the transport to that rank; -1 itself */
     struct fx_tp_conn **send_conns; /* [nranks]: connections this rank opened (it sends) */
     struct fx_tp_conn **recv_conns; /* [nranks]: connections it accepted (it receives) */
+    struct fx_tp_conn **connecting; /* [nranks]: on-demand connects in progress (fx_conn.h) */
     int *ring_order; /* [nranks]: the rank at each ring position (ranks of a host adjacent) */
     int ring_pos;    /* this rank's position */
 
@@ -108,7 +115,9 @@ struct fx_comm {
     bool parked; /* the progress thread sleeps on cond */
 
     struct fx_exec exec;
-    uint64_t op_seq;
+    uint64_t op_seq;     /* collectives started; point-to-point calls do not count */
+    uint64_t *p2p_sent;  /* [nranks]: messages queued for sending to each rank */
+    uint64_t *p2p_recvd; /* [nranks]: messages queued for receiving from each rank */
     struct fx_links links; /* per-peer statistics; rank 0: the slow-link monitor */
 
     fx_status error; /* first fatal error; FX_OK while healthy */

@@ -8,39 +8,31 @@
  * reduced out of the scratch slot; later chunks keep arriving in the socket buffers meanwhile,
  * so the reduction of one chunk overlaps the transfer of the next.
  *
- * Waiting: a thread blocked in fx_wait drives progress itself (one thread does the I/O, the
- * reductions and the sleeping, as fast as a single-threaded loop); the progress thread drives
- * operations nobody waits for and listens to the control plane while the rank is idle.
+ * Waiting (fx_exec_wait.c): a thread blocked in fx_wait drives progress itself (one thread does
+ * the I/O, the reductions and the sleeping, as fast as a single-threaded loop); the progress
+ * thread drives operations nobody waits for and listens to the control plane while the rank is
+ * idle.
  */
 #include "fx_exec.h"
 
-#include <errno.h>
-#include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "collectives/coll_kernels.h"
+#include "fx_conn.h"
 #include "fx_log.h"
 #include "fx_route.h"
 #include "fx_sock.h"
 
-#define EV_TP          1u
-#define EV_WAKE        2u
-#define EV_CTRL        3u
-#define MAX_EVENTS     16
-#define IDLE_WAIT_MS   500
-#define DRIVE_WAIT_MS  100
-#define IDLE_TICK_MS   200
 #define AUTO_CHUNK_MIN (64u << 10)
 #define AUTO_CHUNK_MAX (512u << 10)
 #define PEER_GRACE_MS  200
 #define PAIR_MAX_BYTES (512u << 10) /* 2 ranks: exchange all-reduce up to this size */
+
+/* The payload pointer of empty messages: transports never see NULL, even from a NULL buffer. */
+static uint8_t no_payload[1];
 
 /* ------------------------------------------------------------------ plan start */
 
@@ -105,7 +97,8 @@ static void build_lanes(struct fx_comm *comm)
     struct fx_exec *ex = &comm->exec;
     uint32_t pos       = 0;
 
-    ex->nlanes = 0;
+    ex->nlanes      = 0;
+    ex->unconnected = 0;
     for (int k = 0; k <= 2 * comm->nranks; k++) {
         ex->lane_index[k] = -1;
     }
@@ -123,6 +116,7 @@ static void build_lanes(struct fx_comm *comm)
                 l->ops   = fx_comm_peer_ops(comm, l->peer);
                 l->conn  = l->send ? comm->send_conns[l->peer] : comm->recv_conns[l->peer];
                 l->stats = &comm->links.dir[l->peer][l->send ? FX_LINK_SEND : FX_LINK_RECV];
+                ex->unconnected += l->conn == NULL;
             }
             ex->lane_index[key] = ex->nlanes++;
         }
@@ -150,6 +144,10 @@ static fx_status build_plan(struct fx_comm *comm, const struct fx_request *req)
     size_t total       = req->count * es * (req->coll == FX_COLL_ALLGATHER ? comm->nranks : 1);
     size_t chunk       = op_chunk_bytes(comm, total);
 
+    if (req->coll == FX_COLL_SENDRECV) {
+        return fx_coll_p2p(&ex->plan, comm->nranks, comm->rank, req->send_peer, req->count,
+                           req->recv_peer, req->recv_count, es, ex->max_chunk);
+    }
     if (req->coll == FX_COLL_ALLREDUCE && comm->nranks == 2 && total <= PAIR_MAX_BYTES &&
         total <= ex->max_chunk && (req->sendbuf != req->recvbuf || ex->nslots >= 2)) {
         return fx_coll_pair_allreduce(&ex->plan, comm->rank, req->count, es,
@@ -161,6 +159,25 @@ static fx_status build_plan(struct fx_comm *comm, const struct fx_request *req)
     }
     return fx_coll_ring_allgather_ordered(&ex->plan, comm->nranks, comm->rank, comm->ring_order,
                                           req->count, es, chunk);
+}
+
+/* An operation as messages name it: "allreduce #6", "send #2 to rank 3", "recv #1 from rank 0",
+ * "sendrecv #2 to rank 3, #1 from rank 0". */
+static void op_name(const struct fx_request *req, char *buf, size_t len)
+{
+    unsigned long long sent = req->send_seq;
+    unsigned long long got  = req->recv_seq;
+
+    if (req->coll != FX_COLL_SENDRECV) {
+        snprintf(buf, len, "%s #%llu", fx_coll_name(req->coll), (unsigned long long)req->seq);
+    } else if (req->recv_peer < 0) {
+        snprintf(buf, len, "send #%llu to rank %d", sent, req->send_peer);
+    } else if (req->send_peer < 0) {
+        snprintf(buf, len, "recv #%llu from rank %d", got, req->recv_peer);
+    } else {
+        snprintf(buf, len, "sendrecv #%llu to rank %d, #%llu from rank %d", sent, req->send_peer,
+                 got, req->recv_peer);
+    }
 }
 
 static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
@@ -180,18 +197,16 @@ static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
         memset(ex->op_done, 0, ex->plan.nops);
     }
     build_lanes(comm);
-    for (int l = 0; l < ex->nlanes; l++) {
-        if (ex->lanes[l].peer >= 0 && ex->lanes[l].conn == NULL) {
-            fx_comm_fail(comm, FX_ERR_INTERNAL, -1, false, "no connection %s rank %d",
-                         ex->lanes[l].send ? "to" : "from", ex->lanes[l].peer);
-            return FX_ERR_INTERNAL;
-        }
-    }
     ex->ndone            = 0;
     ex->running          = true;
     ex->last_progress_ms = fx_now_ms();
-    fx_trace(FX_SUB_COLL, "%s #%llu: count %zu, %zu plan ops, %d lanes", fx_coll_name(req->coll),
-             (unsigned long long)req->seq, req->count, ex->plan.nops, ex->nlanes);
+    if (fx_log_enabled(FX_LOG_TRACE, FX_SUB_COLL)) {
+        char name[96];
+
+        op_name(req, name, sizeof(name));
+        fx_trace(FX_SUB_COLL, "%s: count %zu, %zu plan ops, %d lanes (%d to connect)", name,
+                 req->count, ex->plan.nops, ex->nlanes, ex->unconnected);
+    }
     return FX_OK;
 }
 
@@ -212,6 +227,9 @@ static uint8_t *buf_ptr(const struct fx_comm *comm, const struct fx_request *req
 static void op_header(const struct fx_comm *comm, const struct fx_request *req,
                       const struct fx_plan_op *op, int src_rank, struct fx_wire_hdr *h)
 {
+    bool p2p   = req->coll == FX_COLL_SENDRECV;
+    bool sends = op->kind == FX_PLAN_SEND;
+
     memset(h, 0, sizeof(*h));
     h->coll     = (uint8_t)req->coll;
     h->dtype    = (uint8_t)req->dtype;
@@ -219,8 +237,8 @@ static void op_header(const struct fx_comm *comm, const struct fx_request *req,
     h->phase    = (uint8_t)op->phase;
     h->src_rank = src_rank;
     h->comm_id  = comm->boot.info.comm_id;
-    h->op_seq   = req->seq;
-    h->count    = req->count;
+    h->op_seq   = !p2p ? req->seq : sends ? req->send_seq : req->recv_seq;
+    h->count    = p2p && !sends ? req->recv_count : req->count;
     h->offset   = op->offset;
     h->length   = op->count;
     h->step     = op->step;
@@ -233,18 +251,17 @@ static fx_status post_op(struct fx_comm *comm, struct fx_lane *lane, uint32_t i)
     const struct fx_plan_op *op = &ex->plan.ops[i];
     size_t es                   = ex->plan.elem_size;
     size_t bytes                = op->count * es;
+    uint8_t *data = bytes > 0 ? buf_ptr(comm, rq, op->buf) + op->offset * es : no_payload;
     struct fx_wire_hdr h;
 
     if (op->kind == FX_PLAN_SEND) {
         op_header(comm, rq, op, comm->rank, &h);
         fx_wire_encode(&h, ex->hdrs[i]);
-        return lane->ops->isend(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
-                                buf_ptr(comm, rq, op->buf) + op->offset * es, bytes,
+        return lane->ops->isend(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE, data, bytes,
                                 &ex->tp_reqs[i]);
     }
     if (op->kind == FX_PLAN_RECV) {
-        return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
-                                buf_ptr(comm, rq, op->buf) + op->offset * es, bytes,
+        return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE, data, bytes,
                                 &ex->tp_reqs[i]);
     }
     return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
@@ -306,8 +323,6 @@ static void reduce_op(struct fx_comm *comm, const struct fx_plan_op *op)
 
 /* ------------------------------------------------------------------ failures */
 
-static void drain_control(struct fx_comm *comm);
-
 /* After a connection failure, gives the control plane a moment to deliver the job's original
  * error (a mismatch or a crash seen first elsewhere), so every rank reports the same cause. */
 static bool adopt_relayed_error(struct fx_comm *comm)
@@ -315,7 +330,7 @@ static bool adopt_relayed_error(struct fx_comm *comm)
     int64_t deadline = fx_now_ms() + PEER_GRACE_MS;
 
     while (fx_now_ms() < deadline && comm->boot.fds != NULL) {
-        drain_control(comm);
+        fx_exec_drain_control(comm);
         if (comm->error != FX_OK) {
             return true;
         }
@@ -328,6 +343,7 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
 {
     char detail[256];
     char who[160];
+    char name[96];
 
     if (status == FX_ERR_CONNECTION && !lane->send) {
         /* A transport that finds a mismatch on a later message of the connection (its frame
@@ -358,10 +374,9 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
     }
     lane->ops->conn_error(lane->conn, detail, sizeof(detail));
     fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
+    op_name(comm->exec.head, name, sizeof(name));
     fx_comm_fail(comm, status == FX_ERR_PEER_FAILED ? FX_ERR_PEER_FAILED : FX_ERR_CONNECTION,
-                 lane->peer, true, "%s failed during %s #%llu: %s", who,
-                 fx_coll_name(comm->exec.head->coll), (unsigned long long)comm->exec.head->seq,
-                 detail);
+                 lane->peer, true, "%s failed during %s: %s", who, name, detail);
 }
 
 /* Rank 0: names the rank at the end of the job's chain of waits once it is due. */
@@ -401,14 +416,17 @@ static void check_timeout(struct fx_comm *comm)
 
         if (lane->peer >= 0 && lane->done < lane->end) {
             peer = lane->peer;
-            what = lane->send ? "waiting to send to" : "waiting for data from";
+            if (lane->conn == NULL) {
+                what = lane->send ? "waiting to connect to" : "waiting for a connection from";
+            } else {
+                what = lane->send ? "waiting to send to" : "waiting for data from";
+            }
             if (!lane->send) {
                 break;
             }
         }
     }
-    snprintf(op, sizeof(op), "%s #%llu", fx_coll_name(ex->head->coll),
-             (unsigned long long)ex->head->seq);
+    op_name(ex->head, op, sizeof(op));
     if (!ex->stall_reported) {
         fx_boot_ctrl_stall(&comm->boot, peer, idle, op);
         ex->stall_reported = true;
@@ -474,11 +492,59 @@ static bool lane_complete(struct fx_comm *comm, struct fx_lane *lane)
     return changed;
 }
 
+/* A connect failed: the peer's listener is gone (it died or left) or unreachable. */
+static void connect_failed(struct fx_comm *comm, const struct fx_lane *lane, fx_status status)
+{
+    char who[160];
+    char name[96];
+
+    if (adopt_relayed_error(comm)) {
+        return;
+    }
+    fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
+    op_name(comm->exec.head, name, sizeof(name));
+    fx_comm_fail(comm, status, lane->peer, true, "cannot connect to %s during %s: %s", who, name,
+                 fx_strerror(status));
+}
+
+/*
+ * Gives a lane the connection it lacks, if it exists by now: a send lane advances its connect,
+ * a receive lane looks for the peer's connection among those accepted (run_head accepts). A
+ * lane without its connection posts nothing yet. Returns true once the lane has it.
+ */
+static bool lane_connect(struct fx_comm *comm, struct fx_lane *lane)
+{
+    fx_status status = FX_INPROGRESS;
+
+    if (lane->send) {
+        status     = fx_conn_open(comm, lane->peer);
+        lane->conn = comm->send_conns[lane->peer];
+    } else {
+        lane->conn = comm->recv_conns[lane->peer];
+    }
+    if (lane->conn != NULL) {
+        comm->exec.unconnected--;
+        fx_trace(FX_SUB_NET, "connection %s rank %d ready", lane->send ? "to" : "from", lane->peer);
+        return true;
+    }
+    if (status != FX_INPROGRESS) {
+        connect_failed(comm, lane, status);
+    }
+    return false;
+}
+
 /* Posts the lane's next ops whose dependencies have completed. */
 static bool lane_post(struct fx_comm *comm, struct fx_lane *lane)
 {
     struct fx_exec *ex = &comm->exec;
     bool changed       = false;
+
+    if (lane->peer >= 0 && lane->conn == NULL) {
+        if (!lane_connect(comm, lane)) {
+            return false;
+        }
+        changed = true;
+    }
 
     while (lane->post < lane->end && comm->error == FX_OK) {
         uint32_t i                  = ex->lane_ops[lane->post];
@@ -533,7 +599,7 @@ void fx_exec_fail_all(struct fx_comm *comm, fx_status status)
     }
 }
 
-static void drain_control(struct fx_comm *comm)
+void fx_exec_drain_control(struct fx_comm *comm)
 {
     int fds[256];
     int n = fx_boot_ctrl_fds(&comm->boot, fds, 256);
@@ -565,6 +631,9 @@ static void run_head(struct fx_comm *comm)
             if (exec_start(comm, ex->head) != FX_OK) {
                 return;
             }
+        }
+        if (ex->unconnected > 0) {
+            changed |= fx_conn_accept(comm);
         }
         for (int l = 0; l < ex->nlanes && comm->error == FX_OK; l++) {
             changed |= lane_complete(comm, &ex->lanes[l]);
@@ -615,7 +684,7 @@ static void peer_host_addr(const struct fx_transport_ops *ops, struct fx_tp_conn
  * reads the control plane (the reports of the others; it may be too busy to sleep on it) and
  * then names what is slow (fx_links.h).
  */
-static void links_tick(struct fx_comm *comm)
+void fx_exec_links_tick(struct fx_comm *comm)
 {
     uint8_t report[FX_LINK_REPORT_SIZE];
     int64_t now = fx_now_ms();
@@ -655,7 +724,7 @@ static void links_tick(struct fx_comm *comm)
         fx_boot_ctrl_report(&comm->boot, report, len);
     }
     if (due && comm->rank == 0 && comm->boot.fds != NULL) {
-        drain_control(comm);
+        fx_exec_drain_control(comm);
         fx_links_evaluate(&comm->links, &comm->boot, now);
     }
 }
@@ -667,7 +736,7 @@ void fx_exec_progress(struct fx_comm *comm)
         return;
     }
     if (comm->links.on) {
-        links_tick(comm);
+        fx_exec_links_tick(comm);
     }
     stall_verdict(comm);
     if (comm->exec.head == NULL || comm->error != FX_OK) {
@@ -677,194 +746,6 @@ void fx_exec_progress(struct fx_comm *comm)
         comm->tps[t].ops->progress(comm->tps[t].tp);
     }
     run_head(comm);
-}
-
-/* ------------------------------------------------------------------ waiting */
-
-/* Sorts epoll results: the control plane is read here; the transport is read by progress. */
-static void handle_events(struct fx_comm *comm, const struct epoll_event *evs, int n)
-{
-    bool ctrl = false;
-
-    for (int i = 0; i < n; i++) {
-        if (evs[i].data.u32 == EV_WAKE) {
-            uint64_t v;
-
-            if (read(comm->wakefd, &v, sizeof(v)) < 0) {
-                /* Another thread drained it first. */
-            }
-        } else if (evs[i].data.u32 == EV_CTRL) {
-            ctrl = true;
-        }
-    }
-    if (ctrl) {
-        drain_control(comm);
-    }
-}
-
-/* Before sleeping on the epoll set: lets the transport arrange its wake-ups; false when it can
- * move already (then do not sleep). Called with the lock held. */
-static bool transport_may_sleep(struct fx_comm *comm)
-{
-    for (int t = 0; t < comm->ntps; t++) {
-        const struct fx_comm_tp *ct = &comm->tps[t];
-
-        if (ct->ops->prepare_wait != NULL && ct->ops->prepare_wait(ct->tp)) {
-            return false;
-        }
-    }
-    return true;
-}
-
-/*
- * The progress thread: sleeps on the condition variable while nothing is queued or a user
- * thread drives; otherwise sleeps in epoll_wait and runs progress rounds.
- */
-static void *progress_main(void *arg)
-{
-    struct fx_comm *comm = arg;
-    struct epoll_event evs[MAX_EVENTS];
-
-    fx_log_set_rank(comm->rank);
-    pthread_mutex_lock(&comm->lock);
-    while (!comm->shutdown) {
-        int n;
-        int sleep_ms;
-
-        if (comm->drivers > 0) {
-            comm->parked = true;
-            pthread_cond_wait(&comm->cond, &comm->lock);
-            comm->parked = false;
-            continue;
-        }
-        if (comm->exec.head == NULL) {
-            /* Idle: still look at the control plane now and then, so that a failure elsewhere
-             * or a stall report (rank 0) is handled while the user computes. */
-            struct timespec until;
-
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_nsec += IDLE_TICK_MS * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
-            comm->parked = true;
-            pthread_cond_timedwait(&comm->cond, &comm->lock, &until);
-            comm->parked = false;
-            if (comm->drivers == 0 && comm->exec.head == NULL && !comm->shutdown &&
-                comm->boot.fds != NULL) {
-                drain_control(comm);
-                if (comm->links.on && comm->error == FX_OK) {
-                    links_tick(comm);
-                }
-            }
-            continue;
-        }
-        sleep_ms = transport_may_sleep(comm) ? IDLE_WAIT_MS : 0;
-        pthread_mutex_unlock(&comm->lock);
-        n = epoll_wait(comm->epfd, evs, MAX_EVENTS, sleep_ms);
-        pthread_mutex_lock(&comm->lock);
-        handle_events(comm, evs, n > 0 ? n : 0);
-        if (comm->drivers == 0) {
-            fx_exec_progress(comm);
-        }
-    }
-    pthread_mutex_unlock(&comm->lock);
-    return NULL;
-}
-
-/* Runs progress rounds without sleeping for up to FX_SPIN_US, until req completes: waking from
- * a sleep costs more than the next message of a small collective usually takes to arrive. The
- * transport is polled directly (no pass through the communicator's epoll set); the control
- * plane waits for the sleep that follows, at most FX_SPIN_US later. On a host with more ranks
- * than cores each round yields the core first: the rank this one waits for may be the one
- * that needs it, and handing it over directly is far quicker than a sleep and a wake-up.
- * Called with the lock. */
-static void spin_progress(struct fx_comm *comm, const struct fx_request *req)
-{
-    int64_t until = fx_now_us() + comm->exec.spin_us;
-
-    while (comm->exec.spin_us > 0 && !req->done && comm->error == FX_OK && fx_now_us() < until) {
-        if (comm->exec.spin_yield) {
-            pthread_mutex_unlock(&comm->lock);
-            sched_yield();
-            pthread_mutex_lock(&comm->lock);
-        }
-        fx_exec_progress(comm);
-    }
-}
-
-static void req_release(struct fx_comm *comm, struct fx_request *req)
-{
-    req->done            = false;
-    req->next            = comm->exec.free_reqs;
-    comm->exec.free_reqs = req;
-}
-
-static fx_status finish_wait(struct fx_comm *comm, struct fx_request *req)
-{
-    fx_status status = req->status;
-
-    req_release(comm, req);
-    return status;
-}
-
-fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
-{
-    struct fx_comm *comm = req->comm;
-    int64_t deadline     = timeout_ms < 0 ? INT64_MAX : fx_now_ms() + timeout_ms;
-    struct epoll_event evs[MAX_EVENTS];
-    fx_status status = FX_INPROGRESS;
-
-    pthread_mutex_lock(&comm->lock);
-    if (comm->drivers++ == 0 && !comm->parked) {
-        fx_comm_wake(comm); /* the progress thread leaves epoll_wait and parks */
-    }
-    for (;;) {
-        int64_t left;
-        int n;
-
-        fx_exec_progress(comm);
-        if (req->done) {
-            status = finish_wait(comm, req);
-            break;
-        }
-        left = deadline - fx_now_ms();
-        if (left <= 0) {
-            break;
-        }
-        spin_progress(comm, req);
-        if (req->done || comm->error != FX_OK) {
-            continue;
-        }
-        if (!transport_may_sleep(comm)) {
-            continue;
-        }
-        pthread_mutex_unlock(&comm->lock);
-        n = epoll_wait(comm->epfd, evs, MAX_EVENTS,
-                       left < DRIVE_WAIT_MS ? (int)left : DRIVE_WAIT_MS);
-        pthread_mutex_lock(&comm->lock);
-        handle_events(comm, evs, n > 0 ? n : 0);
-    }
-    if (--comm->drivers == 0 && comm->exec.head != NULL) {
-        pthread_cond_signal(&comm->cond); /* queued operations nobody waits for */
-    }
-    pthread_mutex_unlock(&comm->lock);
-    return status;
-}
-
-fx_status fx_exec_test(struct fx_request *req)
-{
-    struct fx_comm *comm = req->comm;
-    fx_status status     = FX_INPROGRESS;
-
-    pthread_mutex_lock(&comm->lock);
-    fx_exec_progress(comm);
-    if (req->done) {
-        status = finish_wait(comm, req);
-    }
-    pthread_mutex_unlock(&comm->lock);
-    return status;
 }
 
 /* ------------------------------------------------------------------ queue */
@@ -900,7 +781,15 @@ fx_status fx_exec_submit(struct fx_comm *comm, struct fx_request *req, bool back
     struct fx_exec *ex = &comm->exec;
 
     pthread_mutex_lock(&comm->lock);
-    req->seq  = ++comm->op_seq;
+    if (req->coll == FX_COLL_SENDRECV) {
+        /* Messages match in order per pair: the n-th send from a to b meets b's n-th receive
+         * from a; the numbers are the pair's, so collectives keep theirs in step on all ranks. */
+        req->seq      = 0;
+        req->send_seq = req->send_peer >= 0 ? ++comm->p2p_sent[req->send_peer] : 0;
+        req->recv_seq = req->recv_peer >= 0 ? ++comm->p2p_recvd[req->recv_peer] : 0;
+    } else {
+        req->seq = ++comm->op_seq;
+    }
     req->next = NULL;
     if (ex->tail != NULL) {
         ex->tail->next = req;
@@ -918,39 +807,6 @@ fx_status fx_exec_submit(struct fx_comm *comm, struct fx_request *req, bool back
 }
 
 /* ------------------------------------------------------------------ init / fini */
-
-static fx_status epoll_add(int epfd, int fd, uint32_t tag)
-{
-    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = tag};
-
-    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? FX_OK : FX_ERR_SYSTEM;
-}
-
-static fx_status setup_epoll(struct fx_comm *comm, char *err, size_t errlen)
-{
-    int fds[256];
-    int n = fx_boot_ctrl_fds(&comm->boot, fds, 256);
-
-    comm->epfd   = epoll_create1(EPOLL_CLOEXEC);
-    comm->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (comm->epfd < 0 || comm->wakefd < 0 || epoll_add(comm->epfd, comm->wakefd, EV_WAKE)) {
-        snprintf(err, errlen, "epoll set-up failed: %s", strerror(errno));
-        return FX_ERR_SYSTEM;
-    }
-    for (int t = 0; t < comm->ntps; t++) {
-        if (epoll_add(comm->epfd, comm->tps[t].ops->wait_fd(comm->tps[t].tp), EV_TP) != FX_OK) {
-            snprintf(err, errlen, "epoll set-up failed: %s", strerror(errno));
-            return FX_ERR_SYSTEM;
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        if (epoll_add(comm->epfd, fds[i], EV_CTRL) != FX_OK) {
-            snprintf(err, errlen, "epoll set-up failed: %s", strerror(errno));
-            return FX_ERR_SYSTEM;
-        }
-    }
-    return FX_OK;
-}
 
 /* FX_SPIN_US; when this host runs more ranks than it has cores, a rank that merely spun would
  * take the core of the rank it waits for, so waiters yield while they poll (spin_progress). */
@@ -975,7 +831,6 @@ static int spin_budget(struct fx_comm *comm)
 fx_status fx_exec_init(struct fx_comm *comm, char *err, size_t errlen)
 {
     struct fx_exec *ex = &comm->exec;
-    fx_status status;
 
     fx_plan_init(&ex->plan);
     ex->spin_us   = spin_budget(comm);
@@ -991,31 +846,14 @@ fx_status fx_exec_init(struct fx_comm *comm, char *err, size_t errlen)
     }
     /* Touch the scratch now: page faults never happen on the data path. */
     memset(ex->scratch, 0, ex->nslots * ex->max_chunk);
-    status = setup_epoll(comm, err, errlen);
-    if (status != FX_OK) {
-        return status;
-    }
-    if (pthread_create(&comm->thread, NULL, progress_main, comm) != 0) {
-        snprintf(err, errlen, "cannot start the progress thread");
-        return FX_ERR_SYSTEM;
-    }
-    comm->thread_running = true;
-    return FX_OK;
+    return fx_exec_wait_start(comm, err, errlen);
 }
 
 void fx_exec_fini(struct fx_comm *comm)
 {
     struct fx_exec *ex = &comm->exec;
 
-    if (comm->thread_running) {
-        pthread_mutex_lock(&comm->lock);
-        comm->shutdown = true;
-        pthread_cond_broadcast(&comm->cond);
-        pthread_mutex_unlock(&comm->lock);
-        fx_comm_wake(comm);
-        pthread_join(comm->thread, NULL);
-        comm->thread_running = false;
-    }
+    fx_exec_wait_stop(comm);
     while (ex->all_reqs != NULL) {
         struct fx_request *req = ex->all_reqs;
 
@@ -1030,11 +868,5 @@ void fx_exec_fini(struct fx_comm *comm)
     free(ex->lanes);
     free(ex->lane_index);
     free(ex->scratch);
-    if (comm->epfd >= 0) {
-        close(comm->epfd);
-    }
-    if (comm->wakefd >= 0) {
-        close(comm->wakefd);
-    }
     memset(ex, 0, sizeof(*ex));
 }

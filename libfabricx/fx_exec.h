@@ -30,4 +30,16 @@ void fx_exec_progress(struct fx_comm *comm);
 /* Fails the running and queued operations (from fx_comm_fail, lock held). */
 void fx_exec_fail_all(struct fx_comm *comm, fx_status status);
 
+/* Between fx_exec.c and fx_exec_wait.c (waiting and the progress thread). */
+
+/* Reads the control plane and fails the communicator on a relayed abort; lock held. */
+void fx_exec_drain_control(struct fx_comm *comm);
+/* Once a second: link-statistics windows, the report to rank 0 and, there, the slow-link
+ * verdict (fx_links.h); lock held. */
+void fx_exec_links_tick(struct fx_comm *comm);
+/* Builds the communicator's epoll set and starts the progress thread. */
+fx_status fx_exec_wait_start(struct fx_comm *comm, char *err, size_t errlen);
+/* Stops the progress thread and closes the epoll set and the wake-up eventfd. */
+void fx_exec_wait_stop(struct fx_comm *comm);
+
 #endif /* FX_EXEC_H */

@@ -1,6 +1,7 @@
 /* Encoding and checking of the data-message header (layout in fx_wire.h). */
 #include "fx_wire.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -56,6 +57,8 @@ const char *fx_coll_name(int coll)
         return "allreduce";
     case FX_COLL_ALLGATHER:
         return "allgather";
+    case FX_COLL_SENDRECV:
+        return "send/recv";
     default:
         return "unknown collective";
     }
@@ -121,9 +124,45 @@ static const char *op_text(unsigned op)
     return name != NULL ? name : "none";
 }
 
+/* Both headers are point-to-point: the message's number is the pair's, the count the sender's. */
+static fx_status check_p2p(const struct fx_wire_hdr *got, const struct fx_wire_hdr *want, int me,
+                           char *err, size_t errlen)
+{
+    char which[96];
+    int them = got->src_rank;
+
+    snprintf(which, sizeof(which), "message #%llu from rank %d to rank %d",
+             (unsigned long long)want->op_seq, them, me);
+    if (got->op_seq != want->op_seq) {
+        snprintf(err, errlen,
+                 "send/recv: rank %d sent message #%llu to rank %d, which expected #%llu", them,
+                 (unsigned long long)got->op_seq, me, (unsigned long long)want->op_seq);
+    } else if (got->count != want->count) {
+        snprintf(err, errlen,
+                 "send/recv: rank %d sent count %llu, rank %d receives count %llu (%s)", them,
+                 (unsigned long long)got->count, me, (unsigned long long)want->count, which);
+    } else if (got->dtype != want->dtype) {
+        snprintf(err, errlen,
+                 "send/recv: rank %d sent datatype %s, rank %d receives datatype %s (%s)", them,
+                 dtype_text(got->dtype), me, dtype_text(want->dtype), which);
+    } else if (got->length != want->length || got->step != want->step) {
+        snprintf(err, errlen,
+                 "send/recv chunk layout differs: rank %d sent %llu elements as chunk %u, rank %d "
+                 "expected %llu as chunk %u (%s)",
+                 them, (unsigned long long)got->length, got->step, me,
+                 (unsigned long long)want->length, want->step, which);
+    } else {
+        return FX_OK;
+    }
+    return FX_ERR_MISMATCH;
+}
+
 fx_status fx_wire_check(const struct fx_wire_hdr *got, const struct fx_wire_hdr *want, int me,
                         char *err, size_t errlen)
 {
+    bool p2p_got  = got->coll == FX_COLL_SENDRECV;
+    bool p2p_want = want->coll == FX_COLL_SENDRECV;
+
     const char *coll = fx_coll_name(want->coll);
     int them         = got->src_rank;
 
@@ -134,6 +173,12 @@ fx_status fx_wire_check(const struct fx_wire_hdr *got, const struct fx_wire_hdr 
                  me, them, want->src_rank);
     } else if (got->comm_id != want->comm_id) {
         snprintf(err, errlen, "message from rank %d belongs to another communicator", them);
+    } else if (p2p_got != p2p_want) {
+        /* Operation numbers count collectives and pairs' messages apart: compare the calls. */
+        snprintf(err, errlen, "rank %d called %s, rank %d called %s", them, fx_coll_name(got->coll),
+                 me, coll);
+    } else if (p2p_want) {
+        return check_p2p(got, want, me, err, errlen);
     } else if (got->op_seq != want->op_seq) {
         snprintf(err, errlen, "rank %d sent for operation #%llu while rank %d runs #%llu (%s)",
                  them, (unsigned long long)got->op_seq, me, (unsigned long long)want->op_seq, coll);

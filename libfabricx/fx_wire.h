@@ -11,8 +11,9 @@
  *  10  u16 reserved   zero
  *  12  i32 src_rank   sender's rank
  *  16  u64 comm_id    random id chosen by rank 0 at init
- *  24  u64 op_seq     operation number on this communicator, from 1
- *  32  u64 count      the collective's count argument
+ *  24  u64 op_seq     operation number on this communicator, from 1; for send/recv the
+ *                     message's number on its (sender, receiver) pair, from 1
+ *  32  u64 count      the collective's count argument (send/recv: the sender's count)
  *  40  u64 offset     element offset of the chunk in the sender's buffer (informational:
  *                     the two ends may address the chunk in different buffers)
  *  48  u64 length     elements in the chunk
@@ -36,6 +37,7 @@
 enum fx_coll {
     FX_COLL_ALLREDUCE = 1,
     FX_COLL_ALLGATHER = 2,
+    FX_COLL_SENDRECV  = 3, /* point-to-point: fx_send, fx_recv, fx_sendrecv */
 };
 
 struct fx_wire_hdr {
@@ -65,7 +67,9 @@ fx_status fx_wire_decode(const uint8_t in[FX_WIRE_HDR_SIZE], struct fx_wire_hdr 
  * Compares a received header with the one rank `me` expected (want->src_rank is the peer it
  * expected the message from). FX_OK when they agree, else
  * FX_ERR_MISMATCH with a message naming both ranks and what differs, e.g.
- * "allreduce count 12 on rank 3, rank 0 passed 16".
+ * "allreduce count 12 on rank 3, rank 0 passed 16". Point-to-point messages are numbered per
+ * (sender, receiver) pair, not per communicator, and named that way: "send/recv: rank 3 sent
+ * count 12, rank 0 receives count 16 (message #2 from rank 3 to rank 0)".
  */
 fx_status fx_wire_check(const struct fx_wire_hdr *got, const struct fx_wire_hdr *want, int me,
                         char *err, size_t errlen);

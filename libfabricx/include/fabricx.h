@@ -242,6 +242,52 @@ FX_API fx_status fx_allgather(const void *sendbuf, void *recvbuf, size_t sendcou
                               fx_datatype dtype, fx_comm_t comm);
 
 /*
+ * Point-to-point messages between two ranks of a communicator. Not collective: only the two
+ * ranks take part, and the first message between them opens their connection (ranks that never
+ * exchange messages never connect). Messages from one rank to another are matched in the order
+ * they were sent: the n-th fx_send (or fx_sendrecv) from rank a to rank b meets the n-th
+ * fx_recv (or fx_sendrecv) on b from a. The receiver must pass the same count and datatype as
+ * the sender: otherwise it gets FX_ERR_MISMATCH naming both ranks and both values, and the
+ * communicator is broken on every rank (the sender too).
+ * Calls of one communicator run in the order they were made, collectives included, so two ranks
+ * must make the calls that involve each other in an order that lets each one complete.
+ *
+ * Blocking only: a call returns once its buffers may be reused (a send's data may still be on
+ * its way). There are no non-blocking forms: the executor runs the calls of a communicator one
+ * at a time, in order, so an isend queued before the matching irecv on the other side would wait
+ * for it forever. fx_sendrecv covers the common case of exchanging with neighbours.
+ *
+ * fx_send: sends count elements of buf to rank peer.
+ * fx_recv: receives count elements from rank peer into buf.
+ *   [in]  buf    count elements; may be NULL when count is 0. Owned by the caller; the library
+ *                uses it only during the call.
+ *   [in]  count  0 or more: a message of 0 elements still travels (and is matched)
+ *   [in]  peer   0 <= peer < nranks, not the calling rank
+ * Thread safety: as every call on a communicator (see the top of this file).
+ * Return FX_OK, FX_ERR_INVALID_ARG (peer out of range or the calling rank, NULL buffer with
+ * count > 0, invalid dtype, count whose byte size overflows; fx_comm_get_error says which; the
+ * communicator stays usable), FX_ERR_MISMATCH, FX_ERR_PEER_FAILED (the peer died or left),
+ * FX_ERR_CONNECTION, FX_ERR_TIMEOUT (no progress for FX_TIMEOUT_MS, naming the rank waited for),
+ * FX_ERR_ABORTED. After an error other than FX_ERR_INVALID_ARG the communicator is broken.
+ */
+FX_API fx_status fx_send(const void *buf, size_t count, fx_datatype dtype, int peer,
+                         fx_comm_t comm);
+FX_API fx_status fx_recv(void *buf, size_t count, fx_datatype dtype, int peer, fx_comm_t comm);
+
+/*
+ * Sends sendcount elements of sendbuf to rank dest and receives recvcount elements from rank src
+ * into recvbuf, both at once: the send and the receive progress independently, so two ranks
+ * that call fx_sendrecv towards each other (or every rank of a ring, each sending right and
+ * receiving from the left) never deadlock, whatever the sizes. dest and src may differ; either
+ * count may be 0. Each direction is one message, matched as fx_send and fx_recv are.
+ *   [in]  sendbuf, recvbuf  must not overlap (NULL allowed with a count of 0)
+ *   [in]  dest, src         0 <= rank < nranks, not the calling rank
+ * Returns as fx_send (FX_ERR_INVALID_ARG also for overlapping buffers).
+ */
+FX_API fx_status fx_sendrecv(const void *sendbuf, size_t sendcount, int dest, void *recvbuf,
+                             size_t recvcount, int src, fx_datatype dtype, fx_comm_t comm);
+
+/*
  * Non-blocking forms. The buffers belong to the library until fx_test or fx_wait reports the
  * request complete. Several requests may be outstanding on one communicator; they run and
  * complete in the order they were started, and every rank must start them in the same order.

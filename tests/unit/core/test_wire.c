@@ -130,3 +130,41 @@ Test(wire_check, names_ranks_and_what_differs, .timeout = 10)
     h.src_rank = 5;
     expect_mismatch(h, "claiming to be from rank 5, expected rank 3");
 }
+
+Test(wire_check, point_to_point_names_pair_counts_and_calls, .timeout = 10)
+{
+    struct fx_wire_hdr want = sample();
+    struct fx_wire_hdr h;
+    char err[300];
+
+    want.coll   = FX_COLL_SENDRECV;
+    want.op     = FX_NUM_OPS;
+    want.phase  = 0;
+    want.op_seq = 2;
+    h           = want;
+    cr_expect_eq(fx_wire_check(&h, &want, 0, err, sizeof(err)), FX_OK);
+    cr_expect_str_eq(fx_coll_name(FX_COLL_SENDRECV), "send/recv");
+    h.count = 12;
+    cr_assert_eq(fx_wire_check(&h, &want, 0, err, sizeof(err)), FX_ERR_MISMATCH);
+    cr_expect_str_eq(err, "send/recv: rank 3 sent count 12, rank 0 receives count 1048573 "
+                          "(message #2 from rank 3 to rank 0)");
+    h       = want;
+    h.dtype = FX_INT64;
+    cr_assert_eq(fx_wire_check(&h, &want, 0, err, sizeof(err)), FX_ERR_MISMATCH);
+    cr_expect(strstr(err, "rank 3 sent datatype int64, rank 0 receives datatype float") != NULL,
+              "%s", err);
+    h        = want;
+    h.op_seq = 3;
+    cr_assert_eq(fx_wire_check(&h, &want, 0, err, sizeof(err)), FX_ERR_MISMATCH);
+    cr_expect(strstr(err, "message #3") != NULL && strstr(err, "expected #2") != NULL, "%s", err);
+    /* A collective meeting a point-to-point message: the calls differ, whatever the numbers. */
+    h        = sample();
+    h.op_seq = 2;
+    cr_assert_eq(fx_wire_check(&h, &want, 0, err, sizeof(err)), FX_ERR_MISMATCH);
+    cr_expect_str_eq(err, "rank 3 called allreduce, rank 0 called send/recv");
+    h        = want;
+    h.op_seq = 7;
+    want     = sample();
+    cr_assert_eq(fx_wire_check(&h, &want, 0, err, sizeof(err)), FX_ERR_MISMATCH);
+    cr_expect_str_eq(err, "rank 3 called send/recv, rank 0 called allreduce");
+}
