@@ -11,17 +11,16 @@
  */
 #include <errno.h>
 #include <math.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fabricx.h"
+#include "tool_launch.h"
 
 enum coll_kind {
     COLL_ALLREDUCE,
@@ -64,8 +63,6 @@ struct bench {
     uint8_t *recv;
     uint8_t *ref;
 };
-
-static volatile sig_atomic_t got_signal;
 
 /* ------------------------------------------------------------------ arguments */
 
@@ -737,101 +734,9 @@ static int run_rank(const struct opts *o, fx_comm_t comm)
 
 /* ------------------------------------------------------------------ local launcher */
 
-static void on_signal(int sig)
+static int local_rank(fx_comm_t comm, void *arg)
 {
-    got_signal = sig;
-}
-
-static void kill_all(const pid_t *pids, int n)
-{
-    for (int i = 0; i < n; i++) {
-        if (pids[i] > 0) {
-            kill(pids[i], SIGKILL);
-        }
-    }
-}
-
-/* Waits for every child; the first failure (or the timeout, or a signal) kills the rest. */
-static int reap(pid_t *pids, int n, long timeout_ms)
-{
-    double deadline = now_s() + (double)timeout_ms / 1000.0;
-    int left        = n;
-    int rc          = 0;
-
-    while (left > 0) {
-        int st;
-        pid_t pid = waitpid(-1, &st, WNOHANG);
-
-        if (pid > 0) {
-            for (int i = 0; i < n; i++) {
-                if (pids[i] == pid) {
-                    pids[i] = -1;
-                    left--;
-                }
-            }
-            if ((!WIFEXITED(st) || WEXITSTATUS(st) != 0) && rc == 0) {
-                rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-                kill_all(pids, n);
-            }
-            continue;
-        }
-        if (got_signal || now_s() > deadline) {
-            fprintf(stderr, "fx-bench: %s, killing the ranks\n",
-                    got_signal ? "interrupted" : "timed out");
-            kill_all(pids, n);
-            rc         = rc ? rc : 1;
-            got_signal = 0;
-            deadline   = now_s() + 3600;
-        }
-        usleep(10000);
-    }
-    return rc;
-}
-
-static int launch_local(const struct opts *o)
-{
-    fx_unique_id id;
-    pid_t pids[1024];
-    fx_status s;
-
-    /* Local ranks all live on this host: keep the job on loopback unless told otherwise. */
-    setenv("FX_SOCKET_IFNAME", "lo", 0);
-    s = fx_get_unique_id(&id);
-    if (o->np > 1024) {
-        fprintf(stderr, "fx-bench: --np %d: at most 1024 local ranks\n", o->np);
-        return 2;
-    }
-    if (s != FX_OK) {
-        fprintf(stderr, "fx-bench: fx_get_unique_id: %s: %s\n", fx_strerror(s), fx_last_error());
-        return 1;
-    }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    fflush(stdout);
-    for (int r = 0; r < o->np; r++) {
-        pids[r] = fork();
-        if (pids[r] == 0) {
-            fx_comm_t comm;
-
-            signal(SIGINT, SIG_DFL);
-            signal(SIGTERM, SIG_DFL);
-            s = fx_comm_init_rank(&comm, o->np, id, r);
-            if (s != FX_OK) {
-                fprintf(stderr, "fx-bench: rank %d: init: %s: %s\n", r, fx_strerror(s),
-                        fx_last_error());
-                _exit(1);
-            }
-            s = (fx_status)run_rank(o, comm);
-            fflush(stdout);
-            _exit((int)s);
-        }
-        if (pids[r] < 0) {
-            perror("fx-bench: fork");
-            kill_all(pids, r);
-            return 1;
-        }
-    }
-    return reap(pids, o->np, o->timeout_ms);
+    return run_rank(arg, comm);
 }
 
 int main(int argc, char **argv)
@@ -844,7 +749,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (o.np > 0) {
-        return launch_local(&o);
+        return tool_launch_local("fx-bench", o.np, o.timeout_ms, 1, local_rank, &o);
     }
     s = fx_comm_init_env(&comm);
     if (s != FX_OK) {

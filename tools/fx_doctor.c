@@ -23,18 +23,17 @@
 #include <ifaddrs.h>
 #include <math.h>
 #include <netdb.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fabricx.h"
+#include "tool_launch.h"
 #include "libfabricx/fx_slow.h"
 
 #define MAX_ENDPOINTS 64
@@ -79,8 +78,6 @@ struct doctor {
     double ring_predict; /* GB/s from the pairs */
     int ring_bottleneck[2];
 };
-
-static volatile sig_atomic_t got_signal;
 
 static double now_s(void)
 {
@@ -855,99 +852,9 @@ static int run_rank(const struct opts *o, fx_comm_t comm)
 
 /* ------------------------------------------------------------------ local launcher */
 
-static void on_signal(int sig)
+static int local_rank(fx_comm_t comm, void *arg)
 {
-    got_signal = sig;
-}
-
-static void kill_all(const pid_t *pids, int n)
-{
-    for (int i = 0; i < n; i++) {
-        if (pids[i] > 0) {
-            kill(pids[i], SIGKILL);
-        }
-    }
-}
-
-/* Waits for every rank; an error (status 2 or a signal) kills the rest; rank 0's status wins
- * otherwise (1: findings). */
-static int reap(pid_t *pids, int n, long timeout_ms)
-{
-    double deadline = now_s() + (double)timeout_ms / 1000.0;
-    int left        = n;
-    int rc          = 0;
-
-    while (left > 0) {
-        int st;
-        pid_t pid = waitpid(-1, &st, WNOHANG);
-
-        if (pid > 0) {
-            for (int i = 0; i < n; i++) {
-                if (pids[i] == pid) {
-                    int code = WIFEXITED(st) ? WEXITSTATUS(st) : 2;
-
-                    pids[i] = -1;
-                    left--;
-                    if (code >= 2 && rc < 2) {
-                        rc = 2;
-                        kill_all(pids, n);
-                    } else if (i == 0 && rc == 0) {
-                        rc = code;
-                    }
-                }
-            }
-            continue;
-        }
-        if (got_signal || now_s() > deadline) {
-            fprintf(stderr, "fx-doctor: %s, killing the ranks\n",
-                    got_signal ? "interrupted" : "timed out");
-            kill_all(pids, n);
-            rc         = 2;
-            got_signal = 0;
-            deadline   = now_s() + 3600;
-        }
-        usleep(10000);
-    }
-    return rc;
-}
-
-static int launch_local(const struct opts *o)
-{
-    fx_unique_id id;
-    pid_t pids[1024];
-    fx_status s;
-
-    setenv("FX_SOCKET_IFNAME", "lo", 0);
-    s = fx_get_unique_id(&id);
-    if (s != FX_OK) {
-        fprintf(stderr, "fx-doctor: fx_get_unique_id: %s: %s\n", fx_strerror(s), fx_last_error());
-        return 2;
-    }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    fflush(stdout);
-    for (int r = 0; r < o->np; r++) {
-        pids[r] = fork();
-        if (pids[r] == 0) {
-            fx_comm_t comm;
-
-            signal(SIGINT, SIG_DFL);
-            signal(SIGTERM, SIG_DFL);
-            s = fx_comm_init_rank(&comm, o->np, id, r);
-            if (s != FX_OK) {
-                fprintf(stderr, "fx-doctor: rank %d: init: %s: %s\n", r, fx_strerror(s),
-                        fx_last_error());
-                _exit(2);
-            }
-            _exit(run_rank(o, comm));
-        }
-        if (pids[r] < 0) {
-            perror("fx-doctor: fork");
-            kill_all(pids, r);
-            return 2;
-        }
-    }
-    return reap(pids, o->np, o->timeout_ms);
+    return run_rank(arg, comm);
 }
 
 int main(int argc, char **argv)
@@ -960,7 +867,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (o.np > 0) {
-        return launch_local(&o);
+        return tool_launch_local("fx-doctor", o.np, o.timeout_ms, 2, local_rank, &o);
     }
     s = fx_comm_init_env(&comm);
     if (s != FX_OK) {

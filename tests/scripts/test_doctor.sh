@@ -14,53 +14,20 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-CLUSTER=$ROOT/scripts/netns-cluster.sh
-RUN=$ROOT/scripts/netns-run.sh
 NAME=fxdr$$
 HOSTS=4
-PASSED=0
-FAILED=0
 TMP=
+# shellcheck source=tests/scripts/netns-lib.sh
+. "$ROOT/tests/scripts/netns-lib.sh"
+require_netns
+require_tool FX_DOCTOR
+DOCTOR=$TOOL
 
-if [ "$(id -u)" != 0 ]; then
-    echo "skip: network namespaces need root"
-    exit 77
-fi
-probe="fxprobe$$"
-if ! ip netns add "$probe" >/dev/null 2>&1; then
-    echo "skip: this environment cannot create network namespaces"
-    exit 77
-fi
-ip netns del "$probe" >/dev/null 2>&1 || true
-DOCTOR=${FX_DOCTOR:-}
-unset FX_DOCTOR FX_SOCKET_IFNAME
-if [ -z "$DOCTOR" ] || [ ! -x "$DOCTOR" ]; then
-    echo "skip: no fx-doctor (set FX_DOCTOR)"
-    exit 77
-fi
-
-finish() {
-    "$CLUSTER" down --name "$NAME" >/dev/null 2>&1
-    [ -n "$TMP" ] && rm -rf "$TMP"
-}
-trap finish EXIT
+trap '"$CLUSTER" down --name "$NAME" >/dev/null 2>&1; [ -n "$TMP" ] && rm -rf "$TMP"' EXIT
 trap 'exit 1' INT TERM
 
-pass() {
-    PASSED=$((PASSED + 1))
-    echo "ok: $*"
-}
-fail() {
-    FAILED=$((FAILED + 1))
-    echo "FAILED: $*"
-}
-
 TMP=$(mktemp -d)
-if ! "$CLUSTER" up "$HOSTS" --rate 400mbit --name "$NAME" >"$TMP/up.log" 2>&1; then
-    cat "$TMP/up.log"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
+cluster_up "$HOSTS" --rate 400mbit
 
 # doctor TAG [ARGS...]: runs fx-doctor --json on every host; rank 0's JSON in $TMP/TAG.json,
 # everything in $TMP/TAG.out; returns the launcher's status.
@@ -122,6 +89,7 @@ FX_SOCKET_IFNAME=eth0 FX_TIMEOUT_MS=10000 timeout 120 "$RUN" "$HOSTS" --name "$N
 job=$!
 sleep 3
 victim_pids=$(ip netns pids "$NAME-h$victim" 2>/dev/null)
+# shellcheck disable=SC2086 # several pids, one word each
 [ -n "$victim_pids" ] && kill -9 $victim_pids 2>/dev/null
 wait "$job"
 rc=$?
@@ -136,5 +104,4 @@ else
     tail -20 "$TMP/kill.out"
 fi
 
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" = 0 ]
+summary

@@ -13,53 +13,20 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-CLUSTER=$ROOT/scripts/netns-cluster.sh
-RUN=$ROOT/scripts/netns-run.sh
 NAME=fxlm$$
 HOSTS=4
-PASSED=0
-FAILED=0
 TMP=
+# shellcheck source=tests/scripts/netns-lib.sh
+. "$ROOT/tests/scripts/netns-lib.sh"
+require_netns
+require_tool FX_BENCH
+BENCH=$TOOL
 
-if [ "$(id -u)" != 0 ]; then
-    echo "skip: network namespaces need root"
-    exit 77
-fi
-probe="fxprobe$$"
-if ! ip netns add "$probe" >/dev/null 2>&1; then
-    echo "skip: this environment cannot create network namespaces"
-    exit 77
-fi
-ip netns del "$probe" >/dev/null 2>&1 || true
-BENCH=${FX_BENCH:-}
-unset FX_BENCH FX_SOCKET_IFNAME
-if [ -z "$BENCH" ] || [ ! -x "$BENCH" ]; then
-    echo "skip: no fx-bench (set FX_BENCH)"
-    exit 77
-fi
-
-finish() {
-    "$CLUSTER" down --name "$NAME" >/dev/null 2>&1
-    [ -n "$TMP" ] && rm -rf "$TMP"
-}
-trap finish EXIT
+trap '"$CLUSTER" down --name "$NAME" >/dev/null 2>&1; [ -n "$TMP" ] && rm -rf "$TMP"' EXIT
 trap 'exit 1' INT TERM
 
-pass() {
-    PASSED=$((PASSED + 1))
-    echo "ok: $*"
-}
-fail() {
-    FAILED=$((FAILED + 1))
-    echo "FAILED: $*"
-}
-
 TMP=$(mktemp -d)
-if ! "$CLUSTER" up "$HOSTS" --rate 400mbit --name "$NAME" >"$TMP/up.log" 2>&1; then
-    cat "$TMP/up.log"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
+cluster_up "$HOSTS" --rate 400mbit
 
 # run_job TAG ITERS: the all-reduce loop; rank logs in $TMP/TAG.*; returns the launcher's status.
 run_job() {
@@ -109,5 +76,4 @@ else
     tail -5 "$TMP/shaped.out"
 fi
 
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" = 0 ]
+summary

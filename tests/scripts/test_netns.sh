@@ -26,38 +26,12 @@ TMP=
 BG_RX=
 BG_RUN=
 
-if [ "$(id -u)" != 0 ]; then
-    echo "skip: network namespaces need root"
-    exit 77
-fi
-if ! ip netns list >/dev/null 2>&1; then
-    echo "skip: 'ip netns' is not available"
-    exit 77
-fi
-# Root in a container may still lack the right to make namespaces: try one, outside our scripts.
-probe="fxprobe$$"
-if ! ip netns add "$probe" >/dev/null 2>&1; then
-    echo "skip: this environment cannot create network namespaces"
-    exit 77
-fi
-ip netns del "$probe" >/dev/null 2>&1 || true
-
-# The ranks must choose their interface the testbed way (eth0), whatever the caller exported
-# (scripts/test exports FX_SOCKET_IFNAME=lo). FX_BENCH is for this script only: the library
-# would warn about an FX_ variable it does not know.
-unset FX_SOCKET_IFNAME
+# shellcheck source=tests/scripts/netns-lib.sh
+. "$ROOT/tests/scripts/netns-lib.sh"
+require_netns
+# FX_BENCH is for this script only: the library would warn about an FX_ variable it does not know.
 BENCH=${FX_BENCH:-}
 unset FX_BENCH
-
-pass() {
-    PASSED=$((PASSED + 1))
-    echo "ok: $*"
-}
-
-fail() {
-    FAILED=$((FAILED + 1))
-    echo "FAIL: $*"
-}
 
 # check DESCRIPTION COMMAND...: passes when the command succeeds.
 check() {
