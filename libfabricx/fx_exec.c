@@ -29,6 +29,7 @@
 #define AUTO_CHUNK_MIN (64u << 10)
 #define AUTO_CHUNK_MAX (512u << 10)
 #define PEER_GRACE_MS  200
+#define TICK_POLLS     64 /* polls between two looks at the clock for the statistics tick */
 #define PAIR_MAX_BYTES (512u << 10) /* 2 ranks: exchange all-reduce up to this size */
 
 /* The payload pointer of empty messages: transports never see NULL, even from a NULL buffer. */
@@ -729,23 +730,37 @@ void fx_exec_links_tick(struct fx_comm *comm)
     }
 }
 
+/* Whether the once-a-second statistics tick may be due, without reading the clock on every
+ * poll of a spinning wait: the last round's clock when an op moved in it, else every
+ * TICK_POLLS polls (microseconds apart while spinning; a sleeping wait polls when woken). */
+static bool links_tick_due(struct fx_comm *comm)
+{
+    if (comm->exec.now_ns != 0) {
+        return comm->exec.now_ns / 1000000 >= comm->links.next_tick_ms;
+    }
+    return ++comm->links.polls % TICK_POLLS == 0;
+}
+
 void fx_exec_progress(struct fx_comm *comm)
 {
     if (comm->error != FX_OK) {
         fx_exec_fail_all(comm, comm->error);
         return;
     }
-    if (comm->links.on) {
-        fx_exec_links_tick(comm);
-    }
     stall_verdict(comm);
     if (comm->exec.head == NULL || comm->error != FX_OK) {
+        if (comm->links.on && comm->error == FX_OK) {
+            fx_exec_links_tick(comm);
+        }
         return;
     }
     for (int t = 0; t < comm->ntps; t++) {
         comm->tps[t].ops->progress(comm->tps[t].tp);
     }
     run_head(comm);
+    if (comm->links.on && links_tick_due(comm)) {
+        fx_exec_links_tick(comm);
+    }
 }
 
 /* ------------------------------------------------------------------ queue */

@@ -85,6 +85,7 @@ struct fx_links {
     struct fx_link_dir (*dir)[2];   /* [nranks][FX_LINK_SEND / FX_LINK_RECV] */
     char (*addr)[FX_LINK_ADDR_LEN]; /* [nranks]: peer's data-plane address; "" unknown */
     int64_t next_tick_ms;
+    uint32_t polls; /* progress polls without a clock reading (fx_exec.c, links_tick_due) */
     /* rank 0 */
     int *host_of; /* [nranks]: host index */
     int nhosts;
