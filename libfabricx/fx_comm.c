@@ -417,6 +417,20 @@ static void comm_free(struct fx_comm *comm)
  * The ring order every rank derives alike from the table: ranks of one host adjacent, hosts in
  * the order their lowest rank appears, so each ring crosses each host boundary once.
  */
+/* host[r]: the lowest rank on rank r's host (the bootstrap's host identity). */
+static void host_leaders(const struct fx_comm *comm, int *host)
+{
+    for (int r = 0; r < comm->nranks; r++) {
+        host[r] = r;
+        for (int q = 0; q < r; q++) {
+            if (fx_route_same_host(&comm->boot.table[q], &comm->boot.table[r])) {
+                host[r] = q;
+                break;
+            }
+        }
+    }
+}
+
 static fx_status make_ring_order(struct fx_comm *comm)
 {
     int n     = comm->nranks;
@@ -430,15 +444,7 @@ static fx_status make_ring_order(struct fx_comm *comm)
         free(host);
         return FX_ERR_NO_MEMORY;
     }
-    for (int r = 0; r < n; r++) {
-        host[r] = r;
-        for (int q = 0; q < r; q++) {
-            if (fx_route_same_host(&comm->boot.table[q], &comm->boot.table[r])) {
-                host[r] = q;
-                break;
-            }
-        }
-    }
+    host_leaders(comm, host);
     fx_coll_ring_order_by_host(host, n, comm->ring_order);
     free(host);
     text[0] = '\0';
@@ -476,16 +482,9 @@ static fx_status start_link_stats(struct fx_comm *comm)
     if (host_of == NULL) {
         return FX_ERR_NO_MEMORY;
     }
-    for (int r = 0; r < comm->nranks; r++) {
-        host_of[r] = -1;
-        for (int q = 0; q < r && host_of[r] < 0; q++) {
-            if (fx_route_same_host(&comm->boot.table[q], &comm->boot.table[r])) {
-                host_of[r] = host_of[q];
-            }
-        }
-        if (host_of[r] < 0) {
-            host_of[r] = nhosts++;
-        }
+    host_leaders(comm, host_of);
+    for (int r = 0; r < comm->nranks; r++) { /* leaders number the hosts in rank order */
+        host_of[r] = host_of[r] == r ? nhosts++ : host_of[host_of[r]];
     }
     status = fx_links_init(&comm->links, comm->cfg.link_stats, comm->rank, comm->nranks, host_of,
                            nhosts);

@@ -681,7 +681,7 @@ static void peer_host_addr(const struct fx_transport_ops *ops, struct fx_tp_conn
 }
 
 /*
- * Once a second: closes the link-rate windows and sends the fresh rates to rank 0, which first
+ * Once a second: closes the link-rate windows and sends the current rates to rank 0, which first
  * reads the control plane (the reports of the others; it may be too busy to sleep on it) and
  * then names what is slow (fx_links.h).
  */

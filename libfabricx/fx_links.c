@@ -78,7 +78,6 @@ fx_status fx_links_init(struct fx_links *L, bool on, int rank, int nranks, const
         memcpy(L->host_of, host_of, (size_t)nranks * sizeof(*L->host_of));
         L->nhosts = nhosts;
     }
-    L->next_tick_ms = 0;
     return FX_OK;
 }
 
@@ -111,7 +110,6 @@ static void close_window(struct fx_link_dir *d, int64_t now_ns, int64_t now_ms)
     if (d->posted > 0) {
         fx_link_span_end(d, now_ns); /* the stretch goes on from now in the next window */
     }
-    d->fresh = false;
     if (d->wire) {
         bytes        = d->wire_bytes - d->wire_bytes0;
         ns           = d->wire_ns - d->wire_ns0;
@@ -125,7 +123,6 @@ static void close_window(struct fx_link_dir *d, int64_t now_ns, int64_t now_ms)
     d->samples++;
     d->rate      = median_of(d->hist, d->samples < FX_LINK_SAMPLES ? d->samples : FX_LINK_SAMPLES);
     d->rate_ms   = now_ms;
-    d->fresh     = true;
     d->win_bytes = 0;
     d->win_ns    = 0;
     d->wire_bytes0 = d->wire_bytes;
@@ -242,8 +239,8 @@ static bool log_due(struct fx_links *L, int kind, int a, int b, int64_t now_ms, 
 }
 
 /* "ranks 2,3" of host h, and an address of it seen in a report ("" none). */
-static void describe_host(const struct fx_links *L, const struct fx_boot *boot, int h,
-                          int64_t since, char *ranks, size_t rlen, const char **addr)
+static void describe_host(const struct fx_links *L, int h, int64_t since, char *ranks, size_t rlen,
+                          const char **addr)
 {
     size_t off = 0;
     int shown  = 0;
@@ -267,7 +264,6 @@ static void describe_host(const struct fx_links *L, const struct fx_boot *boot, 
             *addr = rep->addr;
         }
     }
-    (void)boot;
 }
 
 static const char *host_name(const struct fx_links *L, const struct fx_boot *boot, int h)
@@ -291,7 +287,7 @@ static void log_finding(struct fx_links *L, const struct fx_boot *boot,
     double gb = 8e-9;
 
     if (f->kind == FX_SLOW_HOST) {
-        describe_host(L, boot, f->host, since, ranks_a, sizeof(ranks_a), &addr_a);
+        describe_host(L, f->host, since, ranks_a, sizeof(ranks_a), &addr_a);
         fx_info(FX_SUB_NET,
                 "slow link: host %s (rank%s %s%s%s): %d of its %d measured links are slow, "
                 "%.2f Gbit/s against %.2f expected; median of the communicator's %d links "
@@ -301,8 +297,8 @@ static void log_finding(struct fx_links *L, const struct fx_boot *boot,
                 res->expected * gb, res->nlinks, res->median * gb);
         return;
     }
-    describe_host(L, boot, f->a, since, ranks_a, sizeof(ranks_a), &addr_a);
-    describe_host(L, boot, f->b, since, ranks_b, sizeof(ranks_b), &addr_b);
+    describe_host(L, f->a, since, ranks_a, sizeof(ranks_a), &addr_a);
+    describe_host(L, f->b, since, ranks_b, sizeof(ranks_b), &addr_b);
     fx_info(FX_SUB_NET,
             "slow link: path %s (rank%s %s%s%s) %s %s (rank%s %s%s%s): %.2f Gbit/s against "
             "%.2f expected; both hosts are fine on their other links; median of the "

@@ -58,7 +58,6 @@ struct fx_link_dir {
     int64_t rate_ms; /* when rate last took a sample */
     uint32_t samples;
     double hist[FX_LINK_SAMPLES]; /* the last samples, bytes per second */
-    bool fresh;                   /* rate took a sample at the last tick */
 };
 
 /* Rank 0: one link of a rank's last report: from peer to the reporting rank. */

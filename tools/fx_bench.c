@@ -732,7 +732,7 @@ static int run_rank(const struct opts *o, fx_comm_t comm)
     return rc;
 }
 
-/* ------------------------------------------------------------------ local launcher */
+/* ------------------------------------------------------------------ start */
 
 static int local_rank(fx_comm_t comm, void *arg)
 {
@@ -742,20 +742,9 @@ static int local_rank(fx_comm_t comm, void *arg)
 int main(int argc, char **argv)
 {
     struct opts o;
-    fx_comm_t comm;
-    fx_status s;
 
     if (parse_args(&o, argc, argv) != 0) {
         return 2;
     }
-    if (o.np > 0) {
-        return tool_launch_local("fx-bench", o.np, o.timeout_ms, 1, local_rank, &o);
-    }
-    s = fx_comm_init_env(&comm);
-    if (s != FX_OK) {
-        fprintf(stderr, "fx-bench: init: %s: %s\n(use --np N to start N local ranks)\n",
-                fx_strerror(s), fx_last_error());
-        return 1;
-    }
-    return run_rank(&o, comm);
+    return tool_run("fx-bench", o.np, o.timeout_ms, 1, local_rank, &o);
 }

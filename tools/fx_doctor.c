@@ -510,7 +510,6 @@ static int ring(struct doctor *d)
 {
     size_t count = d->o.ring_size / 4;
     double times[3];
-    double best = 1e300;
 
     progress(d, d->nend, d->nend + 1, "ring all-reduce");
     CHECK(d, "ring all-reduce (warm-up)",
@@ -525,13 +524,11 @@ static int ring(struct doctor *d)
         times[i] = now_s() - t;
         CHECK(d, "ring all-reduce time",
               fx_allreduce(&times[i], &times[i], 1, FX_FLOAT64, FX_MAX, d->comm));
-        best = times[i] < best ? times[i] : best;
     }
     qsort(times, 3, sizeof(times[0]), cmp_double);
     d->ring_busbw = d->nranks > 1
                         ? (double)(count * 4) * 2.0 * (d->nranks - 1) / d->nranks / times[1] * 1e-9
                         : 0;
-    (void)best;
     /* The ring visits the endpoints in rank order; its slowest link bounds it. */
     d->ring_predict = 0;
     for (int e = 0; e < d->nend && d->nend > 1; e++) {
@@ -850,7 +847,7 @@ static int run_rank(const struct opts *o, fx_comm_t comm)
     return rc;
 }
 
-/* ------------------------------------------------------------------ local launcher */
+/* ------------------------------------------------------------------ start */
 
 static int local_rank(fx_comm_t comm, void *arg)
 {
@@ -860,20 +857,9 @@ static int local_rank(fx_comm_t comm, void *arg)
 int main(int argc, char **argv)
 {
     struct opts o;
-    fx_comm_t comm;
-    fx_status s;
 
     if (parse_args(&o, argc, argv) != 0) {
         return 2;
     }
-    if (o.np > 0) {
-        return tool_launch_local("fx-doctor", o.np, o.timeout_ms, 2, local_rank, &o);
-    }
-    s = fx_comm_init_env(&comm);
-    if (s != FX_OK) {
-        fprintf(stderr, "fx-doctor: init: %s: %s\n(use --np N to start N local ranks)\n",
-                fx_strerror(s), fx_last_error());
-        return 2;
-    }
-    return run_rank(&o, comm);
+    return tool_run("fx-doctor", o.np, o.timeout_ms, 2, local_rank, &o);
 }

@@ -1,4 +1,4 @@
-/* Local launcher of the tools (tool_launch.h). */
+/* How the tools start their ranks (tool_launch.h). */
 #include "tool_launch.h"
 
 #include <signal.h>
@@ -125,4 +125,21 @@ int tool_launch_local(const char *prog, int np, long timeout_ms, int fatal_min, 
         }
     }
     return reap(prog, pids, np, timeout_ms, fatal_min);
+}
+
+int tool_run(const char *prog, int np, long timeout_ms, int fatal_min, tool_rank_fn run, void *arg)
+{
+    fx_comm_t comm;
+    fx_status s;
+
+    if (np > 0) {
+        return tool_launch_local(prog, np, timeout_ms, fatal_min, run, arg);
+    }
+    s = fx_comm_init_env(&comm);
+    if (s != FX_OK) {
+        fprintf(stderr, "%s: init: %s: %s\n(use --np N to start N local ranks)\n", prog,
+                fx_strerror(s), fx_last_error());
+        return fatal_min;
+    }
+    return run(comm, arg);
 }

@@ -1,6 +1,7 @@
 /*
- * Local launcher shared by the tools (fx-bench --np, fx-doctor --np): forks N ranks of one job
- * on this host, each joining the communicator and running the tool's body, and reaps them.
+ * How the tools (fx-bench, fx-doctor) start: under a launcher's environment, or with --np N
+ * local ranks of one job forked on this host, each joining the communicator and running the
+ * tool's body, then reaped.
  */
 #ifndef FX_TOOL_LAUNCH_H
 #define FX_TOOL_LAUNCH_H
@@ -19,5 +20,12 @@ typedef int (*tool_rank_fn)(fx_comm_t comm, void *arg);
  */
 int tool_launch_local(const char *prog, int np, long timeout_ms, int fatal_min, tool_rank_fn run,
                       void *arg);
+
+/*
+ * A tool's whole run: with np > 0, tool_launch_local; otherwise this process joins the job its
+ * launcher describes (fx_comm_init_env) and runs as one rank. An init failure is reported and
+ * returns fatal_min.
+ */
+int tool_run(const char *prog, int np, long timeout_ms, int fatal_min, tool_rank_fn run, void *arg);
 
 #endif /* FX_TOOL_LAUNCH_H */
