@@ -5,7 +5,10 @@
  *
  * Buffers are named, not pointed to: the send buffer, the receive buffer, and a scratch area of
  * `nslots` slots of `slot_count` elements each that the executor provides. Offsets and counts
- * are in elements of the plan's element size.
+ * are in elements of the plan's element size. Scratch slot k starts at FX_BUF_SCRATCH offset
+ * k * slot_count, so a plan may also send from a slot, copy into one, or reduce into one (a
+ * RECV_REDUCE whose destination is its own slot: buf = FX_BUF_SCRATCH, offset = slot *
+ * slot_count; the reduction reads each element before writing it).
  *
  * Ordering rules the executor and the simulator both follow:
  *  - sends to one peer are posted in the order they appear in ops[]; so are receives from one
@@ -29,7 +32,7 @@ enum fx_plan_kind {
     FX_PLAN_SEND        = 0, /* send buf[offset..offset+count) to peer */
     FX_PLAN_RECV        = 1, /* receive count elements from peer into buf[offset..] */
     FX_PLAN_RECV_REDUCE = 2, /* receive into scratch slot, then
-                                buf[offset+i] = src[offset+i] (op) slot[i] */
+                                buf[offset+i] = src[src_offset+i] (op) slot[i] */
     FX_PLAN_COPY = 3,        /* local: buf[offset+i] = src[src_offset+i] (no peer) */
 };
 
@@ -52,7 +55,7 @@ struct fx_plan_op {
     int32_t dep;         /* index of the op that must complete first, or -1 */
     uint32_t slot;       /* RECV_REDUCE: scratch slot the data lands in */
     uint64_t offset;     /* element offset in buf (and in src for RECV_REDUCE) */
-    uint64_t src_offset; /* COPY: element offset in src */
+    uint64_t src_offset; /* COPY and RECV_REDUCE: element offset in src */
     uint64_t count;      /* elements; 0 only for an empty point-to-point message */
     uint32_t step;       /* the algorithm's step number (for the simulator's step counts) */
     uint32_t phase;      /* 0: reduce-scatter / gather, 1: all-gather phase of all-reduce */

@@ -165,8 +165,9 @@ static fx_status allreduce_step(struct ring *g, int phase, int s, int32_t *dep_o
             .flags  = final ? FX_PLAN_FINAL : 0,
             .peer   = left,
             .dep    = -1,
-            .offset = seg_start(g, recvseg) + c * g->chunk,
-            .count  = len,
+            .offset     = seg_start(g, recvseg) + c * g->chunk,
+            .src_offset = seg_start(g, recvseg) + c * g->chunk,
+            .count      = len,
             .step   = (uint32_t)s,
             .phase  = (uint32_t)phase,
         };

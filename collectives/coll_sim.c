@@ -280,7 +280,7 @@ static fx_status land(struct sim *s, int rank, size_t i, const struct sim_msg *m
         memcpy(dst, m->data, m->len);
         return FX_OK;
     }
-    local = buf_at(s, rank, i, op->src, op->offset, false);
+    local = buf_at(s, rank, i, op->src, op->src_offset, false);
     if (local == NULL) {
         return s->res->status;
     }

@@ -73,7 +73,8 @@ struct fx_exec {
     int unconnected;    /* lanes of the running plan still without their connection */
     int *lane_index;    /* 2 * nranks: (peer, direction) -> lane, -1 none */
     uint32_t next_copy; /* first COPY op not yet run, scanning forward */
-    uint8_t *scratch;   /* nslots * max_chunk bytes, touched at init */
+    uint8_t *scratch;   /* nslots * max_chunk bytes, touched at init; a plan addresses
+                           slot k at k * plan.slot_count elements */
     size_t max_chunk;
     uint32_t nslots;
     int64_t last_progress_ms;

@@ -266,7 +266,8 @@ static fx_status post_op(struct fx_comm *comm, struct fx_lane *lane, uint32_t i)
                                 &ex->tp_reqs[i]);
     }
     return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
-                            ex->scratch + (size_t)op->slot * ex->max_chunk, bytes, &ex->tp_reqs[i]);
+                            ex->scratch + (size_t)op->slot * ex->plan.slot_count * es, bytes,
+                            &ex->tp_reqs[i]);
 }
 
 static void run_copy(struct fx_comm *comm, const struct fx_plan_op *op)
@@ -305,8 +306,8 @@ static void reduce_op(struct fx_comm *comm, const struct fx_plan_op *op)
     const struct fx_request *rq = ex->head;
     size_t es                   = ex->plan.elem_size;
     void *dst                   = buf_ptr(comm, rq, op->buf) + op->offset * es;
-    const void *local           = buf_ptr(comm, rq, op->src) + op->offset * es;
-    const void *remote          = ex->scratch + (size_t)op->slot * ex->max_chunk;
+    const void *local           = buf_ptr(comm, rq, op->src) + op->src_offset * es;
+    const void *remote          = ex->scratch + (size_t)op->slot * ex->plan.slot_count * es;
 
     if (op->flags & FX_PLAN_SLOT_FIRST) {
         const void *t = local;
