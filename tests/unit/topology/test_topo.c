@@ -14,8 +14,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fx_topo.h"
+
+/* hwloc 2.9 leaks the objects of a half-parsed XML file on its error path, whatever the caller
+ * frees afterwards (hwloc_alloc_setup_object and hwloc_bitmap_alloc allocations that
+ * hwloc_topology_destroy never sees). LeakSanitizer is paused around loads that must fail on a
+ * corrupt file only, so it keeps checking every other load, the failing ones of missing files
+ * included. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#define HWLOC_XML_LEAKS_BEGIN() __lsan_disable()
+#define HWLOC_XML_LEAKS_END()   __lsan_enable()
+#else
+#define HWLOC_XML_LEAKS_BEGIN() ((void)0)
+#define HWLOC_XML_LEAKS_END()   ((void)0)
+#endif
 
 static struct fx_topo *load(const char *file)
 {
@@ -42,7 +57,13 @@ static fx_status load_fail(const char *file, char *err, size_t errlen)
 
     cr_assert_not_null(src);
     snprintf(path, sizeof(path), "%s/tests/data/topologies/%s", src, file);
-    s = fx_topo_load(&t, path, err, errlen);
+    if (access(path, F_OK) == 0) { /* a corrupt file, not a missing one */
+        HWLOC_XML_LEAKS_BEGIN();
+        s = fx_topo_load(&t, path, err, errlen);
+        HWLOC_XML_LEAKS_END();
+    } else {
+        s = fx_topo_load(&t, path, err, errlen);
+    }
     cr_expect_null(t);
     return s;
 }
