@@ -54,7 +54,7 @@ struct fx_plan_op {
     int32_t peer;        /* SEND/RECV*: the peer rank; COPY: -1 */
     int32_t dep;         /* index of the op that must complete first, or -1 */
     uint32_t slot;       /* RECV_REDUCE: scratch slot the data lands in */
-    uint64_t offset;     /* element offset in buf (and in src for RECV_REDUCE) */
+    uint64_t offset;     /* element offset in buf */
     uint64_t src_offset; /* COPY and RECV_REDUCE: element offset in src */
     uint64_t count;      /* elements; 0 only for an empty point-to-point message */
     uint32_t step;       /* the algorithm's step number (for the simulator's step counts) */

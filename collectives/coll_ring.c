@@ -159,17 +159,17 @@ static fx_status allreduce_step(struct ring *g, int phase, int s, int32_t *dep_o
     for (size_t c = 0; c < g->nchunks; c++) {
         size_t len           = chunk_len(g, seg_len(g, recvseg), c);
         struct fx_plan_op op = {
-            .kind   = phase == 0 ? FX_PLAN_RECV_REDUCE : FX_PLAN_RECV,
-            .buf    = FX_BUF_RECV,
-            .src    = FX_BUF_SEND,
-            .flags  = final ? FX_PLAN_FINAL : 0,
-            .peer   = left,
-            .dep    = -1,
+            .kind       = phase == 0 ? FX_PLAN_RECV_REDUCE : FX_PLAN_RECV,
+            .buf        = FX_BUF_RECV,
+            .src        = FX_BUF_SEND,
+            .flags      = final ? FX_PLAN_FINAL : 0,
+            .peer       = left,
+            .dep        = -1,
             .offset     = seg_start(g, recvseg) + c * g->chunk,
             .src_offset = seg_start(g, recvseg) + c * g->chunk,
             .count      = len,
-            .step   = (uint32_t)s,
-            .phase  = (uint32_t)phase,
+            .step       = (uint32_t)s,
+            .phase      = (uint32_t)phase,
         };
         int idx;
 

@@ -245,6 +245,12 @@ static void op_header(const struct fx_comm *comm, const struct fx_request *req,
     h->step     = op->step;
 }
 
+/* Scratch slot k of the running plan: slots are plan.slot_count elements apart. */
+static uint8_t *slot_ptr(struct fx_exec *ex, uint32_t k)
+{
+    return ex->scratch + (size_t)k * ex->plan.slot_count * ex->plan.elem_size;
+}
+
 static fx_status post_op(struct fx_comm *comm, struct fx_lane *lane, uint32_t i)
 {
     struct fx_exec *ex          = &comm->exec;
@@ -265,9 +271,8 @@ static fx_status post_op(struct fx_comm *comm, struct fx_lane *lane, uint32_t i)
         return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE, data, bytes,
                                 &ex->tp_reqs[i]);
     }
-    return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE,
-                            ex->scratch + (size_t)op->slot * ex->plan.slot_count * es, bytes,
-                            &ex->tp_reqs[i]);
+    return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE, slot_ptr(ex, op->slot),
+                            bytes, &ex->tp_reqs[i]);
 }
 
 static void run_copy(struct fx_comm *comm, const struct fx_plan_op *op)
@@ -307,7 +312,7 @@ static void reduce_op(struct fx_comm *comm, const struct fx_plan_op *op)
     size_t es                   = ex->plan.elem_size;
     void *dst                   = buf_ptr(comm, rq, op->buf) + op->offset * es;
     const void *local           = buf_ptr(comm, rq, op->src) + op->src_offset * es;
-    const void *remote          = ex->scratch + (size_t)op->slot * ex->plan.slot_count * es;
+    const void *remote          = slot_ptr(ex, op->slot);
 
     if (op->flags & FX_PLAN_SLOT_FIRST) {
         const void *t = local;
