@@ -106,7 +106,7 @@ if mode == "recv":
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, port))
     s.listen(1)
-    s.settimeout(15)
+    s.settimeout(30)
     print("ready", flush=True)
     c, _ = s.accept()
     c.settimeout(15)
@@ -117,7 +117,15 @@ if mode == "recv":
 else:
     left = nbytes = int(sys.argv[4])
     buf = b"x" * (1 << 16)
-    c = socket.create_connection((addr, port), timeout=15)
+    deadline = time.monotonic() + 15
+    while True:  # a loaded machine may start the receiver late: retry refusals for 15 s
+        try:
+            c = socket.create_connection((addr, port), timeout=15)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     t = time.monotonic()
     while left > 0:
         left -= c.send(buf[:min(left, len(buf))])
@@ -128,21 +136,22 @@ EOF
 }
 
 # Mbit/s of a BYTES transfer from host A to host B; empty on failure. Both ends are bounded by
-# timeout(1), and the receiver is waited for at most 5 s to be ready.
+# timeout(1); the receiver is waited for at most 15 s to be ready (Python starts slowly on a
+# loaded machine), and the sender retries a refused connection for 15 s more.
 transfer() {
     local a=$1 b=$2 bytes=$3
     local addr port=$((20000 + RANDOM % 10000)) rx i out
 
     addr=$("$CLUSTER" addr "$b" --name "$NAME") || return 0
-    ip netns exec "$NAME-h$b" timeout 20 python3 "$TMP/bw.py" recv "$addr" "$port" \
+    ip netns exec "$NAME-h$b" timeout 40 python3 "$TMP/bw.py" recv "$addr" "$port" \
         >"$TMP/rx.out" 2>&1 &
     rx=$!
     BG_RX=$rx
-    for ((i = 0; i < 50; i++)); do
+    for ((i = 0; i < 150; i++)); do
         grep -q ready "$TMP/rx.out" && break
         sleep 0.1
     done
-    out=$(ip netns exec "$NAME-h$a" timeout 20 python3 "$TMP/bw.py" send "$addr" "$port" "$bytes")
+    out=$(ip netns exec "$NAME-h$a" timeout 40 python3 "$TMP/bw.py" send "$addr" "$port" "$bytes")
     wait "$rx" 2>/dev/null
     BG_RX=
     echo "$out"
