@@ -1,4 +1,5 @@
 /* The collective and point-to-point entry points: argument checks, then the executor's queue. */
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -6,6 +7,7 @@
 #include "fabricx.h"
 #include "fx_comm.h"
 #include "fx_exec.h"
+#include "collectives/coll_tune.h"
 #include "fx_status_int.h"
 
 /* Do [a, a + alen) and [b, b + blen) share a byte? */
@@ -41,7 +43,7 @@ static fx_status check_common(struct fx_comm *comm, const char *name, const void
     return FX_OK;
 }
 
-/* Queues a request with the arguments of `args` (coll through recv_count). */
+/* Queues a request with the arguments of `args` (coll through recv_count, and root). */
 static fx_status submit(struct fx_comm *comm, const struct fx_request *args, bool blocking,
                         fx_request_t *out)
 {
@@ -61,6 +63,8 @@ static fx_status submit(struct fx_comm *comm, const struct fx_request *args, boo
     req->count      = args->count;
     req->dtype      = args->dtype;
     req->op         = args->op;
+    req->root       = args->root;
+    req->algo       = FX_ALGO_AUTO;
     req->send_peer  = args->send_peer;
     req->recv_peer  = args->recv_peer;
     req->recv_count = args->recv_count;
@@ -99,7 +103,8 @@ static fx_status start_allreduce(const void *sendbuf, void *recvbuf, size_t coun
                                        .dtype     = dtype,
                                        .op        = op,
                                        .send_peer = -1,
-                                       .recv_peer = -1},
+                                       .recv_peer = -1,
+                                       .root      = -1},
                   blocking, req);
 }
 
@@ -133,7 +138,8 @@ static fx_status start_allgather(const void *sendbuf, void *recvbuf, size_t send
                                        .dtype     = dtype,
                                        .op        = FX_NUM_OPS,
                                        .send_peer = -1,
-                                       .recv_peer = -1},
+                                       .recv_peer = -1,
+                                       .root      = -1},
                   blocking, req);
 }
 
@@ -225,7 +231,8 @@ FX_API fx_status fx_send(const void *buf, size_t count, fx_datatype dtype, int p
                                         .dtype     = dtype,
                                         .op        = FX_NUM_OPS,
                                         .send_peer = peer,
-                                        .recv_peer = -1},
+                                        .recv_peer = -1,
+                                        .root      = -1},
                    true, false);
 }
 
@@ -238,7 +245,8 @@ FX_API fx_status fx_recv(void *buf, size_t count, fx_datatype dtype, int peer, f
                                         .dtype      = dtype,
                                         .op         = FX_NUM_OPS,
                                         .send_peer  = -1,
-                                        .recv_peer  = peer},
+                                        .recv_peer  = peer,
+                                        .root       = -1},
                    false, true);
 }
 
@@ -254,7 +262,8 @@ FX_API fx_status fx_sendrecv(const void *sendbuf, size_t sendcount, int dest, vo
                                         .dtype      = dtype,
                                         .op         = FX_NUM_OPS,
                                         .send_peer  = dest,
-                                        .recv_peer  = src},
+                                        .recv_peer  = src,
+                                        .root       = -1},
                    true, true);
 }
 
@@ -288,6 +297,21 @@ FX_API fx_status fx_allgather(const void *sendbuf, void *recvbuf, size_t sendcou
     fx_status status = start_allgather(sendbuf, recvbuf, sendcount, dtype, comm, true, &req);
 
     return status == FX_OK ? fx_exec_wait(req, -1) : status;
+}
+
+FX_API const char *fx_comm_last_algo(fx_comm_t comm)
+{
+    int algo = FX_ALGO_AUTO;
+
+    if (comm == NULL) {
+        return "none";
+    }
+    pthread_mutex_lock(&comm->lock);
+    if (comm->exec.last_coll != 0) {
+        algo = comm->exec.last_algo[comm->exec.last_coll];
+    }
+    pthread_mutex_unlock(&comm->lock);
+    return algo == FX_ALGO_AUTO ? "none" : fx_coll_algo_name(algo);
 }
 
 FX_API fx_status fx_test(fx_request_t req)

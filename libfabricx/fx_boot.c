@@ -132,6 +132,7 @@ static void encode_head(fx_status status, int nranks, const struct fx_boot_info 
     put32(p + 4, (uint32_t)nranks);
     put64(p + 8, info != NULL ? info->comm_id : 0);
     put64(p + 16, info != NULL ? info->chunk_bytes : 0);
+    put64(p + 280, info != NULL ? info->algos : 0);
     if (text != NULL) {
         snprintf((char *)p + 24, 256, "%s", text);
     }
@@ -548,6 +549,7 @@ static fx_status client_read_table(struct fx_boot *boot, int fd, const char *roo
     }
     boot->info.comm_id     = get64(head + 8);
     boot->info.chunk_bytes = get64(head + 16);
+    boot->info.algos       = get64(head + 280);
     for (int r = 0; r < boot->nranks; r++) {
         status = fx_sock_read_all(fd, rec, sizeof(rec), deadline);
         if (status != FX_OK || !decode_entry(rec, &boot->table[r], &nranks) ||

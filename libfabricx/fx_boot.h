@@ -54,6 +54,7 @@ struct fx_boot_entry {
 struct fx_boot_info {
     uint64_t comm_id;
     uint64_t chunk_bytes;
+    uint64_t algos; /* FX_ALGO as fx_coll_algo_parse encodes it */
 };
 
 struct fx_boot_rx {

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "collectives/coll_kernels.h"
+#include "collectives/coll_tune.h"
 #include "fx_conn.h"
 #include "fx_exec.h"
 #include "fx_log.h"
@@ -509,6 +510,10 @@ static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char
     }
     fx_coll_kernels_force_scalar(strcmp(comm->cfg.kernels, "scalar") == 0);
     proposal.chunk_bytes = comm->cfg.chunk_bytes;
+    status               = fx_coll_algo_parse(comm->cfg.algo, &proposal.algos, err, errlen);
+    if (status != FX_OK) {
+        return status;
+    }
     memset(&self, 0, sizeof(self));
     self.rank = comm->rank;
     self.pid  = (int32_t)getpid();

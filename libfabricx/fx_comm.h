@@ -32,6 +32,8 @@ struct fx_request {
     size_t count;
     fx_datatype dtype;
     fx_op op;
+    int root;          /* broadcast, reduce: the root rank; -1 otherwise */
+    int algo;          /* enum fx_algo the executor chose when it started the operation */
     uint64_t seq;      /* collectives: the communicator's operation number */
     int send_peer;     /* send/recv: where to send count elements of sendbuf, or -1 */
     int recv_peer;     /* send/recv: whence to receive recv_count elements, or -1 */
@@ -78,10 +80,12 @@ struct fx_exec {
     size_t max_chunk;
     uint32_t nslots;
     int64_t last_progress_ms;
-    bool stall_reported; /* rank 0 was told this rank waits */
-    int spin_us;         /* FX_SPIN_US */
-    bool spin_yield;     /* more ranks than cores on this host: yield while polling */
-    int64_t now_ns;      /* this progress round's clock for the link statistics; 0: unread */
+    bool stall_reported;        /* rank 0 was told this rank waits */
+    int spin_us;                /* FX_SPIN_US */
+    bool spin_yield;            /* more ranks than cores on this host: yield while polling */
+    int64_t now_ns;             /* this progress round's clock for the link statistics; 0: unread */
+    int last_algo[FX_COLL_END]; /* the last algorithm chosen per collective (logged on change) */
+    int last_coll;              /* the last collective started (not send/recv); 0: none */
 };
 
 /* A transport this rank runs: shared memory to ranks of its host, the network to the others. */
@@ -116,9 +120,9 @@ struct fx_comm {
     bool parked; /* the progress thread sleeps on cond */
 
     struct fx_exec exec;
-    uint64_t op_seq;     /* collectives started; point-to-point calls do not count */
-    uint64_t *p2p_sent;  /* [nranks]: messages queued for sending to each rank */
-    uint64_t *p2p_recvd; /* [nranks]: messages queued for receiving from each rank */
+    uint64_t op_seq;       /* collectives started; point-to-point calls do not count */
+    uint64_t *p2p_sent;    /* [nranks]: messages queued for sending to each rank */
+    uint64_t *p2p_recvd;   /* [nranks]: messages queued for receiving from each rank */
     struct fx_links links; /* per-peer statistics; rank 0: the slow-link monitor */
 
     fx_status error; /* first fatal error; FX_OK while healthy */

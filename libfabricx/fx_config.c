@@ -54,6 +54,10 @@ const struct fx_config_row fx_config_table[] = {
         "communicator for reductions in flight",
         scratch_slots, 1, 256),
     ROW("FX_KERNELS", FX_CFG_STRING, "auto", "reduction kernels: auto or scalar", kernels, 0, 0),
+    ROW("FX_ALGO", FX_CFG_STRING, "",
+        "force algorithms per collective, e.g. allreduce:tree,allgather:ring (rank 0's value "
+        "holds for the job); unset: the tuner chooses",
+        algo, 0, 0),
     ROW("FX_SPIN_US", FX_CFG_INT, "50",
         "microseconds a waiting thread polls for messages before sleeping", spin_us, 0, 1000000),
     ROW("FX_LINK_STATS", FX_CFG_BOOL, "1",

@@ -22,6 +22,7 @@ struct fx_config {
     bool bind;               /* FX_BIND */
     int scratch_slots;       /* FX_SCRATCH_SLOTS */
     char kernels[16];        /* FX_KERNELS: auto or scalar */
+    char algo[256];          /* FX_ALGO: "allreduce:tree,allgather:ring"; empty: the tuner */
     int spin_us;             /* FX_SPIN_US */
     bool link_stats;         /* FX_LINK_STATS */
 };

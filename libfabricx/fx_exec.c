@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "collectives/coll_kernels.h"
+#include "collectives/coll_tune.h"
 #include "fx_conn.h"
 #include "fx_log.h"
 #include "fx_route.h"
@@ -30,7 +31,6 @@
 #define AUTO_CHUNK_MAX (512u << 10)
 #define PEER_GRACE_MS  200
 #define TICK_POLLS     64 /* polls between two looks at the clock for the statistics tick */
-#define PAIR_MAX_BYTES (512u << 10) /* 2 ranks: exchange all-reduce up to this size */
 
 /* The payload pointer of empty messages: transports never see NULL, even from a NULL buffer. */
 static uint8_t no_payload[1];
@@ -138,28 +138,65 @@ static void build_lanes(struct fx_comm *comm)
     }
 }
 
-static fx_status build_plan(struct fx_comm *comm, const struct fx_request *req)
+/* Bytes each rank contributes, as the tuner counts them (coll_tune.h). */
+static size_t case_bytes(const struct fx_request *req)
+{
+    return req->count * fx_datatype_size(req->dtype);
+}
+
+/* Chooses the operation's algorithm (the same on every rank: the inputs are the call's
+ * arguments and job-wide settings) and logs it at INFO when it changes for its collective. */
+static int choose_algo(struct fx_comm *comm, const struct fx_request *req)
+{
+    struct fx_exec *ex     = &comm->exec;
+    const char *why        = NULL;
+    struct fx_tune_case tc = {.coll       = (int)req->coll,
+                              .nranks     = comm->nranks,
+                              .bytes      = case_bytes(req),
+                              .in_place   = req->sendbuf == req->recvbuf,
+                              .nslots     = ex->nslots,
+                              .slot_bytes = ex->max_chunk,
+                              .forced     = comm->boot.info.algos};
+    int algo               = fx_coll_choose(&tc, &why);
+
+    if (req->coll == FX_COLL_SENDRECV) {
+        return algo;
+    }
+    ex->last_coll = (int)req->coll;
+    if (algo != ex->last_algo[req->coll]) {
+        fx_info(FX_SUB_COLL, "%s of %zu bytes on %d ranks: %s (%s)", fx_coll_name(req->coll),
+                tc.bytes, comm->nranks, fx_coll_algo_name(algo), why);
+        ex->last_algo[req->coll] = algo;
+    }
+    return algo;
+}
+
+static fx_status build_plan(struct fx_comm *comm, struct fx_request *req)
 {
     struct fx_exec *ex = &comm->exec;
     size_t es          = fx_datatype_size(req->dtype);
     size_t total       = req->count * es * (req->coll == FX_COLL_ALLGATHER ? comm->nranks : 1);
     size_t chunk       = op_chunk_bytes(comm, total);
 
-    if (req->coll == FX_COLL_SENDRECV) {
+    req->algo = choose_algo(comm, req);
+    switch (req->algo) {
+    case FX_ALGO_P2P:
         return fx_coll_p2p(&ex->plan, comm->nranks, comm->rank, req->send_peer, req->count,
                            req->recv_peer, req->recv_count, es, ex->max_chunk);
-    }
-    if (req->coll == FX_COLL_ALLREDUCE && comm->nranks == 2 && total <= PAIR_MAX_BYTES &&
-        total <= ex->max_chunk && (req->sendbuf != req->recvbuf || ex->nslots >= 2)) {
+    case FX_ALGO_PAIR:
         return fx_coll_pair_allreduce(&ex->plan, comm->rank, req->count, es,
                                       req->sendbuf == req->recvbuf);
+    case FX_ALGO_RING:
+        if (req->coll == FX_COLL_ALLREDUCE) {
+            return fx_coll_ring_allreduce_ordered(&ex->plan, comm->nranks, comm->rank,
+                                                  comm->ring_order, req->count, es, chunk,
+                                                  ex->nslots);
+        }
+        return fx_coll_ring_allgather_ordered(&ex->plan, comm->nranks, comm->rank, comm->ring_order,
+                                              req->count, es, chunk);
+    default:
+        return FX_ERR_INTERNAL;
     }
-    if (req->coll == FX_COLL_ALLREDUCE) {
-        return fx_coll_ring_allreduce_ordered(&ex->plan, comm->nranks, comm->rank, comm->ring_order,
-                                              req->count, es, chunk, ex->nslots);
-    }
-    return fx_coll_ring_allgather_ordered(&ex->plan, comm->nranks, comm->rank, comm->ring_order,
-                                          req->count, es, chunk);
 }
 
 /* An operation as messages name it: "allreduce #6", "send #2 to rank 3", "recv #1 from rank 0",
@@ -236,6 +273,8 @@ static void op_header(const struct fx_comm *comm, const struct fx_request *req,
     h->dtype    = (uint8_t)req->dtype;
     h->op       = (uint8_t)(req->coll == FX_COLL_ALLREDUCE ? req->op : FX_NUM_OPS);
     h->phase    = (uint8_t)op->phase;
+    h->algo     = (uint8_t)req->algo;
+    h->root     = req->root;
     h->src_rank = src_rank;
     h->comm_id  = comm->boot.info.comm_id;
     h->op_seq   = !p2p ? req->seq : sends ? req->send_seq : req->recv_seq;
@@ -635,7 +674,15 @@ static void run_head(struct fx_comm *comm)
             if (ex->head == NULL) {
                 return;
             }
-            if (exec_start(comm, ex->head) != FX_OK) {
+            fx_status status = exec_start(comm, ex->head);
+
+            if (status != FX_OK) {
+                char name[96];
+
+                /* Nothing was sent yet; the other ranks learn of it through rank 0. */
+                op_name(ex->head, name, sizeof(name));
+                fx_comm_fail(comm, status, -1, true, "%s of count %zu: no plan: %s", name,
+                             ex->head->count, fx_strerror(status));
                 return;
             }
         }

@@ -50,29 +50,16 @@ static uint64_t get64(const uint8_t *p)
     return v;
 }
 
-const char *fx_coll_name(int coll)
-{
-    switch (coll) {
-    case FX_COLL_ALLREDUCE:
-        return "allreduce";
-    case FX_COLL_ALLGATHER:
-        return "allgather";
-    case FX_COLL_SENDRECV:
-        return "send/recv";
-    default:
-        return "unknown collective";
-    }
-}
-
 void fx_wire_encode(const struct fx_wire_hdr *hdr, uint8_t out[FX_WIRE_HDR_SIZE])
 {
     memset(out, 0, FX_WIRE_HDR_SIZE);
     put32(out + 0, FX_WIRE_MAGIC);
     put16(out + 4, FX_WIRE_VERSION);
-    out[6] = hdr->coll;
-    out[7] = hdr->dtype;
-    out[8] = hdr->op;
-    out[9] = hdr->phase;
+    out[6]  = hdr->coll;
+    out[7]  = hdr->dtype;
+    out[8]  = hdr->op;
+    out[9]  = hdr->phase;
+    out[10] = hdr->algo;
     put32(out + 12, (uint32_t)hdr->src_rank);
     put64(out + 16, hdr->comm_id);
     put64(out + 24, hdr->op_seq);
@@ -80,6 +67,7 @@ void fx_wire_encode(const struct fx_wire_hdr *hdr, uint8_t out[FX_WIRE_HDR_SIZE]
     put64(out + 40, hdr->offset);
     put64(out + 48, hdr->length);
     put32(out + 56, hdr->step);
+    put32(out + 60, (uint32_t)hdr->root);
 }
 
 fx_status fx_wire_decode(const uint8_t in[FX_WIRE_HDR_SIZE], struct fx_wire_hdr *hdr, char *err,
@@ -100,6 +88,7 @@ fx_status fx_wire_decode(const uint8_t in[FX_WIRE_HDR_SIZE], struct fx_wire_hdr 
     hdr->dtype    = in[7];
     hdr->op       = in[8];
     hdr->phase    = in[9];
+    hdr->algo     = in[10];
     hdr->src_rank = (int32_t)get32(in + 12);
     hdr->comm_id  = get64(in + 16);
     hdr->op_seq   = get64(in + 24);
@@ -107,6 +96,7 @@ fx_status fx_wire_decode(const uint8_t in[FX_WIRE_HDR_SIZE], struct fx_wire_hdr 
     hdr->offset   = get64(in + 40);
     hdr->length   = get64(in + 48);
     hdr->step     = get32(in + 56);
+    hdr->root     = (int32_t)get32(in + 60);
     return FX_OK;
 }
 
@@ -194,6 +184,13 @@ fx_status fx_wire_check(const struct fx_wire_hdr *got, const struct fx_wire_hdr 
     } else if (got->op != want->op) {
         snprintf(err, errlen, "%s op %s on rank %d, rank %d passed %s", coll, op_text(got->op),
                  them, me, op_text(want->op));
+    } else if (got->root != want->root) {
+        snprintf(err, errlen, "%s root %d on rank %d, rank %d passed %d", coll, got->root, them, me,
+                 want->root);
+    } else if (got->algo != want->algo) {
+        snprintf(err, errlen, "%s algorithm %s on rank %d, %s on rank %d (operation #%llu)", coll,
+                 fx_coll_algo_name(got->algo), them, fx_coll_algo_name(want->algo), me,
+                 (unsigned long long)want->op_seq);
     } else if (got->length != want->length || got->phase != want->phase ||
                got->step != want->step) {
         snprintf(err, errlen,

@@ -8,7 +8,8 @@
  *   7  u8  dtype      fx_datatype
  *   8  u8  op         fx_op (FX_NUM_OPS for collectives without a reduction)
  *   9  u8  phase      plan phase
- *  10  u16 reserved   zero
+ *  10  u8  algo       enum fx_algo the sender's plan follows (ranks must agree)
+ *  11  u8  reserved   zero
  *  12  i32 src_rank   sender's rank
  *  16  u64 comm_id    random id chosen by rank 0 at init
  *  24  u64 op_seq     operation number on this communicator, from 1; for send/recv the
@@ -18,7 +19,7 @@
  *                     the two ends may address the chunk in different buffers)
  *  48  u64 length     elements in the chunk
  *  56  u32 step       plan step
- *  60  u32 reserved   zero
+ *  60  i32 root       root rank of broadcast and reduce; -1 for other collectives
  *
  * New fields go into the reserved space with a version bump.
  */
@@ -28,17 +29,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "collectives/coll_tune.h"
 #include "fabricx.h"
 
 #define FX_WIRE_MAGIC    0x31575846u
-#define FX_WIRE_VERSION  1
+#define FX_WIRE_VERSION  2
 #define FX_WIRE_HDR_SIZE 64
-
-enum fx_coll {
-    FX_COLL_ALLREDUCE = 1,
-    FX_COLL_ALLGATHER = 2,
-    FX_COLL_SENDRECV  = 3, /* point-to-point: fx_send, fx_recv, fx_sendrecv */
-};
 
 struct fx_wire_hdr {
     uint32_t magic;
@@ -47,6 +43,7 @@ struct fx_wire_hdr {
     uint8_t dtype;
     uint8_t op;
     uint8_t phase;
+    uint8_t algo;
     int32_t src_rank;
     uint64_t comm_id;
     uint64_t op_seq;
@@ -54,9 +51,8 @@ struct fx_wire_hdr {
     uint64_t offset;
     uint64_t length;
     uint32_t step;
+    int32_t root;
 };
-
-const char *fx_coll_name(int coll);
 
 void fx_wire_encode(const struct fx_wire_hdr *hdr, uint8_t out[FX_WIRE_HDR_SIZE]);
 /* Decodes; FX_ERR_MISMATCH when the magic or version is wrong (err says which). */
@@ -67,8 +63,9 @@ fx_status fx_wire_decode(const uint8_t in[FX_WIRE_HDR_SIZE], struct fx_wire_hdr 
  * Compares a received header with the one rank `me` expected (want->src_rank is the peer it
  * expected the message from). FX_OK when they agree, else
  * FX_ERR_MISMATCH with a message naming both ranks and what differs, e.g.
- * "allreduce count 12 on rank 3, rank 0 passed 16". Point-to-point messages are numbered per
- * (sender, receiver) pair, not per communicator, and named that way: "send/recv: rank 3 sent
+ * "allreduce count 12 on rank 3, rank 0 passed 16", "broadcast root 2 on rank 3, rank 0 passed
+ * 1", "allreduce algorithm tree on rank 3, ring on rank 0". Point-to-point messages are numbered
+ * per (sender, receiver) pair, not per communicator, and named that way: "send/recv: rank 3 sent
  * count 12, rank 0 receives count 16 (message #2 from rank 3 to rank 0)".
  */
 fx_status fx_wire_check(const struct fx_wire_hdr *got, const struct fx_wire_hdr *want, int me,

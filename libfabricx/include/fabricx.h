@@ -185,6 +185,13 @@ FX_API fx_status fx_comm_get_error(fx_comm_t comm, char *msg, size_t len);
 FX_API const char *fx_last_error(void);
 
 /*
+ * The algorithm that ran this rank's most recently started collective ("ring", "pair", "tree",
+ * ...; the tuner's choice or FX_ALGO's), or "none" before the first. For tools and tests: with
+ * FX_DEBUG=INFO the library also logs each collective's choice when it changes.
+ */
+FX_API const char *fx_comm_last_algo(fx_comm_t comm);
+
+/*
  * Traffic between this rank and one peer since the communicator was created (fx_comm_stats).
  * Blocked times are the time during which at least one message to (from) the peer was posted
  * and not yet complete: for sends, data queued that the link was not draining. The rates are

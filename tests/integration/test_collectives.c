@@ -737,3 +737,87 @@ ParameterizedTest(int *nranks, collectives, outstanding_requests_complete_in_any
     run_clean(*nranks, run_pending, 80000, what, &info);
     harness_free(&info);
 }
+
+/* ---- FX_ALGO: rank 0's value holds for the job, and the algorithm used is reported ---- */
+
+/* Rank 0 exports c->arg as FX_ALGO ("" for none), the others ask for the exchange; then one
+ * 64-element int32 all-reduce, checked, and the algorithm it used goes to res->log. */
+static int forced_algo(struct harness_child *c)
+{
+    fx_comm_t comm = NULL;
+    int32_t buf[64];
+    fx_status status;
+
+    setenv("FX_ALGO", c->index == 0 ? (const char *)c->arg : "allreduce:pair", 1);
+    harness_use_loopback();
+    status              = fx_comm_init_rank(&comm, c->nranks, c->id, c->index);
+    c->res->init_status = status;
+    if (status != FX_OK) {
+        harness_set_status(c, NULL, status);
+        return 1;
+    }
+    for (int i = 0; i < 64; i++) {
+        buf[i] = (c->index + 1) * i;
+    }
+    status = fx_allreduce(buf, buf, 64, FX_INT32, FX_SUM, comm);
+    for (int i = 0; i < 64 && status == FX_OK; i++) {
+        c->res->wrong += buf[i] != i * c->nranks * (c->nranks + 1) / 2;
+    }
+    snprintf(c->res->log, sizeof(c->res->log), "%s", fx_comm_last_algo(comm));
+    harness_set_status(c, comm, status);
+    fx_comm_destroy(comm);
+    return status != FX_OK;
+}
+
+static void expect_algo_used(const char *rank0_env, const char *want)
+{
+    struct harness_opts opts = {
+        .nranks = 2, .deadline_ms = 30000, .raw_fn = forced_algo, .arg = (void *)rank0_env};
+    struct harness_run_info info;
+
+    cr_assert_eq(harness_run(&opts, &info), 0, "harness could not start");
+    for (int r = 0; r < info.nprocs; r++) {
+        const struct harness_result *res = &info.shared->res[r];
+
+        cr_expect_eq(res->status, FX_OK, "FX_ALGO='%s': rank %d: %s", rank0_env, r, res->err);
+        cr_expect_eq(res->wrong, 0, "FX_ALGO='%s': rank %d has wrong elements", rank0_env, r);
+        cr_expect_str_eq(res->log, want, "FX_ALGO='%s' on rank 0: rank %d ran %s, want %s",
+                         rank0_env, r, res->log, want);
+    }
+    harness_free(&info);
+}
+
+Test(collectives, fx_algo_of_rank_0_holds_for_the_job, .timeout = 60, .fini = harness_kill_all)
+{
+    expect_algo_used("allreduce:ring", "ring");
+    expect_algo_used("", "pair"); /* the tuner's choice for 256 bytes on two ranks */
+}
+
+/* A malformed FX_ALGO fails init on the rank that has it, naming the bad item. */
+static int bad_algo(struct harness_child *c)
+{
+    fx_comm_t comm = NULL;
+    fx_status status;
+
+    setenv("FX_ALGO", "allreduce:bogus", 1);
+    harness_use_loopback();
+    status              = fx_comm_init_rank(&comm, 1, c->id, 0);
+    c->res->init_status = status;
+    snprintf(c->res->err, sizeof(c->res->err), "%s", fx_last_error());
+    if (status == FX_OK) {
+        fx_comm_destroy(comm);
+    }
+    return 0;
+}
+
+Test(collectives, malformed_fx_algo_fails_init_naming_it, .timeout = 30, .fini = harness_kill_all)
+{
+    struct harness_opts opts = {.nranks = 1, .deadline_ms = 20000, .raw_fn = bad_algo};
+    struct harness_run_info info;
+
+    cr_assert_eq(harness_run(&opts, &info), 0, "harness could not start");
+    cr_expect_eq(info.shared->res[0].init_status, FX_ERR_INVALID_ARG);
+    cr_expect(strstr(info.shared->res[0].err, "allreduce has no algorithm 'bogus'") != NULL,
+              "init error: %s", info.shared->res[0].err);
+    harness_free(&info);
+}

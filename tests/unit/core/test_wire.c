@@ -18,6 +18,8 @@ static struct fx_wire_hdr sample(void)
         .offset   = 65536,
         .length   = 4096,
         .step     = 6,
+        .algo     = FX_ALGO_RING,
+        .root     = -1,
     };
     return h;
 }
@@ -42,6 +44,14 @@ Test(wire_hdr, round_trips_every_field, .timeout = 10)
     cr_expect_eq(out.offset, in.offset);
     cr_expect_eq(out.length, in.length);
     cr_expect_eq(out.step, in.step);
+    cr_expect_eq(out.algo, in.algo);
+    cr_expect_eq(out.root, in.root);
+    in.root = 7;
+    in.coll = FX_COLL_BROADCAST;
+    fx_wire_encode(&in, buf);
+    cr_assert_eq(fx_wire_decode(buf, &out, err, sizeof(err)), FX_OK);
+    cr_expect_eq(out.root, 7);
+    cr_expect_eq(out.coll, FX_COLL_BROADCAST);
 }
 
 Test(wire_hdr, is_little_endian_at_fixed_offsets, .timeout = 10)
@@ -55,6 +65,9 @@ Test(wire_hdr, is_little_endian_at_fixed_offsets, .timeout = 10)
     cr_expect_eq(buf[24], 42);
     cr_expect_eq(buf[16], 0x88);
     cr_expect_eq(buf[23], 0x11);
+    cr_expect_eq(buf[10], FX_ALGO_RING);
+    cr_expect_eq(buf[60], 0xff); /* root -1 */
+    cr_expect_eq(buf[63], 0xff);
 }
 
 Test(wire_hdr, rejects_bad_magic_and_version, .timeout = 10)
@@ -129,6 +142,25 @@ Test(wire_check, names_ranks_and_what_differs, .timeout = 10)
     h          = sample();
     h.src_rank = 5;
     expect_mismatch(h, "claiming to be from rank 5, expected rank 3");
+    h      = sample();
+    h.algo = FX_ALGO_TREE;
+    expect_mismatch(h, "allreduce algorithm tree on rank 3, ring on rank 0 (operation #42)");
+}
+
+Test(wire_check, rooted_collectives_name_both_roots, .timeout = 10)
+{
+    struct fx_wire_hdr want = sample();
+    struct fx_wire_hdr h;
+    char err[300];
+
+    want.coll = FX_COLL_BROADCAST;
+    want.op   = FX_NUM_OPS;
+    want.root = 1;
+    h         = want;
+    cr_expect_eq(fx_wire_check(&h, &want, 0, err, sizeof(err)), FX_OK);
+    h.root = 2;
+    cr_assert_eq(fx_wire_check(&h, &want, 0, err, sizeof(err)), FX_ERR_MISMATCH);
+    cr_expect_str_eq(err, "broadcast root 2 on rank 3, rank 0 passed 1");
 }
 
 Test(wire_check, point_to_point_names_pair_counts_and_calls, .timeout = 10)

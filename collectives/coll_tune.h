@@ -1,0 +1,86 @@
+/*
+ * Collective kinds, algorithms and the choice between them. Pure code: the executor asks
+ * fx_coll_choose which plan builder to run for an operation, and every rank must get the same
+ * answer, so the inputs are only values every rank shares (the collective's arguments, the
+ * rank count, the job-wide configuration rank 0 distributed).
+ *
+ * FX_ALGO forces a choice per collective: "allreduce:tree,allgather:ring". It is parsed on
+ * rank 0 into one byte per collective kind (fx_coll_algo_parse) and sent to every rank with the
+ * rank table, so a job never mixes algorithms because one rank's environment differed.
+ */
+#ifndef FX_COLL_TUNE_H
+#define FX_COLL_TUNE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fabricx.h"
+
+/* The collective kinds, as the wire header carries them. */
+enum fx_coll {
+    FX_COLL_ALLREDUCE     = 1,
+    FX_COLL_ALLGATHER     = 2,
+    FX_COLL_SENDRECV      = 3, /* point-to-point: fx_send, fx_recv, fx_sendrecv */
+    FX_COLL_REDUCESCATTER = 4,
+    FX_COLL_BROADCAST     = 5,
+    FX_COLL_REDUCE        = 6,
+    FX_COLL_BARRIER       = 7,
+    FX_COLL_ALLTOALL      = 8,
+    FX_COLL_END           = 9 /* one past the last kind */
+};
+
+/* Algorithms; FX_ALGO_AUTO lets the tuner choose. */
+enum fx_algo {
+    FX_ALGO_AUTO = 0,
+    FX_ALGO_RING,          /* all-reduce, all-gather, reduce-scatter */
+    FX_ALGO_PAIR,          /* all-reduce on two ranks: one exchange */
+    FX_ALGO_TREE,          /* all-reduce: double binary tree */
+    FX_ALGO_RD,            /* all-reduce, all-gather: recursive doubling */
+    FX_ALGO_RABENSEIFNER,  /* all-reduce: recursive halving, then doubling */
+    FX_ALGO_BRUCK,         /* all-gather */
+    FX_ALGO_CHAIN,         /* broadcast, reduce: a pipelined chain */
+    FX_ALGO_BINOMIAL,      /* broadcast, reduce: a binomial tree */
+    FX_ALGO_PAIRWISE,      /* all-to-all: pairwise exchange */
+    FX_ALGO_DISSEMINATION, /* barrier */
+    FX_ALGO_P2P,           /* send/recv */
+    FX_ALGO_END
+};
+
+/* "allreduce", "reducescatter", ...; "unknown collective" for anything else. */
+const char *fx_coll_name(int coll);
+/* "ring", "tree", ...; "auto" for FX_ALGO_AUTO; "unknown" for anything else. */
+const char *fx_coll_algo_name(int algo);
+/* Whether this build runs `algo` for collective `coll`. */
+bool fx_coll_algo_valid(int coll, int algo);
+
+/*
+ * Parses an FX_ALGO value: comma-separated "collective:algorithm" pairs (empty or NULL: no
+ * forcing). *forced gets one byte per collective kind (byte `coll` holds its enum fx_algo, 0 for
+ * auto). FX_ERR_INVALID_ARG with err naming the bad item and the valid choices: an unknown
+ * collective or algorithm, an algorithm the collective does not run, a collective named twice.
+ */
+fx_status fx_coll_algo_parse(const char *spec, uint64_t *forced, char *err, size_t errlen);
+/* The algorithm `forced` holds for coll, FX_ALGO_AUTO when none. */
+int fx_coll_algo_forced(uint64_t forced, int coll);
+
+/* One operation, as the tuner sees it. */
+struct fx_tune_case {
+    int coll; /* enum fx_coll */
+    int nranks;
+    size_t bytes; /* bytes each rank contributes (all-reduce: the buffer; all-gather: its
+                     send block; reduce-scatter: its result block; all-to-all: one block) */
+    bool in_place;
+    uint32_t nslots;   /* scratch slots the executor has */
+    size_t slot_bytes; /* bytes per scratch slot */
+    uint64_t forced;   /* FX_ALGO, as fx_coll_algo_parse gives it */
+};
+
+/*
+ * The algorithm for an operation: the forced one when FX_ALGO names it and it can run this
+ * case, else the tuner's choice. The same inputs give the same answer on every rank.
+ * *why (may be NULL) gets a static phrase saying how the choice was made.
+ */
+int fx_coll_choose(const struct fx_tune_case *c, const char **why);
+
+#endif /* FX_COLL_TUNE_H */
