@@ -184,6 +184,22 @@ FX_API fx_status fx_comm_get_error(fx_comm_t comm, char *msg, size_t len);
  */
 FX_API const char *fx_last_error(void);
 
+/* fx_comm_split's color for a rank that joins no new communicator. */
+#define FX_SPLIT_NOCOLOR (-1)
+
+/*
+ * Splits a communicator: ranks passing the same color form a new communicator, ordered by key
+ * (ties by their rank in comm). Collective over comm: every rank must call it. A rank passing
+ * FX_SPLIT_NOCOLOR takes part but gets *newcomm = NULL. The new communicator is independent of
+ * comm (its own connections and configuration from the environment); destroy it with
+ * fx_comm_destroy, before or after comm.
+ *   [in]  color  0 or more, or FX_SPLIT_NOCOLOR
+ *   [out] newcomm  the new communicator, or NULL (FX_SPLIT_NOCOLOR, or an error)
+ * Returns FX_OK, FX_ERR_INVALID_ARG (NULL comm or newcomm; any rank's invalid color: every rank
+ * then returns it, naming that rank), or the errors of fx_allgather and fx_comm_init_rank.
+ */
+FX_API fx_status fx_comm_split(fx_comm_t comm, int color, int key, fx_comm_t *newcomm);
+
 /*
  * The algorithm that ran this rank's most recently started collective ("ring", "pair", "tree",
  * ...; the tuner's choice or FX_ALGO's), or "none" before the first. For tools and tests: with

@@ -701,3 +701,106 @@ Test(collectives, malformed_fx_algo_fails_init_naming_it, .timeout = 30, .fini =
               "init error: %s", info.shared->res[0].err);
     harness_free(&info);
 }
+
+/* ---- fx_comm_split ---- */
+
+/* Splits 6 ranks three ways: even ranks (color 0, keys reversing their order), odd ranks but
+ * the last (color 7, by rank) and the last rank alone with FX_SPLIT_NOCOLOR; checks each new
+ * communicator's size, rank order and an all-reduce on it, then splits the even group again
+ * and runs a collective on the parent between the two to show both stay usable. */
+static int run_split(fx_comm_t comm, struct harness_child *c)
+{
+    int me           = c->index;
+    int last         = me == c->nranks - 1;
+    int color        = last ? FX_SPLIT_NOCOLOR : me % 2 == 0 ? 0 : 7;
+    fx_comm_t sub    = NULL;
+    fx_comm_t sub2   = NULL;
+    int64_t v        = me;
+    int rank         = -1;
+    int size         = -1;
+    fx_status status = fx_comm_split(comm, color, color == 0 ? -me : me, &sub);
+
+    if (status != FX_OK) {
+        return record_error(c, comm, "split", &(struct ref_case){0}, variant_of(0, 0), status);
+    }
+    if (last) {
+        c->res->wrong += sub != NULL;
+        harness_set_status(c, comm, fx_allreduce(&v, &v, 1, FX_INT64, FX_SUM, comm));
+        return 0;
+    }
+    fx_comm_rank(sub, &rank);
+    fx_comm_size(sub, &size);
+    /* Even ranks 0, 2, 4 in reverse order; odd ranks 1, 3 in rank order. */
+    if (color == 0) {
+        c->res->wrong += size != 3 || rank != (4 - me) / 2;
+    } else {
+        c->res->wrong += size != 2 || rank != me / 2;
+    }
+    status = fx_allreduce(&v, &v, 1, FX_INT64, FX_SUM, sub);
+    c->res->wrong += status == FX_OK && v != (color == 0 ? 0 + 2 + 4 : 1 + 3);
+    if (status == FX_OK) {
+        v      = me;
+        status = fx_allreduce(&v, &v, 1, FX_INT64, FX_SUM, comm);
+        c->res->wrong += status == FX_OK && v != 15;
+    }
+    if (status == FX_OK && color == 0) {
+        status = fx_comm_split(sub, rank == 0 ? FX_SPLIT_NOCOLOR : 1, 0, &sub2);
+        c->res->wrong += status == FX_OK && (rank == 0) != (sub2 == NULL);
+        if (status == FX_OK && sub2 != NULL) {
+            v      = 1;
+            status = fx_allreduce(&v, &v, 1, FX_INT64, FX_SUM, sub2);
+            c->res->wrong += status == FX_OK && v != 2;
+        }
+    }
+    if (status != FX_OK) {
+        harness_logf(c, "rank %d: %s", me, fx_strerror(status));
+    }
+    harness_set_status(c, comm, status);
+    fx_comm_destroy(sub2);
+    fx_comm_destroy(sub);
+    return status != FX_OK;
+}
+
+Test(collectives, split_makes_working_sub_communicators, .timeout = 60, .fini = harness_kill_all)
+{
+    struct harness_run_info info;
+
+    run_clean(6, run_split, 50000, "split of 6 ranks", &info);
+    harness_free(&info);
+}
+
+/* Rank 1 passes an invalid color: every rank returns FX_ERR_INVALID_ARG naming it. */
+static int run_bad_split(fx_comm_t comm, struct harness_child *c)
+{
+    fx_comm_t sub    = NULL;
+    fx_status status = fx_comm_split(comm, c->index == 1 ? -5 : 0, 0, &sub);
+
+    c->res->status = status;
+    fx_comm_get_error(comm, c->res->err, sizeof(c->res->err));
+    c->res->wrong += sub != NULL;
+    /* The parent stays usable. */
+    if (status == FX_ERR_INVALID_ARG) {
+        int64_t v = 1;
+
+        c->res->wrong += fx_allreduce(&v, &v, 1, FX_INT64, FX_SUM, comm) != FX_OK || v != c->nranks;
+    }
+    return 0;
+}
+
+Test(collectives, split_with_an_invalid_color_fails_on_every_rank, .timeout = 60,
+     .fini = harness_kill_all)
+{
+    struct harness_opts opts = {
+        .nranks = 4, .deadline_ms = 30000, .sync_destroy = 1, .rank_fn = run_bad_split};
+    struct harness_run_info info;
+
+    cr_assert_eq(harness_run(&opts, &info), 0, "harness could not start");
+    for (int r = 0; r < info.nprocs; r++) {
+        const struct harness_result *res = &info.shared->res[r];
+
+        cr_expect_eq(res->status, FX_ERR_INVALID_ARG, "rank %d: status %d", r, res->status);
+        cr_expect(strstr(res->err, "rank 1 passed color -5") != NULL, "rank %d: %s", r, res->err);
+        cr_expect_eq(res->wrong, 0, "rank %d: a new communicator, or the parent broke", r);
+    }
+    harness_free(&info);
+}
