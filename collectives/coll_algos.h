@@ -43,7 +43,8 @@ fx_status fx_coll_tree_allreduce(struct fx_plan *plan, int nranks, int rank, siz
 
 /*
  * The binary tree of fx_coll_tree_allreduce: tree 0 or 1, for `rank` of `nranks`. Writes its
- * parent (-1 at the root) and its children (-1 when absent; children[0] < children[1]).
+ * parent (-1 at the root) and its children, left then right in the tree's in-order (-1 when
+ * absent; a node with one child has it in children[0]).
  * Returns FX_ERR_INVALID_ARG for a bad tree, nranks or rank.
  */
 fx_status fx_coll_tree_links(int nranks, int rank, int tree, int *parent, int children[2]);

@@ -174,9 +174,31 @@ static void bruck_links(const struct cfg *c, uint64_t *m)
     }
 }
 
-static const struct algo rd_ar    = {"rd_allreduce", fx_coll_rd_allreduce, 0, rd_ar_links,
-                                     rd_ar_unsupported};
-static const struct algo rd_ag    = {"rd_allgather", rd_allgather, 1, rd_ag_links, not_pow2};
+/* Each tree carries its half (the first ceil(count / 2) elements, or the rest) both ways over
+ * each of its edges. */
+static void tree_links(const struct cfg *c, uint64_t *m)
+{
+    uint64_t half[2] = {(uint64_t)(c->count - c->count / 2) * c->es,
+                        (uint64_t)(c->count / 2) * c->es};
+
+    for (int tree = 0; tree < 2; tree++) {
+        for (int r = 0; r < c->n; r++) {
+            int parent;
+            int kids[2];
+
+            cr_assert_eq(fx_coll_tree_links(c->n, r, tree, &parent, kids), FX_OK);
+            if (parent >= 0) {
+                m[r * c->n + parent] += half[tree];
+                m[parent * c->n + r] += half[tree];
+            }
+        }
+    }
+}
+
+static const struct algo tree_ar = {"tree_allreduce", fx_coll_tree_allreduce, 0, tree_links, never};
+static const struct algo rd_ar   = {"rd_allreduce", fx_coll_rd_allreduce, 0, rd_ar_links,
+                                    rd_ar_unsupported};
+static const struct algo rd_ag   = {"rd_allgather", rd_allgather, 1, rd_ag_links, not_pow2};
 static const struct algo bruck_ag = {"bruck_allgather", bruck_allgather, 1, bruck_links, never};
 
 static uint64_t load(const unsigned char *p, size_t es)
@@ -485,6 +507,12 @@ ParameterizedTest(int *n, algos, rd_allreduce_sums_alike_on_every_rank, .timeout
     sweep(&rd_ar, *n);
 }
 
+RANK_PARAMS(algos, tree_allreduce_sums_alike_on_every_rank)
+ParameterizedTest(int *n, algos, tree_allreduce_sums_alike_on_every_rank, .timeout = 60)
+{
+    sweep(&tree_ar, *n);
+}
+
 RANK_PARAMS(algos, rd_allgather_concatenates_on_every_rank)
 ParameterizedTest(int *n, algos, rd_allgather_concatenates_on_every_rank, .timeout = 60)
 {
@@ -516,7 +544,7 @@ Test(algos, rd_allreduce_unsupported_exactly_past_its_slots, .timeout = 10)
 
 Test(algos, rejects_invalid_arguments, .timeout = 10)
 {
-    static const struct algo *all[] = {&rd_ar, &rd_ag, &bruck_ag};
+    static const struct algo *all[] = {&tree_ar, &rd_ar, &rd_ag, &bruck_ag};
     struct fx_plan p;
 
     fx_plan_init(&p);
@@ -675,6 +703,7 @@ static void check_rendezvous(const struct algo *a)
 
 Test(algos, plans_complete_with_rendezvous_sends, .timeout = 60)
 {
+    check_rendezvous(&tree_ar);
     check_rendezvous(&rd_ar);
     check_rendezvous(&rd_ag);
     check_rendezvous(&bruck_ag);
@@ -706,4 +735,78 @@ Test(algos, rendezvous_check_catches_receive_after_send, .timeout = 10)
     cr_assert_eq(fx_coll_sim_run(r->ranks, 2, reduce_cb, r, 0, &r->res), FX_OK, "%s", r->res.error);
     cr_expect_not(rendezvous_completes(r, 0));
     run_free(r);
+}
+
+/* Depth of rank r in a tree, following parents (bounded: a cycle fails). */
+static int tree_depth(int n, int tree, int r)
+{
+    int d = 0;
+
+    for (;;) {
+        int parent;
+        int kids[2];
+
+        cr_assert_eq(fx_coll_tree_links(n, r, tree, &parent, kids), FX_OK);
+        if (parent < 0) {
+            return d;
+        }
+        r = parent;
+        cr_assert_leq(++d, n, "n %d tree %d: parent links form a cycle", n, tree);
+    }
+}
+
+/* Parents and children agree, one root, height ceil(log2 n), and no rank but 0 (odd n) is
+ * interior in both trees. */
+Test(algos, double_tree_is_two_complementary_binary_trees, .timeout = 10)
+{
+    for (int n = 1; n <= 70; n++) {
+        int both = 0;
+
+        for (int tree = 0; tree < 2; tree++) {
+            int roots  = 0;
+            int height = 0;
+
+            for (int r = 0; r < n; r++) {
+                int parent;
+                int kids[2];
+                int pk[2];
+                int pp;
+
+                cr_assert_eq(fx_coll_tree_links(n, r, tree, &parent, kids), FX_OK);
+                roots += parent < 0;
+                cr_expect(kids[0] >= 0 || kids[1] < 0, "n %d tree %d rank %d", n, tree, r);
+                for (int k = 0; k < 2 && kids[k] >= 0; k++) {
+                    cr_assert(kids[k] < n && kids[k] != r);
+                    cr_assert_eq(fx_coll_tree_links(n, kids[k], tree, &pp, pk), FX_OK);
+                    cr_expect_eq(pp, r, "n %d tree %d: child %d of %d names parent %d", n, tree,
+                                 kids[k], r, pp);
+                }
+                if (parent >= 0) {
+                    cr_assert_eq(fx_coll_tree_links(n, parent, tree, &pp, pk), FX_OK);
+                    cr_expect(pk[0] == r || pk[1] == r, "n %d tree %d: %d not a child of %d", n,
+                              tree, r, parent);
+                }
+                height = tree_depth(n, tree, r) > height ? tree_depth(n, tree, r) : height;
+            }
+            cr_expect_eq(roots, 1, "n %d tree %d: %d roots", n, tree, roots);
+            cr_expect_eq(height, log2_ceil(n), "n %d tree %d: height %d", n, tree, height);
+        }
+        for (int r = 0; r < n; r++) {
+            int parent;
+            int k0[2];
+            int k1[2];
+
+            fx_coll_tree_links(n, r, 0, &parent, k0);
+            fx_coll_tree_links(n, r, 1, &parent, k1);
+            if (k0[0] >= 0 && k1[0] >= 0) {
+                both++;
+                cr_expect(n % 2 == 1 && r == 0, "n %d: rank %d interior in both trees", n, r);
+            }
+        }
+        cr_expect_leq(both, 1);
+    }
+    cr_expect_eq(fx_coll_tree_links(4, 0, 2, &(int){0}, (int[2]){0}), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_tree_links(4, 4, 0, &(int){0}, (int[2]){0}), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_tree_links(0, 0, 0, &(int){0}, (int[2]){0}), FX_ERR_INVALID_ARG);
+    cr_expect_eq(fx_coll_tree_links(4, 0, 0, NULL, (int[2]){0}), FX_ERR_INVALID_ARG);
 }
