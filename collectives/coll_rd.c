@@ -207,3 +207,211 @@ fx_status fx_coll_rd_allreduce(struct fx_plan *plan, int nranks, int rank, size_
     free(d.prod);
     return status;
 }
+
+/*
+ * Rabenseifner: the buffer is cut into p blocks. Reduce-scatter step k halves the range of
+ * blocks a virtual rank is responsible for: it sends the half its partner (virtual rank ^
+ * p / 2^(k+1)) keeps and reduces the partner's copy of its own half into FX_BUF_RECV. The last
+ * step's reductions are final. The all-gather then doubles the owned range at each step.
+ *
+ * A step's sends read what the previous steps produced, so they depend on its last receive,
+ * and the step's first nslots receives do too (their slots were used by that step); receive j
+ * of a step depends on receive j - nslots of the step, which used its slot. Receives from one
+ * peer complete in order, so the last receive of a step stands for all of them. Reductions
+ * write only the kept half, which no send of this rank reads; an all-gather receive writes a
+ * range this rank sent during the reduce-scatter, and its final data exists only once the
+ * partner has received that send.
+ */
+struct rab {
+    struct fx_plan *plan;
+    int rank;
+    int p; /* virtual ranks */
+    size_t count;
+    size_t chunk;
+    uint32_t nslots;
+    int32_t step_dep; /* the last receive of the previous step, -1 for none */
+    int32_t *slot_last;
+    uint8_t cur; /* where this rank's partial values are: FX_BUF_SEND or FX_BUF_RECV */
+};
+
+static uint64_t rab_block(const struct rab *b, int k)
+{
+    return fx_algo_block_start(b->count, b->p, k);
+}
+
+static void rab_new_step(struct rab *b, int32_t last_recv)
+{
+    b->step_dep = last_recv;
+    for (uint32_t i = 0; i < b->nslots; i++) {
+        b->slot_last[i] = last_recv;
+    }
+}
+
+static fx_status rab_send(struct rab *b, int peer, uint64_t off, uint64_t end, uint8_t buf,
+                          uint32_t step)
+{
+    for (uint64_t o = off; o < end; o += b->chunk) {
+        if (fx_algo_push(b->plan, (struct fx_plan_op){
+                                      .kind   = FX_PLAN_SEND,
+                                      .buf    = buf,
+                                      .peer   = peer,
+                                      .dep    = buf == FX_BUF_SEND ? -1 : b->step_dep,
+                                      .offset = o,
+                                      .count  = end - o < b->chunk ? end - o : b->chunk,
+                                      .step   = step,
+                                  }) < 0) {
+            return FX_ERR_NO_MEMORY;
+        }
+    }
+    return FX_OK;
+}
+
+/* Receives [off, end) from peer: reduced with b->cur when `kind` is RECV_REDUCE. Sets *last. */
+static fx_status rab_recv(struct rab *b, int peer, uint64_t off, uint64_t end, uint8_t kind,
+                          uint8_t flags, uint32_t step, int32_t *last)
+{
+    uint32_t j = 0;
+
+    for (uint64_t o = off; o < end; o += b->chunk, j++) {
+        uint32_t slot        = j % b->nslots;
+        struct fx_plan_op op = {
+            .kind  = kind,
+            .buf   = FX_BUF_RECV,
+            .src   = b->cur,
+            .flags = kind == FX_PLAN_RECV_REDUCE ? flags : 0,
+            .peer  = peer,
+            .dep   = kind == FX_PLAN_RECV_REDUCE ? b->slot_last[slot] : (j == 0 ? b->step_dep : -1),
+            .slot  = kind == FX_PLAN_RECV_REDUCE ? slot : 0,
+            .offset     = o,
+            .src_offset = o,
+            .count      = end - o < b->chunk ? end - o : b->chunk,
+            .step       = step,
+            .phase      = kind == FX_PLAN_RECV ? 1 : 0,
+        };
+        int idx = fx_algo_push(b->plan, op);
+
+        if (idx < 0) {
+            return FX_ERR_NO_MEMORY;
+        }
+        b->slot_last[slot] = idx;
+        *last              = idx;
+    }
+    return FX_OK;
+}
+
+/* Reduce-scatter by recursive halving; leaves this rank's block v final in FX_BUF_RECV. */
+static fx_status rab_reduce_scatter(struct rab *b, int vr, int rem, int32_t *last)
+{
+    int lo           = 0;
+    fx_status status = FX_OK;
+
+    for (int mask = b->p / 2, k = 0; mask >= 1 && status == FX_OK; mask /= 2, k++) {
+        int keep = (vr & mask) ? lo + mask : lo;
+        int give = (vr & mask) ? lo : lo + mask;
+        int peer = fx_algo_rank_of(vr ^ mask, rem);
+        uint8_t fl =
+            (uint8_t)(((vr & mask) ? FX_PLAN_SLOT_FIRST : 0u) | (mask == 1 ? FX_PLAN_FINAL : 0u));
+
+        rab_new_step(b, *last);
+        status =
+            rab_send(b, peer, rab_block(b, give), rab_block(b, give + mask), b->cur, (uint32_t)k);
+        if (status == FX_OK) {
+            status = rab_recv(b, peer, rab_block(b, keep), rab_block(b, keep + mask),
+                              FX_PLAN_RECV_REDUCE, fl, (uint32_t)k, last);
+        }
+        b->cur = FX_BUF_RECV;
+        lo     = keep;
+    }
+    return status;
+}
+
+/* All-gather by recursive doubling of the owned range of blocks. */
+static fx_status rab_allgather(struct rab *b, int vr, int rem, int32_t *last)
+{
+    fx_status status = FX_OK;
+    uint32_t step    = (uint32_t)fx_algo_log2_ceil(b->p);
+
+    for (int mask = 1; mask < b->p && status == FX_OK; mask *= 2, step++) {
+        int mine = vr & ~(mask - 1);
+        int peer = vr ^ mask;
+        int his  = peer & ~(mask - 1);
+
+        rab_new_step(b, *last);
+        status = rab_send(b, fx_algo_rank_of(peer, rem), rab_block(b, mine),
+                          rab_block(b, mine + mask), FX_BUF_RECV, step);
+        if (status == FX_OK) {
+            status = rab_recv(b, fx_algo_rank_of(peer, rem), rab_block(b, his),
+                              rab_block(b, his + mask), FX_PLAN_RECV, 0, step, last);
+        }
+    }
+    return status;
+}
+
+static fx_status rab_build(struct rab *b, int nranks)
+{
+    int rem          = nranks - b->p;
+    int vr           = fx_algo_vrank(b->rank, rem);
+    int32_t last     = -1;
+    fx_status status = FX_OK;
+
+    if (vr < 0) {
+        struct rd d = {.plan    = b->plan,
+                       .rank    = b->rank,
+                       .count   = b->count,
+                       .chunk   = b->chunk,
+                       .nchunks = fx_algo_nchunks(b->count, b->chunk)};
+
+        return rd_extra(&d);
+    }
+    rab_new_step(b, -1);
+    if (b->rank < 2 * rem) {
+        status = rab_recv(b, b->rank - 1, 0, b->count, FX_PLAN_RECV_REDUCE, FX_PLAN_SLOT_FIRST, 0,
+                          &last);
+        b->cur = FX_BUF_RECV;
+    }
+    if (status == FX_OK) {
+        status = rab_reduce_scatter(b, vr, rem, &last);
+    }
+    if (status == FX_OK) {
+        status = rab_allgather(b, vr, rem, &last);
+    }
+    if (status == FX_OK && b->rank < 2 * rem) {
+        rab_new_step(b, last);
+        status = rab_send(b, b->rank - 1, 0, b->count, FX_BUF_RECV, 0);
+    }
+    return status;
+}
+
+fx_status fx_coll_rabenseifner_allreduce(struct fx_plan *plan, int nranks, int rank, size_t count,
+                                         size_t elem_size, size_t chunk_bytes, uint32_t nslots)
+{
+    fx_status status = fx_algo_check(plan, nranks, rank, count, elem_size, 1);
+    struct rab b;
+
+    if (status != FX_OK) {
+        return status;
+    }
+    fx_algo_begin(plan, nranks, rank, count, elem_size);
+    if (nranks == 1 || count == 0) {
+        return fx_algo_copy(plan, FX_BUF_RECV, 0, FX_BUF_SEND, 0, nranks == 1 ? count : 0,
+                            FX_PLAN_FINAL, -1, NULL);
+    }
+    b           = (struct rab){.plan   = plan,
+                               .rank   = rank,
+                               .p      = fx_algo_pow2_floor(nranks),
+                               .count  = count,
+                               .chunk  = fx_algo_chunk_elems(chunk_bytes, elem_size),
+                               .nslots = nslots ? nslots : 1,
+                               .cur    = FX_BUF_SEND};
+    b.slot_last = malloc(sizeof(*b.slot_last) * b.nslots);
+    if (b.slot_last == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    status = rab_build(&b, nranks);
+    free(b.slot_last);
+    plan->slot_count = b.chunk < count ? b.chunk : count;
+    plan->nslots     = b.nslots < fx_algo_nchunks(count, b.chunk)
+                           ? b.nslots
+                           : (uint32_t)fx_algo_nchunks(count, b.chunk);
+    return status;
+}

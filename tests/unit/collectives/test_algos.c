@@ -195,6 +195,42 @@ static void tree_links(const struct cfg *c, uint64_t *m)
     }
 }
 
+static uint64_t blocks_bytes(const struct cfg *c, int p, int first, int nblocks)
+{
+    uint64_t sum = 0;
+
+    for (int b = first; b < first + nblocks; b++) {
+        sum += c->count / (size_t)p + ((size_t)b < c->count % (size_t)p ? 1 : 0);
+    }
+    return sum * c->es;
+}
+
+/* Fold pairs exchange the whole buffer; halving step with mask m sends the partner's half of
+ * the current range (m blocks); doubling step with mask m sends the m blocks owned. */
+static void rab_links(const struct cfg *c, uint64_t *m)
+{
+    int n   = c->n;
+    int p   = pow2_floor(n);
+    int rem = n - p;
+
+    for (int i = 0; i < rem; i++) {
+        m[(2 * i) * n + 2 * i + 1] += (uint64_t)c->count * c->es;
+        m[(2 * i + 1) * n + 2 * i] += (uint64_t)c->count * c->es;
+    }
+    for (int v = 0; v < p; v++) {
+        int src = folded_rank(v, rem);
+
+        for (int mask = p / 2; mask >= 1; mask /= 2) {
+            int w = v ^ mask;
+
+            m[src * n + folded_rank(w, rem)] += blocks_bytes(c, p, w & ~(mask - 1), mask) +
+                                                blocks_bytes(c, p, v & ~(mask - 1), mask);
+        }
+    }
+}
+
+static const struct algo rab_ar  = {"rabenseifner_allreduce", fx_coll_rabenseifner_allreduce, 0,
+                                    rab_links, never};
 static const struct algo tree_ar = {"tree_allreduce", fx_coll_tree_allreduce, 0, tree_links, never};
 static const struct algo rd_ar   = {"rd_allreduce", fx_coll_rd_allreduce, 0, rd_ar_links,
                                     rd_ar_unsupported};
@@ -513,6 +549,12 @@ ParameterizedTest(int *n, algos, tree_allreduce_sums_alike_on_every_rank, .timeo
     sweep(&tree_ar, *n);
 }
 
+RANK_PARAMS(algos, rabenseifner_allreduce_sums_alike_on_every_rank)
+ParameterizedTest(int *n, algos, rabenseifner_allreduce_sums_alike_on_every_rank, .timeout = 60)
+{
+    sweep(&rab_ar, *n);
+}
+
 RANK_PARAMS(algos, rd_allgather_concatenates_on_every_rank)
 ParameterizedTest(int *n, algos, rd_allgather_concatenates_on_every_rank, .timeout = 60)
 {
@@ -544,7 +586,7 @@ Test(algos, rd_allreduce_unsupported_exactly_past_its_slots, .timeout = 10)
 
 Test(algos, rejects_invalid_arguments, .timeout = 10)
 {
-    static const struct algo *all[] = {&tree_ar, &rd_ar, &rd_ag, &bruck_ag};
+    static const struct algo *all[] = {&tree_ar, &rd_ar, &rab_ar, &rd_ag, &bruck_ag};
     struct fx_plan p;
 
     fx_plan_init(&p);
@@ -705,6 +747,7 @@ Test(algos, plans_complete_with_rendezvous_sends, .timeout = 60)
 {
     check_rendezvous(&tree_ar);
     check_rendezvous(&rd_ar);
+    check_rendezvous(&rab_ar);
     check_rendezvous(&rd_ag);
     check_rendezvous(&bruck_ag);
 }
