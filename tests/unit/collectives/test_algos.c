@@ -853,3 +853,317 @@ Test(algos, double_tree_is_two_complementary_binary_trees, .timeout = 10)
     cr_expect_eq(fx_coll_tree_links(0, 0, 0, &(int){0}, (int[2]){0}), FX_ERR_INVALID_ARG);
     cr_expect_eq(fx_coll_tree_links(4, 0, 0, NULL, (int[2]){0}), FX_ERR_INVALID_ARG);
 }
+
+/*
+ * Race check: for every two ops of a rank that touch overlapping memory, one writing, the
+ * first must finish before the second starts by a chain of dependencies, lane order and
+ * messages. Each op has three events: posted (S), data may land (A: after S and, for a
+ * receive, after the matching send was posted) and completed (E). Edges: E(dep) -> S; S of the
+ * previous op of a lane -> S (posting order); E of the previous receive of a lane -> E
+ * (receives complete in order); S(send) -> A(receive). A send's reading ends at its own
+ * completion or once its receive has completed, whichever is known first. In place, FX_BUF_SEND
+ * is the receive buffer (all-reduce) or the rank's own block (all-gather); a copy onto itself
+ * is skipped, as the executor skips it.
+ */
+struct hb {
+    int n;
+    const struct run *r;
+    struct rdv v;               /* lanes and matches */
+    size_t base[MAX_RANKS + 1]; /* first event of each rank; 3 per op */
+    size_t *start;              /* CSR of edges */
+    size_t *to;
+    int *seen;
+    int stamp;
+};
+
+struct region {
+    int space; /* 0: receive buffer, 1: send buffer (out of place), 2: scratch */
+    uint64_t lo;
+    uint64_t hi; /* elements */
+};
+
+static size_t ev(const struct hb *h, int k, size_t i, int e)
+{
+    return h->base[k] + 3 * i + (size_t)e;
+}
+
+/* Lists the edges into list (pairs), or only counts them when list is NULL. */
+static size_t hb_edges(const struct hb *h, size_t *list)
+{
+    size_t ne = 0;
+
+#define EDGE(a, b)                                                                                 \
+    do {                                                                                           \
+        if (list != NULL) {                                                                        \
+            list[2 * ne]     = (a);                                                                \
+            list[2 * ne + 1] = (b);                                                                \
+        }                                                                                          \
+        ne++;                                                                                      \
+    } while (0)
+    for (int k = 0; k < h->n; k++) {
+        for (size_t i = 0; i < h->r->plans[k].nops; i++) {
+            const struct fx_plan_op *op = &h->r->plans[k].ops[i];
+            int pr                      = h->v.prev[k][i];
+
+            EDGE(ev(h, k, i, 0), ev(h, k, i, 1));
+            EDGE(ev(h, k, i, 1), ev(h, k, i, 2));
+            if (op->dep >= 0) {
+                EDGE(ev(h, k, (size_t)op->dep, 2), ev(h, k, i, 0));
+            }
+            if (pr >= 0) {
+                EDGE(ev(h, k, (size_t)pr, 0), ev(h, k, i, 0));
+            }
+            if (pr >= 0 && op->kind != FX_PLAN_SEND && op->kind != FX_PLAN_COPY) {
+                EDGE(ev(h, k, (size_t)pr, 2), ev(h, k, i, 2));
+            }
+            if (op->kind == FX_PLAN_SEND && h->v.match[k][i] >= 0) {
+                EDGE(ev(h, k, i, 0), ev(h, op->peer, (size_t)h->v.match[k][i], 1));
+            }
+        }
+    }
+#undef EDGE
+    return ne;
+}
+
+static void hb_setup(struct hb *h, const struct run *r)
+{
+    size_t ne;
+    size_t *list;
+
+    memset(h, 0, sizeof(*h));
+    h->n = r->c.n;
+    h->r = r;
+    rdv_setup(&h->v, r);
+    for (int k = 0; k < h->n; k++) {
+        h->base[k + 1] = h->base[k] + 3 * r->plans[k].nops;
+    }
+    ne       = hb_edges(h, NULL);
+    list     = malloc(2 * ne * sizeof(size_t) + 1);
+    h->start = calloc(h->base[h->n] + 2, sizeof(size_t));
+    h->to    = malloc(ne * sizeof(size_t) + 1);
+    h->seen  = calloc(h->base[h->n] + 1, sizeof(int));
+    cr_assert(list && h->start && h->to && h->seen);
+    hb_edges(h, list);
+    for (size_t e = 0; e < ne; e++) {
+        h->start[list[2 * e] + 2]++;
+    }
+    for (size_t x = 0; x <= h->base[h->n]; x++) {
+        h->start[x + 1] += h->start[x];
+    }
+    for (size_t e = 0; e < ne; e++) {
+        h->to[h->start[list[2 * e] + 1]++] = list[2 * e + 1];
+    }
+    free(list);
+}
+
+static void hb_free(struct hb *h)
+{
+    for (int k = 0; k < h->n; k++) {
+        free(h->v.match[k]);
+        free(h->v.prev[k]);
+        free(h->v.posted[k]);
+        free(h->v.done[k]);
+    }
+    free(h->start);
+    free(h->to);
+    free(h->seen);
+}
+
+/* Marks every event reachable from `from` with a new stamp. */
+static void hb_reach(struct hb *h, size_t from)
+{
+    size_t *stack = malloc((h->base[h->n] + 1) * sizeof(size_t));
+    size_t top    = 0;
+
+    cr_assert_not_null(stack);
+    h->stamp++;
+    h->seen[from] = h->stamp;
+    stack[top++]  = from;
+    while (top > 0) {
+        size_t x = stack[--top];
+
+        for (size_t e = h->start[x]; e < h->start[x + 1]; e++) {
+            if (h->seen[h->to[e]] != h->stamp) {
+                h->seen[h->to[e]] = h->stamp;
+                stack[top++]      = h->to[e];
+            }
+        }
+    }
+    free(stack);
+}
+
+/* The memory an op's buffer designation names, after in-place aliasing. */
+static struct region region_of(const struct run *r, int k, uint8_t buf, uint64_t off,
+                               uint64_t count)
+{
+    const struct fx_plan *p = &r->plans[k];
+
+    if (buf == FX_BUF_SCRATCH) {
+        return (struct region){2, off, off + count};
+    }
+    if (buf == FX_BUF_SEND && r->c.in_place) {
+        off += r->a->gather ? (uint64_t)k * r->c.count : 0;
+        buf = FX_BUF_RECV;
+    }
+    (void)p;
+    return (struct region){buf == FX_BUF_RECV ? 0 : 1, off, off + count};
+}
+
+/* An op's reads and writes: up to 2 reads and 2 writes. */
+static void accesses(const struct run *r, int k, size_t i, struct region rd[2], int *nrd,
+                     struct region wr[2], int *nwr)
+{
+    const struct fx_plan_op *op = &r->plans[k].ops[i];
+    const struct fx_plan *p     = &r->plans[k];
+
+    *nrd = 0;
+    *nwr = 0;
+    switch (op->kind) {
+    case FX_PLAN_SEND:
+        rd[(*nrd)++] = region_of(r, k, op->buf, op->offset, op->count);
+        break;
+    case FX_PLAN_RECV:
+        wr[(*nwr)++] = region_of(r, k, op->buf, op->offset, op->count);
+        break;
+    case FX_PLAN_RECV_REDUCE:
+        wr[(*nwr)++] =
+            region_of(r, k, FX_BUF_SCRATCH, (uint64_t)op->slot * p->slot_count, op->count);
+        wr[(*nwr)++] = region_of(r, k, op->buf, op->offset, op->count);
+        rd[(*nrd)++] = region_of(r, k, op->src, op->src_offset, op->count);
+        break;
+    default:
+        rd[0] = region_of(r, k, op->src, op->src_offset, op->count);
+        wr[0] = region_of(r, k, op->buf, op->offset, op->count);
+        /* The executor skips a copy onto itself. */
+        if (rd[0].space != wr[0].space || rd[0].lo != wr[0].lo) {
+            *nrd = 1;
+            *nwr = 1;
+        }
+        break;
+    }
+}
+
+static int overlap(const struct region *a, const struct region *b)
+{
+    return a->space == b->space && a->lo < b->hi && b->lo < a->hi;
+}
+
+/* Whether ops a and b of rank k conflict (one writes what the other touches). */
+static int conflict(const struct run *r, int k, size_t a, size_t b)
+{
+    struct region ra[2];
+    struct region wa[2];
+    struct region rb[2];
+    struct region wb[2];
+    int nra;
+    int nwa;
+    int nrb;
+    int nwb;
+
+    accesses(r, k, a, ra, &nra, wa, &nwa);
+    accesses(r, k, b, rb, &nrb, wb, &nwb);
+    for (int x = 0; x < nwa; x++) {
+        for (int y = 0; y < nwb; y++) {
+            if (overlap(&wa[x], &wb[y])) {
+                return 1;
+            }
+        }
+        for (int y = 0; y < nrb; y++) {
+            if (overlap(&wa[x], &rb[y])) {
+                return 1;
+            }
+        }
+    }
+    for (int x = 0; x < nra; x++) {
+        for (int y = 0; y < nwb; y++) {
+            if (overlap(&ra[x], &wb[y])) {
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* The event at which op i starts touching memory: posted, or for receives, data landing. */
+static int first_touch(const struct fx_plan_op *op)
+{
+    return op->kind == FX_PLAN_RECV || op->kind == FX_PLAN_RECV_REDUCE ? 1 : 0;
+}
+
+/* Whether op a (of rank k) is known finished before op b starts. */
+static int ordered(struct hb *h, int k, size_t a, size_t b)
+{
+    const struct fx_plan_op *oa = &h->r->plans[k].ops[a];
+    size_t target               = ev(h, k, b, first_touch(&h->r->plans[k].ops[b]));
+
+    hb_reach(h, ev(h, k, a, 2));
+    if (h->seen[target] == h->stamp) {
+        return 1;
+    }
+    if (oa->kind == FX_PLAN_SEND && h->v.match[k][a] >= 0) {
+        hb_reach(h, ev(h, oa->peer, (size_t)h->v.match[k][a], 2));
+        return h->seen[target] == h->stamp;
+    }
+    return 0;
+}
+
+static int races_free(const struct run *r)
+{
+    struct hb h;
+    int ok = 1;
+
+    hb_setup(&h, r);
+    for (int k = 0; k < r->c.n && ok; k++) {
+        size_t nops = r->plans[k].nops;
+
+        for (size_t a = 0; a < nops && ok; a++) {
+            for (size_t b = a + 1; b < nops && ok; b++) {
+                if (conflict(r, k, a, b) && !ordered(&h, k, a, b) && !ordered(&h, k, b, a)) {
+                    cr_expect_fail("rank %d ops %zu (kind %u) and %zu (kind %u) race; " CFG_FMT, k,
+                                   a, r->plans[k].ops[a].kind, b, r->plans[k].ops[b].kind,
+                                   CFG_ARGS(r));
+                    ok = 0;
+                }
+            }
+        }
+    }
+    hb_free(&h);
+    return ok;
+}
+
+static void check_races(const struct algo *a)
+{
+    static const int nranks[]     = {2, 3, 4, 5, 6, 7, 8, 9, 12};
+    static const size_t counts[]  = {1, 13, 70};
+    static const uint32_t slots[] = {1, 2, 4096};
+
+    for (size_t ni = 0; ni < NELEMS(nranks); ni++) {
+        for (size_t ci = 0; ci < NELEMS(counts); ci++) {
+            for (size_t si = 0; si < NELEMS(slots); si++) {
+                for (int in_place = 0; in_place < 2; in_place++) {
+                    struct cfg c  = {.n           = nranks[ni],
+                                     .count       = counts[ci],
+                                     .es          = 4,
+                                     .chunk_bytes = 16,
+                                     .nslots      = slots[si],
+                                     .in_place    = in_place};
+                    struct run *r = run_new(a, &c);
+
+                    if (build_all(r) == FX_OK) {
+                        races_free(r);
+                    }
+                    run_free(r);
+                }
+            }
+        }
+    }
+}
+
+Test(algos, no_two_ops_race_on_memory, .timeout = 120)
+{
+    check_races(&tree_ar);
+    check_races(&rd_ar);
+    check_races(&rab_ar);
+    check_races(&rd_ag);
+    check_races(&bruck_ag);
+}
