@@ -247,8 +247,10 @@ static void rab_new_step(struct rab *b, int32_t last_recv)
     }
 }
 
+/* Sends [off, end) of buf to peer as chunks of this step and phase (the receiver labels its
+ * receives alike: the executor checks both on every message). */
 static fx_status rab_send(struct rab *b, int peer, uint64_t off, uint64_t end, uint8_t buf,
-                          uint32_t step)
+                          uint32_t step, uint32_t phase)
 {
     for (uint64_t o = off; o < end; o += b->chunk) {
         if (fx_algo_push(b->plan, (struct fx_plan_op){
@@ -259,6 +261,7 @@ static fx_status rab_send(struct rab *b, int peer, uint64_t off, uint64_t end, u
                                       .offset = o,
                                       .count  = end - o < b->chunk ? end - o : b->chunk,
                                       .step   = step,
+                                      .phase  = phase,
                                   }) < 0) {
             return FX_ERR_NO_MEMORY;
         }
@@ -313,8 +316,8 @@ static fx_status rab_reduce_scatter(struct rab *b, int vr, int rem, int32_t *las
             (uint8_t)(((vr & mask) ? FX_PLAN_SLOT_FIRST : 0u) | (mask == 1 ? FX_PLAN_FINAL : 0u));
 
         rab_new_step(b, *last);
-        status =
-            rab_send(b, peer, rab_block(b, give), rab_block(b, give + mask), b->cur, (uint32_t)k);
+        status = rab_send(b, peer, rab_block(b, give), rab_block(b, give + mask), b->cur,
+                          (uint32_t)k, 0);
         if (status == FX_OK) {
             status = rab_recv(b, peer, rab_block(b, keep), rab_block(b, keep + mask),
                               FX_PLAN_RECV_REDUCE, fl, (uint32_t)k, last);
@@ -338,7 +341,7 @@ static fx_status rab_allgather(struct rab *b, int vr, int rem, int32_t *last)
 
         rab_new_step(b, *last);
         status = rab_send(b, fx_algo_rank_of(peer, rem), rab_block(b, mine),
-                          rab_block(b, mine + mask), FX_BUF_RECV, step);
+                          rab_block(b, mine + mask), FX_BUF_RECV, step, 1);
         if (status == FX_OK) {
             status = rab_recv(b, fx_algo_rank_of(peer, rem), rab_block(b, his),
                               rab_block(b, his + mask), FX_PLAN_RECV, 0, step, last);
@@ -377,7 +380,7 @@ static fx_status rab_build(struct rab *b, int nranks)
     }
     if (status == FX_OK && b->rank < 2 * rem) {
         rab_new_step(b, last);
-        status = rab_send(b, b->rank - 1, 0, b->count, FX_BUF_RECV, 0);
+        status = rab_send(b, b->rank - 1, 0, b->count, FX_BUF_RECV, 0, 0);
     }
     return status;
 }

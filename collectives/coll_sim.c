@@ -19,6 +19,8 @@ struct sim_msg {
     struct sim_msg *next;
     size_t len;
     uint32_t depth; /* the send's depth */
+    uint32_t step;  /* the send's step and phase: the receive must carry the same (the */
+    uint32_t phase; /* executor's wire check compares them) */
     unsigned char data[];
 };
 
@@ -248,6 +250,8 @@ static fx_status do_send(struct sim *s, int rank, size_t i, uint32_t depth)
     memcpy(m->data, src, len);
     m->len   = len;
     m->depth = depth;
+    m->step  = op->step;
+    m->phase = op->phase;
     m->next  = NULL;
     if (q->tail) {
         q->tail->next = m;
@@ -310,6 +314,13 @@ static int do_recv(struct sim *s, int rank, size_t i, uint32_t depth)
                     "rank %d op %zu (%s from %d): message of %zu bytes from rank %d, expected "
                     "%zu bytes",
                     rank, i, kind_name(op->kind), (int)op->peer, m->len, (int)op->peer, want);
+    }
+    if (m->step != op->step || m->phase != op->phase) {
+        return fail(s, FX_ERR_MISMATCH,
+                    "rank %d op %zu (%s from %d): message of step %u phase %u, the receive has "
+                    "step %u phase %u",
+                    rank, i, kind_name(op->kind), (int)op->peer, m->step, m->phase, op->step,
+                    op->phase);
     }
     if (land(s, rank, i, m) != FX_OK) {
         return s->res->status;

@@ -7,7 +7,8 @@
  * Model: each rank has one lane per peer for sends, one per peer for receives and one for local
  * copies; a lane posts its ops in ops[] order, each once its `dep` has completed. A SEND copies
  * its bytes into a FIFO message queue (src, dst) and completes at once. A receive completes when
- * the head message of the queue (peer, me) exists: its length must equal the receive's exactly.
+ * the head message of the queue (peer, me) exists: its length, step and phase must equal the
+ * receive's exactly (the executor checks them in every message header).
  * FX_PLAN_RECV copies it to buf + offset; FX_PLAN_RECV_REDUCE copies it into its scratch slot
  * and calls the reduce callback. A COPY is a memmove, skipped when source and destination are
  * the same memory (in place).

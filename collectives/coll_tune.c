@@ -29,8 +29,9 @@ static const char *const algo_names[FX_ALGO_END] = {
 /* The algorithms each collective runs in this build, as a bit set over enum fx_algo. */
 #define BIT(a) (1u << (a))
 static const unsigned coll_algos[FX_COLL_END] = {
-    [FX_COLL_ALLREDUCE] = BIT(FX_ALGO_RING) | BIT(FX_ALGO_PAIR),
-    [FX_COLL_ALLGATHER] = BIT(FX_ALGO_RING),
+    [FX_COLL_ALLREDUCE] = BIT(FX_ALGO_RING) | BIT(FX_ALGO_PAIR) | BIT(FX_ALGO_TREE) |
+                          BIT(FX_ALGO_RD) | BIT(FX_ALGO_RABENSEIFNER),
+    [FX_COLL_ALLGATHER] = BIT(FX_ALGO_RING) | BIT(FX_ALGO_RD) | BIT(FX_ALGO_BRUCK),
     [FX_COLL_SENDRECV]  = BIT(FX_ALGO_P2P),
 };
 
@@ -139,48 +140,184 @@ int fx_coll_algo_forced(uint64_t forced, int coll)
 
 /* ------------------------------------------------------------------ choice */
 
-#define PAIR_MAX_BYTES (512u << 10) /* two ranks: one exchange up to this size */
+#define CHUNK_MIN     (64u << 10)
+#define CHUNK_MAX     (512u << 10)
+#define DEFAULT_CHUNK (1u << 20) /* the builders' chunk for chunk_bytes 0 */
 
-/* Whether `algo` can run this case with the executor's scratch. */
-static bool can_run(const struct fx_tune_case *c, int algo)
+static size_t min_size(size_t a, size_t b)
 {
+    return a < b ? a : b;
+}
+
+/* Elements per chunk as the plan builders cut them. */
+static size_t chunk_elems(size_t chunk_bytes, size_t elem_size)
+{
+    size_t e = (chunk_bytes ? chunk_bytes : DEFAULT_CHUNK) / elem_size;
+
+    return e ? e : 1;
+}
+
+static bool is_pow2(int n)
+{
+    return n > 0 && (n & (n - 1)) == 0;
+}
+
+static int floor_log2(int n)
+{
+    int k = 0;
+
+    while ((2 << k) <= n) {
+        k++;
+    }
+    return k;
+}
+
+/* The chunk a ring gets: a quarter of a segment, within [64 KiB, 512 KiB] and the slots; the
+ * pipelined tree and chain want more chunks in flight: an eighth of the buffer. */
+static size_t default_chunk(const struct fx_tune_case *c, int algo)
+{
+    size_t bytes = c->count * c->elem_size;
+    size_t chunk;
+
+    if (c->chunk_bytes != 0) {
+        return min_size(c->chunk_bytes, c->slot_bytes);
+    }
+    if (c->coll == FX_COLL_ALLGATHER || c->coll == FX_COLL_REDUCESCATTER ||
+        c->coll == FX_COLL_ALLTOALL) {
+        bytes *= (size_t)c->nranks;
+    }
+    chunk =
+        algo == FX_ALGO_TREE || algo == FX_ALGO_CHAIN ? bytes / 8 : bytes / (size_t)c->nranks / 4;
+    chunk = chunk < CHUNK_MIN ? CHUNK_MIN : min_size(chunk, CHUNK_MAX);
+    return min_size(chunk, c->slot_bytes);
+}
+
+bool fx_coll_can_run(const struct fx_tune_case *c, int algo)
+{
+    size_t bytes = c->count * c->elem_size;
+
+    if (!fx_coll_algo_valid(c->coll, algo)) {
+        return false;
+    }
     switch (algo) {
     case FX_ALGO_PAIR:
         /* Whole buffer in one slot (two in place: the input is kept in slot 0). */
-        return c->nranks == 2 && c->bytes <= c->slot_bytes && (!c->in_place || c->nslots >= 2);
-    default:
-        return fx_coll_algo_valid(c->coll, algo);
-    }
-}
-
-static int choose_auto(const struct fx_tune_case *c)
-{
-    switch (c->coll) {
-    case FX_COLL_ALLREDUCE:
-        if (c->bytes <= PAIR_MAX_BYTES && can_run(c, FX_ALGO_PAIR)) {
-            return FX_ALGO_PAIR;
+        return c->nranks == 2 && bytes <= c->slot_bytes && (!c->in_place || c->nslots >= 2);
+    case FX_ALGO_RD:
+        if (c->coll == FX_COLL_ALLGATHER) {
+            return is_pow2(c->nranks);
         }
-        return FX_ALGO_RING;
-    case FX_COLL_SENDRECV:
-        return FX_ALGO_P2P;
+        if (c->nranks >= 2 && c->count > 0) {
+            size_t per    = chunk_elems(default_chunk(c, algo), c->elem_size);
+            size_t chunks = (c->count + per - 1) / per;
+
+            return chunks <= c->nslots / (uint32_t)(floor_log2(c->nranks) + 1);
+        }
+        return true;
     default:
-        return FX_ALGO_RING;
+        return true;
     }
 }
 
-int fx_coll_choose(const struct fx_tune_case *c, const char **why)
-{
-    int forced = fx_coll_algo_forced(c->forced, c->coll);
-    const char *unused;
+typedef fx_status (*cost_fn)(const struct fx_cost_params *p, int nranks, size_t count,
+                             size_t elem_size, size_t chunk_bytes, struct fx_cost *out);
 
-    if (why == NULL) {
-        why = &unused;
+static cost_fn cost_of(int coll, int algo)
+{
+    switch (coll * FX_ALGO_END + algo) {
+    case FX_COLL_ALLREDUCE *FX_ALGO_END + FX_ALGO_RING:
+        return fx_cost_ring_allreduce;
+    case FX_COLL_ALLREDUCE *FX_ALGO_END + FX_ALGO_PAIR:
+        return fx_cost_pair_allreduce;
+    case FX_COLL_ALLREDUCE *FX_ALGO_END + FX_ALGO_TREE:
+        return fx_cost_tree_allreduce;
+    case FX_COLL_ALLREDUCE *FX_ALGO_END + FX_ALGO_RD:
+        return fx_cost_rd_allreduce;
+    case FX_COLL_ALLREDUCE *FX_ALGO_END + FX_ALGO_RABENSEIFNER:
+        return fx_cost_rabenseifner_allreduce;
+    case FX_COLL_ALLGATHER *FX_ALGO_END + FX_ALGO_RING:
+        return fx_cost_ring_allgather;
+    case FX_COLL_ALLGATHER *FX_ALGO_END + FX_ALGO_RD:
+        return fx_cost_rd_allgather;
+    case FX_COLL_ALLGATHER *FX_ALGO_END + FX_ALGO_BRUCK:
+        return fx_cost_bruck_allgather;
+    case FX_COLL_REDUCESCATTER *FX_ALGO_END + FX_ALGO_RING:
+        return fx_cost_ring_reduce_scatter;
+    case FX_COLL_BROADCAST *FX_ALGO_END + FX_ALGO_CHAIN:
+        return fx_cost_chain_broadcast;
+    case FX_COLL_BROADCAST *FX_ALGO_END + FX_ALGO_BINOMIAL:
+        return fx_cost_binomial_broadcast;
+    case FX_COLL_REDUCE *FX_ALGO_END + FX_ALGO_CHAIN:
+        return fx_cost_chain_reduce;
+    case FX_COLL_REDUCE *FX_ALGO_END + FX_ALGO_BINOMIAL:
+        return fx_cost_binomial_reduce;
+    case FX_COLL_ALLTOALL *FX_ALGO_END + FX_ALGO_PAIRWISE:
+        return fx_cost_pairwise_alltoall;
+    case FX_COLL_BARRIER *FX_ALGO_END + FX_ALGO_DISSEMINATION:
+        return fx_cost_dissemination_barrier;
+    default:
+        return NULL;
     }
-    if (forced != FX_ALGO_AUTO && can_run(c, forced)) {
-        *why = "forced by FX_ALGO";
-        return forced;
+}
+
+fx_status fx_coll_predict(const struct fx_tune_case *c, int algo, size_t chunk_bytes,
+                          struct fx_cost *out)
+{
+    cost_fn fn = cost_of(c->coll, algo);
+
+    if (fn == NULL || c->params == NULL) {
+        return FX_ERR_UNSUPPORTED;
     }
-    *why = forced != FX_ALGO_AUTO ? "FX_ALGO's choice cannot run this case; tuner's choice"
-                                  : "tuner's choice";
-    return choose_auto(c);
+    if (chunk_bytes == 0) {
+        chunk_bytes = default_chunk(c, algo);
+    }
+    return fn(c->params, c->nranks, c->count, c->elem_size, chunk_bytes, out);
+}
+
+/* Without a model: the exchange for two ranks up to 512 KiB, else the collective's first
+ * algorithm. */
+static int rule_of_thumb(const struct fx_tune_case *c)
+{
+    if (c->coll == FX_COLL_ALLREDUCE && c->count * c->elem_size <= CHUNK_MAX &&
+        fx_coll_can_run(c, FX_ALGO_PAIR)) {
+        return FX_ALGO_PAIR;
+    }
+    for (int a = 1; a < FX_ALGO_END; a++) {
+        if (fx_coll_can_run(c, a)) {
+            return a;
+        }
+    }
+    return FX_ALGO_AUTO;
+}
+
+void fx_coll_choose(const struct fx_tune_case *c, struct fx_tune_choice *out)
+{
+    int forced  = fx_coll_algo_forced(c->forced, c->coll);
+    double best = 0;
+    struct fx_cost cost;
+
+    memset(out, 0, sizeof(*out));
+    if (forced != FX_ALGO_AUTO && fx_coll_can_run(c, forced)) {
+        out->algo = forced;
+        out->why  = "forced by FX_ALGO";
+    } else {
+        out->why = forced != FX_ALGO_AUTO ? "FX_ALGO's choice cannot run this case; cost model"
+                                          : "cost model";
+        for (int a = 1; a < FX_ALGO_END; a++) {
+            if (fx_coll_can_run(c, a) &&
+                fx_coll_predict(c, a, default_chunk(c, a), &cost) == FX_OK &&
+                (out->algo == FX_ALGO_AUTO || cost.time_s < best)) {
+                out->algo = a;
+                best      = cost.time_s;
+            }
+        }
+        if (out->algo == FX_ALGO_AUTO) {
+            out->algo = rule_of_thumb(c);
+            out->why  = "rule of thumb";
+        }
+    }
+    out->chunk_bytes = default_chunk(c, out->algo);
+    if (fx_coll_predict(c, out->algo, out->chunk_bytes, &cost) == FX_OK) {
+        out->predicted_s = cost.time_s;
+    }
 }

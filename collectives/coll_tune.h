@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "coll_cost.h"
 #include "fabricx.h"
 
 /* The collective kinds, as the wire header carries them. */
@@ -68,19 +69,42 @@ int fx_coll_algo_forced(uint64_t forced, int coll);
 struct fx_tune_case {
     int coll; /* enum fx_coll */
     int nranks;
-    size_t bytes; /* bytes each rank contributes (all-reduce: the buffer; all-gather: its
-                     send block; reduce-scatter: its result block; all-to-all: one block) */
+    size_t count; /* the call's count: all-gather's send count, reduce-scatter's result
+                     count, all-to-all's count per peer; elements of elem_size bytes */
+    size_t elem_size;
     bool in_place;
-    uint32_t nslots;   /* scratch slots the executor has */
-    size_t slot_bytes; /* bytes per scratch slot */
-    uint64_t forced;   /* FX_ALGO, as fx_coll_algo_parse gives it */
+    uint32_t nslots;                     /* scratch slots the executor has */
+    size_t slot_bytes;                   /* bytes per scratch slot: the largest chunk */
+    size_t chunk_bytes;                  /* FX_CHUNK_BYTES; 0: the tuner chooses */
+    uint64_t forced;                     /* FX_ALGO, as fx_coll_algo_parse gives it */
+    const struct fx_cost_params *params; /* the measured cost model; NULL: rule of thumb */
+};
+
+struct fx_tune_choice {
+    int algo;           /* enum fx_algo */
+    size_t chunk_bytes; /* pipeline chunk, at most the case's slot_bytes */
+    double predicted_s; /* the model's time for it; 0 without parameters */
+    const char *why;    /* static: "forced by FX_ALGO", "cost model", ... */
 };
 
 /*
- * The algorithm for an operation: the forced one when FX_ALGO names it and it can run this
- * case, else the tuner's choice. The same inputs give the same answer on every rank.
- * *why (may be NULL) gets a static phrase saying how the choice was made.
+ * The algorithm and chunk for an operation: the forced algorithm when FX_ALGO names one that
+ * can run this case, else the one the cost model predicts fastest among those that can (ties
+ * to the lower enum value). The same inputs give the same answer on every rank.
  */
-int fx_coll_choose(const struct fx_tune_case *c, const char **why);
+void fx_coll_choose(const struct fx_tune_case *c, struct fx_tune_choice *out);
+
+/*
+ * Whether `algo` can run this case with the executor's scratch (the plan builders' own
+ * limits: the exchange holds the whole buffer in one or two slots, recursive doubling keeps
+ * every intermediate value, recursive-doubling all-gather needs a power of two).
+ */
+bool fx_coll_can_run(const struct fx_tune_case *c, int algo);
+
+/* The model's cost of `algo` for this case with chunk_bytes (0: the chunk the tuner would give
+ * it); FX_ERR_UNSUPPORTED where the model has no formula (point-to-point), there are no
+ * parameters, or the algorithm does not apply. */
+fx_status fx_coll_predict(const struct fx_tune_case *c, int algo, size_t chunk_bytes,
+                          struct fx_cost *out);
 
 #endif /* FX_COLL_TUNE_H */

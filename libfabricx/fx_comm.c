@@ -17,6 +17,7 @@
 #include "collectives/coll_tune.h"
 #include "fx_conn.h"
 #include "fx_exec.h"
+#include "fx_tune.h"
 #include "fx_log.h"
 #include "fx_route.h"
 #include "fx_sock.h"
@@ -497,6 +498,16 @@ static fx_status start_link_stats(struct fx_comm *comm)
     return status;
 }
 
+/* Forgets the operations of the init measurement: numbers restart as if none had run. */
+static void reset_counters(struct fx_comm *comm)
+{
+    comm->op_seq = 0;
+    memset(comm->p2p_sent, 0, (size_t)comm->nranks * sizeof(*comm->p2p_sent));
+    memset(comm->p2p_recvd, 0, (size_t)comm->nranks * sizeof(*comm->p2p_recvd));
+    memset(comm->exec.last_algo, 0, sizeof(comm->exec.last_algo));
+    comm->exec.last_coll = 0;
+}
+
 /* Everything after the arguments are known good. */
 static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char *err,
                             size_t errlen)
@@ -542,12 +553,23 @@ static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char
             return status;
         }
     }
-    status = start_link_stats(comm);
+    status = fx_exec_init(comm, err, errlen);
+    if (status == FX_OK) {
+        status = fx_tune_measure(comm, err, errlen);
+    }
     if (status != FX_OK) {
-        snprintf(err, errlen, "out of memory for link statistics");
         return status;
     }
-    return fx_exec_init(comm, err, errlen);
+    /* The measurement is not the user's traffic: its operations are not counted, and link
+     * statistics start after it. */
+    pthread_mutex_lock(&comm->lock);
+    reset_counters(comm);
+    status = start_link_stats(comm);
+    pthread_mutex_unlock(&comm->lock);
+    if (status != FX_OK) {
+        snprintf(err, errlen, "out of memory for link statistics");
+    }
+    return status;
 }
 
 static fx_status init_uid(fx_comm_t *comm_out, int nranks, const struct fx_uid *uid, int rank)

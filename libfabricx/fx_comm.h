@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "collectives/coll_cost.h"
 #include "collectives/coll_plan.h"
 #include "fabricx.h"
 #include "fx_boot.h"
@@ -120,10 +121,11 @@ struct fx_comm {
     bool parked; /* the progress thread sleeps on cond */
 
     struct fx_exec exec;
-    uint64_t op_seq;       /* collectives started; point-to-point calls do not count */
-    uint64_t *p2p_sent;    /* [nranks]: messages queued for sending to each rank */
-    uint64_t *p2p_recvd;   /* [nranks]: messages queued for receiving from each rank */
-    struct fx_links links; /* per-peer statistics; rank 0: the slow-link monitor */
+    uint64_t op_seq;            /* collectives started; point-to-point calls do not count */
+    uint64_t *p2p_sent;         /* [nranks]: messages queued for sending to each rank */
+    uint64_t *p2p_recvd;        /* [nranks]: messages queued for receiving from each rank */
+    struct fx_links links;      /* per-peer statistics; rank 0: the slow-link monitor */
+    struct fx_cost_params tune; /* the cost model's parameters, the same on every rank */
 
     fx_status error; /* first fatal error; FX_OK while healthy */
     char errmsg[512];

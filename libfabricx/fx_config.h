@@ -23,6 +23,9 @@ struct fx_config {
     int scratch_slots;       /* FX_SCRATCH_SLOTS */
     char kernels[16];        /* FX_KERNELS: auto or scalar */
     char algo[256];          /* FX_ALGO: "allreduce:tree,allgather:ring"; empty: the tuner */
+    int tune_latency_ns;     /* FX_TUNE_LATENCY_NS; 0: measured */
+    int tune_link_mbps;      /* FX_TUNE_LINK_MBPS; 0: measured */
+    int tune_reduce_mbps;    /* FX_TUNE_REDUCE_MBPS; 0: measured */
     int spin_us;             /* FX_SPIN_US */
     bool link_stats;         /* FX_LINK_STATS */
 };

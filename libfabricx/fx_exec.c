@@ -21,13 +21,13 @@
 #include <unistd.h>
 
 #include "collectives/coll_kernels.h"
+#include "collectives/coll_algos.h"
 #include "collectives/coll_tune.h"
 #include "fx_conn.h"
 #include "fx_log.h"
 #include "fx_route.h"
 #include "fx_sock.h"
 
-#define AUTO_CHUNK_MIN (64u << 10)
 #define AUTO_CHUNK_MAX (512u << 10)
 #define PEER_GRACE_MS  200
 #define TICK_POLLS     64 /* polls between two looks at the clock for the statistics tick */
@@ -36,22 +36,6 @@
 static uint8_t no_payload[1];
 
 /* ------------------------------------------------------------------ plan start */
-
-/* The pipeline chunk for an operation: FX_CHUNK_BYTES (rank 0's) or a size-based choice that
- * every rank computes alike: a quarter of a ring segment, within [64 KiB, 512 KiB]. */
-static size_t op_chunk_bytes(const struct fx_comm *comm, size_t bytes)
-{
-    size_t chunk;
-
-    if (comm->boot.info.chunk_bytes != 0) {
-        return comm->boot.info.chunk_bytes;
-    }
-    chunk = bytes / (size_t)comm->nranks / 4;
-    if (chunk < AUTO_CHUNK_MIN) {
-        chunk = AUTO_CHUNK_MIN;
-    }
-    return chunk > AUTO_CHUNK_MAX ? AUTO_CHUNK_MAX : chunk;
-}
 
 static fx_status grow_arrays(struct fx_exec *ex, size_t nops)
 {
@@ -138,65 +122,94 @@ static void build_lanes(struct fx_comm *comm)
     }
 }
 
-/* Bytes each rank contributes, as the tuner counts them (coll_tune.h). */
-static size_t case_bytes(const struct fx_request *req)
-{
-    return req->count * fx_datatype_size(req->dtype);
-}
-
-/* Chooses the operation's algorithm (the same on every rank: the inputs are the call's
- * arguments and job-wide settings) and logs it at INFO when it changes for its collective. */
-static int choose_algo(struct fx_comm *comm, const struct fx_request *req)
+/* Chooses the operation's algorithm and chunk (the same on every rank: the inputs are the
+ * call's arguments and job-wide settings) and logs the choice at INFO when it changes for its
+ * collective. */
+static void choose_algo(struct fx_comm *comm, const struct fx_request *req,
+                        struct fx_tune_choice *ch)
 {
     struct fx_exec *ex     = &comm->exec;
-    const char *why        = NULL;
-    struct fx_tune_case tc = {.coll       = (int)req->coll,
-                              .nranks     = comm->nranks,
-                              .bytes      = case_bytes(req),
-                              .in_place   = req->sendbuf == req->recvbuf,
-                              .nslots     = ex->nslots,
-                              .slot_bytes = ex->max_chunk,
-                              .forced     = comm->boot.info.algos};
-    int algo               = fx_coll_choose(&tc, &why);
+    struct fx_tune_case tc = {.coll        = (int)req->coll,
+                              .nranks      = comm->nranks,
+                              .count       = req->count,
+                              .elem_size   = fx_datatype_size(req->dtype),
+                              .in_place    = req->sendbuf == req->recvbuf,
+                              .nslots      = ex->nslots,
+                              .slot_bytes  = ex->max_chunk,
+                              .chunk_bytes = comm->boot.info.chunk_bytes,
+                              .forced      = comm->boot.info.algos,
+                              .params      = &comm->tune};
 
     if (req->coll == FX_COLL_SENDRECV) {
-        return algo;
+        *ch = (struct fx_tune_choice){.algo = FX_ALGO_P2P, .chunk_bytes = ex->max_chunk};
+        return;
     }
+    fx_coll_choose(&tc, ch);
     ex->last_coll = (int)req->coll;
-    if (algo != ex->last_algo[req->coll]) {
-        fx_info(FX_SUB_COLL, "%s of %zu bytes on %d ranks: %s (%s)", fx_coll_name(req->coll),
-                tc.bytes, comm->nranks, fx_coll_algo_name(algo), why);
-        ex->last_algo[req->coll] = algo;
+    if (ch->algo != ex->last_algo[req->coll]) {
+        fx_info(FX_SUB_COLL, "%s of count %zu on %d ranks: %s, chunk %zu (%s; model %.1f us)",
+                fx_coll_name(req->coll), req->count, comm->nranks, fx_coll_algo_name(ch->algo),
+                ch->chunk_bytes, ch->why, ch->predicted_s * 1e6);
+        ex->last_algo[req->coll] = ch->algo;
     }
-    return algo;
+}
+
+/* The plan of `algo` for the request; FX_ERR_UNSUPPORTED when the builder cannot run it with
+ * this scratch. */
+static fx_status build_algo(struct fx_comm *comm, const struct fx_request *req, int algo,
+                            size_t chunk)
+{
+    struct fx_exec *ex = &comm->exec;
+    struct fx_plan *pl = &ex->plan;
+    size_t es          = fx_datatype_size(req->dtype);
+    int n              = comm->nranks;
+    int me             = comm->rank;
+    bool ar            = req->coll == FX_COLL_ALLREDUCE;
+
+    switch (algo) {
+    case FX_ALGO_P2P:
+        return fx_coll_p2p(pl, n, me, req->send_peer, req->count, req->recv_peer, req->recv_count,
+                           es, chunk);
+    case FX_ALGO_PAIR:
+        return fx_coll_pair_allreduce(pl, me, req->count, es, req->sendbuf == req->recvbuf);
+    case FX_ALGO_RING:
+        if (ar) {
+            return fx_coll_ring_allreduce_ordered(pl, n, me, comm->ring_order, req->count, es,
+                                                  chunk, ex->nslots);
+        }
+        return fx_coll_ring_allgather_ordered(pl, n, me, comm->ring_order, req->count, es, chunk);
+    case FX_ALGO_TREE:
+        return fx_coll_tree_allreduce(pl, n, me, req->count, es, chunk, ex->nslots);
+    case FX_ALGO_RD:
+        if (ar) {
+            return fx_coll_rd_allreduce(pl, n, me, req->count, es, chunk, ex->nslots);
+        }
+        return fx_coll_rd_allgather(pl, n, me, req->count, es, chunk);
+    case FX_ALGO_RABENSEIFNER:
+        return fx_coll_rabenseifner_allreduce(pl, n, me, req->count, es, chunk, ex->nslots);
+    case FX_ALGO_BRUCK:
+        return fx_coll_bruck_allgather(pl, n, me, req->count, es, chunk);
+    default:
+        return FX_ERR_INTERNAL;
+    }
 }
 
 static fx_status build_plan(struct fx_comm *comm, struct fx_request *req)
 {
-    struct fx_exec *ex = &comm->exec;
-    size_t es          = fx_datatype_size(req->dtype);
-    size_t total       = req->count * es * (req->coll == FX_COLL_ALLGATHER ? comm->nranks : 1);
-    size_t chunk       = op_chunk_bytes(comm, total);
+    struct fx_tune_choice ch;
+    fx_status status;
 
-    req->algo = choose_algo(comm, req);
-    switch (req->algo) {
-    case FX_ALGO_P2P:
-        return fx_coll_p2p(&ex->plan, comm->nranks, comm->rank, req->send_peer, req->count,
-                           req->recv_peer, req->recv_count, es, ex->max_chunk);
-    case FX_ALGO_PAIR:
-        return fx_coll_pair_allreduce(&ex->plan, comm->rank, req->count, es,
-                                      req->sendbuf == req->recvbuf);
-    case FX_ALGO_RING:
-        if (req->coll == FX_COLL_ALLREDUCE) {
-            return fx_coll_ring_allreduce_ordered(&ex->plan, comm->nranks, comm->rank,
-                                                  comm->ring_order, req->count, es, chunk,
-                                                  ex->nslots);
-        }
-        return fx_coll_ring_allgather_ordered(&ex->plan, comm->nranks, comm->rank, comm->ring_order,
-                                              req->count, es, chunk);
-    default:
-        return FX_ERR_INTERNAL;
+    choose_algo(comm, req, &ch);
+    req->algo = ch.algo;
+    status    = build_algo(comm, req, ch.algo, ch.chunk_bytes);
+    if (status == FX_ERR_UNSUPPORTED && ch.algo != FX_ALGO_RING) {
+        /* Every rank reaches this alike: the builders' limits depend only on shared inputs. */
+        fx_info(FX_SUB_COLL, "%s: %s cannot run count %zu with %u scratch slots; ring instead",
+                fx_coll_name(req->coll), fx_coll_algo_name(ch.algo), req->count, comm->exec.nslots);
+        req->algo = FX_ALGO_RING;
+        status    = build_algo(comm, req, FX_ALGO_RING, ch.chunk_bytes);
     }
+    return status;
 }
 
 /* An operation as messages name it: "allreduce #6", "send #2 to rank 3", "recv #1 from rank 0",
@@ -271,7 +284,7 @@ static void op_header(const struct fx_comm *comm, const struct fx_request *req,
     memset(h, 0, sizeof(*h));
     h->coll     = (uint8_t)req->coll;
     h->dtype    = (uint8_t)req->dtype;
-    h->op       = (uint8_t)(req->coll == FX_COLL_ALLREDUCE ? req->op : FX_NUM_OPS);
+    h->op       = (uint8_t)req->op; /* FX_NUM_OPS for collectives without a reduction */
     h->phase    = (uint8_t)op->phase;
     h->algo     = (uint8_t)req->algo;
     h->root     = req->root;
@@ -457,18 +470,20 @@ static void check_timeout(struct fx_comm *comm)
     if (idle < limit / 2) {
         return;
     }
-    for (int l = 0; l < ex->nlanes; l++) {
+    /* The peer of the earliest unfinished op in plan order: plans are emitted step by step,
+     * so later ops wait, directly or not, for that one (a rank of a tree or of recursive
+     * doubling has unfinished receives from several peers; only the earliest is the cause). */
+    for (int l = 0, first = -1; l < ex->nlanes; l++) {
         const struct fx_lane *lane = &ex->lanes[l];
 
-        if (lane->peer >= 0 && lane->done < lane->end) {
-            peer = lane->peer;
+        if (lane->peer >= 0 && lane->done < lane->end &&
+            (first < 0 || ex->lane_ops[lane->done] < (uint32_t)first)) {
+            first = (int)ex->lane_ops[lane->done];
+            peer  = lane->peer;
             if (lane->conn == NULL) {
                 what = lane->send ? "waiting to connect to" : "waiting for a connection from";
             } else {
                 what = lane->send ? "waiting to send to" : "waiting for data from";
-            }
-            if (!lane->send) {
-                break;
             }
         }
     }

@@ -29,10 +29,11 @@ TMP=$(mktemp -d)
 cluster_up "$HOSTS" --rate 400mbit
 
 # run_job TAG ITERS: the all-reduce loop; rank logs in $TMP/TAG.*; returns the launcher's status.
+# The ring is forced: the monitor compares links under its even load (docs/linkstats.md).
 run_job() {
     local tag=$1 iters=$2
 
-    FX_DEBUG=INFO FX_DEBUG_SUBSYS=NET FX_DEBUG_FILE="$TMP/$tag.%p" FX_SOCKET_IFNAME=eth0 \
+    FX_ALGO=allreduce:ring FX_DEBUG=INFO FX_DEBUG_SUBSYS=NET FX_DEBUG_FILE="$TMP/$tag.%p" FX_SOCKET_IFNAME=eth0 \
         timeout 200 "$RUN" "$HOSTS" --name "$NAME" --timeout 180 -- \
         "$BENCH" allreduce -b 64M -e 64M -n "$iters" -w 0 >"$TMP/$tag.out" 2>&1
 }

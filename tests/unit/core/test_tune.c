@@ -65,7 +65,8 @@ Test(tune, rejects_bad_forced_algorithms_by_name, .timeout = 10)
     parse_fails("allreduce", "'allreduce' is not collective:algorithm");
     parse_fails("allreduse:ring", "unknown collective 'allreduse'");
     parse_fails("send/recv:p2p", "unknown collective 'send/recv'");
-    parse_fails("allreduce:bogus", "allreduce has no algorithm 'bogus' (auto, ring, pair");
+    parse_fails("allreduce:bogus",
+                "allreduce has no algorithm 'bogus' (auto, ring, pair, tree, rd, rabenseifner)");
     parse_fails("allgather:pair", "allgather has no algorithm 'pair'");
     parse_fails("allreduce:ring,allreduce:pair", "FX_ALGO names allreduce twice");
     parse_fails("allreduce:auto,allreduce:auto", "names allreduce twice");
@@ -73,13 +74,30 @@ Test(tune, rejects_bad_forced_algorithms_by_name, .timeout = 10)
     parse_fails(":ring", "unknown collective ''");
 }
 
+static const struct fx_cost_params loopback = {
+    .alpha_s = 20e-6, .beta_s_per_byte = 1.0 / 3e9, .gamma_s_per_byte = 1.0 / 8e9};
+
 static struct fx_tune_case two_ranks(size_t bytes)
 {
     return (struct fx_tune_case){.coll       = FX_COLL_ALLREDUCE,
                                  .nranks     = 2,
-                                 .bytes      = bytes,
+                                 .count      = bytes / 4,
+                                 .elem_size  = 4,
                                  .nslots     = 8,
-                                 .slot_bytes = 512u << 10};
+                                 .slot_bytes = 512u << 10,
+                                 .params     = &loopback};
+}
+
+static int choose(const struct fx_tune_case *c, const char **why)
+{
+    struct fx_tune_choice ch;
+
+    fx_coll_choose(c, &ch);
+    if (why != NULL) {
+        *why = ch.why;
+    }
+    cr_expect(ch.chunk_bytes > 0 && ch.chunk_bytes <= c->slot_bytes, "chunk %zu", ch.chunk_bytes);
+    return ch.algo;
 }
 
 Test(tune, forced_algorithm_wins_when_it_can_run, .timeout = 10)
@@ -88,44 +106,114 @@ Test(tune, forced_algorithm_wins_when_it_can_run, .timeout = 10)
     const char *why       = NULL;
 
     c.forced = parse_ok("allreduce:ring");
-    cr_expect_eq(fx_coll_choose(&c, &why), FX_ALGO_RING);
+    cr_expect_eq(choose(&c, &why), FX_ALGO_RING);
     cr_expect_str_eq(why, "forced by FX_ALGO");
-    /* The exchange needs the whole buffer in one slot: beyond that the tuner decides. */
+    /* The exchange needs the whole buffer in one slot: beyond that the model decides. */
     c.forced = parse_ok("allreduce:pair");
-    c.bytes  = (512u << 10) + 1;
-    cr_expect_eq(fx_coll_choose(&c, &why), FX_ALGO_RING);
+    c.count  = ((512u << 10) + 4) / 4;
+    cr_expect_neq(choose(&c, &why), FX_ALGO_PAIR);
     cr_expect(strstr(why, "cannot run") != NULL, "%s", why);
-    c.bytes  = 1024;
+    c.count  = 256;
     c.nranks = 3;
-    cr_expect_eq(fx_coll_choose(&c, NULL), FX_ALGO_RING);
+    cr_expect_neq(choose(&c, NULL), FX_ALGO_PAIR);
     c.nranks   = 2;
     c.in_place = true;
     c.nslots   = 1;
-    cr_expect_eq(fx_coll_choose(&c, NULL), FX_ALGO_RING);
+    cr_expect_neq(choose(&c, NULL), FX_ALGO_PAIR);
     c.nslots = 2;
-    cr_expect_eq(fx_coll_choose(&c, NULL), FX_ALGO_PAIR);
+    cr_expect_eq(choose(&c, NULL), FX_ALGO_PAIR);
 }
 
-Test(tune, every_collective_gets_an_algorithm_it_runs, .timeout = 10)
+Test(tune, runnability_follows_the_builders_limits, .timeout = 10)
 {
-    static const size_t sizes[] = {0, 1, 8, 4096, 1u << 20, 1u << 27};
+    struct fx_tune_case c = two_ranks(64);
+
+    /* Recursive-doubling all-gather: powers of two only. */
+    c.coll = FX_COLL_ALLGATHER;
+    for (int n = 1; n <= 17; n++) {
+        c.nranks = n;
+        cr_expect_eq(fx_coll_can_run(&c, FX_ALGO_RD), (n & (n - 1)) == 0, "n %d", n);
+        cr_expect(fx_coll_can_run(&c, FX_ALGO_BRUCK) && fx_coll_can_run(&c, FX_ALGO_RING));
+        cr_expect(!fx_coll_can_run(&c, FX_ALGO_TREE));
+    }
+    /* Recursive-doubling all-reduce keeps (log2 p + 1) chunks per chunk of input: 8 slots of
+     * 64 KiB chunks on 8 ranks hold two chunks' worth. */
+    c.coll        = FX_COLL_ALLREDUCE;
+    c.nranks      = 8;
+    c.chunk_bytes = 64u << 10;
+    c.count       = 2 * (64u << 10) / 4;
+    cr_expect(fx_coll_can_run(&c, FX_ALGO_RD));
+    c.count++;
+    cr_expect(!fx_coll_can_run(&c, FX_ALGO_RD));
+    c.nranks = 7; /* p = 4: three chunks */
+    cr_expect(!fx_coll_can_run(&c, FX_ALGO_RD));
+    c.count = 2 * (64u << 10) / 4;
+    cr_expect(fx_coll_can_run(&c, FX_ALGO_RD));
+}
+
+static bool runs_any(int coll)
+{
+    for (int a = 1; a < FX_ALGO_END; a++) {
+        if (fx_coll_algo_valid(coll, a)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Every choice is an algorithm the collective runs and can run the case, and no algorithm that
+ * could run it has a lower predicted time. */
+Test(tune, the_model_choice_is_the_cheapest_runnable_algorithm, .timeout = 30)
+{
+    static const size_t sizes[] = {0, 8, 4096, 65536, 1u << 20, 16u << 20, 128u << 20};
 
     for (int coll = 1; coll < FX_COLL_END; coll++) {
-        if (coll != FX_COLL_ALLREDUCE && coll != FX_COLL_ALLGATHER && coll != FX_COLL_SENDRECV) {
-            continue; /* collectives this build does not run yet have no valid algorithm */
-        }
         for (int n = 1; n <= 17; n++) {
             for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-                struct fx_tune_case c = {.coll       = coll,
-                                         .nranks     = n,
-                                         .bytes      = sizes[i],
-                                         .nslots     = 8,
-                                         .slot_bytes = 512u << 10};
-                int a                 = fx_coll_choose(&c, NULL);
+                struct fx_tune_case c = two_ranks(sizes[i]);
+                struct fx_tune_choice ch;
+                struct fx_cost cost;
 
-                cr_expect(fx_coll_algo_valid(coll, a), "%s n %d bytes %zu: %s", fx_coll_name(coll),
-                          n, sizes[i], fx_coll_algo_name(a));
+                c.coll   = coll;
+                c.nranks = n;
+                fx_coll_choose(&c, &ch);
+                if (coll == FX_COLL_SENDRECV || !runs_any(coll)) {
+                    continue; /* collectives this build does not run yet */
+                }
+                cr_assert(fx_coll_algo_valid(coll, ch.algo) && fx_coll_can_run(&c, ch.algo),
+                          "%s n %d %zu B: %s", fx_coll_name(coll), n, sizes[i],
+                          fx_coll_algo_name(ch.algo));
+                for (int a = 1; a < FX_ALGO_END; a++) {
+                    if (fx_coll_can_run(&c, a) && fx_coll_predict(&c, a, 0, &cost) == FX_OK) {
+                        cr_expect(ch.predicted_s <= cost.time_s * (1 + 1e-9),
+                                  "%s n %d %zu B: chose %s (%g s) over %s (%g s)",
+                                  fx_coll_name(coll), n, sizes[i], fx_coll_algo_name(ch.algo),
+                                  ch.predicted_s, fx_coll_algo_name(a), cost.time_s);
+                    }
+                }
             }
         }
     }
+}
+
+/* Latency-bound small messages go to few-step algorithms, bandwidth-bound large ones to the
+ * bandwidth-optimal ones; the choice is the same for the same inputs. */
+Test(tune, small_and_large_messages_get_their_kind_of_algorithm, .timeout = 10)
+{
+    struct fx_tune_case c = two_ranks(8);
+    int a;
+
+    c.nranks = 8;
+    a        = choose(&c, NULL);
+    cr_expect(a == FX_ALGO_RD || a == FX_ALGO_TREE, "8 B on 8 ranks: %s", fx_coll_algo_name(a));
+    cr_expect_eq(choose(&c, NULL), a);
+    c.count = (128u << 20) / 4;
+    a       = choose(&c, NULL);
+    cr_expect(a == FX_ALGO_RING || a == FX_ALGO_RABENSEIFNER || a == FX_ALGO_TREE,
+              "128 MiB on 8 ranks: %s", fx_coll_algo_name(a));
+    c.params = NULL; /* no model: the rule of thumb */
+    cr_expect_eq(choose(&c, NULL), FX_ALGO_RING);
+    c.nranks = 2;
+    c.count  = 16;
+    cr_expect_eq(choose(&c, NULL), FX_ALGO_PAIR);
 }
