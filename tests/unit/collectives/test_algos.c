@@ -499,8 +499,8 @@ static const uint32_t slot_nums[] = {1, 3, 4096};
  */
 static void sweep(const struct algo *a, int n)
 {
-    /* All-gathers move n blocks: their large count keeps the buffer near 70000 elements. */
-    size_t large    = a->gather ? 70000 / (size_t)n : 70000;
+    /* All-gathers move n blocks: their large count keeps the buffer near 20000 elements. */
+    size_t large    = a->gather ? 20000 / (size_t)n : 20000;
     size_t counts[] = {0, 1, (size_t)n - 1, (size_t)n + 1, 7, 1021, large};
     unsigned rot    = 0;
 
@@ -516,7 +516,9 @@ static void sweep(const struct algo *a, int n)
                                 .seed        = v < 2 ? 0 : rot + 1,
                                 .mode        = OP_SUM};
 
-                if (c.count > 3000 && c.chunk_bytes > 0 && c.chunk_bytes < 4096) {
+                /* Tiny chunks only for buffers of up to a few thousand elements. */
+                if (c.count * (a->gather ? (size_t)n : 1) > 3000 && c.chunk_bytes > 0 &&
+                    c.chunk_bytes < 4096) {
                     c.chunk_bytes = 4096;
                 }
                 if (v == 3) {
