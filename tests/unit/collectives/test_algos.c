@@ -1171,3 +1171,46 @@ Test(algos, no_two_ops_race_on_memory, .timeout = 120)
     check_races(&rd_ag);
     check_races(&bruck_ag);
 }
+
+/* One rank: a single final copy (all-reduce) or own-block copy (all-gather); count 0: no op. */
+Test(algos, trivial_calls_give_trivial_plans, .timeout = 10)
+{
+    static const struct algo *all[] = {&tree_ar, &rd_ar, &rab_ar, &rd_ag, &bruck_ag};
+    struct fx_plan p;
+
+    fx_plan_init(&p);
+    for (size_t i = 0; i < NELEMS(all); i++) {
+        cr_assert_eq(all[i]->build(&p, 1, 0, 13, 4, 0, 1), FX_OK, "%s", all[i]->name);
+        cr_assert_eq(p.nops, 1, "%s", all[i]->name);
+        cr_expect_eq(p.ops[0].kind, FX_PLAN_COPY, "%s", all[i]->name);
+        cr_expect(p.ops[0].flags & FX_PLAN_FINAL, "%s", all[i]->name);
+        cr_expect_eq(p.ops[0].count, 13, "%s", all[i]->name);
+        cr_expect_eq(p.nslots, 0, "%s", all[i]->name);
+        cr_assert_eq(all[i]->build(&p, 4, 2, 0, 4, 0, 1), FX_OK, "%s", all[i]->name);
+        cr_expect_eq(p.nops, 0, "%s", all[i]->name);
+        cr_expect_eq(p.count, 0, "%s", all[i]->name);
+    }
+    fx_plan_fini(&p);
+}
+
+/* Rebuilding into a plan reuses its storage. */
+Test(algos, rebuild_keeps_capacity, .timeout = 10)
+{
+    static const struct algo *all[] = {&tree_ar, &rd_ar, &rab_ar, &rd_ag, &bruck_ag};
+    struct fx_plan p;
+
+    fx_plan_init(&p);
+    for (size_t i = 0; i < NELEMS(all); i++) {
+        struct fx_plan_op *ops;
+        size_t cap;
+
+        cr_assert_eq(all[i]->build(&p, 8, 3, 1021, 4, 64, 4096), FX_OK, "%s", all[i]->name);
+        ops = p.ops;
+        cap = p.cap;
+        cr_assert_eq(all[i]->build(&p, 8, 3, 1021, 4, 64, 4096), FX_OK, "%s", all[i]->name);
+        cr_expect(p.ops == ops && p.cap == cap, "%s reallocated on rebuild", all[i]->name);
+        cr_assert_eq(all[i]->build(&p, 8, 3, 100, 4, 64, 4096), FX_OK, "%s", all[i]->name);
+        cr_expect(p.ops == ops && p.cap == cap, "%s reallocated on a smaller build", all[i]->name);
+    }
+    fx_plan_fini(&p);
+}
