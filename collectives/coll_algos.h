@@ -59,8 +59,8 @@ fx_status fx_coll_tree_links(int nranks, int rank, int tree, int *parent, int ch
  * Every intermediate value gets its own scratch slots (the input is first copied to scratch),
  * so nothing a pending send reads is ever overwritten: a rank needs (log2(p) + 1) * nchunks
  * slots, nchunks = ceil(count / chunk elements). Returns FX_ERR_UNSUPPORTED, on every rank
- * alike, when that exceeds nslots (for nranks >= 2 and count > 0), so the caller can fall
- * back to another algorithm.
+ * alike, when that exceeds nslots (0 taken as 1; for nranks >= 2 and count > 0), so the
+ * caller can fall back to another algorithm.
  */
 fx_status fx_coll_rd_allreduce(struct fx_plan *plan, int nranks, int rank, size_t count,
                                size_t elem_size, size_t chunk_bytes, uint32_t nslots);

@@ -5,9 +5,11 @@
  *
  * For nranks, count elements of elem_size bytes and chunk_bytes (0: 1 MiB, at least one
  * element, as the plans cut messages), each function writes:
- *  - steps: messages on the critical path, the latency terms (the simulator's depth counts a
- *    send and its receive as two levels, so a plan's depth is 2 * steps, plus 1 where a local
- *    copy comes first);
+ *  - steps: messages on the critical path, the latency terms. The simulator's depth counts a
+ *    send and its receive as two levels, so a plan's depth is 2 * steps (plus 1 where a copy
+ *    to scratch comes first), or a little less where a fold overlaps other ranks' first steps
+ *    or empty blocks send nothing, or a little more for the tree, whose nodes take their two
+ *    children's chunks one after the other (tests/unit/collectives/test_cost.c);
  *  - bytes: bytes sent by the busiest rank (the simulator's largest rank_bytes_sent);
  *  - reduced_bytes: bytes the busiest rank reduces;
  *  - time_s: steps * alpha + bytes * beta + reduced_bytes * gamma for the algorithms that

@@ -499,7 +499,9 @@ static const uint32_t slot_nums[] = {1, 3, 4096};
  */
 static void sweep(const struct algo *a, int n)
 {
-    size_t counts[] = {0, 1, (size_t)n - 1, (size_t)n + 1, 7, 1021, 70000};
+    /* All-gathers move n blocks: their large count keeps the buffer near 20000 elements. */
+    size_t large    = a->gather ? 20000 / (size_t)n : 20000;
+    size_t counts[] = {0, 1, (size_t)n - 1, (size_t)n + 1, 7, 1021, large};
     unsigned rot    = 0;
 
     for (size_t ci = 0; ci < NELEMS(counts); ci++) {
@@ -514,7 +516,9 @@ static void sweep(const struct algo *a, int n)
                                 .seed        = v < 2 ? 0 : rot + 1,
                                 .mode        = OP_SUM};
 
-                if (c.count > 5000 && c.chunk_bytes > 0 && c.chunk_bytes < 4096) {
+                /* Tiny chunks only for buffers of up to a few thousand elements. */
+                if (c.count * (a->gather ? (size_t)n : 1) > 3000 && c.chunk_bytes > 0 &&
+                    c.chunk_bytes < 4096) {
                     c.chunk_bytes = 4096;
                 }
                 if (v == 3) {
@@ -1166,4 +1170,47 @@ Test(algos, no_two_ops_race_on_memory, .timeout = 120)
     check_races(&rab_ar);
     check_races(&rd_ag);
     check_races(&bruck_ag);
+}
+
+/* One rank: a single final copy (all-reduce) or own-block copy (all-gather); count 0: no op. */
+Test(algos, trivial_calls_give_trivial_plans, .timeout = 10)
+{
+    static const struct algo *all[] = {&tree_ar, &rd_ar, &rab_ar, &rd_ag, &bruck_ag};
+    struct fx_plan p;
+
+    fx_plan_init(&p);
+    for (size_t i = 0; i < NELEMS(all); i++) {
+        cr_assert_eq(all[i]->build(&p, 1, 0, 13, 4, 0, 1), FX_OK, "%s", all[i]->name);
+        cr_assert_eq(p.nops, 1, "%s", all[i]->name);
+        cr_expect_eq(p.ops[0].kind, FX_PLAN_COPY, "%s", all[i]->name);
+        cr_expect(p.ops[0].flags & FX_PLAN_FINAL, "%s", all[i]->name);
+        cr_expect_eq(p.ops[0].count, 13, "%s", all[i]->name);
+        cr_expect_eq(p.nslots, 0, "%s", all[i]->name);
+        cr_assert_eq(all[i]->build(&p, 4, 2, 0, 4, 0, 1), FX_OK, "%s", all[i]->name);
+        cr_expect_eq(p.nops, 0, "%s", all[i]->name);
+        cr_expect_eq(p.count, 0, "%s", all[i]->name);
+    }
+    fx_plan_fini(&p);
+}
+
+/* Rebuilding into a plan reuses its storage. */
+Test(algos, rebuild_keeps_capacity, .timeout = 10)
+{
+    static const struct algo *all[] = {&tree_ar, &rd_ar, &rab_ar, &rd_ag, &bruck_ag};
+    struct fx_plan p;
+
+    fx_plan_init(&p);
+    for (size_t i = 0; i < NELEMS(all); i++) {
+        struct fx_plan_op *ops;
+        size_t cap;
+
+        cr_assert_eq(all[i]->build(&p, 8, 3, 1021, 4, 64, 4096), FX_OK, "%s", all[i]->name);
+        ops = p.ops;
+        cap = p.cap;
+        cr_assert_eq(all[i]->build(&p, 8, 3, 1021, 4, 64, 4096), FX_OK, "%s", all[i]->name);
+        cr_expect(p.ops == ops && p.cap == cap, "%s reallocated on rebuild", all[i]->name);
+        cr_assert_eq(all[i]->build(&p, 8, 3, 100, 4, 64, 4096), FX_OK, "%s", all[i]->name);
+        cr_expect(p.ops == ops && p.cap == cap, "%s reallocated on a smaller build", all[i]->name);
+    }
+    fx_plan_fini(&p);
 }
