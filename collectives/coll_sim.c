@@ -426,9 +426,15 @@ static void describe_stuck(struct sim *s, char *buf, size_t len, int rank, size_
     size_t used                 = strlen(buf);
     bool dep_pending            = op->dep >= 0 && s->r[rank].depth[op->dep] == 0;
 
+    const char *why = "waiting for a message";
+
+    if (dep_pending) {
+        why = "waiting for its dep";
+    } else if (op->kind == FX_PLAN_SEND) {
+        why = "waiting for its receive to be posted";
+    }
     snprintf(buf + used, len - used, "%srank %d op %zu (%s peer %d: %s)", used ? "; " : "", rank, i,
-             kind_name(op->kind), (int)op->peer,
-             dep_pending ? "waiting for its dep" : "waiting for a message");
+             kind_name(op->kind), (int)op->peer, why);
 }
 
 static fx_status report_deadlock(struct sim *s)

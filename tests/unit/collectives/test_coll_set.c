@@ -656,6 +656,8 @@ Test(coll_set, rendezvous_mode_finds_a_send_that_waits_for_itself, .timeout = 10
     cr_expect_eq(fx_coll_sim_run_opts(ranks, 2, NULL, NULL, &opts, &res), FX_ERR_INTERNAL, "%s",
                  res.error);
     cr_expect(strstr(res.error, "deadlock") != NULL, "%s", res.error);
+    cr_expect(strstr(res.error, "rank 0 op 0 (send peer 1: waiting for its receive") != NULL, "%s",
+              res.error);
     fx_coll_sim_result_fini(&res);
     cr_expect_eq(fx_coll_sim_run_opts(ranks, 2, NULL, NULL, NULL, &res), FX_OK, "%s", res.error);
     fx_coll_sim_result_fini(&res);
