@@ -31,9 +31,9 @@
  * Ring reduce-scatter (coll_rs.c). FX_BUF_SEND holds nranks * count elements; block k
  * (offset k * count) of the reduction of all send buffers ends in rank k's FX_BUF_RECV,
  * offsets 0..count. order: ring order as for fx_coll_ring_allreduce_ordered (NULL: rank
- * order); rank order[p] sends to order[p + 1]. Each block is cut into chunks, and chunk c of
- * every block makes its n - 1 hops before chunk c + 1 starts: every link is busy at every
- * step already, since all n blocks move at once.
+ * order); rank order[p] sends to order[p + 1]. Each block is cut into chunks; the ops are
+ * emitted chunk by chunk (all n - 1 steps of chunk c, then chunk c + 1), which costs no
+ * bandwidth since all n blocks move at once and every link is busy at every step.
  * Partial sums live in scratch slots (a receive reduces into its own slot, the next step sends
  * from it); only the last hop reduces into FX_BUF_RECV, with FX_PLAN_FINAL. A slot is reused
  * once the send forwarding its partial has completed.
