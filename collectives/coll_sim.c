@@ -51,7 +51,8 @@ struct sim {
     struct sim_queue *q; /* [src * n + dst] */
     fx_coll_sim_reduce_fn reduce;
     void *ctx;
-    bool shuffle; /* rotate the visiting order and post one op per lane per visit */
+    bool shuffle;    /* rotate the visiting order and post one op per lane per visit */
+    bool rendezvous; /* a send completes only once its receive has been posted */
     uint32_t rng;
     struct fx_coll_sim_result *res;
 };
@@ -191,6 +192,9 @@ static fx_status setup(struct sim *s, const struct fx_coll_sim_rank *ranks)
     return FX_OK;
 }
 
+/* What an op of count 0 points at: never read or written, only distinct from NULL. */
+static const unsigned char empty_target;
+
 /* The address of [offset, offset + count) of a rank's buffer `which`, or NULL (error set). */
 static unsigned char *buf_at(struct sim *s, int rank, size_t i, uint8_t which, uint64_t offset,
                              bool write)
@@ -221,6 +225,10 @@ static unsigned char *buf_at(struct sim *s, int rank, size_t i, uint8_t which, u
              kind_name(op->kind), write ? "writes" : "reads", (unsigned long long)offset,
              (unsigned long long)op->count, (unsigned)which, len);
         return NULL;
+    }
+    if (op->count == 0) {
+        /* An empty message touches no memory; its buffer may be absent (NULL). */
+        return (unsigned char *)(uintptr_t)&empty_target;
     }
     return base + offset * sr->plan->elem_size;
 }
@@ -350,6 +358,31 @@ static fx_status do_copy(struct sim *s, int rank, size_t i, uint32_t depth)
     return FX_OK;
 }
 
+/*
+ * Rendezvous: whether the receive matching send op i of a rank has been posted. The k-th send
+ * on a link matches the k-th receive of the peer's lane from this rank; it is posted when the
+ * receives before it in that lane have completed (they complete in order, and their messages
+ * were sent) and its dependency has completed. A send with no matching receive goes ahead, so
+ * that the leftover check reports it.
+ */
+static bool recv_posted(const struct sim *s, int rank, size_t i)
+{
+    const struct fx_plan_op *op = &s->r[rank].plan->ops[i];
+    const struct sim_rank *peer = &s->r[op->peer];
+    size_t lane                 = (size_t)s->n + (size_t)rank;
+    size_t k                    = s->res->link_msgs[(size_t)rank * (size_t)s->n + (size_t)op->peer];
+    const struct fx_plan_op *match;
+
+    if (k >= peer->lane_start[lane + 1] - peer->lane_start[lane]) {
+        return true;
+    }
+    if (peer->cursor[lane] != k) {
+        return false;
+    }
+    match = &peer->plan->ops[peer->lane_ops[peer->lane_start[lane] + k]];
+    return match->dep < 0 || peer->depth[match->dep] != 0;
+}
+
 /* Tries to complete op i of a rank: 1 done, 0 blocked, < 0 error status. */
 static int try_op(struct sim *s, int rank, size_t i)
 {
@@ -363,6 +396,9 @@ static int try_op(struct sim *s, int rank, size_t i)
     }
     switch (op->kind) {
     case FX_PLAN_SEND:
+        if (s->rendezvous && !recv_posted(s, rank, i)) {
+            return 0;
+        }
         ret = do_send(s, rank, i, dep_depth + 1);
         break;
     case FX_PLAN_COPY:
@@ -401,9 +437,15 @@ static void describe_stuck(struct sim *s, char *buf, size_t len, int rank, size_
     size_t used                 = strlen(buf);
     bool dep_pending            = op->dep >= 0 && s->r[rank].depth[op->dep] == 0;
 
+    const char *why = "waiting for a message";
+
+    if (dep_pending) {
+        why = "waiting for its dep";
+    } else if (op->kind == FX_PLAN_SEND) {
+        why = "waiting for its receive to be posted";
+    }
     snprintf(buf + used, len - used, "%srank %d op %zu (%s peer %d: %s)", used ? "; " : "", rank, i,
-             kind_name(op->kind), (int)op->peer,
-             dep_pending ? "waiting for its dep" : "waiting for a message");
+             kind_name(op->kind), (int)op->peer, why);
 }
 
 static fx_status report_deadlock(struct sim *s)
@@ -561,8 +603,23 @@ fx_status fx_coll_sim_run(const struct fx_coll_sim_rank *ranks, int nranks,
                           fx_coll_sim_reduce_fn reduce, void *ctx, uint32_t seed,
                           struct fx_coll_sim_result *res)
 {
-    struct sim s = {
-        .n = nranks, .reduce = reduce, .ctx = ctx, .shuffle = seed != 0, .rng = seed, .res = res};
+    struct fx_coll_sim_opts opts = {.seed = seed, .rendezvous = 0};
+
+    return fx_coll_sim_run_opts(ranks, nranks, reduce, ctx, &opts, res);
+}
+
+fx_status fx_coll_sim_run_opts(const struct fx_coll_sim_rank *ranks, int nranks,
+                               fx_coll_sim_reduce_fn reduce, void *ctx,
+                               const struct fx_coll_sim_opts *opts, struct fx_coll_sim_result *res)
+{
+    uint32_t seed = opts != NULL ? opts->seed : 0;
+    struct sim s  = {.n          = nranks,
+                     .reduce     = reduce,
+                     .ctx        = ctx,
+                     .shuffle    = seed != 0,
+                     .rendezvous = opts != NULL && opts->rendezvous != 0,
+                     .rng        = seed,
+                     .res        = res};
 
     if (ranks == NULL || nranks < 1) {
         memset(res, 0, sizeof(*res));

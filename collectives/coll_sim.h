@@ -11,7 +11,12 @@
  * receive's exactly (the executor checks them in every message header).
  * FX_PLAN_RECV copies it to buf + offset; FX_PLAN_RECV_REDUCE copies it into its scratch slot
  * and calls the reduce callback. A COPY is a memmove, skipped when source and destination are
- * the same memory (in place).
+ * the same memory (in place). An op of count 0 touches no memory, so its buffer may be NULL.
+ *
+ * Rendezvous mode models transports that complete a send only once the receiver has posted
+ * the matching receive (its dependency completed and the receives before it in its lane done):
+ * the message still travels as above, but the send waits for that. Plans that complete only
+ * because sends are buffered deadlock there, as they would on such a transport.
  */
 #ifndef FX_COLL_SIM_H
 #define FX_COLL_SIM_H
@@ -65,6 +70,17 @@ struct fx_coll_sim_result {
 fx_status fx_coll_sim_run(const struct fx_coll_sim_rank *ranks, int nranks,
                           fx_coll_sim_reduce_fn reduce, void *ctx, uint32_t seed,
                           struct fx_coll_sim_result *res);
+
+/* Simulator options: seed as for fx_coll_sim_run; rendezvous non-zero for rendezvous mode. */
+struct fx_coll_sim_opts {
+    uint32_t seed;
+    int rendezvous;
+};
+
+/* fx_coll_sim_run with options (NULL: seed 0, eager sends). */
+fx_status fx_coll_sim_run_opts(const struct fx_coll_sim_rank *ranks, int nranks,
+                               fx_coll_sim_reduce_fn reduce, void *ctx,
+                               const struct fx_coll_sim_opts *opts, struct fx_coll_sim_result *res);
 
 /* Frees the result's arrays; safe on a zeroed or already released result. */
 void fx_coll_sim_result_fini(struct fx_coll_sim_result *res);
