@@ -31,8 +31,13 @@ static const char *const algo_names[FX_ALGO_END] = {
 static const unsigned coll_algos[FX_COLL_END] = {
     [FX_COLL_ALLREDUCE] = BIT(FX_ALGO_RING) | BIT(FX_ALGO_PAIR) | BIT(FX_ALGO_TREE) |
                           BIT(FX_ALGO_RD) | BIT(FX_ALGO_RABENSEIFNER),
-    [FX_COLL_ALLGATHER] = BIT(FX_ALGO_RING) | BIT(FX_ALGO_RD) | BIT(FX_ALGO_BRUCK),
-    [FX_COLL_SENDRECV]  = BIT(FX_ALGO_P2P),
+    [FX_COLL_ALLGATHER]     = BIT(FX_ALGO_RING) | BIT(FX_ALGO_RD) | BIT(FX_ALGO_BRUCK),
+    [FX_COLL_REDUCESCATTER] = BIT(FX_ALGO_RING),
+    [FX_COLL_BROADCAST]     = BIT(FX_ALGO_CHAIN) | BIT(FX_ALGO_BINOMIAL),
+    [FX_COLL_REDUCE]        = BIT(FX_ALGO_CHAIN) | BIT(FX_ALGO_BINOMIAL),
+    [FX_COLL_BARRIER]       = BIT(FX_ALGO_DISSEMINATION),
+    [FX_COLL_ALLTOALL]      = BIT(FX_ALGO_PAIRWISE),
+    [FX_COLL_SENDRECV]      = BIT(FX_ALGO_P2P),
 };
 
 const char *fx_coll_name(int coll)
@@ -201,8 +206,15 @@ bool fx_coll_can_run(const struct fx_tune_case *c, int algo)
     }
     switch (algo) {
     case FX_ALGO_PAIR:
-        /* Whole buffer in one slot (two in place: the input is kept in slot 0). */
-        return c->nranks == 2 && bytes <= c->slot_bytes && (!c->in_place || c->nslots >= 2);
+        /* Whole buffer in one slot, two in place (the input is kept in slot 0). Two slots are
+         * asked whether or not this rank is in place: another rank may not be, and all must
+         * choose alike. */
+        return c->nranks == 2 && bytes <= c->slot_bytes && c->nslots >= 2;
+    case FX_ALGO_RING:
+        /* Reduce-scatter keeps a partial sum in a slot while the next chunk arrives. */
+        return c->coll != FX_COLL_REDUCESCATTER || c->nranks <= 2 || c->nslots >= 2;
+    case FX_ALGO_BINOMIAL:
+        return c->coll != FX_COLL_REDUCE || c->nranks <= 2 || c->nslots >= 2;
     case FX_ALGO_RD:
         if (c->coll == FX_COLL_ALLGATHER) {
             return is_pow2(c->nranks);

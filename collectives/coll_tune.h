@@ -72,7 +72,6 @@ struct fx_tune_case {
     size_t count; /* the call's count: all-gather's send count, reduce-scatter's result
                      count, all-to-all's count per peer; elements of elem_size bytes */
     size_t elem_size;
-    bool in_place;
     uint32_t nslots;                     /* scratch slots the executor has */
     size_t slot_bytes;                   /* bytes per scratch slot: the largest chunk */
     size_t chunk_bytes;                  /* FX_CHUNK_BYTES; 0: the tuner chooses */

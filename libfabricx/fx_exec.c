@@ -22,6 +22,7 @@
 
 #include "collectives/coll_kernels.h"
 #include "collectives/coll_algos.h"
+#include "collectives/coll_set.h"
 #include "collectives/coll_tune.h"
 #include "fx_conn.h"
 #include "fx_log.h"
@@ -133,7 +134,6 @@ static void choose_algo(struct fx_comm *comm, const struct fx_request *req,
                               .nranks      = comm->nranks,
                               .count       = req->count,
                               .elem_size   = fx_datatype_size(req->dtype),
-                              .in_place    = req->sendbuf == req->recvbuf,
                               .nslots      = ex->nslots,
                               .slot_bytes  = ex->max_chunk,
                               .chunk_bytes = comm->boot.info.chunk_bytes,
@@ -162,35 +162,67 @@ static fx_status build_algo(struct fx_comm *comm, const struct fx_request *req, 
     struct fx_exec *ex = &comm->exec;
     struct fx_plan *pl = &ex->plan;
     size_t es          = fx_datatype_size(req->dtype);
+    size_t cnt         = req->count;
     int n              = comm->nranks;
     int me             = comm->rank;
-    bool ar            = req->coll == FX_COLL_ALLREDUCE;
+    const int *order   = comm->ring_order;
+    enum fx_coll coll  = req->coll;
+    uint32_t ns        = ex->nslots;
 
     switch (algo) {
     case FX_ALGO_P2P:
-        return fx_coll_p2p(pl, n, me, req->send_peer, req->count, req->recv_peer, req->recv_count,
-                           es, chunk);
+        return fx_coll_p2p(pl, n, me, req->send_peer, cnt, req->recv_peer, req->recv_count, es,
+                           chunk);
     case FX_ALGO_PAIR:
-        return fx_coll_pair_allreduce(pl, me, req->count, es, req->sendbuf == req->recvbuf);
+        return fx_coll_pair_allreduce(pl, me, cnt, es, req->sendbuf == req->recvbuf);
     case FX_ALGO_RING:
-        if (ar) {
-            return fx_coll_ring_allreduce_ordered(pl, n, me, comm->ring_order, req->count, es,
-                                                  chunk, ex->nslots);
+        if (coll == FX_COLL_ALLREDUCE) {
+            return fx_coll_ring_allreduce_ordered(pl, n, me, order, cnt, es, chunk, ns);
         }
-        return fx_coll_ring_allgather_ordered(pl, n, me, comm->ring_order, req->count, es, chunk);
+        if (coll == FX_COLL_REDUCESCATTER) {
+            return fx_coll_ring_reduce_scatter(pl, n, me, order, cnt, es, chunk, ns);
+        }
+        return fx_coll_ring_allgather_ordered(pl, n, me, order, cnt, es, chunk);
     case FX_ALGO_TREE:
-        return fx_coll_tree_allreduce(pl, n, me, req->count, es, chunk, ex->nslots);
+        return fx_coll_tree_allreduce(pl, n, me, cnt, es, chunk, ns);
     case FX_ALGO_RD:
-        if (ar) {
-            return fx_coll_rd_allreduce(pl, n, me, req->count, es, chunk, ex->nslots);
+        if (coll == FX_COLL_ALLREDUCE) {
+            return fx_coll_rd_allreduce(pl, n, me, cnt, es, chunk, ns);
         }
-        return fx_coll_rd_allgather(pl, n, me, req->count, es, chunk);
+        return fx_coll_rd_allgather(pl, n, me, cnt, es, chunk);
     case FX_ALGO_RABENSEIFNER:
-        return fx_coll_rabenseifner_allreduce(pl, n, me, req->count, es, chunk, ex->nslots);
+        return fx_coll_rabenseifner_allreduce(pl, n, me, cnt, es, chunk, ns);
     case FX_ALGO_BRUCK:
-        return fx_coll_bruck_allgather(pl, n, me, req->count, es, chunk);
+        return fx_coll_bruck_allgather(pl, n, me, cnt, es, chunk);
+    case FX_ALGO_CHAIN:
+        if (coll == FX_COLL_BROADCAST) {
+            return fx_coll_bcast_chain(pl, n, me, order, req->root, cnt, es, chunk);
+        }
+        return fx_coll_reduce_chain(pl, n, me, order, req->root, cnt, es, chunk, ns);
+    case FX_ALGO_BINOMIAL:
+        if (coll == FX_COLL_BROADCAST) {
+            return fx_coll_bcast_binomial(pl, n, me, req->root, cnt, es, chunk);
+        }
+        return fx_coll_reduce_binomial(pl, n, me, req->root, cnt, es, chunk, ns);
+    case FX_ALGO_PAIRWISE:
+        return fx_coll_alltoall_pairwise(pl, n, me, cnt, es, chunk);
+    case FX_ALGO_DISSEMINATION:
+        return fx_coll_barrier(pl, n, me);
     default:
         return FX_ERR_INTERNAL;
+    }
+}
+
+/* What a collective falls back to when its chosen algorithm cannot run (every builder's limit
+ * depends only on inputs all ranks share, so they all fall back alike). */
+static int fallback_algo(enum fx_coll coll)
+{
+    switch (coll) {
+    case FX_COLL_BROADCAST:
+    case FX_COLL_REDUCE:
+        return FX_ALGO_CHAIN;
+    default:
+        return FX_ALGO_RING;
     }
 }
 
@@ -198,16 +230,17 @@ static fx_status build_plan(struct fx_comm *comm, struct fx_request *req)
 {
     struct fx_tune_choice ch;
     fx_status status;
+    int fb = fallback_algo(req->coll);
 
     choose_algo(comm, req, &ch);
     req->algo = ch.algo;
     status    = build_algo(comm, req, ch.algo, ch.chunk_bytes);
-    if (status == FX_ERR_UNSUPPORTED && ch.algo != FX_ALGO_RING) {
-        /* Every rank reaches this alike: the builders' limits depend only on shared inputs. */
-        fx_info(FX_SUB_COLL, "%s: %s cannot run count %zu with %u scratch slots; ring instead",
-                fx_coll_name(req->coll), fx_coll_algo_name(ch.algo), req->count, comm->exec.nslots);
-        req->algo = FX_ALGO_RING;
-        status    = build_algo(comm, req, FX_ALGO_RING, ch.chunk_bytes);
+    if (status == FX_ERR_UNSUPPORTED && ch.algo != fb) {
+        fx_info(FX_SUB_COLL, "%s: %s cannot run count %zu with %u scratch slots; %s instead",
+                fx_coll_name(req->coll), fx_coll_algo_name(ch.algo), req->count, comm->exec.nslots,
+                fx_coll_algo_name(fb));
+        req->algo = fb;
+        status    = build_algo(comm, req, fb, ch.chunk_bytes);
     }
     return status;
 }

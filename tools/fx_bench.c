@@ -1,13 +1,19 @@
 /*
  * fx-bench: nccl-tests-compatible collective benchmark over the public API.
  *
- *   fx-bench allreduce|allgather [-b min] [-e max] [-f factor | -i step] [-n iters] [-w warmup]
- *            [-r reps] [-d dtype] [-o op] [-c 0|1] [--np N] [--json] [--timeout-ms MS]
+ *   fx-bench COLLECTIVE [-b min] [-e max] [-f factor | -i step] [-n iters] [-w warmup]
+ *            [-r reps] [-d dtype] [-o op] [--root R] [--algo NAME] [-c 0|1] [--np N] [--json]
+ *            [--timeout-ms MS]
  *
- * Runs under a launcher's environment (fx_comm_init_env) or starts N local ranks (--np N).
- * Rank 0 prints nccl-tests' columns: size count type redop root time algbw busbw #wrong, out of
- * place then in place. Time per op is the maximum over ranks of the mean over the iterations,
- * the median of that over -r repetitions. GB/s = 1e9 bytes/s.
+ * COLLECTIVE is one of nccl-tests' names: allreduce, allgather, reducescatter, broadcast,
+ * reduce, alltoall, sendrecv. Runs under a launcher's environment (fx_comm_init_env) or starts N
+ * local ranks (--np N). Rank 0 prints nccl-tests' columns: size count type redop root time
+ * algbw busbw #wrong, out of place then in place, then the algorithm the library used. Sizes
+ * and bus-bandwidth factors are nccl-tests': size is the largest buffer of one rank (all-gather:
+ * the gathered result; reduce-scatter: the input), busbw = algbw * 2(n-1)/n for all-reduce,
+ * (n-1)/n for all-gather, reduce-scatter and all-to-all, 1 for the others. Time per op is the
+ * maximum over ranks of the mean over the iterations, the median of that over -r repetitions.
+ * GB/s = 1e9 bytes/s.
  */
 #include <errno.h>
 #include <math.h>
@@ -25,6 +31,33 @@
 enum coll_kind {
     COLL_ALLREDUCE,
     COLL_ALLGATHER,
+    COLL_REDUCESCATTER,
+    COLL_BROADCAST,
+    COLL_REDUCE,
+    COLL_ALLTOALL,
+    COLL_SENDRECV,
+    COLL_END
+};
+
+/* What the benchmark needs to know of a collective. Buffers hold send_blocks and recv_blocks
+ * blocks of `count` elements (the per-rank count); "n" stands for nranks. */
+struct coll_desc {
+    const char *name;
+    int reduces;     /* takes an op */
+    int rooted;      /* takes a root */
+    int send_n;      /* the send buffer holds nranks blocks (else one) */
+    int recv_n;      /* the receive buffer holds nranks blocks (else one) */
+    int has_inplace; /* an in-place form exists */
+};
+
+static const struct coll_desc colls[COLL_END] = {
+    [COLL_ALLREDUCE]     = {"allreduce", 1, 0, 0, 0, 1},
+    [COLL_ALLGATHER]     = {"allgather", 0, 0, 0, 1, 1},
+    [COLL_REDUCESCATTER] = {"reducescatter", 1, 0, 1, 0, 1},
+    [COLL_BROADCAST]     = {"broadcast", 0, 1, 0, 0, 1},
+    [COLL_REDUCE]        = {"reduce", 1, 1, 0, 0, 1},
+    [COLL_ALLTOALL]      = {"alltoall", 0, 0, 1, 1, 0},
+    [COLL_SENDRECV]      = {"sendrecv", 0, 0, 0, 0, 0},
 };
 
 struct opts {
@@ -42,6 +75,8 @@ struct opts {
     int np;
     int json;
     long timeout_ms;
+    int root;
+    const char *algo; /* --algo: exported as FX_ALGO=<collective>:<algo> before init */
 };
 
 struct result {
@@ -51,6 +86,7 @@ struct result {
     double algbw[2];
     double busbw[2];
     long wrong[2];
+    char algo[2][32]; /* the algorithm the library used */
 };
 
 struct bench {
@@ -61,7 +97,6 @@ struct bench {
     size_t esize;
     uint8_t *send;
     uint8_t *recv;
-    uint8_t *ref;
 };
 
 /* ------------------------------------------------------------------ arguments */
@@ -153,7 +188,9 @@ static int parse_op(const char *s, fx_op *out)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: fx-bench allreduce|allgather [options]\n"
+    fprintf(f, "usage: fx-bench COLLECTIVE [options]\n"
+               "  COLLECTIVE            allreduce allgather reducescatter broadcast reduce\n"
+               "                        alltoall sendrecv\n"
                "  -b, --minbytes SIZE   smallest size (default 8; K/M/G suffixes)\n"
                "  -e, --maxbytes SIZE   largest size (default 128M)\n"
                "  -f, --stepfactor F    multiply the size by F (default 2)\n"
@@ -162,8 +199,10 @@ static void usage(FILE *f)
                "  -w, --warmup_iters N  untimed iterations first (default 5)\n"
                "  -r, --reps N          repetitions of the timed block; the median is shown (1)\n"
                "  -d, --datatype T      int8 uint8 int32 uint32 int64 uint64 half bfloat16 float\n"
-               "                        double (default float)\n"
+               "                        double f8e4m3 f8e5m2 (default float)\n"
                "  -o, --op OP           sum prod min max avg (default sum)\n"
+               "      --root R          root of broadcast and reduce (default 0)\n"
+               "      --algo NAME       force the library's algorithm (FX_ALGO=COLLECTIVE:NAME)\n"
                "  -c, --check 0|1       check every result against a reference (default 1)\n"
                "      --np N            start N local ranks (else: the launcher's environment)\n"
                "      --json            print one JSON object instead of the table\n"
@@ -223,6 +262,17 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
     if (!strcmp(a, "-o") || !strcmp(a, "--op")) {
         return parse_op(v, &o->op) ? bad(a, v) : 0;
     }
+    if (!strcmp(a, "--root")) {
+        if (parse_int(v, 0, 1000000, &n)) {
+            return bad(a, v);
+        }
+        o->root = (int)n;
+        return 0;
+    }
+    if (!strcmp(a, "--algo")) {
+        o->algo = v;
+        return 0;
+    }
     if (!strcmp(a, "-n") || !strcmp(a, "--iters") || !strcmp(a, "-w") ||
         !strcmp(a, "--warmup_iters") || !strcmp(a, "-r") || !strcmp(a, "--reps") ||
         !strcmp(a, "-c") || !strcmp(a, "--check") || !strcmp(a, "--np") ||
@@ -270,15 +320,21 @@ static int parse_args(struct opts *o, int argc, char **argv)
         usage(stderr);
         return -1;
     }
-    if (strcmp(argv[1], "allreduce") == 0) {
-        o->coll = COLL_ALLREDUCE;
-    } else if (strcmp(argv[1], "allgather") == 0) {
-        o->coll = COLL_ALLGATHER;
-    } else if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
         usage(stdout);
         exit(0);
-    } else {
-        fprintf(stderr, "fx-bench: unknown collective '%s' (allreduce or allgather)\n", argv[1]);
+    }
+    o->coll = COLL_END;
+    for (int c = 0; c < COLL_END; c++) {
+        if (strcmp(argv[1], colls[c].name) == 0) {
+            o->coll = (enum coll_kind)c;
+        }
+    }
+    if (o->coll == COLL_END) {
+        fprintf(stderr,
+                "fx-bench: unknown collective '%s' (allreduce, allgather, reducescatter, "
+                "broadcast, reduce, alltoall or sendrecv)\n",
+                argv[1]);
         return -1;
     }
     for (int i = 2; i < argc; i++) {
@@ -289,6 +345,16 @@ static int parse_args(struct opts *o, int argc, char **argv)
     if (o->minb > o->maxb) {
         fprintf(stderr, "fx-bench: -b %zu is larger than -e %zu\n", o->minb, o->maxb);
         return -1;
+    }
+    if (o->algo != NULL) {
+        static char env[128];
+
+        if (o->coll == COLL_SENDRECV) {
+            fprintf(stderr, "fx-bench: sendrecv has no algorithm to choose\n");
+            return -1;
+        }
+        snprintf(env, sizeof(env), "%s:%s", colls[o->coll].name, o->algo);
+        setenv("FX_ALGO", env, 1); /* the library checks the name at init */
     }
     return 0;
 }
@@ -384,8 +450,8 @@ static void store(fx_datatype dt, void *p, double v)
     }
 }
 
-/* The expected all-reduce result of element i, as the library computes it. */
-static double expected(const struct bench *b, size_t i)
+/* The reduction over ranks of element i of the inputs, as the library computes it. */
+static double reduced(const struct bench *b, size_t i)
 {
     double acc   = input_value(&b->o, 0, i);
     int64_t iacc = (int64_t)acc;
@@ -436,27 +502,69 @@ static double expected(const struct bench *b, size_t i)
     return acc;
 }
 
-static void fill_inputs(struct bench *b, size_t count, uint8_t *buf)
+/* Elements of this rank's send and receive buffers for a per-rank count. */
+static size_t send_elems(const struct bench *b, size_t count)
 {
-    for (size_t i = 0; i < count; i++) {
+    return count * (colls[b->o.coll].send_n ? (size_t)b->nranks : 1);
+}
+
+static size_t recv_elems(const struct bench *b, size_t count)
+{
+    return count * (colls[b->o.coll].recv_n ? (size_t)b->nranks : 1);
+}
+
+static void fill_inputs(const struct bench *b, size_t count, uint8_t *buf)
+{
+    size_t n = send_elems(b, count);
+
+    for (size_t i = 0; i < n; i++) {
         store(b->o.dtype, buf + i * b->esize, input_value(&b->o, b->rank, i));
+    }
+}
+
+/* The value element i of this rank's receive buffer must hold; 0 when it holds none (reduce on
+ * a non-root). */
+static int want_value(const struct bench *b, size_t count, size_t i, double *v)
+{
+    int prev = (b->rank + b->nranks - 1) % b->nranks;
+
+    switch (b->o.coll) {
+    case COLL_ALLREDUCE:
+        *v = reduced(b, i);
+        return 1;
+    case COLL_ALLGATHER:
+        *v = input_value(&b->o, (int)(i / count), i % count);
+        return 1;
+    case COLL_REDUCESCATTER:
+        *v = reduced(b, (size_t)b->rank * count + i);
+        return 1;
+    case COLL_BROADCAST:
+        *v = input_value(&b->o, b->o.root, i);
+        return 1;
+    case COLL_REDUCE:
+        *v = reduced(b, i);
+        return b->rank == b->o.root;
+    case COLL_ALLTOALL: /* block s came from rank s, which sent its block for this rank */
+        *v = input_value(&b->o, (int)(i / count), (size_t)b->rank * count + i % count);
+        return 1;
+    default:
+        *v = input_value(&b->o, prev, i);
+        return 1;
     }
 }
 
 static long count_wrong(const struct bench *b, const uint8_t *got, size_t count)
 {
+    size_t n   = recv_elems(b, count);
     long wrong = 0;
     uint8_t want[8];
+    double v;
 
-    for (size_t i = 0; i < count; i++) {
-        if (b->o.coll == COLL_ALLREDUCE) {
-            store(b->o.dtype, want, expected(b, i));
-        } else {
-            size_t per = count / (size_t)b->nranks;
-
-            store(b->o.dtype, want, input_value(&b->o, (int)(i / per), i % per));
+    for (size_t i = 0; i < n; i++) {
+        if (want_value(b, count, i, &v)) {
+            store(b->o.dtype, want, v);
+            wrong += memcmp(want, got + i * b->esize, b->esize) != 0;
         }
-        wrong += memcmp(want, got + i * b->esize, b->esize) != 0;
     }
     return wrong;
 }
@@ -482,10 +590,52 @@ static fx_status fail(const struct bench *b, const char *what, fx_status s)
 
 static fx_status run_op(const struct bench *b, const void *sbuf, void *rbuf, size_t count)
 {
-    if (b->o.coll == COLL_ALLREDUCE) {
-        return fx_allreduce(sbuf, rbuf, count, b->o.dtype, b->o.op, b->comm);
+    const struct opts *o = &b->o;
+
+    switch (o->coll) {
+    case COLL_ALLREDUCE:
+        return fx_allreduce(sbuf, rbuf, count, o->dtype, o->op, b->comm);
+    case COLL_ALLGATHER:
+        return fx_allgather(sbuf, rbuf, count, o->dtype, b->comm);
+    case COLL_REDUCESCATTER:
+        return fx_reduce_scatter(sbuf, rbuf, count, o->dtype, o->op, b->comm);
+    case COLL_BROADCAST:
+        return fx_broadcast(sbuf, rbuf, count, o->dtype, o->root, b->comm);
+    case COLL_REDUCE:
+        return fx_reduce(sbuf, rbuf, count, o->dtype, o->op, o->root, b->comm);
+    case COLL_ALLTOALL:
+        return fx_alltoall(sbuf, rbuf, count, o->dtype, b->comm);
+    default:
+        return fx_sendrecv(sbuf, count, (b->rank + 1) % b->nranks, rbuf, count,
+                           (b->rank + b->nranks - 1) % b->nranks, o->dtype, b->comm);
     }
-    return fx_allgather(sbuf, rbuf, count, b->o.dtype, b->comm);
+}
+
+/* The buffers of a run: in place, the send data sits where the collective's in-place form
+ * wants it (all-gather: the rank's block of the result; reduce-scatter: the result is the
+ * rank's block of the input). */
+static void run_bufs(const struct bench *b, size_t count, int inplace, const uint8_t **sbuf,
+                     uint8_t **rbuf)
+{
+    size_t block = count * b->esize * (size_t)b->rank;
+
+    *sbuf = b->send;
+    *rbuf = b->recv;
+    if (!inplace) {
+        return;
+    }
+    switch (b->o.coll) {
+    case COLL_ALLGATHER:
+        *sbuf = b->recv + block;
+        break;
+    case COLL_REDUCESCATTER:
+        *sbuf = b->recv;
+        *rbuf = b->recv + block;
+        break;
+    default:
+        *sbuf = b->recv;
+        break;
+    }
 }
 
 static fx_status barrier(const struct bench *b)
@@ -503,18 +653,18 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Seconds per op: max over ranks of the mean, median over repetitions. */
-static fx_status time_ops(const struct bench *b, size_t count, int inplace, double *out)
+/* Seconds per op: max over ranks of the mean, median over repetitions. *algo gets the name of
+ * the algorithm that ran the timed operations. */
+static fx_status time_ops(const struct bench *b, size_t count, int inplace, double *out, char *algo,
+                          size_t algolen)
 {
-    const uint8_t *sbuf = b->send;
-    uint8_t *rbuf       = b->recv;
+    const uint8_t *sbuf;
+    uint8_t *rbuf;
     double reps[64];
     int nreps   = b->o.reps < 64 ? b->o.reps : 64;
     fx_status s = FX_OK;
 
-    if (inplace) {
-        sbuf = b->o.coll == COLL_ALLREDUCE ? rbuf : rbuf + (size_t)b->rank * count * b->esize;
-    }
+    run_bufs(b, count, inplace, &sbuf, &rbuf);
     for (int i = 0; i < b->o.warmup && s == FX_OK; i++) {
         s = run_op(b, sbuf, rbuf, count);
     }
@@ -527,6 +677,8 @@ static fx_status time_ops(const struct bench *b, size_t count, int inplace, doub
             s = run_op(b, sbuf, rbuf, count);
         }
         reps[r] = (now_s() - t0) / b->o.iters;
+        snprintf(algo, algolen, "%s",
+                 b->o.coll == COLL_SENDRECV ? "p2p" : fx_comm_last_algo(b->comm));
         if (s == FX_OK) {
             s = fx_allreduce(&reps[r], &reps[r], 1, FX_FLOAT64, FX_MAX, b->comm);
         }
@@ -542,48 +694,81 @@ static fx_status time_ops(const struct bench *b, size_t count, int inplace, doub
 /* One checked run out of place or in place; the wrong count is summed over ranks. */
 static fx_status check_ops(const struct bench *b, size_t count, int inplace, long *wrong)
 {
-    size_t total = b->o.coll == COLL_ALLGATHER ? count * (size_t)b->nranks : count;
-    uint8_t *own =
-        b->o.coll == COLL_ALLREDUCE ? b->recv : b->recv + (size_t)b->rank * count * b->esize;
+    const uint8_t *sbuf;
+    uint8_t *rbuf;
     double w;
     fx_status s;
 
-    fill_inputs((struct bench *)b, count, inplace ? own : b->send);
-    s = run_op(b, inplace ? own : b->send, b->recv, count);
+    run_bufs(b, count, inplace, &sbuf, &rbuf);
+    memset(b->recv, 0xff, b->o.maxb); /* stale results must not pass */
+    fill_inputs(b, count, (uint8_t *)sbuf);
+    s = run_op(b, sbuf, rbuf, count);
     if (s != FX_OK) {
         return fail(b, "checked run", s);
     }
-    w      = (double)count_wrong(b, b->recv, total);
+    w      = (double)count_wrong(b, rbuf, count);
     s      = fx_allreduce(&w, &w, 1, FX_FLOAT64, FX_SUM, b->comm);
     *wrong = (long)w;
     return s == FX_OK ? FX_OK : fail(b, "check reduction", s);
 }
 
+/* nccl-tests' bus-bandwidth factor. */
+static double bus_factor(const struct bench *b)
+{
+    double n = b->nranks;
+
+    switch (b->o.coll) {
+    case COLL_ALLREDUCE:
+        return 2.0 * (n - 1) / n;
+    case COLL_ALLGATHER:
+    case COLL_REDUCESCATTER:
+    case COLL_ALLTOALL:
+        return (n - 1) / n;
+    default:
+        return 1.0;
+    }
+}
+
+/* Bytes per unit of the per-rank count in the reported size (the rank's largest buffer). */
+static size_t size_unit(const struct bench *b)
+{
+    const struct coll_desc *d = &colls[b->o.coll];
+
+    return b->esize * (d->send_n || d->recv_n ? (size_t)b->nranks : 1);
+}
+
 static fx_status measure(const struct bench *b, size_t size, struct result *res)
 {
-    size_t unit   = b->esize * (b->o.coll == COLL_ALLGATHER ? (size_t)b->nranks : 1);
-    size_t count  = size / unit;
-    double factor = b->o.coll == COLL_ALLREDUCE ? 2.0 * (b->nranks - 1) / b->nranks
-                                                : (double)(b->nranks - 1) / b->nranks;
+    size_t unit  = size_unit(b);
+    size_t count = size / unit;
 
     memset(res, 0, sizeof(*res));
     res->size  = count * unit;
-    res->count = b->o.coll == COLL_ALLREDUCE ? count : count * (size_t)b->nranks;
+    res->count = res->size / b->esize;
     for (int ip = 0; ip < 2; ip++) {
         double t = 0;
         fx_status s;
 
-        fill_inputs((struct bench *)b, count, b->send);
-        memcpy(b->recv + (size_t)b->rank * count * b->esize * (b->o.coll == COLL_ALLGATHER),
-               b->send, count * b->esize);
-        s = time_ops(b, count, ip, &t);
+        res->wrong[ip] = -1;
+        snprintf(res->algo[ip], sizeof(res->algo[ip]), "-");
+        if (ip == 1 && !colls[b->o.coll].has_inplace) {
+            continue;
+        }
+        fill_inputs(b, count, b->send);
+        if (ip == 1) {
+            const uint8_t *sbuf;
+            uint8_t *rbuf;
+
+            run_bufs(b, count, 1, &sbuf, &rbuf);
+            memcpy((uint8_t *)sbuf, b->send, send_elems(b, count) * b->esize);
+        }
+        s = time_ops(b, count, ip, &t, res->algo[ip], sizeof(res->algo[ip]));
         if (s != FX_OK) {
             return s;
         }
         res->time_us[ip] = t * 1e6;
         res->algbw[ip]   = t > 0 ? (double)res->size / t / 1e9 : 0;
-        res->busbw[ip]   = res->algbw[ip] * factor;
-        res->wrong[ip]   = -1;
+        res->busbw[ip]   = res->algbw[ip] * bus_factor(b);
         if (b->o.check) {
             s = check_ops(b, count, ip, &res->wrong[ip]);
             if (s != FX_OK) {
@@ -596,52 +781,78 @@ static fx_status measure(const struct bench *b, size_t size, struct result *res)
 
 /* ------------------------------------------------------------------ output */
 
+static const char *op_text(const struct bench *b)
+{
+    return colls[b->o.coll].reduces ? fx_op_name(b->o.op) : "none";
+}
+
 static void print_header(const struct bench *b)
 {
-    printf("# fx-bench %s: nranks %d, datatype %s, op %s, iters %d, warmup %d, reps %d, "
+    printf("# fx-bench %s: nranks %d, datatype %s, op %s, root %d, iters %d, warmup %d, reps %d, "
            "check %d\n",
-           b->o.coll == COLL_ALLREDUCE ? "allreduce" : "allgather", b->nranks,
-           fx_datatype_name(b->o.dtype), b->o.coll == COLL_ALLREDUCE ? fx_op_name(b->o.op) : "none",
-           b->o.iters, b->o.warmup, b->o.reps, b->o.check);
+           colls[b->o.coll].name, b->nranks, fx_datatype_name(b->o.dtype), op_text(b),
+           colls[b->o.coll].rooted ? b->o.root : -1, b->o.iters, b->o.warmup, b->o.reps,
+           b->o.check);
     printf("#\n#%62s%33s\n", "out-of-place", "in-place");
-    printf("# %10s %12s %8s %6s %6s %8s %7s %7s %6s %8s %7s %7s %6s\n", "size", "count", "type",
-           "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong");
+    printf("# %10s %12s %8s %6s %6s %8s %7s %7s %6s %8s %7s %7s %6s  %s\n", "size", "count", "type",
+           "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong",
+           "algorithm");
     printf("# %10s %12s %8s %6s %6s %8s %7s %7s %6s %8s %7s %7s %6s\n", "(B)", "(elements)", "", "",
            "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "");
 }
 
+/* time algbw busbw #wrong of one half of a row, N/A throughout where it did not run. */
+static void format_half(const struct result *r, int ip, char *buf, size_t len)
+{
+    char w[24];
+
+    if (r->wrong[ip] < 0) {
+        snprintf(w, sizeof(w), "N/A");
+    } else {
+        snprintf(w, sizeof(w), "%ld", r->wrong[ip]);
+    }
+    if (strcmp(r->algo[ip], "-") == 0) {
+        snprintf(buf, len, "%8s %7s %7s %6s", "N/A", "N/A", "N/A", "N/A");
+    } else {
+        snprintf(buf, len, "%8.1f %7.2f %7.2f %6s", r->time_us[ip], r->algbw[ip], r->busbw[ip], w);
+    }
+}
+
 static void print_row(const struct bench *b, const struct result *r)
 {
-    char w[2][24];
+    char half[2][64];
+    char algo[72];
 
-    for (int ip = 0; ip < 2; ip++) {
-        if (r->wrong[ip] < 0) {
-            snprintf(w[ip], sizeof(w[ip]), "N/A");
-        } else {
-            snprintf(w[ip], sizeof(w[ip]), "%ld", r->wrong[ip]);
-        }
+    format_half(r, 0, half[0], sizeof(half[0]));
+    format_half(r, 1, half[1], sizeof(half[1]));
+    if (strcmp(r->algo[1], "-") == 0 || strcmp(r->algo[0], r->algo[1]) == 0) {
+        snprintf(algo, sizeof(algo), "%s", r->algo[0]);
+    } else {
+        snprintf(algo, sizeof(algo), "%s/%s", r->algo[0], r->algo[1]);
     }
-    printf("  %10zu %12zu %8s %6s %6d %8.1f %7.2f %7.2f %6s %8.1f %7.2f %7.2f %6s\n", r->size,
-           r->count, fx_datatype_name(b->o.dtype),
-           b->o.coll == COLL_ALLREDUCE ? fx_op_name(b->o.op) : "none", -1, r->time_us[0],
-           r->algbw[0], r->busbw[0], w[0], r->time_us[1], r->algbw[1], r->busbw[1], w[1]);
+    printf("  %10zu %12zu %8s %6s %6d %s %s  %s\n", r->size, r->count, fx_datatype_name(b->o.dtype),
+           op_text(b), colls[b->o.coll].rooted ? b->o.root : -1, half[0], half[1], algo);
     fflush(stdout);
 }
 
 static void print_json(const struct bench *b, const struct result *res, int n, double avg)
 {
     printf("{\"collective\": \"%s\", \"nranks\": %d, \"dtype\": \"%s\", \"op\": \"%s\", "
-           "\"iters\": %d, \"warmup\": %d, \"reps\": %d, \"results\": [",
-           b->o.coll == COLL_ALLREDUCE ? "allreduce" : "allgather", b->nranks,
-           fx_datatype_name(b->o.dtype), b->o.coll == COLL_ALLREDUCE ? fx_op_name(b->o.op) : "none",
-           b->o.iters, b->o.warmup, b->o.reps);
+           "\"root\": %d, \"iters\": %d, \"warmup\": %d, \"reps\": %d, \"results\": [",
+           colls[b->o.coll].name, b->nranks, fx_datatype_name(b->o.dtype), op_text(b),
+           colls[b->o.coll].rooted ? b->o.root : -1, b->o.iters, b->o.warmup, b->o.reps);
     for (int i = 0; i < n; i++) {
         const struct result *r = &res[i];
 
         printf("%s{\"size\": %zu, \"count\": %zu", i ? ", " : "", r->size, r->count);
         for (int ip = 0; ip < 2; ip++) {
-            printf(", \"%s\": {\"time_us\": %.3f, \"algbw\": %.4f, \"busbw\": %.4f, \"wrong\": ",
-                   ip ? "ip" : "oop", r->time_us[ip], r->algbw[ip], r->busbw[ip]);
+            if (strcmp(r->algo[ip], "-") == 0) {
+                printf(", \"%s\": null", ip ? "ip" : "oop");
+                continue;
+            }
+            printf(", \"%s\": {\"time_us\": %.3f, \"algbw\": %.4f, \"busbw\": %.4f, "
+                   "\"algo\": \"%s\", \"wrong\": ",
+                   ip ? "ip" : "oop", r->time_us[ip], r->algbw[ip], r->busbw[ip], r->algo[ip]);
             if (r->wrong[ip] < 0) {
                 printf("null}");
             } else {
@@ -673,9 +884,7 @@ static int bench_sizes(struct bench *b)
         print_header(b);
     }
     for (size_t size = b->o.minb; size <= b->o.maxb && n < 128; size = next_size(&b->o, size)) {
-        size_t unit = b->esize * (b->o.coll == COLL_ALLGATHER ? (size_t)b->nranks : 1);
-
-        if (size / unit == 0) {
+        if (size / size_unit(b) == 0) {
             continue;
         }
         if (measure(b, size, &res[n]) != FX_OK) {
@@ -683,7 +892,8 @@ static int bench_sizes(struct bench *b)
         }
         wrong += (res[n].wrong[0] > 0 ? res[n].wrong[0] : 0) +
                  (res[n].wrong[1] > 0 ? res[n].wrong[1] : 0);
-        sum += (res[n].busbw[0] + res[n].busbw[1]) / 2;
+        sum += colls[b->o.coll].has_inplace ? (res[n].busbw[0] + res[n].busbw[1]) / 2
+                                            : res[n].busbw[0];
         if (b->rank == 0 && !b->o.json) {
             print_row(b, &res[n]);
         }
@@ -721,6 +931,20 @@ static int run_rank(const struct opts *o, fx_comm_t comm)
     fx_comm_rank(comm, &b.rank);
     fx_comm_size(comm, &b.nranks);
     b.esize = fx_datatype_size(o->dtype);
+    if (colls[o->coll].rooted && o->root >= b.nranks) {
+        if (b.rank == 0) {
+            fprintf(stderr, "fx-bench: --root %d is not a rank of %d\n", o->root, b.nranks);
+        }
+        fx_comm_destroy(comm);
+        return 2;
+    }
+    if (o->coll == COLL_SENDRECV && b.nranks < 2) {
+        if (b.rank == 0) {
+            fprintf(stderr, "fx-bench: sendrecv needs at least 2 ranks\n");
+        }
+        fx_comm_destroy(comm);
+        return 2;
+    }
     if (alloc_buffers(&b) != 0) {
         fx_comm_destroy(comm);
         return 1;

@@ -265,6 +265,50 @@ FX_API fx_status fx_allgather(const void *sendbuf, void *recvbuf, size_t sendcou
                               fx_datatype dtype, fx_comm_t comm);
 
 /*
+ * Reduce-scatter: the element-wise reduction over ranks of sendbuf (nranks * recvcount
+ * elements), of which rank r receives block r (elements r * recvcount .. (r + 1) * recvcount)
+ * in recvbuf. In place when recvbuf == sendbuf + rank * recvcount * size (the rank's own block).
+ * Every rank's block is bitwise what fx_allreduce would have left there. Blocking; collective.
+ * Returns as fx_allreduce (FX_ERR_INVALID_ARG also when nranks * recvcount overflows, or the
+ * buffers overlap other than in place).
+ */
+FX_API fx_status fx_reduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
+                                   fx_datatype dtype, fx_op op, fx_comm_t comm);
+
+/*
+ * Broadcast: count elements of root's sendbuf land in every rank's recvbuf (root's included).
+ * sendbuf is read on root only (others may pass NULL); in place when root passes
+ * sendbuf == recvbuf. Every rank must pass the same root and count. Blocking; collective.
+ * Returns as fx_allreduce (FX_ERR_INVALID_ARG also for a root out of range [0, nranks)); ranks
+ * that pass different roots get FX_ERR_MISMATCH naming both.
+ */
+FX_API fx_status fx_broadcast(const void *sendbuf, void *recvbuf, size_t count, fx_datatype dtype,
+                              int root, fx_comm_t comm);
+
+/*
+ * Reduce: recvbuf on root gets the element-wise reduction over ranks of sendbuf; recvbuf is
+ * written on root only (others may pass NULL). In place on root when sendbuf == recvbuf.
+ * Blocking; collective. Returns as fx_broadcast.
+ */
+FX_API fx_status fx_reduce(const void *sendbuf, void *recvbuf, size_t count, fx_datatype dtype,
+                           fx_op op, int root, fx_comm_t comm);
+
+/*
+ * Barrier: returns once every rank has entered it (dissemination: ceil(log2 nranks) rounds of
+ * empty messages). Blocking; collective. Returns as fx_allreduce.
+ */
+FX_API fx_status fx_barrier(fx_comm_t comm);
+
+/*
+ * All-to-all: block d of sendbuf (count elements at d * count) goes to rank d, which receives it
+ * as block r (at r * count) of its recvbuf, r being the sender. Both buffers hold nranks * count
+ * elements and must not overlap (no in-place form). Blocking; collective.
+ * Returns as fx_allreduce (FX_ERR_INVALID_ARG also when nranks * count overflows).
+ */
+FX_API fx_status fx_alltoall(const void *sendbuf, void *recvbuf, size_t count, fx_datatype dtype,
+                             fx_comm_t comm);
+
+/*
  * Point-to-point messages between two ranks of a communicator. Not collective: only the two
  * ranks take part, and the first message between them opens their connection (ranks that never
  * exchange messages never connect). Messages from one rank to another are matched in the order
@@ -320,6 +364,15 @@ FX_API fx_status fx_iallreduce(const void *sendbuf, void *recvbuf, size_t count,
                                fx_op op, fx_comm_t comm, fx_request_t *req);
 FX_API fx_status fx_iallgather(const void *sendbuf, void *recvbuf, size_t sendcount,
                                fx_datatype dtype, fx_comm_t comm, fx_request_t *req);
+FX_API fx_status fx_ireduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
+                                    fx_datatype dtype, fx_op op, fx_comm_t comm, fx_request_t *req);
+FX_API fx_status fx_ibroadcast(const void *sendbuf, void *recvbuf, size_t count, fx_datatype dtype,
+                               int root, fx_comm_t comm, fx_request_t *req);
+FX_API fx_status fx_ireduce(const void *sendbuf, void *recvbuf, size_t count, fx_datatype dtype,
+                            fx_op op, int root, fx_comm_t comm, fx_request_t *req);
+FX_API fx_status fx_ibarrier(fx_comm_t comm, fx_request_t *req);
+FX_API fx_status fx_ialltoall(const void *sendbuf, void *recvbuf, size_t count, fx_datatype dtype,
+                              fx_comm_t comm, fx_request_t *req);
 
 /*
  * Completes a request. fx_test never blocks; fx_wait blocks at most timeout_ms milliseconds

@@ -116,9 +116,8 @@ Test(tune, forced_algorithm_wins_when_it_can_run, .timeout = 10)
     c.count  = 256;
     c.nranks = 3;
     cr_expect_neq(choose(&c, NULL), FX_ALGO_PAIR);
-    c.nranks   = 2;
-    c.in_place = true;
-    c.nslots   = 1;
+    c.nranks = 2;
+    c.nslots = 1;
     cr_expect_neq(choose(&c, NULL), FX_ALGO_PAIR);
     c.nslots = 2;
     cr_expect_eq(choose(&c, NULL), FX_ALGO_PAIR);
