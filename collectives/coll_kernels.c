@@ -69,9 +69,9 @@ void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_dataty
         }                                                                                          \
     } while (0)
 
-#define AVG_LOWP(LOAD, STORE)                                                                      \
+#define AVG_LOWP(LOAD, STORE, ET)                                                                  \
     do {                                                                                           \
-        typedef uint16_t ua_t __attribute__((aligned(1)));                                         \
+        typedef ET ua_t __attribute__((aligned(1)));                                               \
         ua_t *dd       = dst;                                                                      \
         const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
@@ -79,7 +79,7 @@ void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_dataty
         }                                                                                          \
     } while (0)
 
-/* dst = (a + b) / nranks; fp16/bf16 computed in fp32 and rounded once. */
+/* dst = (a + b) / nranks; fp16/bf16/fp8 computed in fp32 and rounded once. */
 static void reduce_avg(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype,
                        int nranks)
 {
@@ -103,10 +103,16 @@ static void reduce_avg(void *dst, const void *a, const void *b, size_t n, fx_dat
         AVG_INT(uint64_t, uint64_t, uint64_t);
         break;
     case FX_FLOAT16:
-        AVG_LOWP(fx_half_to_float, fx_float_to_half);
+        AVG_LOWP(fx_half_to_float, fx_float_to_half, uint16_t);
         break;
     case FX_BFLOAT16:
-        AVG_LOWP(fx_bf16_to_float, fx_float_to_bf16);
+        AVG_LOWP(fx_bf16_to_float, fx_float_to_bf16, uint16_t);
+        break;
+    case FX_FLOAT8_E4M3:
+        AVG_LOWP(fx_e4m3_to_float, fx_float_to_e4m3, uint8_t);
+        break;
+    case FX_FLOAT8_E5M2:
+        AVG_LOWP(fx_e5m2_to_float, fx_float_to_e5m2, uint8_t);
         break;
     case FX_FLOAT32:
         AVG_FLOAT(float);
@@ -141,6 +147,10 @@ void fx_coll_avg_scale(void *buf, size_t n, fx_datatype dtype, int nranks)
 
         if (dtype == FX_FLOAT16 || dtype == FX_BFLOAT16) {
             uint16_t z = 0x8000; /* -0: x + (-0) == x for every x, -0 + -0 stays -0 */
+
+            reduce_avg(p, p, &z, 1, dtype, nranks);
+        } else if (dtype == FX_FLOAT8_E4M3 || dtype == FX_FLOAT8_E5M2) {
+            uint8_t z = 0x80;
 
             reduce_avg(p, p, &z, 1, dtype, nranks);
         } else if (dtype == FX_FLOAT32 || dtype == FX_FLOAT64) {

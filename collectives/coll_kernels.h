@@ -6,7 +6,8 @@
  * Semantics (the tests' reference):
  *  - integers: SUM and PROD wrap like C unsigned arithmetic; MIN/MAX in the type's signedness;
  *  - floats: MIN/MAX return NaN if either operand is NaN;
- *  - fp16/bf16: operands widened to fp32, the result rounded to nearest-even once;
+ *  - fp16/bf16/fp8: operands widened to fp32, the result rounded to nearest-even once (e4m3
+ *    saturates to +-448, e5m2 overflows to infinity);
  *  - AVG: SUM here; the division by nranks is applied by fx_coll_reduce_final();
  *  - a NaN result is a quiet NaN whose payload may differ between kernel sets (ranks still
  *    agree: each element's final value is computed on one rank and distributed).
@@ -32,7 +33,7 @@ void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_dataty
 
 /*
  * The last reduction of an element: dst = a (op) b, then for FX_AVG divided by nranks with a
- * single rounding for fp16/bf16 (fp32 sum / nranks, rounded once); integer AVG truncates the
+ * single rounding for fp16/bf16/fp8 (fp32 sum / nranks, rounded once); integer AVG truncates the
  * wrapped sum in the type's signedness. For other ops identical to fx_coll_reduce.
  */
 void fx_coll_reduce_final(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype,
@@ -54,5 +55,10 @@ float fx_half_to_float(uint16_t h);
 uint16_t fx_float_to_half(float f);
 float fx_bf16_to_float(uint16_t b);
 uint16_t fx_float_to_bf16(float f);
+/* OCP fp8: e4m3 saturates to +-448 (infinities too), e5m2 overflows to infinity; NaN stays NaN. */
+float fx_e4m3_to_float(uint8_t v);
+uint8_t fx_float_to_e4m3(float f);
+float fx_e5m2_to_float(uint8_t v);
+uint8_t fx_float_to_e5m2(float f);
 
 #endif /* FX_COLL_KERNELS_H */
