@@ -61,3 +61,11 @@ const fx_reduce_fn (*fx_coll_kernels_avx2(void))[4]
 {
     return table_avx2;
 }
+
+/* An fp32 a[i] += b[i] loop in this ISA: the bandwidth baseline fx-kernels compares against. */
+void fx_coll_stream_add_avx2(float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        a[i] += b[i];
+    }
+}

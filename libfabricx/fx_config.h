@@ -21,7 +21,7 @@ struct fx_config {
     bool tcp_zerocopy;       /* FX_TCP_ZEROCOPY */
     bool bind;               /* FX_BIND */
     int scratch_slots;       /* FX_SCRATCH_SLOTS */
-    char kernels[16];        /* FX_KERNELS: auto or scalar */
+    char kernels[16];        /* FX_KERNELS: auto, scalar, avx2 or avx512 */
     int spin_us;             /* FX_SPIN_US */
     bool link_stats;         /* FX_LINK_STATS */
 };

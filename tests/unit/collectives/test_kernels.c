@@ -2,7 +2,7 @@
  * Reduction kernels against an independent reference: every datatype x operator, random and
  * special values (NaN, infinities, signed zeros, subnormals, integer extremes), lengths around
  * the vector widths, unaligned and in-place buffers; the fp16/bf16 conversions exhaustively;
- * the scalar and AVX2 kernel sets bitwise against each other.
+ * the fp8 conversions exhaustively; every vector kernel set bitwise against the scalar one.
  *
  * The reference decodes fp16/bf16 with ldexp and rounds with nearbyint in double precision,
  * sharing no code with the library's bit-twiddling conversions.
@@ -544,18 +544,44 @@ static void matrix(void)
     }
 }
 
+static void use(enum fx_coll_kset set)
+{
+    char err[256] = "";
+
+    cr_assert_eq(fx_coll_kernels_select(set, err, sizeof(err)), FX_OK, "%s", err);
+}
+
 Test(kernels, every_datatype_and_op_matches_reference_default_isa, .timeout = 60)
 {
-    fx_coll_kernels_force_scalar(false);
+    use(FX_KSET_AUTO);
     matrix();
 }
 
 Test(kernels, every_datatype_and_op_matches_reference_scalar, .timeout = 60)
 {
-    fx_coll_kernels_force_scalar(true);
+    use(FX_KSET_SCALAR);
     cr_assert_str_eq(fx_coll_kernel_isa(), "scalar");
     matrix();
-    fx_coll_kernels_force_scalar(false);
+}
+
+Test(kernels, every_datatype_and_op_matches_reference_avx2, .timeout = 60)
+{
+    if (!fx_coll_kset_available(FX_KSET_AVX2)) {
+        cr_skip_test("this CPU has no AVX2+F16C");
+    }
+    use(FX_KSET_AVX2);
+    cr_assert_str_eq(fx_coll_kernel_isa(), "avx2");
+    matrix();
+}
+
+Test(kernels, every_datatype_and_op_matches_reference_avx512, .timeout = 60)
+{
+    if (!fx_coll_kset_available(FX_KSET_AVX512)) {
+        cr_skip_test("this CPU has no AVX-512 F/BW/VL");
+    }
+    use(FX_KSET_AVX512);
+    cr_assert_str_eq(fx_coll_kernel_isa(), "avx512");
+    matrix();
 }
 
 Test(kernels, avg_over_many_ranks_matches_reference, .timeout = 60)
@@ -572,50 +598,99 @@ Test(kernels, avg_over_many_ranks_matches_reference, .timeout = 60)
     }
 }
 
-/* The two kernel sets must agree bit for bit, NaN payloads aside (which operand's payload a
- * NaN result carries is up to the compiler's operand order). Ranks get identical results anyway:
- * each element's final value is computed on one rank and distributed. */
-Test(kernels, scalar_and_vector_kernels_agree_bitwise, .timeout = 60)
+/* One (dtype, op, n) through scalar and through set from offset-shifted buffers; returns the
+ * number of elements that differ, NaN payloads aside. */
+static size_t agree(enum fx_coll_kset set, fx_datatype dt, int op, size_t n, size_t off)
 {
     enum { N = 1031 };
-    static uint8_t a[N * 8], b[N * 8], d1[N * 8], d2[N * 8];
+    static uint8_t a[N * 8 + 8], b[N * 8 + 8], d1[N * 8 + 8], d2[N * 8 + 8];
+    size_t es    = fx_datatype_size(dt);
+    size_t wrong = 0;
 
-    fx_coll_kernels_force_scalar(false);
-    if (strcmp(fx_coll_kernel_isa(), "scalar") == 0) {
-        cr_skip_test("this CPU has no AVX2+F16C: only the scalar kernels exist here");
+    fill(dt, a + off, n);
+    fill(dt, b + off + 1, n);
+    use(FX_KSET_SCALAR);
+    fx_coll_reduce_final(d1 + off, a + off, b + off + 1, n, dt, (fx_op)op, 5);
+    use(set);
+    fx_coll_reduce_final(d2 + off + 3, a + off, b + off + 1, n, dt, (fx_op)op, 5);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t x = load_bits(d1 + off, i, es), y = load_bits(d2 + off + 3, i, es);
+
+        if (x != y && !(elem_is_nan(dt, x) && elem_is_nan(dt, y)) && wrong++ < 4) {
+            cr_log_error("%s %s n=%zu element %zu: a %#llx b %#llx: scalar %#llx, %s %#llx",
+                         fx_datatype_name(dt), op_names[op], n, i,
+                         (unsigned long long)load_bits(a + off, i, es),
+                         (unsigned long long)load_bits(b + off + 1, i, es), (unsigned long long)x,
+                         fx_coll_kernel_isa(), (unsigned long long)y);
+        }
+    }
+    return wrong;
+}
+
+/* Every vector set must agree with scalar bit for bit, NaN payloads aside (which operand's
+ * payload a NaN result carries is up to the compiler's operand order), for every length 0..67
+ * and a large unaligned one. Ranks get identical results anyway: each element's final value is
+ * computed on one rank and distributed. */
+static void sets_agree(enum fx_coll_kset set)
+{
+    if (!fx_coll_kset_available(set)) {
+        cr_skip_test("this CPU lacks the features of this kernel set");
     }
     for (int dt = 0; dt < FX_NUM_DATATYPES; dt++) {
-        size_t es = fx_datatype_size((fx_datatype)dt);
-
         for (int op = 0; op < FX_NUM_OPS; op++) {
             size_t wrong = 0;
 
-            for (int round = 0; round < 8; round++) {
-                fill((fx_datatype)dt, a, N);
-                fill((fx_datatype)dt, b, N);
-                fx_coll_kernels_force_scalar(true);
-                fx_coll_reduce_final(d1, a, b, N, (fx_datatype)dt, (fx_op)op, 5);
-                fx_coll_kernels_force_scalar(false);
-                fx_coll_reduce_final(d2, a, b, N, (fx_datatype)dt, (fx_op)op, 5);
-                for (size_t i = 0; i < N; i++) {
-                    uint64_t x = load_bits(d1, i, es), y = load_bits(d2, i, es);
-
-                    if (x != y &&
-                        !(elem_is_nan((fx_datatype)dt, x) && elem_is_nan((fx_datatype)dt, y)) &&
-                        wrong++ < 4) {
-                        cr_log_error("%s %s element %zu: a %#llx b %#llx: scalar %#llx, %s %#llx",
-                                     fx_datatype_name((fx_datatype)dt), op_names[op], i,
-                                     (unsigned long long)load_bits(a, i, es),
-                                     (unsigned long long)load_bits(b, i, es), (unsigned long long)x,
-                                     fx_coll_kernel_isa(), (unsigned long long)y);
-                    }
-                }
+            for (size_t n = 0; n <= 67; n++) {
+                wrong += agree(set, (fx_datatype)dt, op, n, n % 8);
+            }
+            for (int round = 0; round < 4; round++) {
+                wrong += agree(set, (fx_datatype)dt, op, 1031, (size_t)round * 2 + 1);
             }
             cr_expect_eq(wrong, 0, "%s %s: scalar and %s differ in %zu elements",
                          fx_datatype_name((fx_datatype)dt), op_names[op], fx_coll_kernel_isa(),
                          wrong);
         }
     }
+}
+
+Test(kernels, scalar_and_avx2_kernels_agree_bitwise, .timeout = 60)
+{
+    sets_agree(FX_KSET_AVX2);
+}
+
+Test(kernels, scalar_and_avx512_kernels_agree_bitwise, .timeout = 60)
+{
+    sets_agree(FX_KSET_AVX512);
+}
+
+/* A set is selectable exactly when the CPU has its features; otherwise the error names one. */
+Test(kernels, selecting_a_kernel_set_follows_cpu_features, .timeout = 10)
+{
+    static const char *const names[] = {"auto", "scalar", "avx2", "avx512"};
+    enum fx_coll_kset set;
+
+    __builtin_cpu_init();
+    for (int i = 0; i < FX_KSET_COUNT; i++) {
+        char err[256] = "";
+        fx_status st;
+
+        cr_assert(fx_coll_kset_parse(names[i], &set));
+        cr_assert_eq((int)set, i);
+        st = fx_coll_kernels_select(set, err, sizeof(err));
+        if (fx_coll_kset_available(set)) {
+            cr_expect_eq(st, FX_OK, "%s: %s", names[i], err);
+        } else {
+            cr_expect_eq(st, FX_ERR_UNSUPPORTED, "%s", names[i]);
+            cr_expect(strstr(err, "lacks") != NULL, "message %s", err);
+        }
+    }
+    cr_expect_eq(fx_coll_kset_available(FX_KSET_AVX512),
+                 __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+                     __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"));
+    cr_expect(!fx_coll_kset_parse("avx9", &set));
+    cr_expect(!fx_coll_kset_parse(NULL, &set));
+    cr_expect_eq(fx_coll_kernels_select(FX_KSET_COUNT, NULL, 0), FX_ERR_INVALID_ARG);
 }
 
 /* ------------------------------------------------------------------ conversions */
