@@ -239,3 +239,23 @@ void fx_coll_avg_scale(void *buf, size_t n, fx_datatype dtype, int nranks)
         }
     }
 }
+
+/* The fx-kernels baseline for the scalar set, compiled like the scalar kernels. */
+void fx_coll_stream_add_scalar(float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        a[i] += b[i];
+    }
+}
+
+fx_stream_add_fn fx_coll_stream_add(void)
+{
+    switch (current()) {
+    case FX_KSET_AVX512:
+        return fx_coll_stream_add_avx512;
+    case FX_KSET_AVX2:
+        return fx_coll_stream_add_avx2;
+    default:
+        return fx_coll_stream_add_scalar;
+    }
+}

@@ -69,10 +69,13 @@ const char *fx_coll_kernel_isa(void);
 const fx_reduce_fn (*fx_coll_kernels_avx2(void))[4];
 const fx_reduce_fn (*fx_coll_kernels_avx512(void))[4];
 
-/* a[i] += b[i] in fp32, compiled for AVX2 or AVX-512: the fair bandwidth baseline of
- * fx-kernels for the kernels of the same ISA. */
+/* a[i] += b[i] in fp32, compiled for one ISA as its kernels are: the fair bandwidth baseline
+ * of fx-kernels. fx_coll_stream_add returns the one of the kernel set in use. */
+typedef void (*fx_stream_add_fn)(float *a, const float *b, size_t n);
+void fx_coll_stream_add_scalar(float *a, const float *b, size_t n);
 void fx_coll_stream_add_avx2(float *a, const float *b, size_t n);
 void fx_coll_stream_add_avx512(float *a, const float *b, size_t n);
+fx_stream_add_fn fx_coll_stream_add(void);
 
 /* Scalar conversions (round to nearest-even, NaN kept quiet, overflow to infinity). */
 float fx_half_to_float(uint16_t h);

@@ -29,13 +29,17 @@ static inline float fx_fp8_u2f(uint32_t u)
     return f;
 }
 
-/* The magnitude bits placed at the top of an fp32 mantissa, scaled by 2^(127 - bias): exact for
- * normals and subnormals alike. */
+/* The magnitude bits placed at the top of an fp32 mantissa with the exponent rebiased; a
+ * subnormal code (exponent field 0) rebiased one higher reads as 2^emin * (1 + m) and
+ * subtracting 2^emin leaves 2^emin * m exactly. No fp32 subnormal is touched, so no microcode
+ * assist slows the loops. */
 static inline float fx_fp8_e4m3_decode(uint8_t v)
 {
     uint32_t mag  = (uint32_t)(v & 0x7fu);
     uint32_t sign = (uint32_t)(v & 0x80u) << 24;
-    uint32_t bits = fx_fp8_f2u(fx_fp8_u2f(mag << 20) * 0x1p120f);
+    float f       = fx_fp8_u2f((mag << 20) + (120u << 23));
+    float s       = fx_fp8_u2f((mag << 20) + (121u << 23)) - 0x1p-6f;
+    uint32_t bits = fx_fp8_f2u(mag < 8u ? s : f);
 
     bits = mag == 0x7fu ? 0x7fc00000u : bits;
     return fx_fp8_u2f(bits | sign);
@@ -45,7 +49,9 @@ static inline float fx_fp8_e5m2_decode(uint8_t v)
 {
     uint32_t mag  = (uint32_t)(v & 0x7fu);
     uint32_t sign = (uint32_t)(v & 0x80u) << 24;
-    uint32_t bits = fx_fp8_f2u(fx_fp8_u2f(mag << 21) * 0x1p112f);
+    float f       = fx_fp8_u2f((mag << 21) + (112u << 23));
+    float s       = fx_fp8_u2f((mag << 21) + (113u << 23)) - 0x1p-14f;
+    uint32_t bits = fx_fp8_f2u(mag < 4u ? s : f);
     uint32_t spec = 0x7f800000u | (mag & 3u) << 21 | (mag > 0x7cu ? 0x400000u : 0);
 
     bits = mag >= 0x7cu ? spec : bits;
