@@ -50,8 +50,125 @@ F16_512_KERNEL(prod, _mm512_mul_ps(x, y))
 F16_512_KERNEL(min, vmin_nan(x, y))
 F16_512_KERNEL(max, vmax_nan(x, y))
 
+/* The fp8 and bf16 conversions of coll_kernels_fp8_inl.h and coll_kernels_inl.h on 16 lanes:
+ * the same integer and fp32 operations, so the results are bitwise those of the scalar set. */
+static inline __m512i vset(uint32_t v)
+{
+    return _mm512_set1_epi32((int)v);
+}
+
+static inline __m512 dec_e4m3(__m512i v)
+{
+    __m512i mag  = _mm512_and_si512(v, vset(0x7f));
+    __m512i sign = _mm512_slli_epi32(_mm512_and_si512(v, vset(0x80)), 24);
+    __m512i top  = _mm512_slli_epi32(mag, 20);
+    __m512 f     = _mm512_castsi512_ps(_mm512_add_epi32(top, vset(120u << 23)));
+    __m512 s     = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_add_epi32(top, vset(121u << 23))),
+                                 _mm512_set1_ps(0x1p-6f));
+    __m512i bits =
+        _mm512_castps_si512(_mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(mag, vset(8)), f, s));
+
+    bits =
+        _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(mag, vset(0x7f)), bits, vset(0x7fc00000u));
+    return _mm512_castsi512_ps(_mm512_or_si512(bits, sign));
+}
+
+static inline __m512 dec_e5m2(__m512i v)
+{
+    __m512i mag  = _mm512_and_si512(v, vset(0x7f));
+    __m512i sign = _mm512_slli_epi32(_mm512_and_si512(v, vset(0x80)), 24);
+    __m512i top  = _mm512_slli_epi32(mag, 21);
+    __m512 f     = _mm512_castsi512_ps(_mm512_add_epi32(top, vset(112u << 23)));
+    __m512 s     = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_add_epi32(top, vset(113u << 23))),
+                                 _mm512_set1_ps(0x1p-14f));
+    __m512i bits =
+        _mm512_castps_si512(_mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(mag, vset(4)), f, s));
+    __m512i spec =
+        _mm512_or_si512(vset(0x7f800000u), _mm512_slli_epi32(_mm512_and_si512(mag, vset(3)), 21));
+
+    spec = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(mag, vset(0x7c)), spec,
+                                   _mm512_or_si512(spec, vset(0x400000u)));
+    bits = _mm512_mask_blend_epi32(_mm512_cmpge_epi32_mask(mag, vset(0x7c)), bits, spec);
+    return _mm512_castsi512_ps(_mm512_or_si512(bits, sign));
+}
+
+/* Round-to-nearest-even magnitude code shared by both formats (ax = |x| bits): sh is the
+ * mantissa shift (20 or 21), the other arguments the format's constants as in
+ * coll_kernels_fp8_inl.h. */
+static inline __m512i enc_fp8(__m512i ax, int sh, uint32_t rebias, float magic, uint32_t magic_bits,
+                              uint32_t sub_lim)
+{
+    __m512i odd  = _mm512_and_si512(_mm512_srli_epi32(ax, sh), vset(1));
+    __m512i half = vset((1u << (sh - 1)) - 1);
+    __m512i norm = _mm512_sub_epi32(
+        _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(ax, half), odd), sh), vset(rebias));
+    __m512i sub = _mm512_sub_epi32(
+        _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(ax), _mm512_set1_ps(magic))),
+        vset(magic_bits));
+
+    return _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(ax, vset(sub_lim)), norm, sub);
+}
+
+static inline __m512i sign8(__m512 f)
+{
+    return _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(f), 24), vset(0x80));
+}
+
+static inline __m512i enc_e4m3(__m512 f)
+{
+    __m512i ax = _mm512_and_si512(_mm512_castps_si512(f), vset(0x7fffffffu));
+    __m512i v  = enc_fp8(ax, 20, 120u << 3, 0x1p14f, 0x46800000u, 0x3c800000u);
+
+    v = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x43e00000u)), v, vset(0x7e));
+    v = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x7f800000u)), v, vset(0x7f));
+    return _mm512_or_si512(v, sign8(f));
+}
+
+static inline __m512i enc_e5m2(__m512 f)
+{
+    __m512i ax = _mm512_and_si512(_mm512_castps_si512(f), vset(0x7fffffffu));
+    __m512i v  = enc_fp8(ax, 21, 112u << 2, 0x1p7f, 0x43000000u, 0x38800000u);
+
+    v = _mm512_mask_blend_epi32(_mm512_cmpge_epi32_mask(ax, vset(0x47700000u)), v, vset(0x7c));
+    v = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x7f800000u)), v, vset(0x7e));
+    return _mm512_or_si512(v, sign8(f));
+}
+
+/* fp8, 16 lanes at a time; the tail through the same instructions with masked loads and
+ * stores. */
+#define FP8_512_KERNEL(fmt, opname, VEXPR)                                                         \
+    static void fmt##_##opname##_avx512(void *d, const void *a, const void *b, size_t n)           \
+    {                                                                                              \
+        uint8_t *dd       = d;                                                                     \
+        const uint8_t *aa = a, *bb = b;                                                            \
+        size_t i = 0;                                                                              \
+        for (; i + 16 <= n; i += 16) {                                                             \
+            __m512 x =                                                                             \
+                dec_##fmt(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(aa + i))));       \
+            __m512 y =                                                                             \
+                dec_##fmt(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(bb + i))));       \
+            _mm_storeu_si128((__m128i *)(dd + i), _mm512_cvtepi32_epi8(enc_##fmt(VEXPR)));         \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);                                        \
+            __m512 x    = dec_##fmt(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, aa + i)));        \
+            __m512 y    = dec_##fmt(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, bb + i)));        \
+            _mm512_mask_cvtepi32_storeu_epi8(dd + i, k, enc_##fmt(VEXPR));                         \
+        }                                                                                          \
+    }
+
+#define FP8_512_KERNELS(fmt)                                                                       \
+    FP8_512_KERNEL(fmt, sum, _mm512_add_ps(x, y))                                                  \
+    FP8_512_KERNEL(fmt, prod, _mm512_mul_ps(x, y))                                                 \
+    FP8_512_KERNEL(fmt, min, vmin_nan(x, y))                                                       \
+    FP8_512_KERNEL(fmt, max, vmax_nan(x, y))
+
+FP8_512_KERNELS(e4m3)
+FP8_512_KERNELS(e5m2)
+
 #define KSUFFIX           _avx512
 #define KERNELS_HAVE_F16C 1
+#define KERNELS_HAVE_FP8  1
 
 #include "coll_kernels_inl.h"
 
