@@ -52,8 +52,139 @@ F16C_KERNEL(prod, _mm256_mul_ps(x, y))
 F16C_KERNEL(min, vmin_nan(x, y))
 F16C_KERNEL(max, vmax_nan(x, y))
 
+/* The fp8 and bf16 conversions of coll_kernels_fp8_inl.h and coll_kernels_inl.h on 8 lanes: the
+ * same integer and fp32 operations, so the results are bitwise those of the scalar set. Every
+ * integer compared is below 2^31, so signed compares serve. */
+static inline __m256i vset(uint32_t v)
+{
+    return _mm256_set1_epi32((int)v);
+}
+
+static inline __m256i vsel(__m256i mask, __m256i no, __m256i yes)
+{
+    return _mm256_blendv_epi8(no, yes, mask);
+}
+
+static inline __m256 dec_e4m3(__m256i v)
+{
+    __m256i mag  = _mm256_and_si256(v, vset(0x7f));
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(v, vset(0x80)), 24);
+    __m256i top  = _mm256_slli_epi32(mag, 20);
+    __m256i f    = _mm256_add_epi32(top, vset(120u << 23));
+    __m256i s    = _mm256_castps_si256(_mm256_sub_ps(
+           _mm256_castsi256_ps(_mm256_add_epi32(top, vset(121u << 23))), _mm256_set1_ps(0x1p-6f)));
+    __m256i bits = vsel(_mm256_cmpgt_epi32(vset(8), mag), f, s);
+
+    bits = vsel(_mm256_cmpeq_epi32(mag, vset(0x7f)), bits, vset(0x7fc00000u));
+    return _mm256_castsi256_ps(_mm256_or_si256(bits, sign));
+}
+
+static inline __m256 dec_e5m2(__m256i v)
+{
+    __m256i mag  = _mm256_and_si256(v, vset(0x7f));
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(v, vset(0x80)), 24);
+    __m256i top  = _mm256_slli_epi32(mag, 21);
+    __m256i f    = _mm256_add_epi32(top, vset(112u << 23));
+    __m256i s    = _mm256_castps_si256(_mm256_sub_ps(
+           _mm256_castsi256_ps(_mm256_add_epi32(top, vset(113u << 23))), _mm256_set1_ps(0x1p-14f)));
+    __m256i bits = vsel(_mm256_cmpgt_epi32(vset(4), mag), f, s);
+    __m256i spec =
+        _mm256_or_si256(vset(0x7f800000u), _mm256_slli_epi32(_mm256_and_si256(mag, vset(3)), 21));
+
+    spec = vsel(_mm256_cmpgt_epi32(mag, vset(0x7c)), spec, _mm256_or_si256(spec, vset(0x400000u)));
+    bits = vsel(_mm256_cmpgt_epi32(mag, vset(0x7b)), bits, spec);
+    return _mm256_castsi256_ps(_mm256_or_si256(bits, sign));
+}
+
+/* Round-to-nearest-even magnitude code of both formats (ax = |x| bits), as in
+ * coll_kernels_fp8_inl.h: sh is the mantissa shift, the rest the format's constants. */
+static inline __m256i enc_fp8(__m256i ax, int sh, uint32_t rebias, float magic, uint32_t magic_bits,
+                              uint32_t sub_lim)
+{
+    __m256i odd  = _mm256_and_si256(_mm256_srli_epi32(ax, sh), vset(1));
+    __m256i half = vset((1u << (sh - 1)) - 1);
+    __m256i norm = _mm256_sub_epi32(
+        _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(ax, half), odd), sh), vset(rebias));
+    __m256i sub = _mm256_sub_epi32(
+        _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(ax), _mm256_set1_ps(magic))),
+        vset(magic_bits));
+
+    return vsel(_mm256_cmpgt_epi32(vset(sub_lim), ax), norm, sub);
+}
+
+static inline __m256i sign8(__m256 f)
+{
+    return _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(f), 24), vset(0x80));
+}
+
+static inline __m256i enc_e4m3(__m256 f)
+{
+    __m256i ax = _mm256_and_si256(_mm256_castps_si256(f), vset(0x7fffffffu));
+    __m256i v  = enc_fp8(ax, 20, 120u << 3, 0x1p14f, 0x46800000u, 0x3c800000u);
+
+    v = vsel(_mm256_cmpgt_epi32(ax, vset(0x43e00000u)), v, vset(0x7e));
+    v = vsel(_mm256_cmpgt_epi32(ax, vset(0x7f800000u)), v, vset(0x7f));
+    return _mm256_or_si256(v, sign8(f));
+}
+
+static inline __m256i enc_e5m2(__m256 f)
+{
+    __m256i ax = _mm256_and_si256(_mm256_castps_si256(f), vset(0x7fffffffu));
+    __m256i v  = enc_fp8(ax, 21, 112u << 2, 0x1p7f, 0x43000000u, 0x38800000u);
+
+    v = vsel(_mm256_cmpgt_epi32(ax, vset(0x476fffffu)), v, vset(0x7c));
+    v = vsel(_mm256_cmpgt_epi32(ax, vset(0x7f800000u)), v, vset(0x7e));
+    return _mm256_or_si256(v, sign8(f));
+}
+
+/* Eight 32-bit codes (each below 256) to eight bytes. */
+static inline __m128i pack8(__m256i v)
+{
+    __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+
+    return _mm_packus_epi16(w, w);
+}
+
+static inline __m256i load8(const uint8_t *p)
+{
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+}
+
+/* fp8, 8 lanes at a time; the tail through the same instructions on a zero-padded copy. */
+#define FP8_AVX2_KERNEL(fmt, opname, VEXPR)                                                        \
+    static void fmt##_##opname##_avx2(void *d, const void *a, const void *b, size_t n)             \
+    {                                                                                              \
+        uint8_t *dd       = d;                                                                     \
+        const uint8_t *aa = a, *bb = b;                                                            \
+        size_t i = 0;                                                                              \
+        for (; i + 8 <= n; i += 8) {                                                               \
+            __m256 x = dec_##fmt(load8(aa + i));                                                   \
+            __m256 y = dec_##fmt(load8(bb + i));                                                   \
+            _mm_storel_epi64((__m128i *)(dd + i), pack8(enc_##fmt(VEXPR)));                        \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            uint8_t ta[8] = {0}, tb[8] = {0}, td[16];                                              \
+            memcpy(ta, aa + i, n - i);                                                             \
+            memcpy(tb, bb + i, n - i);                                                             \
+            __m256 x = dec_##fmt(load8(ta));                                                       \
+            __m256 y = dec_##fmt(load8(tb));                                                       \
+            _mm_storeu_si128((__m128i *)td, pack8(enc_##fmt(VEXPR)));                              \
+            memcpy(dd + i, td, n - i);                                                             \
+        }                                                                                          \
+    }
+
+#define FP8_AVX2_KERNELS(fmt)                                                                      \
+    FP8_AVX2_KERNEL(fmt, sum, _mm256_add_ps(x, y))                                                 \
+    FP8_AVX2_KERNEL(fmt, prod, _mm256_mul_ps(x, y))                                                \
+    FP8_AVX2_KERNEL(fmt, min, vmin_nan(x, y))                                                      \
+    FP8_AVX2_KERNEL(fmt, max, vmax_nan(x, y))
+
+FP8_AVX2_KERNELS(e4m3)
+FP8_AVX2_KERNELS(e5m2)
+
 #define KSUFFIX           _avx2
 #define KERNELS_HAVE_F16C 1
+#define KERNELS_HAVE_FP8  1
 
 #include "coll_kernels_inl.h"
 
