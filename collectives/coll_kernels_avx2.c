@@ -182,9 +182,59 @@ static inline __m256i load8(const uint8_t *p)
 FP8_AVX2_KERNELS(e4m3)
 FP8_AVX2_KERNELS(e5m2)
 
+/* bf16 as the scalar bf_load/bf_store: shift up; round to nearest-even by adding 0x7fff plus
+ * the kept lsb, NaN kept quiet. */
+static inline __m256 dec_bf16(const uint16_t *p)
+{
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static inline __m128i enc_bf16(__m256 f)
+{
+    __m256i x   = _mm256_castps_si256(f);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(x, 16), vset(1));
+    __m256i r   = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, vset(0x7fff)), odd), 16);
+    __m256i q   = _mm256_or_si256(_mm256_srli_epi32(x, 16), vset(0x40));
+    __m256i ax  = _mm256_and_si256(x, vset(0x7fffffffu));
+
+    r = vsel(_mm256_cmpgt_epi32(ax, vset(0x7f800000u)), r, q);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+/* bf16, 8 lanes at a time; the tail on a zero-padded copy. */
+#define BF16_AVX2_KERNEL(opname, VEXPR)                                                            \
+    static void bf16_##opname##_avx2(void *d, const void *a, const void *b, size_t n)              \
+    {                                                                                              \
+        uint16_t *dd       = d;                                                                    \
+        const uint16_t *aa = a, *bb = b;                                                           \
+        size_t i = 0;                                                                              \
+        for (; i + 8 <= n; i += 8) {                                                               \
+            __m256 x = dec_bf16(aa + i);                                                           \
+            __m256 y = dec_bf16(bb + i);                                                           \
+            _mm_storeu_si128((__m128i *)(dd + i), enc_bf16(VEXPR));                                \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            uint16_t ta[8] = {0}, tb[8] = {0}, td[8];                                              \
+            memcpy(ta, aa + i, (n - i) * 2);                                                       \
+            memcpy(tb, bb + i, (n - i) * 2);                                                       \
+            __m256 x = dec_bf16(ta);                                                               \
+            __m256 y = dec_bf16(tb);                                                               \
+            _mm_storeu_si128((__m128i *)td, enc_bf16(VEXPR));                                      \
+            memcpy(dd + i, td, (n - i) * 2);                                                       \
+        }                                                                                          \
+    }
+
+BF16_AVX2_KERNEL(sum, _mm256_add_ps(x, y))
+BF16_AVX2_KERNEL(prod, _mm256_mul_ps(x, y))
+BF16_AVX2_KERNEL(min, vmin_nan(x, y))
+BF16_AVX2_KERNEL(max, vmax_nan(x, y))
+
 #define KSUFFIX           _avx2
 #define KERNELS_HAVE_F16C 1
 #define KERNELS_HAVE_FP8  1
+#define KERNELS_HAVE_BF16 1
 
 #include "coll_kernels_inl.h"
 

@@ -166,9 +166,54 @@ static inline __m512i enc_e5m2(__m512 f)
 FP8_512_KERNELS(e4m3)
 FP8_512_KERNELS(e5m2)
 
+/* bf16 as the scalar bf_load/bf_store: shift up; round to nearest-even by adding 0x7fff plus
+ * the kept lsb, NaN kept quiet. */
+static inline __m512 dec_bf16(__m256i v)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+static inline __m256i enc_bf16(__m512 f)
+{
+    __m512i x   = _mm512_castps_si512(f);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(x, 16), vset(1));
+    __m512i r   = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, vset(0x7fff)), odd), 16);
+    __m512i q   = _mm512_or_si512(_mm512_srli_epi32(x, 16), vset(0x40));
+    __m512i ax  = _mm512_and_si512(x, vset(0x7fffffffu));
+
+    r = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x7f800000u)), r, q);
+    return _mm512_cvtepi32_epi16(r);
+}
+
+/* bf16, 16 lanes at a time; the tail through masked loads and stores. */
+#define BF16_512_KERNEL(opname, VEXPR)                                                             \
+    static void bf16_##opname##_avx512(void *d, const void *a, const void *b, size_t n)            \
+    {                                                                                              \
+        uint16_t *dd       = d;                                                                    \
+        const uint16_t *aa = a, *bb = b;                                                           \
+        size_t i = 0;                                                                              \
+        for (; i + 16 <= n; i += 16) {                                                             \
+            __m512 x = dec_bf16(_mm256_loadu_si256((const __m256i *)(aa + i)));                    \
+            __m512 y = dec_bf16(_mm256_loadu_si256((const __m256i *)(bb + i)));                    \
+            _mm256_storeu_si256((__m256i *)(dd + i), enc_bf16(VEXPR));                             \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);                                        \
+            __m512 x    = dec_bf16(_mm256_maskz_loadu_epi16(k, aa + i));                           \
+            __m512 y    = dec_bf16(_mm256_maskz_loadu_epi16(k, bb + i));                           \
+            _mm256_mask_storeu_epi16(dd + i, k, enc_bf16(VEXPR));                                  \
+        }                                                                                          \
+    }
+
+BF16_512_KERNEL(sum, _mm512_add_ps(x, y))
+BF16_512_KERNEL(prod, _mm512_mul_ps(x, y))
+BF16_512_KERNEL(min, vmin_nan(x, y))
+BF16_512_KERNEL(max, vmax_nan(x, y))
+
 #define KSUFFIX           _avx512
 #define KERNELS_HAVE_F16C 1
 #define KERNELS_HAVE_FP8  1
+#define KERNELS_HAVE_BF16 1
 
 #include "coll_kernels_inl.h"
 

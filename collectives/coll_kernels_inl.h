@@ -1,9 +1,10 @@
 /*
  * Reduction loop bodies, instantiated per kernel set: in coll_kernels.c for the baseline ISA,
  * in coll_kernels_avx2.c and coll_kernels_avx512.c with their ISA flags (which may supply their
- * own fp16 and fp8 kernels: KERNELS_HAVE_F16C, KERNELS_HAVE_FP8). Define KSUFFIX before including.
- * The loops are written for the auto-vectoriser: no early exits, NaN rules as selects. Both sets
- * give bitwise identical results (same operations, same order, no contraction).
+ * own fp16, bf16 and fp8 kernels: KERNELS_HAVE_F16C, KERNELS_HAVE_BF16, KERNELS_HAVE_FP8). Define
+ * KSUFFIX before including. The loops are written for the auto-vectoriser: no early exits, NaN
+ * rules as selects. Both sets give bitwise identical results (same operations, same order, no
+ * contraction).
  */
 #include <math.h>
 #include <stdint.h>
@@ -152,7 +153,9 @@ static inline uint16_t KNAME(bf_store)(float f)
     LOWP_KERNEL(tag, min, FMIN(x, y), LOAD, STORE, ET)                                             \
     LOWP_KERNEL(tag, max, FMAX(x, y), LOAD, STORE, ET)
 
+#ifndef KERNELS_HAVE_BF16
 LOWP_KERNELS(bf16, KNAME(bf_load), KNAME(bf_store), uint16_t)
+#endif
 #ifndef KERNELS_HAVE_FP8
 LOWP_KERNELS(e4m3, fx_fp8_e4m3_decode, fx_fp8_e4m3_encode, uint8_t)
 LOWP_KERNELS(e5m2, fx_fp8_e5m2_decode, fx_fp8_e5m2_encode, uint8_t)
