@@ -603,7 +603,8 @@ Test(kernels, avg_over_many_ranks_matches_reference, .timeout = 60)
 static size_t agree(enum fx_coll_kset set, fx_datatype dt, int op, size_t n, size_t off)
 {
     enum { N = 1031 };
-    static uint8_t a[N * 8 + 8], b[N * 8 + 8], d1[N * 8 + 8], d2[N * 8 + 8];
+    static uint8_t a[N * 8 + 16], b[N * 8 + 16], d1[N * 8 + 16],
+        d2[N * 8 + 16]; /* offsets up to 10 */
     size_t es    = fx_datatype_size(dt);
     size_t wrong = 0;
 
