@@ -57,22 +57,6 @@ static inline __m512i vset(uint32_t v)
     return _mm512_set1_epi32((int)v);
 }
 
-static inline __m512 dec_e4m3(__m512i v)
-{
-    __m512i mag  = _mm512_and_si512(v, vset(0x7f));
-    __m512i sign = _mm512_slli_epi32(_mm512_and_si512(v, vset(0x80)), 24);
-    __m512i top  = _mm512_slli_epi32(mag, 20);
-    __m512 f     = _mm512_castsi512_ps(_mm512_add_epi32(top, vset(120u << 23)));
-    __m512 s     = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_add_epi32(top, vset(121u << 23))),
-                                 _mm512_set1_ps(0x1p-6f));
-    __m512i bits =
-        _mm512_castps_si512(_mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(mag, vset(8)), f, s));
-
-    bits =
-        _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(mag, vset(0x7f)), bits, vset(0x7fc00000u));
-    return _mm512_castsi512_ps(_mm512_or_si512(bits, sign));
-}
-
 /* e5m2 is the top byte of a binary16: decode through the half conversion (exact; a NaN comes
  * out quiet, its payload aside as the scalar decode). */
 static inline __m512 ld_e5m2(const uint8_t *p, __mmask16 k)
@@ -82,9 +66,18 @@ static inline __m512 ld_e5m2(const uint8_t *p, __mmask16 k)
     return _mm512_cvtph_ps(h);
 }
 
+/* e4m3 placed in a binary16 as the value times 2^-8 (sign to bit 15, exponent and mantissa
+ * below it; e4m3 subnormals become binary16 subnormals), NaN made a binary16 NaN, then
+ * converted and scaled back: exact, and cheaper than rebuilding the fp32 bits. */
 static inline __m512 ld_e4m3(const uint8_t *p, __mmask16 k)
 {
-    return dec_e4m3(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, p)));
+    __m256i sx    = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(k, p));
+    __m256i h     = _mm256_and_si256(_mm256_slli_epi16(sx, 7), _mm256_set1_epi16((short)0xbf80));
+    __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)),
+                                            _mm256_set1_epi16(0x3f80));
+
+    h = _mm256_mask_mov_epi16(h, nan, _mm256_or_si256(h, _mm256_set1_epi16(0x7e00)));
+    return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f));
 }
 
 /* Round-to-nearest-even magnitude code shared by both formats (ax = |x| bits): sh is the
