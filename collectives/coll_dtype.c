@@ -1,17 +1,20 @@
-/* Datatype and operator names (nccl-tests spellings), sizes, and fp16/bf16 conversions. */
+/* Datatype and operator names (nccl-tests spellings), sizes, and fp16/bf16/fp8 conversions. */
 #include <math.h>
 #include <string.h>
 
 #include "coll_kernels.h"
+#include "coll_kernels_fp8_inl.h"
 
 static const struct {
     const char *name;
     size_t size;
 } dtypes[FX_NUM_DATATYPES] = {
-    [FX_INT8] = {"int8", 1},      [FX_UINT8] = {"uint8", 1},       [FX_INT32] = {"int32", 4},
-    [FX_UINT32] = {"uint32", 4},  [FX_INT64] = {"int64", 8},       [FX_UINT64] = {"uint64", 8},
-    [FX_FLOAT16] = {"half", 2},   [FX_BFLOAT16] = {"bfloat16", 2}, [FX_FLOAT32] = {"float", 4},
-    [FX_FLOAT64] = {"double", 8},
+    [FX_INT8] = {"int8", 1},          [FX_UINT8] = {"uint8", 1},
+    [FX_INT32] = {"int32", 4},        [FX_UINT32] = {"uint32", 4},
+    [FX_INT64] = {"int64", 8},        [FX_UINT64] = {"uint64", 8},
+    [FX_FLOAT16] = {"half", 2},       [FX_BFLOAT16] = {"bfloat16", 2},
+    [FX_FLOAT32] = {"float", 4},      [FX_FLOAT64] = {"double", 8},
+    [FX_FLOAT8_E4M3] = {"f8e4m3", 1}, [FX_FLOAT8_E5M2] = {"f8e5m2", 1},
 };
 
 static const char *const op_names[FX_NUM_OPS] = {"sum", "prod", "min", "max", "avg"};
@@ -105,4 +108,24 @@ uint16_t fx_float_to_bf16(float f)
         return (uint16_t)((x >> 16) | 0x40u);
     }
     return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+float fx_e4m3_to_float(uint8_t v)
+{
+    return fx_fp8_e4m3_decode(v);
+}
+
+uint8_t fx_float_to_e4m3(float f)
+{
+    return fx_fp8_e4m3_encode(f);
+}
+
+float fx_e5m2_to_float(uint8_t v)
+{
+    return fx_fp8_e5m2_decode(v);
+}
+
+uint8_t fx_float_to_e5m2(float f)
+{
+    return fx_fp8_e5m2_encode(f);
 }

@@ -1,37 +1,113 @@
-/* Kernel dispatch (scalar or AVX2+F16C, chosen once by CPUID), final reductions and AVG. */
+/* Kernel dispatch (scalar, AVX2+F16C or AVX-512, chosen by CPUID or FX_KERNELS), final
+ * reductions and AVG. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
 
 #define KSUFFIX _scalar
 #include "coll_kernels_inl.h"
 
-static atomic_bool force_scalar;
+static atomic_int chosen          = FX_KSET_AUTO;
 static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
-static bool cpu_has_avx2;
+static const char *missing[FX_KSET_COUNT]; /* the first CPU feature a set lacks, NULL if none */
 
 static void detect(void)
 {
+    const char *m;
+
+    /* __builtin_cpu_supports takes string literals only: one test per feature. */
     __builtin_cpu_init();
-    cpu_has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    m                       = !__builtin_cpu_supports("avx2")   ? "avx2"
+                              : !__builtin_cpu_supports("f16c") ? "f16c"
+                              : !__builtin_cpu_supports("fma")  ? "fma"
+                                                                : NULL;
+    missing[FX_KSET_AVX2]   = m;
+    m                       = m != NULL                             ? m
+                              : !__builtin_cpu_supports("avx512f")  ? "avx512f"
+                              : !__builtin_cpu_supports("avx512bw") ? "avx512bw"
+                              : !__builtin_cpu_supports("avx512vl") ? "avx512vl"
+                                                                    : NULL;
+    missing[FX_KSET_AVX512] = m;
+}
+
+/* The set auto picks: the widest this CPU has. */
+static enum fx_coll_kset best(void)
+{
+    if (missing[FX_KSET_AVX512] == NULL) {
+        return FX_KSET_AVX512;
+    }
+    return missing[FX_KSET_AVX2] == NULL ? FX_KSET_AVX2 : FX_KSET_SCALAR;
+}
+
+static enum fx_coll_kset current(void)
+{
+    enum fx_coll_kset set;
+
+    pthread_once(&detect_once, detect);
+    set = (enum fx_coll_kset)atomic_load_explicit(&chosen, memory_order_relaxed);
+    return set == FX_KSET_AUTO ? best() : set;
 }
 
 static const fx_reduce_fn (*kernels(void))[4]
 {
-    pthread_once(&detect_once, detect);
-    if (cpu_has_avx2 && !atomic_load_explicit(&force_scalar, memory_order_relaxed)) {
+    switch (current()) {
+    case FX_KSET_AVX512:
+        return fx_coll_kernels_avx512();
+    case FX_KSET_AVX2:
         return fx_coll_kernels_avx2();
+    default:
+        return table_scalar;
     }
-    return table_scalar;
 }
 
-void fx_coll_kernels_force_scalar(bool force)
+static const char *const kset_names[FX_KSET_COUNT] = {[FX_KSET_AUTO]   = "auto",
+                                                      [FX_KSET_SCALAR] = "scalar",
+                                                      [FX_KSET_AVX2]   = "avx2",
+                                                      [FX_KSET_AVX512] = "avx512"};
+
+bool fx_coll_kset_parse(const char *s, enum fx_coll_kset *out)
 {
-    atomic_store(&force_scalar, force);
+    for (int i = 0; i < FX_KSET_COUNT; i++) {
+        if (s != NULL && strcmp(s, kset_names[i]) == 0) {
+            *out = (enum fx_coll_kset)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+bool fx_coll_kset_available(enum fx_coll_kset set)
+{
+    pthread_once(&detect_once, detect);
+    return (unsigned)set < FX_KSET_COUNT && missing[set] == NULL;
+}
+
+fx_status fx_coll_kernels_select(enum fx_coll_kset set, char *err, size_t errlen)
+{
+    if ((unsigned)set >= FX_KSET_COUNT) {
+        snprintf(err, errlen, "kernel set %d is not one of auto, scalar, avx2, avx512", (int)set);
+        return FX_ERR_INVALID_ARG;
+    }
+    pthread_once(&detect_once, detect);
+    if (missing[set] != NULL) {
+        snprintf(err, errlen, "FX_KERNELS=%s: this CPU lacks %s", kset_names[set], missing[set]);
+        return FX_ERR_UNSUPPORTED;
+    }
+    atomic_store(&chosen, (int)set);
+    return FX_OK;
 }
 
 const char *fx_coll_kernel_isa(void)
 {
-    return kernels() == table_scalar ? "scalar" : "avx2+f16c";
+    switch (current()) {
+    case FX_KSET_AVX512:
+        return "avx512";
+    case FX_KSET_AVX2:
+        return "avx2";
+    default:
+        return "scalar";
+    }
 }
 
 fx_reduce_fn fx_coll_reduce_fn(fx_datatype dtype, fx_op op)
@@ -69,9 +145,9 @@ void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_dataty
         }                                                                                          \
     } while (0)
 
-#define AVG_LOWP(LOAD, STORE)                                                                      \
+#define AVG_LOWP(LOAD, STORE, ET)                                                                  \
     do {                                                                                           \
-        typedef uint16_t ua_t __attribute__((aligned(1)));                                         \
+        typedef ET ua_t __attribute__((aligned(1)));                                               \
         ua_t *dd       = dst;                                                                      \
         const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
@@ -79,7 +155,7 @@ void fx_coll_reduce(void *dst, const void *a, const void *b, size_t n, fx_dataty
         }                                                                                          \
     } while (0)
 
-/* dst = (a + b) / nranks; fp16/bf16 computed in fp32 and rounded once. */
+/* dst = (a + b) / nranks; fp16/bf16/fp8 computed in fp32 and rounded once. */
 static void reduce_avg(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype,
                        int nranks)
 {
@@ -103,10 +179,16 @@ static void reduce_avg(void *dst, const void *a, const void *b, size_t n, fx_dat
         AVG_INT(uint64_t, uint64_t, uint64_t);
         break;
     case FX_FLOAT16:
-        AVG_LOWP(fx_half_to_float, fx_float_to_half);
+        AVG_LOWP(fx_half_to_float, fx_float_to_half, uint16_t);
         break;
     case FX_BFLOAT16:
-        AVG_LOWP(fx_bf16_to_float, fx_float_to_bf16);
+        AVG_LOWP(fx_bf16_to_float, fx_float_to_bf16, uint16_t);
+        break;
+    case FX_FLOAT8_E4M3:
+        AVG_LOWP(fx_e4m3_to_float, fx_float_to_e4m3, uint8_t);
+        break;
+    case FX_FLOAT8_E5M2:
+        AVG_LOWP(fx_e5m2_to_float, fx_float_to_e5m2, uint8_t);
         break;
     case FX_FLOAT32:
         AVG_FLOAT(float);
@@ -143,6 +225,10 @@ void fx_coll_avg_scale(void *buf, size_t n, fx_datatype dtype, int nranks)
             uint16_t z = 0x8000; /* -0: x + (-0) == x for every x, -0 + -0 stays -0 */
 
             reduce_avg(p, p, &z, 1, dtype, nranks);
+        } else if (dtype == FX_FLOAT8_E4M3 || dtype == FX_FLOAT8_E5M2) {
+            uint8_t z = 0x80;
+
+            reduce_avg(p, p, &z, 1, dtype, nranks);
         } else if (dtype == FX_FLOAT32 || dtype == FX_FLOAT64) {
             uint8_t nz[8] = {0};
 
@@ -151,5 +237,25 @@ void fx_coll_avg_scale(void *buf, size_t n, fx_datatype dtype, int nranks)
         } else {
             reduce_avg(p, p, zero, 1, dtype, nranks);
         }
+    }
+}
+
+/* The fx-kernels baseline for the scalar set, compiled like the scalar kernels. */
+void fx_coll_stream_add_scalar(float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        a[i] += b[i];
+    }
+}
+
+fx_stream_add_fn fx_coll_stream_add(void)
+{
+    switch (current()) {
+    case FX_KSET_AVX512:
+        return fx_coll_stream_add_avx512;
+    case FX_KSET_AVX2:
+        return fx_coll_stream_add_avx2;
+    default:
+        return fx_coll_stream_add_scalar;
     }
 }

@@ -1,14 +1,17 @@
 /*
- * Reduction loop bodies, instantiated twice: in coll_kernels.c for the baseline ISA and in
- * coll_kernels_avx2.c compiled with -mavx2 -mf16c. Define KSUFFIX before including. The loops
- * are written for the auto-vectoriser: no early exits, NaN rules as selects. Both sets give
- * bitwise identical results (same operations, same order, no contraction).
+ * Reduction loop bodies, instantiated per kernel set: in coll_kernels.c for the baseline ISA,
+ * in coll_kernels_avx2.c and coll_kernels_avx512.c with their ISA flags (which may supply their
+ * own fp16, bf16 and fp8 kernels: KERNELS_HAVE_F16C, KERNELS_HAVE_BF16, KERNELS_HAVE_FP8). Define
+ * KSUFFIX before including. The loops are written for the auto-vectoriser: no early exits, NaN
+ * rules as selects. Both sets give bitwise identical results (same operations, same order, no
+ * contraction).
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "coll_kernels.h"
+#include "coll_kernels_fp8_inl.h"
 
 #define KCAT2(a, b) a##b
 #define KCAT(a, b)  KCAT2(a, b)
@@ -131,10 +134,10 @@ static inline uint16_t KNAME(bf_store)(float f)
     return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? q : r);
 }
 
-#define LOWP_KERNEL(tag, opname, EXPR, LOAD, STORE)                                                \
+#define LOWP_KERNEL(tag, opname, EXPR, LOAD, STORE, ET)                                            \
     static void KNAME(tag##_##opname)(void *d, const void *a, const void *b, size_t n)             \
     {                                                                                              \
-        typedef uint16_t ua_t __attribute__((aligned(1)));                                         \
+        typedef ET ua_t __attribute__((aligned(1)));                                               \
         ua_t *dd       = d;                                                                        \
         const ua_t *aa = a, *bb = b;                                                               \
         for (size_t i = 0; i < n; i++) {                                                           \
@@ -144,15 +147,21 @@ static inline uint16_t KNAME(bf_store)(float f)
         }                                                                                          \
     }
 
-#define LOWP_KERNELS(tag, LOAD, STORE)                                                             \
-    LOWP_KERNEL(tag, sum, x + y, LOAD, STORE)                                                      \
-    LOWP_KERNEL(tag, prod, x *y, LOAD, STORE)                                                      \
-    LOWP_KERNEL(tag, min, FMIN(x, y), LOAD, STORE)                                                 \
-    LOWP_KERNEL(tag, max, FMAX(x, y), LOAD, STORE)
+#define LOWP_KERNELS(tag, LOAD, STORE, ET)                                                         \
+    LOWP_KERNEL(tag, sum, x + y, LOAD, STORE, ET)                                                  \
+    LOWP_KERNEL(tag, prod, x *y, LOAD, STORE, ET)                                                  \
+    LOWP_KERNEL(tag, min, FMIN(x, y), LOAD, STORE, ET)                                             \
+    LOWP_KERNEL(tag, max, FMAX(x, y), LOAD, STORE, ET)
 
-LOWP_KERNELS(bf16, KNAME(bf_load), KNAME(bf_store))
+#ifndef KERNELS_HAVE_BF16
+LOWP_KERNELS(bf16, KNAME(bf_load), KNAME(bf_store), uint16_t)
+#endif
+#ifndef KERNELS_HAVE_FP8
+LOWP_KERNELS(e4m3, fx_fp8_e4m3_decode, fx_fp8_e4m3_encode, uint8_t)
+LOWP_KERNELS(e5m2, fx_fp8_e5m2_decode, fx_fp8_e5m2_encode, uint8_t)
+#endif
 #ifndef KERNELS_HAVE_F16C
-LOWP_KERNELS(f16, fx_half_to_float, fx_float_to_half)
+LOWP_KERNELS(f16, fx_half_to_float, fx_float_to_half, uint16_t)
 #endif
 
 #define KROW(tag)                                                                                  \
@@ -162,8 +171,8 @@ LOWP_KERNELS(f16, fx_half_to_float, fx_float_to_half)
 
 /* [datatype][SUM, PROD, MIN, MAX] */
 static const fx_reduce_fn KNAME(table)[FX_NUM_DATATYPES][4] = {
-    [FX_INT8] = KROW(i8),     [FX_UINT8] = KROW(u8),      [FX_INT32] = KROW(i32),
-    [FX_UINT32] = KROW(u32),  [FX_INT64] = KROW(i64),     [FX_UINT64] = KROW(u64),
-    [FX_FLOAT16] = KROW(f16), [FX_BFLOAT16] = KROW(bf16), [FX_FLOAT32] = KROW(f32),
-    [FX_FLOAT64] = KROW(f64),
+    [FX_INT8] = KROW(i8),     [FX_UINT8] = KROW(u8),         [FX_INT32] = KROW(i32),
+    [FX_UINT32] = KROW(u32),  [FX_INT64] = KROW(i64),        [FX_UINT64] = KROW(u64),
+    [FX_FLOAT16] = KROW(f16), [FX_BFLOAT16] = KROW(bf16),    [FX_FLOAT32] = KROW(f32),
+    [FX_FLOAT64] = KROW(f64), [FX_FLOAT8_E4M3] = KROW(e4m3), [FX_FLOAT8_E5M2] = KROW(e5m2),
 };

@@ -508,6 +508,20 @@ static void reset_counters(struct fx_comm *comm)
     comm->exec.last_coll = 0;
 }
 
+/* Applies FX_KERNELS (already checked to be a set's name); a set this CPU lacks is
+ * FX_ERR_UNSUPPORTED naming the missing feature. */
+static fx_status select_kernels(const char *name, char *err, size_t errlen)
+{
+    enum fx_coll_kset set;
+
+    if (!fx_coll_kset_parse(name, &set)) {
+        snprintf(err, errlen, "FX_KERNELS=%s is not a kernel set (auto, scalar, avx2, avx512)",
+                 name);
+        return FX_ERR_INVALID_ARG;
+    }
+    return fx_coll_kernels_select(set, err, errlen);
+}
+
 /* Everything after the arguments are known good. */
 static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char *err,
                             size_t errlen)
@@ -519,7 +533,10 @@ static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char
     if (status != FX_OK) {
         return status;
     }
-    fx_coll_kernels_force_scalar(strcmp(comm->cfg.kernels, "scalar") == 0);
+    status = select_kernels(comm->cfg.kernels, err, errlen);
+    if (status != FX_OK) {
+        return status;
+    }
     proposal.chunk_bytes = comm->cfg.chunk_bytes;
     status               = fx_coll_algo_parse(comm->cfg.algo, &proposal.algos, err, errlen);
     if (status != FX_OK) {

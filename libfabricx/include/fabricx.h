@@ -60,24 +60,26 @@ typedef enum {
 
 /* Element types. Values are part of the wire protocol: never renumbered, only appended. */
 typedef enum {
-    FX_INT8     = 0,
-    FX_UINT8    = 1,
-    FX_INT32    = 2,
-    FX_UINT32   = 3,
-    FX_INT64    = 4,
-    FX_UINT64   = 5,
-    FX_FLOAT16  = 6, /* IEEE 754 binary16 */
-    FX_BFLOAT16 = 7, /* bfloat16: the top 16 bits of a binary32 */
-    FX_FLOAT32  = 8,
-    FX_FLOAT64  = 9,
-    FX_NUM_DATATYPES /* number of datatypes of this version */
+    FX_INT8        = 0,
+    FX_UINT8       = 1,
+    FX_INT32       = 2,
+    FX_UINT32      = 3,
+    FX_INT64       = 4,
+    FX_UINT64      = 5,
+    FX_FLOAT16     = 6, /* IEEE 754 binary16 */
+    FX_BFLOAT16    = 7, /* bfloat16: the top 16 bits of a binary32 */
+    FX_FLOAT32     = 8,
+    FX_FLOAT64     = 9,
+    FX_FLOAT8_E4M3 = 10, /* OCP fp8 e4m3: bias 7, no infinities, saturates at +-448 */
+    FX_FLOAT8_E5M2 = 11, /* OCP fp8 e5m2: bias 15, IEEE-like with infinities and NaNs */
+    FX_NUM_DATATYPES     /* number of datatypes of this version */
 } fx_datatype;
 
 /*
  * Reduction operators. Integer FX_SUM and FX_PROD wrap like C unsigned arithmetic; FX_MIN and
  * FX_MAX propagate NaN; FX_AVG is FX_SUM divided by the number of ranks (integer division,
- * truncating, for integer types). fp16 and bf16 are reduced in fp32 and rounded to nearest-even
- * once per step.
+ * truncating, for integer types). fp16, bf16 and fp8 are reduced in fp32 and rounded to
+ * nearest-even once per step.
  */
 typedef enum {
     FX_SUM  = 0,

@@ -22,7 +22,7 @@
 #define HARNESS_ERR_LEN   512
 #define HARNESS_LOG_LEN   2048
 #define HARNESS_NSYNC     8 /* sync[HARNESS_NSYNC - 1] is the harness's own */
-#define HARNESS_NHASH     1280
+#define HARNESS_NHASH     1536
 
 /* What one child process reports. Fields marked "parent" are written by harness_run. */
 struct harness_result {

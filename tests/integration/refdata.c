@@ -16,11 +16,12 @@ struct dt_desc {
 };
 
 static const struct dt_desc dt_descs[FX_NUM_DATATYPES] = {
-    [FX_INT8] = {"int8", 1, 0, 1},       [FX_UINT8] = {"uint8", 1, 0, 0},
-    [FX_INT32] = {"int32", 4, 0, 1},     [FX_UINT32] = {"uint32", 4, 0, 0},
-    [FX_INT64] = {"int64", 8, 0, 1},     [FX_UINT64] = {"uint64", 8, 0, 0},
-    [FX_FLOAT16] = {"float16", 2, 1, 1}, [FX_BFLOAT16] = {"bfloat16", 2, 1, 1},
-    [FX_FLOAT32] = {"float32", 4, 1, 1}, [FX_FLOAT64] = {"float64", 8, 1, 1},
+    [FX_INT8] = {"int8", 1, 0, 1},          [FX_UINT8] = {"uint8", 1, 0, 0},
+    [FX_INT32] = {"int32", 4, 0, 1},        [FX_UINT32] = {"uint32", 4, 0, 0},
+    [FX_INT64] = {"int64", 8, 0, 1},        [FX_UINT64] = {"uint64", 8, 0, 0},
+    [FX_FLOAT16] = {"float16", 2, 1, 1},    [FX_BFLOAT16] = {"bfloat16", 2, 1, 1},
+    [FX_FLOAT32] = {"float32", 4, 1, 1},    [FX_FLOAT64] = {"float64", 8, 1, 1},
+    [FX_FLOAT8_E4M3] = {"f8e4m3", 1, 1, 1}, [FX_FLOAT8_E5M2] = {"f8e5m2", 1, 1, 1},
 };
 
 static const char *const op_names[FX_NUM_OPS] = {"sum", "prod", "min", "max", "avg"};
@@ -94,6 +95,51 @@ uint16_t ref_f32_to_bf16(float f)
     return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
 }
 
+/* Rounds |f| in double with nearbyint (nearest-even) to mbits mantissa bits and the exponent
+ * bias; the code is clamped to maxcode (e4m3: 448 saturates, e5m2: infinity). */
+static uint8_t ref_f32_to_fp8(float f, int mbits, int bias, unsigned maxcode, unsigned nancode)
+{
+    unsigned sign = signbit(f) ? 0x80u : 0;
+    double a      = fabs((double)f);
+    unsigned code;
+    double r;
+    int k;
+
+    if (isnan(f)) {
+        return (uint8_t)(sign | nancode);
+    }
+    if (isinf(f)) {
+        return (uint8_t)(sign | maxcode);
+    }
+    frexp(a, &k);
+    if (a == 0 || k - 1 < 1 - bias) {
+        /* Subnormal or zero; a result of 1 << mbits is the smallest normal's code. */
+        r = nearbyint(ldexp(a, bias - 1 + mbits));
+        return (uint8_t)(sign | (unsigned)r);
+    }
+    k -= 1;
+    r = nearbyint(ldexp(a, mbits - k));
+    if (r == ldexp(1.0, mbits + 1)) {
+        k++;
+        r = ldexp(1.0, mbits);
+    }
+    if (k + bias > 31) {
+        return (uint8_t)(sign | maxcode);
+    }
+    code = (unsigned)(k + bias) << mbits | ((unsigned)r & ((1u << mbits) - 1));
+    return (uint8_t)(sign | (code > maxcode ? maxcode : code));
+}
+
+uint8_t ref_f32_to_e4m3(float f)
+{
+    return ref_f32_to_fp8(f, 3, 7, 0x7e, 0x7f);
+}
+
+uint8_t ref_f32_to_e5m2(float f)
+{
+    return ref_f32_to_fp8(f, 2, 15, 0x7c, 0x7e);
+}
+
 double ref_f16_to_double(uint16_t h)
 {
     int e      = (h >> 10) & 0x1f;
@@ -122,8 +168,14 @@ static uint64_t int_value(fx_op op, uint64_t b)
     return op == FX_PROD && b % 7 != 0 ? b | 1 : b;
 }
 
-/* The floating-point value a rank contributes: small, so every reduction is exact. */
-static double flt_value(fx_op op, uint64_t b)
+static int is_fp8(fx_datatype dt)
+{
+    return dt == FX_FLOAT8_E4M3 || dt == FX_FLOAT8_E5M2;
+}
+
+/* The floating-point value a rank contributes: small, so every reduction is exact (fp8 SUM
+ * contributions are -1, 0 or 1: partial sums of up to 8 ranks are exact even in e5m2). */
+static double flt_value(fx_datatype dt, fx_op op, uint64_t b)
 {
     static const double prod_values[4] = {1.0, -1.0, 2.0, 0.5};
 
@@ -134,7 +186,7 @@ static double flt_value(fx_op op, uint64_t b)
     case FX_MAX:
         return (double)((int)(b % 241) - 120);
     default:
-        return ((int)(b % 9) - 4) * 0.5;
+        return is_fp8(dt) ? (double)((int)(b % 3) - 1) : ((int)(b % 9) - 4) * 0.5;
     }
 }
 
@@ -152,6 +204,12 @@ static void store(fx_datatype dt, void *buf, size_t i, uint64_t v, double fv)
     float f;
 
     switch (dt) {
+    case FX_FLOAT8_E4M3:
+        *p = (char)ref_f32_to_e4m3((float)fv);
+        break;
+    case FX_FLOAT8_E5M2:
+        *p = (char)ref_f32_to_e5m2((float)fv);
+        break;
     case FX_FLOAT16:
         h = ref_f32_to_f16((float)fv);
         memcpy(p, &h, sizeof(h));
@@ -181,7 +239,7 @@ void ref_fill(const struct ref_case *k, int rank, void *buf)
         uint64_t b = ref_bits(k->seed, rank, i);
 
         if (is_float) {
-            store(k->dt, buf, i, 0, flt_value(k->op, b));
+            store(k->dt, buf, i, 0, flt_value(k->dt, k->op, b));
         } else {
             store(k->dt, buf, i, int_value(k->op, b), 0.0);
         }
@@ -273,7 +331,7 @@ static void expect_flt(const struct ref_case *k, void *out, double *acc)
 {
     for (int r = 0; r < k->nranks; r++) {
         for (size_t i = 0; i < k->count; i++) {
-            double v = flt_value(k->op, ref_bits(k->seed, r, i));
+            double v = flt_value(k->dt, k->op, ref_bits(k->seed, r, i));
 
             acc[i] = r == 0 ? v : flt_combine(k->op, acc[i], v);
         }
@@ -354,6 +412,10 @@ void ref_inject_nan(const struct ref_case *k, int rank, void *buf)
 static int is_nan(fx_datatype dt, uint64_t v)
 {
     switch (dt) {
+    case FX_FLOAT8_E4M3:
+        return (v & 0x7f) == 0x7f;
+    case FX_FLOAT8_E5M2:
+        return (v & 0x7f) > 0x7c;
     case FX_FLOAT16:
         return (v & 0x7c00) == 0x7c00 && (v & 0x3ff) != 0;
     case FX_BFLOAT16:

@@ -6,9 +6,11 @@
  * value (SUM and PROD wrap like C unsigned arithmetic, MIN and MAX compare in the type's
  * signedness, AVG is the wrapped sum divided by nranks, truncating); floating-point values are
  * small (SUM/AVG: multiples of 0.5 in [-2, 2]; PROD: 1, -1, 2, 0.5; MIN/MAX: integers in
- * [-120, 120]) so that sums and products of up to 16 ranks are exact even in fp16 and bf16. Only
- * FX_AVG rounds: the exact sum divided by nranks in fp32 (fp64 for FX_FLOAT64), then rounded
- * once to nearest-even for fp16 and bf16.
+ * [-120, 120]) so that sums and products of up to 16 ranks are exact even in fp16 and bf16. fp8
+ * SUM/AVG contributions are -1, 0 or 1, and fp8 results are exact up to 8 ranks (e5m2 holds every
+ * integer up to 8; e4m3 every power of two from 2^-8 to 2^8); MIN/MAX values are rounded to fp8
+ * when stored, which keeps their order. Only FX_AVG rounds: the exact sum divided by nranks in
+ * fp32 (fp64 for FX_FLOAT64), then rounded once to nearest-even for fp16, bf16 and fp8.
  */
 #ifndef FX_TEST_REFDATA_H
 #define FX_TEST_REFDATA_H
@@ -34,6 +36,9 @@ const char *ref_op_name(fx_op op);
 /* Round-to-nearest-even conversions from binary32, NaN kept quiet, overflow to infinity. */
 uint16_t ref_f32_to_f16(float f);
 uint16_t ref_f32_to_bf16(float f);
+/* Nearest-even to OCP fp8: e4m3 saturates at +-448 (infinities too), e5m2 overflows to inf. */
+uint8_t ref_f32_to_e4m3(float f);
+uint8_t ref_f32_to_e5m2(float f);
 double ref_f16_to_double(uint16_t h);
 
 /* A well-mixed 64-bit value for (seed, rank, index). */

@@ -853,8 +853,10 @@ static void bad_sendrecv(fx_comm_t comm, struct harness_child *c, float *b)
     int me = c->index;
     int ok = (me + 1) % c->nranks;
     char self[64];
+    char bad_dtype[64];
 
     snprintf(self, sizeof(self), "fx_sendrecv: src %d is this rank", me);
+    snprintf(bad_dtype, sizeof(bad_dtype), "fx_sendrecv: invalid datatype %d", FX_NUM_DATATYPES);
     want_invalid(c, comm, fx_sendrecv(b, ARGS_COUNT, ok, b + 8, ARGS_COUNT, ok, FX_FLOAT32, comm),
                  "fx_sendrecv(overlap)", "fx_sendrecv: sendbuf and recvbuf overlap");
     want_invalid(c, comm, fx_sendrecv(b, ARGS_COUNT, ok, b, ARGS_COUNT, ok, FX_FLOAT32, comm),
@@ -867,7 +869,7 @@ static void bad_sendrecv(fx_comm_t comm, struct harness_child *c, float *b)
                  "fx_sendrecv(recvbuf NULL)", "fx_sendrecv: recvbuf is NULL with count 16");
     want_invalid(c, comm,
                  fx_sendrecv(b, ARGS_COUNT, ok, b + 32, ARGS_COUNT, ok, FX_NUM_DATATYPES, comm),
-                 "fx_sendrecv(dtype)", "fx_sendrecv: invalid datatype 10");
+                 "fx_sendrecv(dtype)", bad_dtype);
 }
 
 /* Bad calls on every rank, then a correct ring exchange: the bad ones consumed no message

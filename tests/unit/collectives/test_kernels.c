@@ -2,7 +2,7 @@
  * Reduction kernels against an independent reference: every datatype x operator, random and
  * special values (NaN, infinities, signed zeros, subnormals, integer extremes), lengths around
  * the vector widths, unaligned and in-place buffers; the fp16/bf16 conversions exhaustively;
- * the scalar and AVX2 kernel sets bitwise against each other.
+ * the fp8 conversions exhaustively; every vector kernel set bitwise against the scalar one.
  *
  * The reference decodes fp16/bf16 with ldexp and rounds with nearbyint in double precision,
  * sharing no code with the library's bit-twiddling conversions.
@@ -105,6 +105,76 @@ static bool lowp_is_nan(struct fmt16 f, uint16_t bits)
     return isnan(ref_decode(f, bits));
 }
 
+/* An OCP 8-bit float format: e4m3 has no infinities and one NaN code per sign (S.1111.111),
+ * e5m2 is IEEE-like. */
+struct fmt8 {
+    int mbits;
+    int bias;
+    bool ieee;
+};
+
+static const struct fmt8 E4M3 = {3, 7, false};
+static const struct fmt8 E5M2 = {2, 15, true};
+
+static double ref_decode8(struct fmt8 f, uint8_t bits)
+{
+    int emax   = (1 << (7 - f.mbits)) - 1;
+    int e      = (bits & 0x7f) >> f.mbits;
+    uint32_t m = bits & ((1u << f.mbits) - 1);
+    double v;
+
+    if (f.ieee && e == emax) {
+        v = m != 0 ? NAN : INFINITY;
+    } else if (!f.ieee && (bits & 0x7f) == 0x7f) {
+        v = NAN;
+    } else if (e == 0) {
+        v = ldexp((double)m, 1 - f.bias - f.mbits);
+    } else {
+        v = ldexp((double)(m | (1u << f.mbits)), e - f.bias - f.mbits);
+    }
+    return (bits & 0x80) ? -v : v;
+}
+
+/* Rounds v to the format, nearest-even; e4m3 saturates to +-448 (infinities too), e5m2
+ * overflows to infinity. NaN gives the format's quiet NaN. */
+static uint8_t ref_encode8(struct fmt8 f, double v)
+{
+    uint8_t sign     = signbit(v) ? 0x80 : 0;
+    unsigned maxcode = f.ieee ? 0x7c : 0x7e;
+    double a         = fabs(v);
+    unsigned code;
+    double r;
+    int k;
+
+    if (isnan(v)) {
+        return (uint8_t)(sign | (f.ieee ? 0x7e : 0x7f));
+    }
+    if (isinf(v)) {
+        return (uint8_t)(sign | maxcode);
+    }
+    frexp(a, &k);
+    if (a == 0 || k - 1 < 1 - f.bias) {
+        r = nearbyint(ldexp(a, f.bias - 1 + f.mbits));
+        return (uint8_t)(sign | (unsigned)r);
+    }
+    k -= 1;
+    r = nearbyint(ldexp(a, f.mbits - k));
+    if (r == ldexp(1.0, f.mbits + 1)) {
+        k++;
+        r = ldexp(1.0, f.mbits);
+    }
+    if (k + f.bias > 31) {
+        return (uint8_t)(sign | maxcode);
+    }
+    code = (unsigned)(k + f.bias) << f.mbits | ((unsigned)r & ((1u << f.mbits) - 1));
+    return (uint8_t)(sign | (code > maxcode ? maxcode : code));
+}
+
+static bool fp8_is_nan(struct fmt8 f, uint8_t bits)
+{
+    return isnan(ref_decode8(f, bits));
+}
+
 static double ref_minmax(double x, double y, bool max)
 {
     if (isnan(x)) {
@@ -141,6 +211,33 @@ static uint16_t ref_lowp(struct fmt16 f, uint16_t a, uint16_t b, int op, int nra
         break;
     }
     return ref_encode(f, r);
+}
+
+/* fp8: widen to fp32, apply the op in fp32, round once (AVG: sum / n in fp32). */
+static uint8_t ref_fp8(struct fmt8 f, uint8_t a, uint8_t b, int op, int nranks)
+{
+    float x = (float)ref_decode8(f, a);
+    float y = (float)ref_decode8(f, b);
+    float r;
+
+    switch (op) {
+    case FX_SUM:
+        r = x + y;
+        break;
+    case FX_PROD:
+        r = x * y;
+        break;
+    case FX_MIN:
+        r = (float)ref_minmax(x, y, false);
+        break;
+    case FX_MAX:
+        r = (float)ref_minmax(x, y, true);
+        break;
+    default:
+        r = (x + y) / (float)nranks;
+        break;
+    }
+    return ref_encode8(f, r);
 }
 
 /* Integers as 64-bit patterns of `bits` width: wrap, signed or unsigned compare. */
@@ -212,6 +309,14 @@ static uint64_t ref_elem(fx_datatype dt, uint64_t a, uint64_t b, int op, int nra
 {
     *nan = false;
     switch (dt) {
+    case FX_FLOAT8_E4M3:
+    case FX_FLOAT8_E5M2: {
+        struct fmt8 f = dt == FX_FLOAT8_E4M3 ? E4M3 : E5M2;
+        uint8_t r     = ref_fp8(f, (uint8_t)a, (uint8_t)b, op, nranks);
+
+        *nan = fp8_is_nan(f, r);
+        return r;
+    }
     case FX_FLOAT16:
     case FX_BFLOAT16: {
         struct fmt16 f = dt == FX_FLOAT16 ? HALF : BF16;
@@ -250,6 +355,10 @@ static uint64_t ref_elem(fx_datatype dt, uint64_t a, uint64_t b, int op, int nra
 static bool elem_is_nan(fx_datatype dt, uint64_t bits)
 {
     switch (dt) {
+    case FX_FLOAT8_E4M3:
+        return fp8_is_nan(E4M3, (uint8_t)bits);
+    case FX_FLOAT8_E5M2:
+        return fp8_is_nan(E5M2, (uint8_t)bits);
     case FX_FLOAT16:
         return lowp_is_nan(HALF, (uint16_t)bits);
     case FX_BFLOAT16:
@@ -290,10 +399,22 @@ static size_t specials(fx_datatype dt, uint64_t *out)
                                     0x7ff0000000000001ull,
                                     0x3fd5555555555555ull,
                                     0x4340000000000000ull};
+    static const uint64_t e4m3[] = {0x00, 0x80, 0x01, 0x81, 0x07, 0x08, 0x38, 0xb8,
+                                    0x7e, 0xfe, 0x7f, 0xff, 0x77, 0x3c, 0x0f, 0x40};
+    static const uint64_t e5m2[] = {0x00, 0x80, 0x01, 0x81, 0x03, 0x04, 0x3c, 0xbc,
+                                    0x7b, 0xfb, 0x7c, 0xfc, 0x7e, 0x7d, 0x3e, 0x44};
     const uint64_t *src;
     size_t n;
 
     switch (dt) {
+    case FX_FLOAT8_E4M3:
+        src = e4m3;
+        n   = sizeof(e4m3) / 8;
+        break;
+    case FX_FLOAT8_E5M2:
+        src = e5m2;
+        n   = sizeof(e5m2) / 8;
+        break;
     case FX_FLOAT16:
         src = f16;
         n   = sizeof(f16) / 8;
@@ -350,6 +471,10 @@ static void fill(fx_datatype dt, void *buf, size_t n)
 
             memcpy(&u, &f, 4);
             v = dt == FX_FLOAT32 ? u : ref_encode(dt == FX_FLOAT16 ? HALF : BF16, f);
+        } else if (pick <= 3 && (dt == FX_FLOAT8_E4M3 || dt == FX_FLOAT8_E5M2)) {
+            float f = (float)((int)(rnd() % 33) - 16) / 4.0f;
+
+            v = ref_encode8(dt == FX_FLOAT8_E4M3 ? E4M3 : E5M2, f);
         } else if (pick <= 3 && dt == FX_FLOAT64) {
             double d = (double)((int)(rnd() % 2001) - 1000) / 16.0;
 
@@ -419,18 +544,44 @@ static void matrix(void)
     }
 }
 
+static void use(enum fx_coll_kset set)
+{
+    char err[256] = "";
+
+    cr_assert_eq(fx_coll_kernels_select(set, err, sizeof(err)), FX_OK, "%s", err);
+}
+
 Test(kernels, every_datatype_and_op_matches_reference_default_isa, .timeout = 60)
 {
-    fx_coll_kernels_force_scalar(false);
+    use(FX_KSET_AUTO);
     matrix();
 }
 
 Test(kernels, every_datatype_and_op_matches_reference_scalar, .timeout = 60)
 {
-    fx_coll_kernels_force_scalar(true);
+    use(FX_KSET_SCALAR);
     cr_assert_str_eq(fx_coll_kernel_isa(), "scalar");
     matrix();
-    fx_coll_kernels_force_scalar(false);
+}
+
+Test(kernels, every_datatype_and_op_matches_reference_avx2, .timeout = 60)
+{
+    if (!fx_coll_kset_available(FX_KSET_AVX2)) {
+        cr_skip_test("this CPU has no AVX2+F16C");
+    }
+    use(FX_KSET_AVX2);
+    cr_assert_str_eq(fx_coll_kernel_isa(), "avx2");
+    matrix();
+}
+
+Test(kernels, every_datatype_and_op_matches_reference_avx512, .timeout = 60)
+{
+    if (!fx_coll_kset_available(FX_KSET_AVX512)) {
+        cr_skip_test("this CPU has no AVX-512 F/BW/VL");
+    }
+    use(FX_KSET_AVX512);
+    cr_assert_str_eq(fx_coll_kernel_isa(), "avx512");
+    matrix();
 }
 
 Test(kernels, avg_over_many_ranks_matches_reference, .timeout = 60)
@@ -447,50 +598,100 @@ Test(kernels, avg_over_many_ranks_matches_reference, .timeout = 60)
     }
 }
 
-/* The two kernel sets must agree bit for bit, NaN payloads aside (which operand's payload a
- * NaN result carries is up to the compiler's operand order). Ranks get identical results anyway:
- * each element's final value is computed on one rank and distributed. */
-Test(kernels, scalar_and_vector_kernels_agree_bitwise, .timeout = 60)
+/* One (dtype, op, n) through scalar and through set from offset-shifted buffers; returns the
+ * number of elements that differ, NaN payloads aside. */
+static size_t agree(enum fx_coll_kset set, fx_datatype dt, int op, size_t n, size_t off)
 {
     enum { N = 1031 };
-    static uint8_t a[N * 8], b[N * 8], d1[N * 8], d2[N * 8];
+    static uint8_t a[N * 8 + 16], b[N * 8 + 16], d1[N * 8 + 16],
+        d2[N * 8 + 16]; /* offsets up to 10 */
+    size_t es    = fx_datatype_size(dt);
+    size_t wrong = 0;
 
-    fx_coll_kernels_force_scalar(false);
-    if (strcmp(fx_coll_kernel_isa(), "scalar") == 0) {
-        cr_skip_test("this CPU has no AVX2+F16C: only the scalar kernels exist here");
+    fill(dt, a + off, n);
+    fill(dt, b + off + 1, n);
+    use(FX_KSET_SCALAR);
+    fx_coll_reduce_final(d1 + off, a + off, b + off + 1, n, dt, (fx_op)op, 5);
+    use(set);
+    fx_coll_reduce_final(d2 + off + 3, a + off, b + off + 1, n, dt, (fx_op)op, 5);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t x = load_bits(d1 + off, i, es), y = load_bits(d2 + off + 3, i, es);
+
+        if (x != y && !(elem_is_nan(dt, x) && elem_is_nan(dt, y)) && wrong++ < 4) {
+            cr_log_error("%s %s n=%zu element %zu: a %#llx b %#llx: scalar %#llx, %s %#llx",
+                         fx_datatype_name(dt), op_names[op], n, i,
+                         (unsigned long long)load_bits(a + off, i, es),
+                         (unsigned long long)load_bits(b + off + 1, i, es), (unsigned long long)x,
+                         fx_coll_kernel_isa(), (unsigned long long)y);
+        }
+    }
+    return wrong;
+}
+
+/* Every vector set must agree with scalar bit for bit, NaN payloads aside (which operand's
+ * payload a NaN result carries is up to the compiler's operand order), for every length 0..67
+ * and a large unaligned one. Ranks get identical results anyway: each element's final value is
+ * computed on one rank and distributed. */
+static void sets_agree(enum fx_coll_kset set)
+{
+    if (!fx_coll_kset_available(set)) {
+        cr_skip_test("this CPU lacks the features of this kernel set");
     }
     for (int dt = 0; dt < FX_NUM_DATATYPES; dt++) {
-        size_t es = fx_datatype_size((fx_datatype)dt);
-
         for (int op = 0; op < FX_NUM_OPS; op++) {
             size_t wrong = 0;
 
-            for (int round = 0; round < 8; round++) {
-                fill((fx_datatype)dt, a, N);
-                fill((fx_datatype)dt, b, N);
-                fx_coll_kernels_force_scalar(true);
-                fx_coll_reduce_final(d1, a, b, N, (fx_datatype)dt, (fx_op)op, 5);
-                fx_coll_kernels_force_scalar(false);
-                fx_coll_reduce_final(d2, a, b, N, (fx_datatype)dt, (fx_op)op, 5);
-                for (size_t i = 0; i < N; i++) {
-                    uint64_t x = load_bits(d1, i, es), y = load_bits(d2, i, es);
-
-                    if (x != y &&
-                        !(elem_is_nan((fx_datatype)dt, x) && elem_is_nan((fx_datatype)dt, y)) &&
-                        wrong++ < 4) {
-                        cr_log_error("%s %s element %zu: a %#llx b %#llx: scalar %#llx, %s %#llx",
-                                     fx_datatype_name((fx_datatype)dt), op_names[op], i,
-                                     (unsigned long long)load_bits(a, i, es),
-                                     (unsigned long long)load_bits(b, i, es), (unsigned long long)x,
-                                     fx_coll_kernel_isa(), (unsigned long long)y);
-                    }
-                }
+            for (size_t n = 0; n <= 67; n++) {
+                wrong += agree(set, (fx_datatype)dt, op, n, n % 8);
+            }
+            for (int round = 0; round < 4; round++) {
+                wrong += agree(set, (fx_datatype)dt, op, 1031, (size_t)round * 2 + 1);
             }
             cr_expect_eq(wrong, 0, "%s %s: scalar and %s differ in %zu elements",
                          fx_datatype_name((fx_datatype)dt), op_names[op], fx_coll_kernel_isa(),
                          wrong);
         }
     }
+}
+
+Test(kernels, scalar_and_avx2_kernels_agree_bitwise, .timeout = 60)
+{
+    sets_agree(FX_KSET_AVX2);
+}
+
+Test(kernels, scalar_and_avx512_kernels_agree_bitwise, .timeout = 60)
+{
+    sets_agree(FX_KSET_AVX512);
+}
+
+/* A set is selectable exactly when the CPU has its features; otherwise the error names one. */
+Test(kernels, selecting_a_kernel_set_follows_cpu_features, .timeout = 10)
+{
+    static const char *const names[] = {"auto", "scalar", "avx2", "avx512"};
+    enum fx_coll_kset set;
+
+    __builtin_cpu_init();
+    for (int i = 0; i < FX_KSET_COUNT; i++) {
+        char err[256] = "";
+        fx_status st;
+
+        cr_assert(fx_coll_kset_parse(names[i], &set));
+        cr_assert_eq((int)set, i);
+        st = fx_coll_kernels_select(set, err, sizeof(err));
+        if (fx_coll_kset_available(set)) {
+            cr_expect_eq(st, FX_OK, "%s: %s", names[i], err);
+        } else {
+            cr_expect_eq(st, FX_ERR_UNSUPPORTED, "%s", names[i]);
+            cr_expect(strstr(err, "lacks") != NULL, "message %s", err);
+        }
+    }
+    cr_expect_eq(fx_coll_kset_available(FX_KSET_AVX512),
+                 __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+                     __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"));
+    cr_expect(!fx_coll_kset_parse("avx9", &set));
+    cr_expect(!fx_coll_kset_parse(NULL, &set));
+    cr_expect_eq(fx_coll_kernels_select(FX_KSET_COUNT, NULL, 0), FX_ERR_INVALID_ARG);
 }
 
 /* ------------------------------------------------------------------ conversions */
@@ -644,4 +845,162 @@ Test(kernels, rounding_mode_is_round_to_nearest, .timeout = 10)
     cr_assert_eq(fegetround(), FE_TONEAREST);
     cr_assert_eq(nearbyint(2.5), 2.0);
     cr_assert_eq(nearbyint(3.5), 4.0);
+}
+
+/* ------------------------------------------------------------------ fp8 conversions */
+
+static const struct {
+    struct fmt8 f;
+    float (*dec)(uint8_t);
+    uint8_t (*enc)(float);
+    const char *name;
+} fp8s[2] = {{{3, 7, false}, fx_e4m3_to_float, fx_float_to_e4m3, "e4m3"},
+             {{2, 15, true}, fx_e5m2_to_float, fx_float_to_e5m2, "e5m2"}};
+
+/* Decoding is exact for all 256 codes and encoding the decoded value gives the code back (NaNs:
+ * some NaN of the same sign). */
+Test(kernels, fp8_all_256_codes_decode_exactly_and_round_trip, .timeout = 10)
+{
+    for (int t = 0; t < 2; t++) {
+        size_t wrong = 0;
+
+        for (unsigned c = 0; c < 256; c++) {
+            double want = ref_decode8(fp8s[t].f, (uint8_t)c);
+            float got   = fp8s[t].dec((uint8_t)c);
+            uint8_t back;
+
+            if (isnan(want) ? !isnan(got)
+                            : ((double)got != want || !signbit(got) != !signbit(want))) {
+                if (wrong++ < 4) {
+                    cr_log_error("%s %#04x decodes to %a, want %a", fp8s[t].name, c, (double)got,
+                                 want);
+                }
+            }
+            back = fp8s[t].enc(got);
+            if (isnan(want) ? !fp8_is_nan(fp8s[t].f, back) || (back & 0x80) != (c & 0x80)
+                            : back != c) {
+                if (wrong++ < 4) {
+                    cr_log_error("%s %#04x round-trips to %#04x", fp8s[t].name, c, back);
+                }
+            }
+        }
+        cr_expect_eq(wrong, 0, "%s: %zu of 256 codes wrong", fp8s[t].name, wrong);
+    }
+}
+
+/* Each value, the midpoint to its upper neighbour (ties to even), the floats on either side of
+ * the midpoint, then random fp32 bit patterns of every magnitude. */
+static size_t check_encoder8(int t, size_t *tried)
+{
+    struct fmt8 f = fp8s[t].f;
+    size_t wrong  = 0;
+
+    for (unsigned c = 0; c < 256; c++) {
+        double v = ref_decode8(f, (uint8_t)c);
+        double next;
+        float probes[4];
+
+        if (isnan(v) || isinf(v) || (c & 0x7f) == 0x7f) {
+            continue;
+        }
+        next      = ref_decode8(f, (uint8_t)(c + 1));
+        probes[0] = probes[1] = probes[2] = probes[3] = (float)v;
+        if (!isnan(next) && fabs(next) > fabs(v)) {
+            double mid = isinf(next) ? 61440.0 * (v < 0 ? -1 : 1) : (v + next) / 2;
+
+            probes[1] = (float)mid;
+            probes[2] = nextafterf((float)mid, 0.0f);
+            probes[3] = nextafterf((float)mid, (float)(2 * mid));
+        }
+        for (int p = 0; p < 4; p++) {
+            uint8_t want = ref_encode8(f, probes[p]);
+            uint8_t got  = fp8s[t].enc(probes[p]);
+
+            (*tried)++;
+            if (got != want && wrong++ < 4) {
+                cr_log_error("%s(%a): got %#04x want %#04x", fp8s[t].name, (double)probes[p], got,
+                             want);
+            }
+        }
+    }
+    for (int i = 0; i < 1000000; i++) {
+        uint32_t u = (uint32_t)rnd();
+        float x;
+        uint8_t want, got;
+
+        memcpy(&x, &u, 4);
+        want = ref_encode8(f, x);
+        got  = fp8s[t].enc(x);
+        (*tried)++;
+        if (isnan(x) ? !fp8_is_nan(f, got) || (got & 0x80) != (want & 0x80) : got != want) {
+            if (wrong++ < 4) {
+                cr_log_error("%s(%a): got %#04x want %#04x", fp8s[t].name, (double)x, got, want);
+            }
+        }
+    }
+    return wrong;
+}
+
+Test(kernels, float_to_fp8_rounds_nearest_even_at_every_midpoint, .timeout = 60)
+{
+    for (int t = 0; t < 2; t++) {
+        size_t tried = 0;
+        size_t wrong = check_encoder8(t, &tried);
+
+        cr_expect_eq(wrong, 0, "%s: %zu of %zu conversions wrong", fp8s[t].name, wrong, tried);
+    }
+}
+
+Test(kernels, e4m3_saturates_to_448_and_keeps_nan, .timeout = 10)
+{
+    static const float in[]     = {448.0f,  463.9f,    464.0f,   480.0f,  1e6f,       INFINITY,
+                                   -500.0f, -INFINITY, 0x1p-10f, 0x1p-9f, 0x1.8p-10f, 0x1.7p-7f};
+    static const uint8_t want[] = {0x7e, 0x7e, 0x7e, 0x7e, 0x7e, 0x7e,
+                                   0xfe, 0xfe, 0x00, 0x01, 0x01, 0x06};
+
+    for (size_t i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
+        cr_expect_eq(fx_float_to_e4m3(in[i]), want[i], "e4m3(%a) = %#04x, want %#04x",
+                     (double)in[i], fx_float_to_e4m3(in[i]), want[i]);
+    }
+    cr_expect_eq(fx_float_to_e4m3(NAN), 0x7f);
+    cr_expect_eq(fx_float_to_e4m3(-NAN), 0xff);
+    cr_expect(isnan(fx_e4m3_to_float(0x7f)) && isnan(fx_e4m3_to_float(0xff)));
+    cr_expect_eq(fx_e4m3_to_float(0x7e), 448.0f);
+    cr_expect_eq(fx_e4m3_to_float(0x01), 0x1p-9f, "smallest subnormal 2^-9");
+}
+
+Test(kernels, e5m2_overflows_to_infinity_and_keeps_nan, .timeout = 10)
+{
+    static const float in[]     = {57344.0f, 61439.0f, 61440.0f,   INFINITY, -INFINITY,
+                                   -1e9f,    0x1p-17f, 0x1.8p-17f, 0x1p-16f, 0x1.ffp-15f};
+    static const uint8_t want[] = {0x7b, 0x7b, 0x7c, 0x7c, 0xfc, 0xfc, 0x00, 0x01, 0x01, 0x04};
+
+    for (size_t i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
+        cr_expect_eq(fx_float_to_e5m2(in[i]), want[i], "e5m2(%a) = %#04x, want %#04x",
+                     (double)in[i], fx_float_to_e5m2(in[i]), want[i]);
+    }
+    cr_expect(fp8_is_nan(E5M2, fx_float_to_e5m2(NAN)));
+    cr_expect(isinf(fx_e5m2_to_float(0x7c)) && fx_e5m2_to_float(0xfc) < 0);
+    cr_expect(isnan(fx_e5m2_to_float(0x7d)) && isnan(fx_e5m2_to_float(0xff)));
+}
+
+/* Results rounded once: e4m3 sums saturate, e5m2 sums overflow, subnormal sums stay exact. */
+Test(kernels, fp8_sum_rounds_once_and_saturates, .timeout = 10)
+{
+    /* e4m3: 448 + 448 saturates; 1 + 1/16 is a tie (stays 1); 1 + 3/32 rounds up; 2^-9 + 2^-9. */
+    uint8_t a4[4] = {0x7e, 0x38, 0x38, 0x01}, b4[4] = {0x7e, 0x18, 0x1b, 0x01};
+    uint8_t w4[4] = {0x7e, 0x38, 0x39, 0x02}, d[4];
+    /* e5m2: 57344 + 57344 overflows; 1 + 1/8 is a tie (stays 1); -inf + 1. */
+    uint8_t a5[3] = {0x7b, 0x3c, 0xfc}, b5[3] = {0x7b, 0x30, 0x3c}, w5[3] = {0x7c, 0x3c, 0xfc};
+
+    fx_coll_reduce(d, a4, b4, 4, FX_FLOAT8_E4M3, FX_SUM);
+    for (int i = 0; i < 4; i++) {
+        cr_expect_eq(d[i], w4[i], "e4m3 %#04x + %#04x = %#04x, want %#04x", a4[i], b4[i], d[i],
+                     w4[i]);
+    }
+    fx_coll_reduce(d, a5, b5, 3, FX_FLOAT8_E5M2, FX_SUM);
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(d[i], w5[i], "e5m2 %#04x + %#04x = %#04x, want %#04x", a5[i], b5[i], d[i],
+                     w5[i]);
+    }
 }

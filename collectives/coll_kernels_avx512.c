@@ -1,0 +1,217 @@
+/* The AVX-512 (F, BW, VL) kernel set: the shared loops compiled for 512-bit vectors, and fp16
+ * through the AVX-512F half conversions with masked tails. */
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "coll_kernels.h"
+
+/* fp16, 16 lanes at a time; the tail is a masked load and store through the same instructions,
+ * so every element is rounded alike. */
+#define F16_512_KERNEL(opname, VEXPR)                                                              \
+    static void f16_##opname##_avx512(void *d, const void *a, const void *b, size_t n)             \
+    {                                                                                              \
+        uint16_t *dd       = d;                                                                    \
+        const uint16_t *aa = a, *bb = b;                                                           \
+        size_t i = 0;                                                                              \
+        for (; i + 16 <= n; i += 16) {                                                             \
+            __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(aa + i)));             \
+            __m512 y = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(bb + i)));             \
+            _mm256_storeu_si256((__m256i *)(dd + i),                                               \
+                                _mm512_cvtps_ph(VEXPR, _MM_FROUND_TO_NEAREST_INT));                \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);                                        \
+            __m512 x    = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, aa + i));                    \
+            __m512 y    = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, bb + i));                    \
+            _mm256_mask_storeu_epi16(dd + i, k,                                                    \
+                                     _mm512_cvtps_ph(VEXPR, _MM_FROUND_TO_NEAREST_INT));           \
+        }                                                                                          \
+    }
+
+/* NaN-propagating min/max: where x is NaN take x, else where y is NaN take y. */
+static inline __m512 vmin_nan(__m512 x, __m512 y)
+{
+    __m512 m = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, y, _CMP_LT_OQ), y, x);
+
+    m = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q), m, y);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), m, x);
+}
+
+static inline __m512 vmax_nan(__m512 x, __m512 y)
+{
+    __m512 m = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, y, _CMP_GT_OQ), y, x);
+
+    m = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q), m, y);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), m, x);
+}
+
+F16_512_KERNEL(sum, _mm512_add_ps(x, y))
+F16_512_KERNEL(prod, _mm512_mul_ps(x, y))
+F16_512_KERNEL(min, vmin_nan(x, y))
+F16_512_KERNEL(max, vmax_nan(x, y))
+
+/* The fp8 and bf16 conversions of coll_kernels_fp8_inl.h and coll_kernels_inl.h on 16 lanes:
+ * the same integer and fp32 operations, so the results are bitwise those of the scalar set. */
+static inline __m512i vset(uint32_t v)
+{
+    return _mm512_set1_epi32((int)v);
+}
+
+/* e5m2 is the top byte of a binary16: decode through the half conversion (exact; a NaN comes
+ * out quiet, its payload aside as the scalar decode). */
+static inline __m512 ld_e5m2(const uint8_t *p, __mmask16 k)
+{
+    __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(k, p)), 8);
+
+    return _mm512_cvtph_ps(h);
+}
+
+/* e4m3 placed in a binary16 as the value times 2^-8 (sign to bit 15, exponent and mantissa
+ * below it; e4m3 subnormals become binary16 subnormals), NaN made a binary16 NaN, then
+ * converted and scaled back: exact, and cheaper than rebuilding the fp32 bits. */
+static inline __m512 ld_e4m3(const uint8_t *p, __mmask16 k)
+{
+    __m256i sx    = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(k, p));
+    __m256i h     = _mm256_and_si256(_mm256_slli_epi16(sx, 7), _mm256_set1_epi16((short)0xbf80));
+    __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)),
+                                            _mm256_set1_epi16(0x3f80));
+
+    h = _mm256_mask_mov_epi16(h, nan, _mm256_or_si256(h, _mm256_set1_epi16(0x7e00)));
+    return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f));
+}
+
+/* Round-to-nearest-even magnitude code shared by both formats (ax = |x| bits): sh is the
+ * mantissa shift (20 or 21), the other arguments the format's constants as in
+ * coll_kernels_fp8_inl.h. */
+static inline __m512i enc_fp8(__m512i ax, int sh, uint32_t rebias, float magic, uint32_t magic_bits,
+                              uint32_t sub_lim)
+{
+    __m512i odd  = _mm512_and_si512(_mm512_srli_epi32(ax, sh), vset(1));
+    __m512i half = vset((1u << (sh - 1)) - 1);
+    __m512i norm = _mm512_sub_epi32(
+        _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(ax, half), odd), sh), vset(rebias));
+    __m512i sub = _mm512_sub_epi32(
+        _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(ax), _mm512_set1_ps(magic))),
+        vset(magic_bits));
+
+    return _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(ax, vset(sub_lim)), norm, sub);
+}
+
+static inline __m512i sign8(__m512 f)
+{
+    return _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(f), 24), vset(0x80));
+}
+
+static inline __m512i enc_e4m3(__m512 f)
+{
+    __m512i ax = _mm512_and_si512(_mm512_castps_si512(f), vset(0x7fffffffu));
+    __m512i v  = enc_fp8(ax, 20, 120u << 3, 0x1p14f, 0x46800000u, 0x3c800000u);
+
+    v = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x43e00000u)), v, vset(0x7e));
+    v = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x7f800000u)), v, vset(0x7f));
+    return _mm512_or_si512(v, sign8(f));
+}
+
+static inline __m512i enc_e5m2(__m512 f)
+{
+    __m512i ax = _mm512_and_si512(_mm512_castps_si512(f), vset(0x7fffffffu));
+    __m512i v  = enc_fp8(ax, 21, 112u << 2, 0x1p7f, 0x43000000u, 0x38800000u);
+
+    v = _mm512_mask_blend_epi32(_mm512_cmpge_epi32_mask(ax, vset(0x47700000u)), v, vset(0x7c));
+    v = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x7f800000u)), v, vset(0x7e));
+    return _mm512_or_si512(v, sign8(f));
+}
+
+/* fp8, 16 lanes at a time; the tail through the same instructions with masked loads and
+ * stores. */
+#define FP8_512_KERNEL(fmt, opname, VEXPR)                                                         \
+    static void fmt##_##opname##_avx512(void *d, const void *a, const void *b, size_t n)           \
+    {                                                                                              \
+        uint8_t *dd       = d;                                                                     \
+        const uint8_t *aa = a, *bb = b;                                                            \
+        size_t i = 0;                                                                              \
+        for (; i + 16 <= n; i += 16) {                                                             \
+            __m512 x = ld_##fmt(aa + i, 0xffff);                                                   \
+            __m512 y = ld_##fmt(bb + i, 0xffff);                                                   \
+            _mm_storeu_si128((__m128i *)(dd + i), _mm512_cvtepi32_epi8(enc_##fmt(VEXPR)));         \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);                                        \
+            __m512 x    = ld_##fmt(aa + i, k);                                                     \
+            __m512 y    = ld_##fmt(bb + i, k);                                                     \
+            _mm512_mask_cvtepi32_storeu_epi8(dd + i, k, enc_##fmt(VEXPR));                         \
+        }                                                                                          \
+    }
+
+#define FP8_512_KERNELS(fmt)                                                                       \
+    FP8_512_KERNEL(fmt, sum, _mm512_add_ps(x, y))                                                  \
+    FP8_512_KERNEL(fmt, prod, _mm512_mul_ps(x, y))                                                 \
+    FP8_512_KERNEL(fmt, min, vmin_nan(x, y))                                                       \
+    FP8_512_KERNEL(fmt, max, vmax_nan(x, y))
+
+FP8_512_KERNELS(e4m3)
+FP8_512_KERNELS(e5m2)
+
+/* bf16 as the scalar bf_load/bf_store: shift up; round to nearest-even by adding 0x7fff plus
+ * the kept lsb, NaN kept quiet. */
+static inline __m512 dec_bf16(__m256i v)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+static inline __m256i enc_bf16(__m512 f)
+{
+    __m512i x   = _mm512_castps_si512(f);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(x, 16), vset(1));
+    __m512i r   = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, vset(0x7fff)), odd), 16);
+    __m512i q   = _mm512_or_si512(_mm512_srli_epi32(x, 16), vset(0x40));
+    __m512i ax  = _mm512_and_si512(x, vset(0x7fffffffu));
+
+    r = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x7f800000u)), r, q);
+    return _mm512_cvtepi32_epi16(r);
+}
+
+/* bf16, 16 lanes at a time; the tail through masked loads and stores. */
+#define BF16_512_KERNEL(opname, VEXPR)                                                             \
+    static void bf16_##opname##_avx512(void *d, const void *a, const void *b, size_t n)            \
+    {                                                                                              \
+        uint16_t *dd       = d;                                                                    \
+        const uint16_t *aa = a, *bb = b;                                                           \
+        size_t i = 0;                                                                              \
+        for (; i + 16 <= n; i += 16) {                                                             \
+            __m512 x = dec_bf16(_mm256_loadu_si256((const __m256i *)(aa + i)));                    \
+            __m512 y = dec_bf16(_mm256_loadu_si256((const __m256i *)(bb + i)));                    \
+            _mm256_storeu_si256((__m256i *)(dd + i), enc_bf16(VEXPR));                             \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);                                        \
+            __m512 x    = dec_bf16(_mm256_maskz_loadu_epi16(k, aa + i));                           \
+            __m512 y    = dec_bf16(_mm256_maskz_loadu_epi16(k, bb + i));                           \
+            _mm256_mask_storeu_epi16(dd + i, k, enc_bf16(VEXPR));                                  \
+        }                                                                                          \
+    }
+
+BF16_512_KERNEL(sum, _mm512_add_ps(x, y))
+BF16_512_KERNEL(prod, _mm512_mul_ps(x, y))
+BF16_512_KERNEL(min, vmin_nan(x, y))
+BF16_512_KERNEL(max, vmax_nan(x, y))
+
+#define KSUFFIX           _avx512
+#define KERNELS_HAVE_F16C 1
+#define KERNELS_HAVE_FP8  1
+#define KERNELS_HAVE_BF16 1
+
+#include "coll_kernels_inl.h"
+
+const fx_reduce_fn (*fx_coll_kernels_avx512(void))[4]
+{
+    return table_avx512;
+}
+
+/* An fp32 a[i] += b[i] loop in this ISA: the bandwidth baseline fx-kernels compares against. */
+void fx_coll_stream_add_avx512(float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        a[i] += b[i];
+    }
+}
