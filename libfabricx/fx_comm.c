@@ -571,11 +571,19 @@ static fx_status comm_setup(struct fx_comm *comm, const struct fx_uid *uid, char
         }
     }
     status = fx_exec_init(comm, err, errlen);
-    if (status == FX_OK) {
-        status = fx_tune_measure(comm, err, errlen);
-    }
     if (status != FX_OK) {
         return status;
+    }
+    status = fx_tune_measure(comm, err, errlen);
+    if (status != FX_OK && comm->error == FX_OK) {
+        return status; /* a local failure (memory): the other ranks time out naming this one */
+    }
+    if (status != FX_OK) {
+        /* This rank had joined and connected; the communicator broke while it measured (a rank
+         * that finished first may already have failed its first call, or died). Init stands,
+         * as if the failure had come just after it: the first call reports the error. */
+        fx_info(FX_SUB_INIT, "cost model not measured: %s", err);
+        err[0] = '\0';
     }
     /* The measurement is not the user's traffic: its operations are not counted, and link
      * statistics start after it. */
