@@ -26,6 +26,8 @@ static const char *const algo_names[FX_ALGO_END] = {
     [FX_ALGO_P2P]           = "p2p",
 };
 
+_Static_assert(FX_COLL_END - 1 <= 8, "FX_ALGO keeps one byte per collective kind in 64 bits");
+
 /* The algorithms each collective runs in this build, as a bit set over enum fx_algo. */
 #define BIT(a) (1u << (a))
 static const unsigned coll_algos[FX_COLL_END] = {
@@ -121,16 +123,16 @@ fx_status fx_coll_algo_parse(const char *spec, uint64_t *forced, char *err, size
                      coll_names[coll], (int)(len - (size_t)(colon - p) - 1), colon + 1, choices);
             return FX_ERR_INVALID_ARG;
         }
-        if ((*forced >> (8 * coll)) & 0x80u) {
+        if ((*forced >> (8 * (coll - 1))) & 0x80u) {
             snprintf(err, errlen, "FX_ALGO names %s twice", coll_names[coll]);
             return FX_ERR_INVALID_ARG;
         }
         /* The high bit marks "named" so that "x:auto" twice is caught too; it is masked off. */
-        *forced |= (uint64_t)(0x80u | (unsigned)algo) << (8 * coll);
+        *forced |= (uint64_t)(0x80u | (unsigned)algo) << (8 * (coll - 1));
         p = end != NULL ? end + 1 : NULL;
     }
-    for (int c = 0; c < FX_COLL_END; c++) {
-        *forced &= ~((uint64_t)0x80u << (8 * c));
+    for (int c = 1; c < FX_COLL_END; c++) {
+        *forced &= ~((uint64_t)0x80u << (8 * (c - 1)));
     }
     return FX_OK;
 }
@@ -140,7 +142,7 @@ int fx_coll_algo_forced(uint64_t forced, int coll)
     if (coll <= 0 || coll >= FX_COLL_END) {
         return FX_ALGO_AUTO;
     }
-    return (int)((forced >> (8 * coll)) & 0x7fu);
+    return (int)((forced >> (8 * (coll - 1))) & 0x7fu);
 }
 
 /* ------------------------------------------------------------------ choice */

@@ -28,7 +28,8 @@ enum fx_coll {
     FX_COLL_REDUCE        = 6,
     FX_COLL_BARRIER       = 7,
     FX_COLL_ALLTOALL      = 8,
-    FX_COLL_END           = 9 /* one past the last kind */
+    FX_COLL_END           = 9 /* one past the last kind; at most 9, FX_ALGO keeps a byte per kind
+                                   in 64 bits */
 };
 
 /* Algorithms; FX_ALGO_AUTO lets the tuner choose. */
@@ -57,8 +58,8 @@ bool fx_coll_algo_valid(int coll, int algo);
 
 /*
  * Parses an FX_ALGO value: comma-separated "collective:algorithm" pairs (empty or NULL: no
- * forcing). *forced gets one byte per collective kind (byte `coll` holds its enum fx_algo, 0 for
- * auto). FX_ERR_INVALID_ARG with err naming the bad item and the valid choices: an unknown
+ * forcing). *forced gets one byte per collective kind (byte `coll - 1` holds its enum fx_algo, 0
+ * for auto). FX_ERR_INVALID_ARG with err naming the bad item and the valid choices: an unknown
  * collective or algorithm, an algorithm the collective does not run, a collective named twice.
  */
 fx_status fx_coll_algo_parse(const char *spec, uint64_t *forced, char *err, size_t errlen);

@@ -56,6 +56,11 @@ Test(tune, parses_forced_algorithms, .timeout = 10)
     cr_expect_eq(fx_coll_algo_forced(f, FX_COLL_BROADCAST), FX_ALGO_AUTO);
     cr_expect_eq(fx_coll_algo_forced(f, 0), FX_ALGO_AUTO);
     cr_expect_eq(fx_coll_algo_forced(f, FX_COLL_END), FX_ALGO_AUTO);
+    f = parse_ok("alltoall:pairwise,barrier:dissemination,allreduce:tree");
+    cr_expect_eq(fx_coll_algo_forced(f, FX_COLL_ALLTOALL), FX_ALGO_PAIRWISE);
+    cr_expect_eq(fx_coll_algo_forced(f, FX_COLL_BARRIER), FX_ALGO_DISSEMINATION);
+    cr_expect_eq(fx_coll_algo_forced(f, FX_COLL_ALLREDUCE), FX_ALGO_TREE);
+    cr_expect_eq(fx_coll_algo_forced(f, FX_COLL_BROADCAST), FX_ALGO_AUTO);
     f = parse_ok("allreduce:auto");
     cr_expect_eq(fx_coll_algo_forced(f, FX_COLL_ALLREDUCE), FX_ALGO_AUTO);
 }
