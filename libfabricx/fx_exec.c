@@ -99,9 +99,12 @@ static void build_lanes(struct fx_comm *comm)
             l->peer = op->kind == FX_PLAN_COPY ? -1 : op->peer;
             l->send = op->kind == FX_PLAN_SEND;
             if (l->peer >= 0) {
-                l->ops   = fx_comm_peer_ops(comm, l->peer);
-                l->conn  = l->send ? comm->send_conns[l->peer] : comm->recv_conns[l->peer];
-                l->stats = &comm->links.dir[l->peer][l->send ? FX_LINK_SEND : FX_LINK_RECV];
+                l->ops  = fx_comm_peer_ops(comm, l->peer);
+                l->conn = l->send ? comm->send_conns[l->peer] : comm->recv_conns[l->peer];
+                /* No statistics yet while init measures the cost model (fx_tune.h). */
+                l->stats = comm->links.dir != NULL
+                               ? &comm->links.dir[l->peer][l->send ? FX_LINK_SEND : FX_LINK_RECV]
+                               : NULL;
                 ex->unconnected += l->conn == NULL;
             }
             ex->lane_index[key] = ex->nlanes++;
