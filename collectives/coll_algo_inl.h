@@ -1,6 +1,7 @@
 /*
- * Helpers shared by the plan builders of coll_tree.c, coll_rd.c and coll_gather.c: argument
- * checks, chunk sizes, rank arithmetic for powers of two, and op emission.
+ * Helpers shared by the plan builders of coll_tree.c, coll_rd.c and coll_gather.c on top of
+ * coll_build_inl.h's (plan header, chunks, op emission): argument checks with a buffer factor,
+ * rank arithmetic for powers of two, blocks, and copies with a dependency.
  */
 #ifndef FX_COLL_ALGO_INL_H
 #define FX_COLL_ALGO_INL_H
@@ -8,9 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "coll_build_inl.h"
 #include "coll_plan.h"
-
-#define FX_ALGO_DEFAULT_CHUNK_BYTES (1u << 20)
 
 /* Common argument checks; factor multiplies count for the receive buffer's size. */
 static inline fx_status fx_algo_check(const struct fx_plan *plan, int nranks, int rank,
@@ -23,30 +23,6 @@ static inline fx_status fx_algo_check(const struct fx_plan *plan, int nranks, in
         return FX_ERR_INVALID_ARG;
     }
     return FX_OK;
-}
-
-/* Empties the plan and records the call's shape. */
-static inline void fx_algo_begin(struct fx_plan *plan, int nranks, int rank, size_t count,
-                                 size_t elem_size)
-{
-    fx_plan_reset(plan);
-    plan->nranks    = nranks;
-    plan->rank      = rank;
-    plan->count     = count;
-    plan->elem_size = elem_size;
-}
-
-/* Elements per chunk: chunk_bytes (0: the default) in whole elements, at least one. */
-static inline size_t fx_algo_chunk_elems(size_t chunk_bytes, size_t elem_size)
-{
-    size_t c = (chunk_bytes ? chunk_bytes : FX_ALGO_DEFAULT_CHUNK_BYTES) / elem_size;
-
-    return c ? c : 1;
-}
-
-static inline size_t fx_algo_nchunks(size_t len, size_t chunk)
-{
-    return (len + chunk - 1) / chunk;
 }
 
 /* The largest power of two <= n (n >= 1). */
@@ -103,12 +79,6 @@ static inline size_t fx_algo_block_len(size_t count, int n, int k)
     return count / (size_t)n + ((size_t)k < count % (size_t)n ? 1 : 0);
 }
 
-/* Appends an op; returns its index or -1 when out of memory. */
-static inline int fx_algo_push(struct fx_plan *plan, struct fx_plan_op op)
-{
-    return fx_plan_push(plan, &op);
-}
-
 /* A local copy of count elements (none when count is 0); FX_OK or FX_ERR_NO_MEMORY. */
 static inline fx_status fx_algo_copy(struct fx_plan *plan, uint8_t dst, uint64_t dst_off,
                                      uint8_t src, uint64_t src_off, size_t count, uint8_t flags,
@@ -122,17 +92,17 @@ static inline fx_status fx_algo_copy(struct fx_plan *plan, uint8_t dst, uint64_t
         }
         return FX_OK;
     }
-    i = fx_algo_push(plan, (struct fx_plan_op){
-                               .kind       = FX_PLAN_COPY,
-                               .buf        = dst,
-                               .src        = src,
-                               .flags      = flags,
-                               .peer       = -1,
-                               .dep        = dep,
-                               .offset     = dst_off,
-                               .src_offset = src_off,
-                               .count      = count,
-                           });
+    i = fx_build_push(plan, (struct fx_plan_op){
+                                .kind       = FX_PLAN_COPY,
+                                .buf        = dst,
+                                .src        = src,
+                                .flags      = flags,
+                                .peer       = -1,
+                                .dep        = dep,
+                                .offset     = dst_off,
+                                .src_offset = src_off,
+                                .count      = count,
+                            });
     if (idx != NULL) {
         *idx = i;
     }

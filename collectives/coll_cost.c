@@ -38,7 +38,7 @@ static struct shape shape_of(int nranks, size_t count, size_t elem_size, size_t 
     return (struct shape){.n     = nranks,
                           .count = count,
                           .es    = elem_size,
-                          .chunk = fx_algo_chunk_elems(chunk_bytes, elem_size) * elem_size};
+                          .chunk = fx_build_chunk_elems(chunk_bytes, elem_size) * elem_size};
 }
 
 /* Writes a step-by-step algorithm's cost. */

@@ -26,15 +26,15 @@ static fx_status gather_range(struct gather *g, bool send, int peer, uint64_t of
                               int32_t dep, uint32_t step)
 {
     for (size_t done = 0; done < len; done += g->chunk) {
-        int idx = fx_algo_push(g->plan, (struct fx_plan_op){
-                                            .kind   = send ? FX_PLAN_SEND : FX_PLAN_RECV,
-                                            .buf    = FX_BUF_RECV,
-                                            .peer   = peer,
-                                            .dep    = send ? dep : g->recv_dep,
-                                            .offset = off + done,
-                                            .count  = len - done < g->chunk ? len - done : g->chunk,
-                                            .step   = step,
-                                        });
+        int idx = fx_build_push(g->plan, (struct fx_plan_op){
+                                             .kind   = send ? FX_PLAN_SEND : FX_PLAN_RECV,
+                                             .buf    = FX_BUF_RECV,
+                                             .peer   = peer,
+                                             .dep    = send ? dep : g->recv_dep,
+                                             .offset = off + done,
+                                             .count = len - done < g->chunk ? len - done : g->chunk,
+                                             .step  = step,
+                                         });
 
         if (idx < 0) {
             return FX_ERR_NO_MEMORY;
@@ -68,15 +68,15 @@ static fx_status gather_blocks(struct gather *g, bool send, int peer, int first,
 static fx_status gather_own(struct gather *g, int peer)
 {
     for (size_t done = 0; done < g->count; done += g->chunk) {
-        if (fx_algo_push(g->plan,
-                         (struct fx_plan_op){
-                             .kind   = FX_PLAN_SEND,
-                             .buf    = FX_BUF_SEND,
-                             .peer   = peer,
-                             .dep    = -1,
-                             .offset = done,
-                             .count  = g->count - done < g->chunk ? g->count - done : g->chunk,
-                         }) < 0) {
+        if (fx_build_push(g->plan,
+                          (struct fx_plan_op){
+                              .kind   = FX_PLAN_SEND,
+                              .buf    = FX_BUF_SEND,
+                              .peer   = peer,
+                              .dep    = -1,
+                              .offset = done,
+                              .count  = g->count - done < g->chunk ? g->count - done : g->chunk,
+                          }) < 0) {
             return FX_ERR_NO_MEMORY;
         }
     }
@@ -94,7 +94,7 @@ static fx_status gather_begin(struct gather *g, struct fx_plan *plan, int nranks
     if (status != FX_OK) {
         return status;
     }
-    fx_algo_begin(plan, nranks, rank, count, elem_size);
+    fx_build_begin(plan, nranks, rank, count, elem_size);
     if (count == 0) {
         return FX_OK;
     }
@@ -103,7 +103,7 @@ static fx_status gather_begin(struct gather *g, struct fx_plan *plan, int nranks
     *g     = (struct gather){.plan      = plan,
                              .n         = nranks,
                              .count     = count,
-                             .chunk     = fx_algo_chunk_elems(chunk_bytes, elem_size),
+                             .chunk     = fx_build_chunk_elems(chunk_bytes, elem_size),
                              .last_recv = idx};
     *done  = status != FX_OK || nranks == 1;
     return status;

@@ -50,18 +50,18 @@ static fx_status rd_start(struct rd *d, bool folds_in)
                 return FX_ERR_NO_MEMORY;
             }
         } else {
-            idx = fx_algo_push(d->plan, (struct fx_plan_op){
-                                            .kind       = FX_PLAN_RECV_REDUCE,
-                                            .buf        = FX_BUF_SCRATCH,
-                                            .src        = FX_BUF_SEND,
-                                            .flags      = FX_PLAN_SLOT_FIRST,
-                                            .peer       = d->rank - 1,
-                                            .dep        = -1,
-                                            .slot       = (uint32_t)c,
-                                            .offset     = rd_slot_off(d, 0, c),
-                                            .src_offset = c * d->chunk,
-                                            .count      = rd_len(d, c),
-                                        });
+            idx = fx_build_push(d->plan, (struct fx_plan_op){
+                                             .kind       = FX_PLAN_RECV_REDUCE,
+                                             .buf        = FX_BUF_SCRATCH,
+                                             .src        = FX_BUF_SEND,
+                                             .flags      = FX_PLAN_SLOT_FIRST,
+                                             .peer       = d->rank - 1,
+                                             .dep        = -1,
+                                             .slot       = (uint32_t)c,
+                                             .offset     = rd_slot_off(d, 0, c),
+                                             .src_offset = c * d->chunk,
+                                             .count      = rd_len(d, c),
+                                         });
             if (idx < 0) {
                 return FX_ERR_NO_MEMORY;
             }
@@ -75,20 +75,20 @@ static fx_status rd_start(struct rd *d, bool folds_in)
 static fx_status rd_exchange(struct rd *d, size_t j, int peer, bool upper, bool last)
 {
     for (size_t c = 0; c < d->nchunks; c++) {
-        if (fx_algo_push(d->plan, (struct fx_plan_op){
-                                      .kind   = FX_PLAN_SEND,
-                                      .buf    = FX_BUF_SCRATCH,
-                                      .peer   = peer,
-                                      .dep    = d->prod[c],
-                                      .offset = rd_slot_off(d, j, c),
-                                      .count  = rd_len(d, c),
-                                      .step   = (uint32_t)j,
-                                  }) < 0) {
+        if (fx_build_push(d->plan, (struct fx_plan_op){
+                                       .kind   = FX_PLAN_SEND,
+                                       .buf    = FX_BUF_SCRATCH,
+                                       .peer   = peer,
+                                       .dep    = d->prod[c],
+                                       .offset = rd_slot_off(d, j, c),
+                                       .count  = rd_len(d, c),
+                                       .step   = (uint32_t)j,
+                                   }) < 0) {
             return FX_ERR_NO_MEMORY;
         }
     }
     for (size_t c = 0; c < d->nchunks; c++) {
-        int idx = fx_algo_push(
+        int idx = fx_build_push(
             d->plan,
             (struct fx_plan_op){
                 .kind  = FX_PLAN_RECV_REDUCE,
@@ -117,14 +117,14 @@ static fx_status rd_extra(struct rd *d)
 {
     for (int pass = 0; pass < 2; pass++) {
         for (size_t c = 0; c < d->nchunks; c++) {
-            if (fx_algo_push(d->plan, (struct fx_plan_op){
-                                          .kind   = pass == 0 ? FX_PLAN_SEND : FX_PLAN_RECV,
-                                          .buf    = pass == 0 ? FX_BUF_SEND : FX_BUF_RECV,
-                                          .peer   = d->rank + 1,
-                                          .dep    = -1,
-                                          .offset = c * d->chunk,
-                                          .count  = rd_len(d, c),
-                                      }) < 0) {
+            if (fx_build_push(d->plan, (struct fx_plan_op){
+                                           .kind   = pass == 0 ? FX_PLAN_SEND : FX_PLAN_RECV,
+                                           .buf    = pass == 0 ? FX_BUF_SEND : FX_BUF_RECV,
+                                           .peer   = d->rank + 1,
+                                           .dep    = -1,
+                                           .offset = c * d->chunk,
+                                           .count  = rd_len(d, c),
+                                       }) < 0) {
                 return FX_ERR_NO_MEMORY;
             }
         }
@@ -136,14 +136,14 @@ static fx_status rd_extra(struct rd *d)
 static fx_status rd_hand_back(struct rd *d)
 {
     for (size_t c = 0; c < d->nchunks; c++) {
-        if (fx_algo_push(d->plan, (struct fx_plan_op){
-                                      .kind   = FX_PLAN_SEND,
-                                      .buf    = FX_BUF_RECV,
-                                      .peer   = d->rank - 1,
-                                      .dep    = d->prod[c],
-                                      .offset = c * d->chunk,
-                                      .count  = rd_len(d, c),
-                                  }) < 0) {
+        if (fx_build_push(d->plan, (struct fx_plan_op){
+                                       .kind   = FX_PLAN_SEND,
+                                       .buf    = FX_BUF_RECV,
+                                       .peer   = d->rank - 1,
+                                       .dep    = d->prod[c],
+                                       .offset = c * d->chunk,
+                                       .count  = rd_len(d, c),
+                                   }) < 0) {
             return FX_ERR_NO_MEMORY;
         }
     }
@@ -183,14 +183,14 @@ fx_status fx_coll_rd_allreduce(struct fx_plan *plan, int nranks, int rank, size_
     if (status != FX_OK) {
         return status;
     }
-    fx_algo_begin(plan, nranks, rank, count, elem_size);
+    fx_build_begin(plan, nranks, rank, count, elem_size);
     if (nranks == 1 || count == 0) {
         return fx_algo_copy(plan, FX_BUF_RECV, 0, FX_BUF_SEND, 0, nranks == 1 ? count : 0,
                             FX_PLAN_FINAL, -1, NULL);
     }
     d         = (struct rd){.plan = plan, .rank = rank, .count = count};
-    d.chunk   = fx_algo_chunk_elems(chunk_bytes, elem_size);
-    d.nchunks = fx_algo_nchunks(count, d.chunk);
+    d.chunk   = fx_build_chunk_elems(chunk_bytes, elem_size);
+    d.nchunks = fx_build_nchunks(count, d.chunk);
     sets      = (size_t)fx_algo_log2_ceil(fx_algo_pow2_floor(nranks)) + 1;
     if (d.nchunks > (nslots ? nslots : 1) / sets) {
         return FX_ERR_UNSUPPORTED;
@@ -253,16 +253,16 @@ static fx_status rab_send(struct rab *b, int peer, uint64_t off, uint64_t end, u
                           uint32_t step, uint32_t phase)
 {
     for (uint64_t o = off; o < end; o += b->chunk) {
-        if (fx_algo_push(b->plan, (struct fx_plan_op){
-                                      .kind   = FX_PLAN_SEND,
-                                      .buf    = buf,
-                                      .peer   = peer,
-                                      .dep    = buf == FX_BUF_SEND ? -1 : b->step_dep,
-                                      .offset = o,
-                                      .count  = end - o < b->chunk ? end - o : b->chunk,
-                                      .step   = step,
-                                      .phase  = phase,
-                                  }) < 0) {
+        if (fx_build_push(b->plan, (struct fx_plan_op){
+                                       .kind   = FX_PLAN_SEND,
+                                       .buf    = buf,
+                                       .peer   = peer,
+                                       .dep    = buf == FX_BUF_SEND ? -1 : b->step_dep,
+                                       .offset = o,
+                                       .count  = end - o < b->chunk ? end - o : b->chunk,
+                                       .step   = step,
+                                       .phase  = phase,
+                                   }) < 0) {
             return FX_ERR_NO_MEMORY;
         }
     }
@@ -291,7 +291,7 @@ static fx_status rab_recv(struct rab *b, int peer, uint64_t off, uint64_t end, u
             .step       = step,
             .phase      = kind == FX_PLAN_RECV ? 1 : 0,
         };
-        int idx = fx_algo_push(b->plan, op);
+        int idx = fx_build_push(b->plan, op);
 
         if (idx < 0) {
             return FX_ERR_NO_MEMORY;
@@ -362,7 +362,7 @@ static fx_status rab_build(struct rab *b, int nranks)
                        .rank    = b->rank,
                        .count   = b->count,
                        .chunk   = b->chunk,
-                       .nchunks = fx_algo_nchunks(b->count, b->chunk)};
+                       .nchunks = fx_build_nchunks(b->count, b->chunk)};
 
         return rd_extra(&d);
     }
@@ -394,7 +394,7 @@ fx_status fx_coll_rabenseifner_allreduce(struct fx_plan *plan, int nranks, int r
     if (status != FX_OK) {
         return status;
     }
-    fx_algo_begin(plan, nranks, rank, count, elem_size);
+    fx_build_begin(plan, nranks, rank, count, elem_size);
     if (nranks == 1 || count == 0) {
         return fx_algo_copy(plan, FX_BUF_RECV, 0, FX_BUF_SEND, 0, nranks == 1 ? count : 0,
                             FX_PLAN_FINAL, -1, NULL);
@@ -403,7 +403,7 @@ fx_status fx_coll_rabenseifner_allreduce(struct fx_plan *plan, int nranks, int r
                                .rank   = rank,
                                .p      = fx_algo_pow2_floor(nranks),
                                .count  = count,
-                               .chunk  = fx_algo_chunk_elems(chunk_bytes, elem_size),
+                               .chunk  = fx_build_chunk_elems(chunk_bytes, elem_size),
                                .nslots = nslots ? nslots : 1,
                                .cur    = FX_BUF_SEND};
     b.slot_last = malloc(sizeof(*b.slot_last) * b.nslots);
@@ -413,8 +413,8 @@ fx_status fx_coll_rabenseifner_allreduce(struct fx_plan *plan, int nranks, int r
     status = rab_build(&b, nranks);
     free(b.slot_last);
     plan->slot_count = b.chunk < count ? b.chunk : count;
-    plan->nslots     = b.nslots < fx_algo_nchunks(count, b.chunk)
+    plan->nslots     = b.nslots < fx_build_nchunks(count, b.chunk)
                            ? b.nslots
-                           : (uint32_t)fx_algo_nchunks(count, b.chunk);
+                           : (uint32_t)fx_build_nchunks(count, b.chunk);
     return status;
 }

@@ -129,12 +129,12 @@ static size_t tree_chunk_len(const struct tree *t, int tr, size_t c)
 /* A leaf sends its chunk up from FX_BUF_SEND. */
 static fx_status tree_leaf_up(struct tree *t, int tr, uint64_t off, size_t len)
 {
-    return fx_algo_push(t->plan, (struct fx_plan_op){.kind   = FX_PLAN_SEND,
-                                                     .buf    = FX_BUF_SEND,
-                                                     .peer   = t->parent[tr],
-                                                     .dep    = -1,
-                                                     .offset = off,
-                                                     .count  = len}) < 0
+    return fx_build_push(t->plan, (struct fx_plan_op){.kind   = FX_PLAN_SEND,
+                                                      .buf    = FX_BUF_SEND,
+                                                      .peer   = t->parent[tr],
+                                                      .dep    = -1,
+                                                      .offset = off,
+                                                      .count  = len}) < 0
                ? FX_ERR_NO_MEMORY
                : FX_OK;
 }
@@ -156,18 +156,18 @@ static fx_status tree_up(struct tree *t, int tr, size_t c)
     for (int k = 0; k < 2 && t->kids[tr][k] >= 0; k++) {
         bool last = k == 1 || t->kids[tr][1] < 0;
 
-        dep = fx_algo_push(t->plan, (struct fx_plan_op){
-                                        .kind       = FX_PLAN_RECV_REDUCE,
-                                        .buf        = FX_BUF_RECV,
-                                        .src        = k == 0 ? FX_BUF_SEND : FX_BUF_RECV,
-                                        .flags      = root && last ? FX_PLAN_FINAL : 0,
-                                        .peer       = t->kids[tr][k],
-                                        .dep        = dep,
-                                        .slot       = slot,
-                                        .offset     = off,
-                                        .src_offset = off,
-                                        .count      = len,
-                                    });
+        dep = fx_build_push(t->plan, (struct fx_plan_op){
+                                         .kind       = FX_PLAN_RECV_REDUCE,
+                                         .buf        = FX_BUF_RECV,
+                                         .src        = k == 0 ? FX_BUF_SEND : FX_BUF_RECV,
+                                         .flags      = root && last ? FX_PLAN_FINAL : 0,
+                                         .peer       = t->kids[tr][k],
+                                         .dep        = dep,
+                                         .slot       = slot,
+                                         .offset     = off,
+                                         .src_offset = off,
+                                         .count      = len,
+                                     });
         if (dep < 0) {
             return FX_ERR_NO_MEMORY;
         }
@@ -177,12 +177,12 @@ static fx_status tree_up(struct tree *t, int tr, size_t c)
     if (root) {
         return FX_OK;
     }
-    return fx_algo_push(t->plan, (struct fx_plan_op){.kind   = FX_PLAN_SEND,
-                                                     .buf    = FX_BUF_RECV,
-                                                     .peer   = t->parent[tr],
-                                                     .dep    = dep,
-                                                     .offset = off,
-                                                     .count  = len}) < 0
+    return fx_build_push(t->plan, (struct fx_plan_op){.kind   = FX_PLAN_SEND,
+                                                      .buf    = FX_BUF_RECV,
+                                                      .peer   = t->parent[tr],
+                                                      .dep    = dep,
+                                                      .offset = off,
+                                                      .count  = len}) < 0
                ? FX_ERR_NO_MEMORY
                : FX_OK;
 }
@@ -194,25 +194,25 @@ static fx_status tree_down(struct tree *t, int tr, size_t c)
     size_t len   = tree_chunk_len(t, tr, c);
 
     if (t->parent[tr] >= 0) {
-        t->ready[tr] = fx_algo_push(t->plan, (struct fx_plan_op){.kind   = FX_PLAN_RECV,
-                                                                 .buf    = FX_BUF_RECV,
-                                                                 .peer   = t->parent[tr],
-                                                                 .dep    = -1,
-                                                                 .offset = off,
-                                                                 .count  = len,
-                                                                 .phase  = 1});
+        t->ready[tr] = fx_build_push(t->plan, (struct fx_plan_op){.kind   = FX_PLAN_RECV,
+                                                                  .buf    = FX_BUF_RECV,
+                                                                  .peer   = t->parent[tr],
+                                                                  .dep    = -1,
+                                                                  .offset = off,
+                                                                  .count  = len,
+                                                                  .phase  = 1});
         if (t->ready[tr] < 0) {
             return FX_ERR_NO_MEMORY;
         }
     }
     for (int k = 0; k < 2 && t->kids[tr][k] >= 0; k++) {
-        if (fx_algo_push(t->plan, (struct fx_plan_op){.kind   = FX_PLAN_SEND,
-                                                      .buf    = FX_BUF_RECV,
-                                                      .peer   = t->kids[tr][k],
-                                                      .dep    = t->ready[tr],
-                                                      .offset = off,
-                                                      .count  = len,
-                                                      .phase  = 1}) < 0) {
+        if (fx_build_push(t->plan, (struct fx_plan_op){.kind   = FX_PLAN_SEND,
+                                                       .buf    = FX_BUF_RECV,
+                                                       .peer   = t->kids[tr][k],
+                                                       .dep    = t->ready[tr],
+                                                       .offset = off,
+                                                       .count  = len,
+                                                       .phase  = 1}) < 0) {
             return FX_ERR_NO_MEMORY;
         }
     }
@@ -221,7 +221,7 @@ static fx_status tree_down(struct tree *t, int tr, size_t c)
 
 static fx_status tree_build(struct tree *t, int nranks, int rank)
 {
-    size_t nchunks   = fx_algo_nchunks(t->len[0], t->chunk);
+    size_t nchunks   = fx_build_nchunks(t->len[0], t->chunk);
     fx_status status = FX_OK;
 
     for (int tr = 0; tr < 2; tr++) {
@@ -249,13 +249,13 @@ fx_status fx_coll_tree_allreduce(struct fx_plan *plan, int nranks, int rank, siz
     if (status != FX_OK) {
         return status;
     }
-    fx_algo_begin(plan, nranks, rank, count, elem_size);
+    fx_build_begin(plan, nranks, rank, count, elem_size);
     if (nranks == 1 || count == 0) {
         return fx_algo_copy(plan, FX_BUF_RECV, 0, FX_BUF_SEND, 0, nranks == 1 ? count : 0,
                             FX_PLAN_FINAL, -1, NULL);
     }
     t           = (struct tree){.plan = plan, .nslots = nslots ? nslots : 1};
-    t.chunk     = fx_algo_chunk_elems(chunk_bytes, elem_size);
+    t.chunk     = fx_build_chunk_elems(chunk_bytes, elem_size);
     t.len[0]    = count - count / 2;
     t.len[1]    = count / 2;
     t.off[1]    = t.len[0];

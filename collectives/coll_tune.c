@@ -1,6 +1,8 @@
 /* Collective and algorithm names, FX_ALGO parsing and the algorithm choice (coll_tune.h). */
 #include "coll_tune.h"
 
+#include "coll_build_inl.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -147,21 +149,12 @@ int fx_coll_algo_forced(uint64_t forced, int coll)
 
 /* ------------------------------------------------------------------ choice */
 
-#define CHUNK_MIN     (64u << 10)
-#define CHUNK_MAX     (512u << 10)
-#define DEFAULT_CHUNK (1u << 20) /* the builders' chunk for chunk_bytes 0 */
+#define CHUNK_MIN (64u << 10)
+#define CHUNK_MAX (512u << 10)
 
 static size_t min_size(size_t a, size_t b)
 {
     return a < b ? a : b;
-}
-
-/* Elements per chunk as the plan builders cut them. */
-static size_t chunk_elems(size_t chunk_bytes, size_t elem_size)
-{
-    size_t e = (chunk_bytes ? chunk_bytes : DEFAULT_CHUNK) / elem_size;
-
-    return e ? e : 1;
 }
 
 static bool is_pow2(int n)
@@ -222,7 +215,7 @@ bool fx_coll_can_run(const struct fx_tune_case *c, int algo)
             return is_pow2(c->nranks);
         }
         if (c->nranks >= 2 && c->count > 0) {
-            size_t per    = chunk_elems(default_chunk(c, algo), c->elem_size);
+            size_t per    = fx_build_chunk_elems(default_chunk(c, algo), c->elem_size);
             size_t chunks = (c->count + per - 1) / per;
 
             return chunks <= c->nslots / (uint32_t)(floor_log2(c->nranks) + 1);

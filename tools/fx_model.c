@@ -12,12 +12,14 @@
  * them (all-gather, reduce-scatter, all-to-all: nranks blocks).
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "collectives/coll_tune.h"
+#include "libfabricx/fx_config.h"
 
 static int parse_double(const char *s, double *out)
 {
@@ -28,36 +30,12 @@ static int parse_double(const char *s, double *out)
     return errno != 0 || end == s || *end != '\0' || !(*out >= 0) ? -1 : 0;
 }
 
+/* Sizes as FX_CHUNK_BYTES takes them: "512K", "4M", "1G", "100" (binary suffixes). */
 static int parse_size(const char *s, size_t *out)
 {
-    double v;
-    char *end = NULL;
+    unsigned long long v;
 
-    errno = 0;
-    v     = strtod(s, &end);
-    if (errno != 0 || end == s || v < 0) {
-        return -1;
-    }
-    switch (*end) {
-    case 'K':
-    case 'k':
-        v *= 1024.0;
-        end++;
-        break;
-    case 'M':
-    case 'm':
-        v *= 1048576.0;
-        end++;
-        break;
-    case 'G':
-    case 'g':
-        v *= 1073741824.0;
-        end++;
-        break;
-    default:
-        break;
-    }
-    if (*end != '\0' || v > 1e15) {
+    if (!fx_config_parse_size(s, &v) || v > SIZE_MAX) {
         return -1;
     }
     *out = (size_t)v;
