@@ -44,14 +44,33 @@ static bool peer_ok(int peer, int nranks, int rank)
     return peer == -1 || (peer >= 0 && peer < nranks && peer != rank);
 }
 
-fx_status fx_coll_p2p(struct fx_plan *plan, int nranks, int rank, int dst, size_t send_count,
-                      int src, size_t recv_count, size_t elem_size, size_t chunk_bytes)
+fx_status fx_coll_p2p_append(struct fx_plan *plan, int nranks, int rank, int dst, size_t send_count,
+                             int src, size_t recv_count, size_t elem_size, size_t chunk_bytes)
 {
     size_t chunk = elem_size > 0 ? chunk_bytes / elem_size : 0;
+    size_t nops  = plan != NULL ? plan->nops : 0;
     fx_status status;
 
     if (plan == NULL || nranks < 1 || rank < 0 || rank >= nranks || elem_size == 0 ||
         !peer_ok(dst, nranks, rank) || !peer_ok(src, nranks, rank)) {
+        return FX_ERR_INVALID_ARG;
+    }
+    chunk = chunk > 0 ? chunk : 1;
+    status =
+        dst >= 0 ? push_message(plan, FX_PLAN_SEND, FX_BUF_SEND, dst, send_count, chunk) : FX_OK;
+    if (status == FX_OK && src >= 0) {
+        status = push_message(plan, FX_PLAN_RECV, FX_BUF_RECV, src, recv_count, chunk);
+    }
+    if (status != FX_OK) {
+        plan->nops = nops; /* the plan as it was */
+    }
+    return status;
+}
+
+fx_status fx_coll_p2p(struct fx_plan *plan, int nranks, int rank, int dst, size_t send_count,
+                      int src, size_t recv_count, size_t elem_size, size_t chunk_bytes)
+{
+    if (plan == NULL || nranks < 1 || rank < 0 || rank >= nranks || elem_size == 0) {
         return FX_ERR_INVALID_ARG;
     }
     fx_plan_reset(plan);
@@ -59,15 +78,6 @@ fx_status fx_coll_p2p(struct fx_plan *plan, int nranks, int rank, int dst, size_
     plan->rank      = rank;
     plan->count     = send_count;
     plan->elem_size = elem_size;
-    chunk           = chunk > 0 ? chunk : 1;
-    if (dst >= 0) {
-        status = push_message(plan, FX_PLAN_SEND, FX_BUF_SEND, dst, send_count, chunk);
-        if (status != FX_OK) {
-            return status;
-        }
-    }
-    if (src >= 0) {
-        return push_message(plan, FX_PLAN_RECV, FX_BUF_RECV, src, recv_count, chunk);
-    }
-    return FX_OK;
+    return fx_coll_p2p_append(plan, nranks, rank, dst, send_count, src, recv_count, elem_size,
+                              chunk_bytes);
 }

@@ -139,6 +139,14 @@ fx_status fx_coll_ring_allgather_ordered(struct fx_plan *plan, int nranks, int r
  */
 fx_status fx_coll_p2p(struct fx_plan *plan, int nranks, int rank, int dst, size_t send_count,
                       int src, size_t recv_count, size_t elem_size, size_t chunk_bytes);
+/*
+ * Appends the ops of another point-to-point call to a plan (fx_coll_p2p's rules; the plan's
+ * nranks, rank, count and elem_size stay those of its first call, and these ops' offsets and
+ * counts are in elements of their own elem_size). The executor runs consecutive calls as one
+ * plan this way. On an error the plan is left as it was.
+ */
+fx_status fx_coll_p2p_append(struct fx_plan *plan, int nranks, int rank, int dst, size_t send_count,
+                             int src, size_t recv_count, size_t elem_size, size_t chunk_bytes);
 
 /*
  * Ring order for a job spread over hosts: host_of[r] is any key naming rank r's host. Ranks of

@@ -412,18 +412,20 @@ static fx_status check_buf(struct fx_comm *comm, const char *name, const char *w
 }
 
 /* Checks the destination and send buffer (sends) and the source and receive buffer (recvs) of
- * a point-to-point call, then runs it. Blocking. */
-static fx_status run_p2p(struct fx_comm *comm, const char *name, const struct fx_request *args,
-                         bool sends, bool recvs)
+ * a point-to-point call, then queues it, and waits for it when blocking (req NULL). */
+static fx_status run_p2p(struct fx_comm *comm, const char *name, struct fx_request call, bool sends,
+                         bool recvs, fx_request_t *req)
 {
-    bool both        = sends && recvs;
-    size_t sbytes    = 0;
-    size_t rbytes    = 0;
-    fx_status status = FX_OK;
-    fx_request_t req;
+    const struct fx_request *args = &call;
+    bool both                     = sends && recvs;
+    bool blocking                 = req == NULL;
+    size_t sbytes                 = 0;
+    size_t rbytes                 = 0;
+    fx_status status              = check_call(comm, name, true, NULL);
+    fx_request_t own;
 
-    if (comm == NULL) {
-        return fx_set_last_error(FX_ERR_INVALID_ARG, "%s: comm is NULL", name);
+    if (status != FX_OK) {
+        return status;
     }
     if (fx_datatype_size(args->dtype) == 0) {
         return fx_comm_note_error(comm, FX_ERR_INVALID_ARG, "%s: invalid datatype %d", name,
@@ -450,53 +452,79 @@ static fx_status run_p2p(struct fx_comm *comm, const char *name, const struct fx
         return fx_comm_note_error(comm, FX_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap",
                                   name);
     }
-    status = submit(comm, args, true, &req);
-    return status == FX_OK ? fx_exec_wait(req, -1) : status;
+    status = submit(comm, args, blocking, blocking ? &own : req);
+    return status == FX_OK && blocking ? fx_exec_wait(own, -1) : status;
+}
+
+/* The arguments of a send, a receive, or both. */
+static struct fx_request p2p_args(const void *sendbuf, size_t sendcount, int dest, void *recvbuf,
+                                  size_t recvcount, int src, fx_datatype dtype)
+{
+    return (struct fx_request){.coll       = FX_COLL_SENDRECV,
+                               .sendbuf    = sendbuf,
+                               .recvbuf    = recvbuf,
+                               .count      = sendcount,
+                               .recv_count = recvcount,
+                               .dtype      = dtype,
+                               .op         = FX_NUM_OPS,
+                               .send_peer  = dest,
+                               .recv_peer  = src,
+                               .root       = -1};
 }
 
 FX_API fx_status fx_send(const void *buf, size_t count, fx_datatype dtype, int peer, fx_comm_t comm)
 {
-    return run_p2p(comm, "fx_send",
-                   &(struct fx_request){.coll      = FX_COLL_SENDRECV,
-                                        .sendbuf   = buf,
-                                        .count     = count,
-                                        .dtype     = dtype,
-                                        .op        = FX_NUM_OPS,
-                                        .send_peer = peer,
-                                        .recv_peer = -1,
-                                        .root      = -1},
-                   true, false);
+    return run_p2p(comm, "fx_send", p2p_args(buf, count, peer, NULL, 0, -1, dtype), true, false,
+                   NULL);
 }
 
 FX_API fx_status fx_recv(void *buf, size_t count, fx_datatype dtype, int peer, fx_comm_t comm)
 {
-    return run_p2p(comm, "fx_recv",
-                   &(struct fx_request){.coll       = FX_COLL_SENDRECV,
-                                        .recvbuf    = buf,
-                                        .recv_count = count,
-                                        .dtype      = dtype,
-                                        .op         = FX_NUM_OPS,
-                                        .send_peer  = -1,
-                                        .recv_peer  = peer,
-                                        .root       = -1},
-                   false, true);
+    return run_p2p(comm, "fx_recv", p2p_args(NULL, 0, -1, buf, count, peer, dtype), false, true,
+                   NULL);
 }
 
 FX_API fx_status fx_sendrecv(const void *sendbuf, size_t sendcount, int dest, void *recvbuf,
                              size_t recvcount, int src, fx_datatype dtype, fx_comm_t comm)
 {
     return run_p2p(comm, "fx_sendrecv",
-                   &(struct fx_request){.coll       = FX_COLL_SENDRECV,
-                                        .sendbuf    = sendbuf,
-                                        .recvbuf    = recvbuf,
-                                        .count      = sendcount,
-                                        .recv_count = recvcount,
-                                        .dtype      = dtype,
-                                        .op         = FX_NUM_OPS,
-                                        .send_peer  = dest,
-                                        .recv_peer  = src,
-                                        .root       = -1},
-                   true, true);
+                   p2p_args(sendbuf, sendcount, dest, recvbuf, recvcount, src, dtype), true, true,
+                   NULL);
+}
+
+FX_API fx_status fx_isend(const void *buf, size_t count, fx_datatype dtype, int peer,
+                          fx_comm_t comm, fx_request_t *req)
+{
+    fx_status status = check_call(comm, "fx_isend", false, req);
+
+    return status != FX_OK
+               ? status
+               : run_p2p(comm, "fx_isend", p2p_args(buf, count, peer, NULL, 0, -1, dtype), true,
+                         false, req);
+}
+
+FX_API fx_status fx_irecv(void *buf, size_t count, fx_datatype dtype, int peer, fx_comm_t comm,
+                          fx_request_t *req)
+{
+    fx_status status = check_call(comm, "fx_irecv", false, req);
+
+    return status != FX_OK
+               ? status
+               : run_p2p(comm, "fx_irecv", p2p_args(NULL, 0, -1, buf, count, peer, dtype), false,
+                         true, req);
+}
+
+FX_API fx_status fx_isendrecv(const void *sendbuf, size_t sendcount, int dest, void *recvbuf,
+                              size_t recvcount, int src, fx_datatype dtype, fx_comm_t comm,
+                              fx_request_t *req)
+{
+    fx_status status = check_call(comm, "fx_isendrecv", false, req);
+
+    return status != FX_OK
+               ? status
+               : run_p2p(comm, "fx_isendrecv",
+                         p2p_args(sendbuf, sendcount, dest, recvbuf, recvcount, src, dtype), true,
+                         true, req);
 }
 
 /* ------------------------------------------------------------------ non-blocking, completion */

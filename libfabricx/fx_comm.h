@@ -41,43 +41,50 @@ struct fx_request {
     size_t recv_count; /* send/recv */
     uint64_t send_seq; /* send/recv: the message's number from this rank to send_peer */
     uint64_t recv_seq; /* send/recv: the message's number from recv_peer to this rank */
+    size_t ops_left;   /* ops of the running plan that belong to it and are not complete yet */
     fx_status status;
     bool done;
 };
 
-/* The ops of the active plan that talk to one peer in one direction, in plan order. */
+/* The ops of the active plan that talk to one peer in one direction, in plan order: a list
+ * linked through fx_exec.op_next, so that ops appended to a running plan join their lane's end. */
 struct fx_lane {
     int peer;
     bool send;
     const struct fx_transport_ops *ops; /* the connection's transport */
     struct fx_tp_conn *conn;
     struct fx_link_dir *stats; /* the peer's statistics in this direction */
-    uint32_t start;            /* range in fx_exec.lane_ops */
-    uint32_t end;
-    uint32_t post; /* next op to post */
-    uint32_t done; /* oldest posted op not yet complete */
+    uint32_t first;            /* oldest op not yet complete; FX_NO_OP: none */
+    uint32_t post;             /* next op to post (first, or after it); FX_NO_OP: all posted */
+    uint32_t last;             /* the lane's last op; FX_NO_OP: none yet */
 };
 
+#define FX_NO_OP     UINT32_MAX
+#define FX_HDR_BLOCK 256 /* wire headers per block of fx_exec.hdr_blocks */
+
 struct fx_exec {
-    struct fx_request *head; /* queue; head is the running operation */
+    struct fx_request *head; /* queue; from head to batch_last: the requests of the running plan */
     struct fx_request *tail;
+    struct fx_request *batch_last; /* a collective alone, or a run of point-to-point calls */
     struct fx_request *free_reqs;
     struct fx_request *all_reqs; /* owned: freed at destroy, whatever their state */
     bool running;
     struct fx_plan plan;
-    size_t ndone;
     size_t cap;                 /* capacity of the per-op arrays below */
     uint8_t *op_done;           /* per plan op */
     struct fx_tp_req **tp_reqs; /* per plan op, while posted */
-    uint8_t (*hdrs)[FX_WIRE_HDR_SIZE];
-    uint32_t *lane_ops;
+    struct fx_request **op_req; /* per plan op: the request it belongs to */
+    uint32_t *op_next;          /* per plan op: the next op of its lane, or FX_NO_OP */
+    /* Per plan op, in blocks that never move: a transport writes a received header while the
+     * plan may grow. */
+    uint8_t (**hdr_blocks)[FX_WIRE_HDR_SIZE];
+    size_t nhdr_blocks;
     struct fx_lane *lanes;
     int nlanes;
-    int unconnected;    /* lanes of the running plan still without their connection */
-    int *lane_index;    /* 2 * nranks: (peer, direction) -> lane, -1 none */
-    uint32_t next_copy; /* first COPY op not yet run, scanning forward */
-    uint8_t *scratch;   /* nslots * max_chunk bytes, touched at init; a plan addresses
-                           slot k at k * plan.slot_count elements */
+    int unconnected;  /* lanes of the running plan still without their connection */
+    int *lane_index;  /* 2 * nranks: (peer, direction) -> lane, -1 none */
+    uint8_t *scratch; /* nslots * max_chunk bytes, touched at init; a plan addresses
+                         slot k at k * plan.slot_count elements */
     size_t max_chunk;
     uint32_t nslots;
     int64_t last_progress_ms;

@@ -1,9 +1,11 @@
 /*
  * The executor: runs plans over transport connections.
  *
- * The operation at the head of the queue runs; its plan's send and receive ops are grouped in
- * lanes, one per (peer, direction), each posted in plan order as soon as its dependency has
- * completed. A connection completes requests in order, so only the oldest posted request of a
+ * The operation at the head of the queue runs (a collective alone; consecutive point-to-point
+ * calls together, as one plan that calls made meanwhile join, so that a rank's send and receive
+ * of separate calls move at once); the plan's send and receive ops are grouped in lanes, one per
+ * (peer, direction), each posted in plan order as soon as its dependency has completed. A
+ * request completes once all its ops have, and after the requests before it. A connection completes requests in order, so only the oldest posted request of a
  * lane is tested. Received chunks are checked against the header this rank expects, then
  * reduced out of the scratch slot; later chunks keep arriving in the socket buffers meanwhile,
  * so the reduction of one chunk overlaps the transfer of the next.
@@ -38,6 +40,29 @@ static uint8_t no_payload[1];
 
 /* ------------------------------------------------------------------ plan start */
 
+/* Header blocks for ops [0, nops): added, never moved (transports write into them). */
+static fx_status grow_hdr_blocks(struct fx_exec *ex, size_t nops)
+{
+    size_t need = (nops + FX_HDR_BLOCK - 1) / FX_HDR_BLOCK;
+    void *p;
+
+    if (need <= ex->nhdr_blocks) {
+        return FX_OK;
+    }
+    if ((p = realloc(ex->hdr_blocks, need * sizeof(*ex->hdr_blocks))) == NULL) {
+        return FX_ERR_NO_MEMORY;
+    }
+    ex->hdr_blocks = p;
+    while (ex->nhdr_blocks < need) {
+        ex->hdr_blocks[ex->nhdr_blocks] = malloc(FX_HDR_BLOCK * sizeof(**ex->hdr_blocks));
+        if (ex->hdr_blocks[ex->nhdr_blocks] == NULL) {
+            return FX_ERR_NO_MEMORY;
+        }
+        ex->nhdr_blocks++;
+    }
+    return FX_OK;
+}
+
 static fx_status grow_arrays(struct fx_exec *ex, size_t nops)
 {
     size_t cap = ex->cap ? ex->cap : 64;
@@ -45,6 +70,9 @@ static fx_status grow_arrays(struct fx_exec *ex, size_t nops)
 
     if (nops <= ex->cap) {
         return FX_OK;
+    }
+    if (nops >= FX_NO_OP) {
+        return FX_ERR_NO_MEMORY; /* op numbers are 32-bit */
     }
     while (cap < nops) {
         cap *= 2;
@@ -57,16 +85,31 @@ static fx_status grow_arrays(struct fx_exec *ex, size_t nops)
         return FX_ERR_NO_MEMORY;
     }
     ex->tp_reqs = p;
-    if ((p = realloc(ex->hdrs, cap * sizeof(*ex->hdrs))) == NULL) {
+    if ((p = realloc(ex->op_req, cap * sizeof(*ex->op_req))) == NULL) {
         return FX_ERR_NO_MEMORY;
     }
-    ex->hdrs = p;
-    if ((p = realloc(ex->lane_ops, cap * sizeof(*ex->lane_ops))) == NULL) {
+    ex->op_req = p;
+    if ((p = realloc(ex->op_next, cap * sizeof(*ex->op_next))) == NULL) {
         return FX_ERR_NO_MEMORY;
     }
-    ex->lane_ops = p;
-    ex->cap      = cap;
+    ex->op_next = p;
+    if (grow_hdr_blocks(ex, cap) != FX_OK) {
+        return FX_ERR_NO_MEMORY;
+    }
+    ex->cap = cap;
     return FX_OK;
+}
+
+/* Op i's wire header: the one it sends, or the one its receive gets. */
+static uint8_t *hdr_ptr(struct fx_exec *ex, uint32_t i)
+{
+    return ex->hdr_blocks[i / FX_HDR_BLOCK][i % FX_HDR_BLOCK];
+}
+
+/* Bytes per element of op i (a point-to-point batch mixes datatypes). */
+static size_t op_elem_size(const struct fx_exec *ex, uint32_t i)
+{
+    return fx_datatype_size(ex->op_req[i]->dtype);
 }
 
 /* Lane of an op: (peer, direction) for network ops, the local lane for copies. */
@@ -78,26 +121,24 @@ static int lane_key(const struct fx_comm *comm, const struct fx_plan_op *op)
     return 2 * op->peer + (op->kind == FX_PLAN_SEND ? 1 : 0);
 }
 
-static void build_lanes(struct fx_comm *comm)
+/* Puts the plan's ops [from, nops) at the ends of their lanes, making the lanes they open. */
+static void add_ops(struct fx_comm *comm, size_t from)
 {
     struct fx_exec *ex = &comm->exec;
-    uint32_t pos       = 0;
 
-    ex->nlanes      = 0;
-    ex->unconnected = 0;
-    for (int k = 0; k <= 2 * comm->nranks; k++) {
-        ex->lane_index[k] = -1;
-    }
-    for (size_t i = 0; i < ex->plan.nops; i++) {
+    for (size_t i = from; i < ex->plan.nops; i++) {
         const struct fx_plan_op *op = &ex->plan.ops[i];
         int key                     = lane_key(comm, op);
+        struct fx_lane *l;
 
         if (ex->lane_index[key] < 0) {
-            struct fx_lane *l = &ex->lanes[ex->nlanes];
-
+            l = &ex->lanes[ex->nlanes];
             memset(l, 0, sizeof(*l));
-            l->peer = op->kind == FX_PLAN_COPY ? -1 : op->peer;
-            l->send = op->kind == FX_PLAN_SEND;
+            l->first = FX_NO_OP;
+            l->post  = FX_NO_OP;
+            l->last  = FX_NO_OP;
+            l->peer  = op->kind == FX_PLAN_COPY ? -1 : op->peer;
+            l->send  = op->kind == FX_PLAN_SEND;
             if (l->peer >= 0) {
                 l->ops  = fx_comm_peer_ops(comm, l->peer);
                 l->conn = l->send ? comm->send_conns[l->peer] : comm->recv_conns[l->peer];
@@ -109,21 +150,32 @@ static void build_lanes(struct fx_comm *comm)
             }
             ex->lane_index[key] = ex->nlanes++;
         }
-        ex->lanes[ex->lane_index[key]].end++;
+        l              = &ex->lanes[ex->lane_index[key]];
+        ex->op_next[i] = FX_NO_OP;
+        if (l->last != FX_NO_OP) {
+            ex->op_next[l->last] = (uint32_t)i;
+        }
+        l->last = (uint32_t)i;
+        if (l->post == FX_NO_OP) {
+            l->post = (uint32_t)i;
+        }
+        if (l->first == FX_NO_OP) {
+            l->first = (uint32_t)i;
+        }
     }
-    for (int l = 0; l < ex->nlanes; l++) {
-        uint32_t n         = ex->lanes[l].end;
-        ex->lanes[l].start = pos;
-        ex->lanes[l].post  = pos;
-        ex->lanes[l].done  = pos;
-        ex->lanes[l].end   = pos; /* refilled below */
-        pos += n;
-    }
-    for (size_t i = 0; i < ex->plan.nops; i++) {
-        struct fx_lane *l = &ex->lanes[ex->lane_index[lane_key(comm, &ex->plan.ops[i])]];
+}
 
-        ex->lane_ops[l->end++] = (uint32_t)i;
+/* Makes the ops [from, nops) part of the running plan, as ops of req. */
+static void adopt_ops(struct fx_comm *comm, struct fx_request *req, size_t from)
+{
+    struct fx_exec *ex = &comm->exec;
+
+    for (size_t i = from; i < ex->plan.nops; i++) {
+        ex->op_req[i]  = req;
+        ex->op_done[i] = 0;
     }
+    req->ops_left = ex->plan.nops - from;
+    add_ops(comm, from);
 }
 
 /* Chooses the operation's algorithm and chunk (the same on every rank: the inputs are the
@@ -267,10 +319,63 @@ static void op_name(const struct fx_request *req, char *buf, size_t len)
     }
 }
 
-static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
+/* Most ops a point-to-point batch gathers; later calls wait for the next batch. */
+#define BATCH_MAX_OPS (1u << 24)
+
+/*
+ * Appends a point-to-point call to the running plan. Messages match in order per pair and per
+ * direction, and a lane posts its ops in plan order, so the call's messages to a peer leave
+ * after those of earlier calls, and its receives meet the peer's messages in order.
+ */
+static fx_status append_p2p(struct fx_comm *comm, struct fx_request *req)
 {
     struct fx_exec *ex = &comm->exec;
-    fx_status status   = build_plan(comm, req);
+    size_t from        = ex->plan.nops;
+    fx_status status;
+
+    if (from >= BATCH_MAX_OPS) {
+        return FX_ERR_NO_MEMORY;
+    }
+    status = fx_coll_p2p_append(&ex->plan, comm->nranks, comm->rank, req->send_peer, req->count,
+                                req->recv_peer, req->recv_count, fx_datatype_size(req->dtype),
+                                ex->max_chunk);
+    if (status == FX_OK) {
+        status = grow_arrays(ex, ex->plan.nops);
+        if (status != FX_OK) {
+            ex->plan.nops = from;
+        }
+    }
+    if (status != FX_OK) {
+        return status;
+    }
+    req->algo = FX_ALGO_P2P;
+    adopt_ops(comm, req, from);
+    ex->batch_last = req;
+    return FX_OK;
+}
+
+static void log_start(struct fx_comm *comm, const struct fx_request *req, size_t from)
+{
+    char name[96];
+
+    if (fx_log_enabled(FX_LOG_TRACE, FX_SUB_COLL)) {
+        op_name(req, name, sizeof(name));
+        fx_trace(FX_SUB_COLL, "%s: count %zu, %zu plan ops, %d lanes (%d to connect)", name,
+                 req->count, comm->exec.plan.nops - from, comm->exec.nlanes,
+                 comm->exec.unconnected);
+    }
+}
+
+/*
+ * Starts the request at the head of the queue: a collective alone; a point-to-point call
+ * together with the calls queued behind it up to the next collective, as one plan (calls made
+ * while it runs join it: fx_exec_submit), so that a rank's isend and irecv move at once.
+ */
+static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
+{
+    struct fx_exec *ex   = &comm->exec;
+    fx_status status     = build_plan(comm, req);
+    struct fx_request *r = req->next;
 
     if (status == FX_OK) {
         status = grow_arrays(ex, ex->plan.nops);
@@ -280,19 +385,25 @@ static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
     }
     FX_ASSERT(ex->plan.nslots <= ex->nslots &&
               ex->plan.slot_count * fx_datatype_size(req->dtype) <= ex->max_chunk);
-    if (ex->plan.nops > 0) { /* count 0: an empty plan, no arrays yet */
-        memset(ex->op_done, 0, ex->plan.nops);
+    ex->nlanes      = 0;
+    ex->unconnected = 0;
+    for (int k = 0; k <= 2 * comm->nranks; k++) {
+        ex->lane_index[k] = -1;
     }
-    build_lanes(comm);
-    ex->ndone            = 0;
+    adopt_ops(comm, req, 0);
+    ex->batch_last       = req;
     ex->running          = true;
     ex->last_progress_ms = fx_now_ms();
-    if (fx_log_enabled(FX_LOG_TRACE, FX_SUB_COLL)) {
-        char name[96];
+    log_start(comm, req, 0);
+    /* A collective ends the batch; a call that did not fit runs in the next. */
+    while (req->coll == FX_COLL_SENDRECV && r != NULL && r->coll == FX_COLL_SENDRECV) {
+        size_t from = ex->plan.nops;
 
-        op_name(req, name, sizeof(name));
-        fx_trace(FX_SUB_COLL, "%s: count %zu, %zu plan ops, %d lanes (%d to connect)", name,
-                 req->count, ex->plan.nops, ex->nlanes, ex->unconnected);
+        if (append_p2p(comm, r) != FX_OK) {
+            break;
+        }
+        log_start(comm, r, from);
+        r = r->next;
     }
     return FX_OK;
 }
@@ -342,31 +453,31 @@ static uint8_t *slot_ptr(struct fx_exec *ex, uint32_t k)
 static fx_status post_op(struct fx_comm *comm, struct fx_lane *lane, uint32_t i)
 {
     struct fx_exec *ex          = &comm->exec;
-    const struct fx_request *rq = ex->head;
+    const struct fx_request *rq = ex->op_req[i];
     const struct fx_plan_op *op = &ex->plan.ops[i];
-    size_t es                   = ex->plan.elem_size;
+    size_t es                   = op_elem_size(ex, i);
     size_t bytes                = op->count * es;
     uint8_t *data = bytes > 0 ? buf_ptr(comm, rq, op->buf) + op->offset * es : no_payload;
+    uint8_t *hdr  = hdr_ptr(ex, i);
     struct fx_wire_hdr h;
 
     if (op->kind == FX_PLAN_SEND) {
         op_header(comm, rq, op, comm->rank, &h);
-        fx_wire_encode(&h, ex->hdrs[i]);
-        return lane->ops->isend(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE, data, bytes,
-                                &ex->tp_reqs[i]);
+        fx_wire_encode(&h, hdr);
+        return lane->ops->isend(lane->conn, hdr, FX_WIRE_HDR_SIZE, data, bytes, &ex->tp_reqs[i]);
     }
     if (op->kind == FX_PLAN_RECV) {
-        return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE, data, bytes,
-                                &ex->tp_reqs[i]);
+        return lane->ops->irecv(lane->conn, hdr, FX_WIRE_HDR_SIZE, data, bytes, &ex->tp_reqs[i]);
     }
-    return lane->ops->irecv(lane->conn, ex->hdrs[i], FX_WIRE_HDR_SIZE, slot_ptr(ex, op->slot),
-                            bytes, &ex->tp_reqs[i]);
+    return lane->ops->irecv(lane->conn, hdr, FX_WIRE_HDR_SIZE, slot_ptr(ex, op->slot), bytes,
+                            &ex->tp_reqs[i]);
 }
 
-static void run_copy(struct fx_comm *comm, const struct fx_plan_op *op)
+static void run_copy(struct fx_comm *comm, uint32_t i)
 {
-    const struct fx_request *rq = comm->exec.head;
-    size_t es                   = comm->exec.plan.elem_size;
+    const struct fx_plan_op *op = &comm->exec.plan.ops[i];
+    const struct fx_request *rq = comm->exec.op_req[i];
+    size_t es                   = op_elem_size(&comm->exec, i);
     uint8_t *dst                = buf_ptr(comm, rq, op->buf) + op->offset * es;
     const uint8_t *src          = buf_ptr(comm, rq, op->src) + op->src_offset * es;
 
@@ -383,8 +494,8 @@ static bool check_header(struct fx_comm *comm, const struct fx_lane *lane, uint3
     struct fx_wire_hdr want;
     char err[400];
 
-    if (fx_wire_decode(ex->hdrs[i], &got, err, sizeof(err)) == FX_OK) {
-        op_header(comm, ex->head, &ex->plan.ops[i], lane->peer, &want);
+    if (fx_wire_decode(hdr_ptr(ex, i), &got, err, sizeof(err)) == FX_OK) {
+        op_header(comm, ex->op_req[i], &ex->plan.ops[i], lane->peer, &want);
         if (fx_wire_check(&got, &want, comm->rank, err, sizeof(err)) == FX_OK) {
             return true;
         }
@@ -393,10 +504,11 @@ static bool check_header(struct fx_comm *comm, const struct fx_lane *lane, uint3
     return false;
 }
 
-static void reduce_op(struct fx_comm *comm, const struct fx_plan_op *op)
+static void reduce_op(struct fx_comm *comm, uint32_t i)
 {
     struct fx_exec *ex          = &comm->exec;
-    const struct fx_request *rq = ex->head;
+    const struct fx_plan_op *op = &ex->plan.ops[i];
+    const struct fx_request *rq = ex->op_req[i];
     size_t es                   = ex->plan.elem_size;
     void *dst                   = buf_ptr(comm, rq, op->buf) + op->offset * es;
     const void *local           = buf_ptr(comm, rq, op->src) + op->src_offset * es;
@@ -444,9 +556,8 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
         /* A transport that finds a mismatch on a later message of the connection (its frame
          * arrived first on another socket) fails the earlier ones as a broken connection: the
          * cause is among this lane's posted receives. */
-        for (uint32_t k = lane->done + 1; k < lane->post; k++) {
-            uint32_t j = comm->exec.lane_ops[k];
-
+        for (uint32_t j = lane->first != FX_NO_OP ? comm->exec.op_next[lane->first] : FX_NO_OP;
+             j != lane->post && j != FX_NO_OP; j = comm->exec.op_next[j]) {
             if (comm->exec.tp_reqs[j] != NULL &&
                 lane->ops->test(comm->exec.tp_reqs[j]) == FX_ERR_MISMATCH) {
                 comm->exec.tp_reqs[j] = NULL;
@@ -460,7 +571,7 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
         if (check_header(comm, lane, i)) {
             fx_comm_fail(comm, FX_ERR_MISMATCH, -1, true,
                          "%s: message from rank %d has a different length than expected",
-                         fx_coll_name(comm->exec.head->coll), lane->peer);
+                         fx_coll_name(comm->exec.op_req[i]->coll), lane->peer);
         }
         return;
     }
@@ -469,7 +580,7 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
     }
     lane->ops->conn_error(lane->conn, detail, sizeof(detail));
     fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
-    op_name(comm->exec.head, name, sizeof(name));
+    op_name(comm->exec.op_req[i], name, sizeof(name));
     fx_comm_fail(comm, status == FX_ERR_PEER_FAILED ? FX_ERR_PEER_FAILED : FX_ERR_CONNECTION,
                  lane->peer, true, "%s failed during %s: %s", who, name, detail);
 }
@@ -501,7 +612,8 @@ static void check_timeout(struct fx_comm *comm)
     char who[160]      = "no peer";
     const char *what   = "";
     char op[96];
-    int peer = -1;
+    int peer                      = -1;
+    const struct fx_request *late = ex->head;
 
     if (idle < limit / 2) {
         return;
@@ -509,12 +621,12 @@ static void check_timeout(struct fx_comm *comm)
     /* The peer of the earliest unfinished op in plan order: plans are emitted step by step,
      * so later ops wait, directly or not, for that one (a rank of a tree or of recursive
      * doubling has unfinished receives from several peers; only the earliest is the cause). */
-    for (int l = 0, first = -1; l < ex->nlanes; l++) {
+    for (uint32_t l = 0, first = FX_NO_OP; l < (uint32_t)ex->nlanes; l++) {
         const struct fx_lane *lane = &ex->lanes[l];
 
-        if (lane->peer >= 0 && lane->done < lane->end &&
-            (first < 0 || ex->lane_ops[lane->done] < (uint32_t)first)) {
-            first = (int)ex->lane_ops[lane->done];
+        if (lane->peer >= 0 && lane->first < first) {
+            first = lane->first;
+            late  = ex->op_req[first];
             peer  = lane->peer;
             if (lane->conn == NULL) {
                 what = lane->send ? "waiting to connect to" : "waiting for a connection from";
@@ -523,7 +635,7 @@ static void check_timeout(struct fx_comm *comm)
             }
         }
     }
-    op_name(ex->head, op, sizeof(op));
+    op_name(late, op, sizeof(op));
     if (!ex->stall_reported) {
         fx_boot_ctrl_stall(&comm->boot, peer, idle, op);
         ex->stall_reported = true;
@@ -553,14 +665,20 @@ static int64_t round_now(struct fx_exec *ex)
     return ex->now_ns;
 }
 
+static void op_finished(struct fx_exec *ex, uint32_t i)
+{
+    ex->op_done[i] = 1;
+    ex->op_req[i]->ops_left--;
+}
+
 /* Completes what finished at the front of a lane. Returns true if anything did. */
 static bool lane_complete(struct fx_comm *comm, struct fx_lane *lane)
 {
     struct fx_exec *ex = &comm->exec;
     bool changed       = false;
 
-    while (lane->done < lane->post && comm->error == FX_OK) {
-        uint32_t i                  = ex->lane_ops[lane->done];
+    while (lane->first != lane->post && lane->first != FX_NO_OP && comm->error == FX_OK) {
+        uint32_t i                  = lane->first;
         const struct fx_plan_op *op = &ex->plan.ops[i];
         fx_status status            = lane->ops->test(ex->tp_reqs[i]);
 
@@ -573,18 +691,17 @@ static bool lane_complete(struct fx_comm *comm, struct fx_lane *lane)
             return true;
         }
         if (comm->links.on) {
-            fx_link_completed(lane->stats, op->count * ex->plan.elem_size, round_now(ex));
+            fx_link_completed(lane->stats, op->count * op_elem_size(ex, i), round_now(ex));
         }
         if (op->kind != FX_PLAN_SEND && !check_header(comm, lane, i)) {
             return true;
         }
         if (op->kind == FX_PLAN_RECV_REDUCE) {
-            reduce_op(comm, op);
+            reduce_op(comm, i);
         }
-        ex->op_done[i] = 1;
-        ex->ndone++;
-        lane->done++;
-        changed = true;
+        op_finished(ex, i);
+        lane->first = ex->op_next[i];
+        changed     = true;
     }
     return changed;
 }
@@ -599,7 +716,7 @@ static void connect_failed(struct fx_comm *comm, const struct fx_lane *lane, fx_
         return;
     }
     fx_boot_rank_str(&comm->boot, lane->peer, who, sizeof(who));
-    op_name(comm->exec.head, name, sizeof(name));
+    op_name(comm->exec.op_req[lane->first], name, sizeof(name));
     fx_comm_fail(comm, status, lane->peer, true, "cannot connect to %s during %s: %s", who, name,
                  fx_strerror(status));
 }
@@ -643,8 +760,8 @@ static bool lane_post(struct fx_comm *comm, struct fx_lane *lane)
         changed = true;
     }
 
-    while (lane->post < lane->end && comm->error == FX_OK) {
-        uint32_t i                  = ex->lane_ops[lane->post];
+    while (lane->post != FX_NO_OP && comm->error == FX_OK) {
+        uint32_t i                  = lane->post;
         const struct fx_plan_op *op = &ex->plan.ops[i];
         fx_status status;
 
@@ -652,12 +769,11 @@ static bool lane_post(struct fx_comm *comm, struct fx_lane *lane)
             break;
         }
         if (lane->peer < 0) {
-            run_copy(comm, op);
-            ex->op_done[i] = 1;
-            ex->ndone++;
-            lane->post++;
-            lane->done++;
-            changed = true;
+            run_copy(comm, i);
+            op_finished(ex, i);
+            lane->post  = ex->op_next[i];
+            lane->first = lane->post;
+            changed     = true;
             continue;
         }
         status = post_op(comm, lane, i);
@@ -668,8 +784,8 @@ static bool lane_post(struct fx_comm *comm, struct fx_lane *lane)
         if (comm->links.on) {
             fx_link_posted(lane->stats, round_now(ex));
         }
-        lane->post++;
-        changed = true;
+        lane->post = ex->op_next[i];
+        changed    = true;
     }
     return changed;
 }
@@ -679,6 +795,10 @@ static void complete_head(struct fx_comm *comm, fx_status status)
     struct fx_exec *ex     = &comm->exec;
     struct fx_request *req = ex->head;
 
+    if (req == ex->batch_last) {
+        ex->running    = false;
+        ex->batch_last = NULL;
+    }
     ex->head = req->next;
     if (ex->head == NULL) {
         ex->tail = NULL;
@@ -686,7 +806,18 @@ static void complete_head(struct fx_comm *comm, fx_status status)
     req->next   = NULL;
     req->status = status;
     req->done   = true;
-    ex->running = false;
+}
+
+/* Completes the requests of the running plan whose ops are all done, in queue order. Returns
+ * true when the plan is over. */
+static bool complete_finished(struct fx_comm *comm)
+{
+    struct fx_exec *ex = &comm->exec;
+
+    while (ex->running && ex->head->ops_left == 0) {
+        complete_head(comm, FX_OK);
+    }
+    return !ex->running;
 }
 
 void fx_exec_fail_all(struct fx_comm *comm, fx_status status)
@@ -694,6 +825,7 @@ void fx_exec_fail_all(struct fx_comm *comm, fx_status status)
     while (comm->exec.head != NULL) {
         complete_head(comm, status);
     }
+    comm->exec.running = false;
 }
 
 void fx_exec_drain_control(struct fx_comm *comm)
@@ -754,8 +886,7 @@ static void run_head(struct fx_comm *comm)
                 ex->stall_reported = false;
             }
         }
-        if (ex->ndone == ex->plan.nops) {
-            complete_head(comm, FX_OK);
+        if (complete_finished(comm)) {
             continue;
         }
         if (!changed) {
@@ -898,6 +1029,7 @@ struct fx_request *fx_exec_req_get(struct fx_comm *comm)
 fx_status fx_exec_submit(struct fx_comm *comm, struct fx_request *req, bool background)
 {
     struct fx_exec *ex = &comm->exec;
+    bool joins;
 
     pthread_mutex_lock(&comm->lock);
     if (req->coll == FX_COLL_SENDRECV) {
@@ -910,12 +1042,21 @@ fx_status fx_exec_submit(struct fx_comm *comm, struct fx_request *req, bool back
         req->seq = ++comm->op_seq;
     }
     req->next = NULL;
+    /* A point-to-point call joins a running batch of them that ends the queue (exec_start). */
+    joins = ex->running && comm->error == FX_OK && req->coll == FX_COLL_SENDRECV &&
+            ex->head->coll == FX_COLL_SENDRECV && ex->batch_last == ex->tail;
     if (ex->tail != NULL) {
         ex->tail->next = req;
     } else {
         ex->head = req;
     }
     ex->tail = req;
+    if (joins && append_p2p(comm, req) == FX_OK) {
+        char name[96];
+
+        op_name(req, name, sizeof(name));
+        fx_trace(FX_SUB_COLL, "%s joins the running batch", name);
+    }
     if (comm->error != FX_OK) {
         fx_exec_fail_all(comm, comm->error);
     } else if (background && comm->drivers == 0) {
@@ -982,8 +1123,12 @@ void fx_exec_fini(struct fx_comm *comm)
     fx_plan_fini(&ex->plan);
     free(ex->op_done);
     free(ex->tp_reqs);
-    free(ex->hdrs);
-    free(ex->lane_ops);
+    free(ex->op_req);
+    free(ex->op_next);
+    for (size_t b = 0; b < ex->nhdr_blocks; b++) {
+        free(ex->hdr_blocks[b]);
+    }
+    free(ex->hdr_blocks);
     free(ex->lanes);
     free(ex->lane_index);
     free(ex->scratch);

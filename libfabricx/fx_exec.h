@@ -1,6 +1,7 @@
 /*
  * The executor: runs the plan of the operation at the head of the communicator's queue over
- * the transport, one operation at a time, in order. Non-blocking: fx_exec_progress moves
+ * the transport, one operation at a time, in order (a run of point-to-point calls counts as
+ * one). Non-blocking: fx_exec_progress moves
  * everything it can and returns; fx_exec_wait sleeps on the communicator's epoll set between
  * rounds. The progress thread drives operations nobody waits for.
  */

@@ -321,10 +321,8 @@ FX_API fx_status fx_alltoall(const void *sendbuf, void *recvbuf, size_t count, f
  * Calls of one communicator run in the order they were made, collectives included, so two ranks
  * must make the calls that involve each other in an order that lets each one complete.
  *
- * Blocking only: a call returns once its buffers may be reused (a send's data may still be on
- * its way). There are no non-blocking forms: the executor runs the calls of a communicator one
- * at a time, in order, so an isend queued before the matching irecv on the other side would wait
- * for it forever. fx_sendrecv covers the common case of exchanging with neighbours.
+ * These calls block until their buffers may be reused (a send's data may still be on its way);
+ * fx_isend, fx_irecv and fx_isendrecv below are their non-blocking forms.
  *
  * fx_send: sends count elements of buf to rank peer.
  * fx_recv: receives count elements from rank peer into buf.
@@ -355,6 +353,26 @@ FX_API fx_status fx_recv(void *buf, size_t count, fx_datatype dtype, int peer, f
  */
 FX_API fx_status fx_sendrecv(const void *sendbuf, size_t sendcount, int dest, void *recvbuf,
                              size_t recvcount, int src, fx_datatype dtype, fx_comm_t comm);
+
+/*
+ * Non-blocking point-to-point: fx_send, fx_recv and fx_sendrecv that return at once with a
+ * request, completed by fx_test or fx_wait. Consecutive point-to-point calls of a communicator
+ * (blocking or not, with no collective between them) run at once, as one batch: a rank may start
+ * fx_isend to a peer before its fx_irecv from that peer, and the peer the same, whatever the
+ * sizes. Messages still match in order per pair (the n-th send from a to b meets the n-th
+ * receive on b from a), and requests complete in the order they were started. A collective call
+ * ends the batch: the calls after it start once it has completed.
+ *   [out] req  written only on success; must not be NULL
+ * Return FX_OK when queued, or FX_ERR_INVALID_ARG as the blocking forms (the request is not
+ * made); the operation's own status comes from fx_test or fx_wait.
+ */
+FX_API fx_status fx_isend(const void *buf, size_t count, fx_datatype dtype, int peer,
+                          fx_comm_t comm, fx_request_t *req);
+FX_API fx_status fx_irecv(void *buf, size_t count, fx_datatype dtype, int peer, fx_comm_t comm,
+                          fx_request_t *req);
+FX_API fx_status fx_isendrecv(const void *sendbuf, size_t sendcount, int dest, void *recvbuf,
+                              size_t recvcount, int src, fx_datatype dtype, fx_comm_t comm,
+                              fx_request_t *req);
 
 /*
  * Non-blocking forms. The buffers belong to the library until fx_test or fx_wait reports the

@@ -3,7 +3,9 @@
  * 1 to 6 ranks (so connections are made on demand to ranks that are not ring neighbours), in
  * order; fx_sendrecv around rings and between pairs, 64 MiB each way at once; many messages of
  * distinct contents in order; empty messages; every datatype bitwise; count and datatype
- * mismatches; a peer that dies or leaves; bad arguments; collectives after p2p traffic.
+ * mismatches; the non-blocking forms (isend before irecv on both sides, many outstanding calls
+ * waited for newest first, fx_wait timeouts, a mismatch inside a batch); a peer that dies or
+ * leaves; bad arguments; collectives after p2p traffic.
  */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
@@ -18,8 +20,10 @@
 #include "harness.h"
 #include "refdata.h"
 
-#define BIG_BYTES   (64u << 20) /* the pair exchange: 64 MiB each way */
-#define CHUNK_ELEMS 131072      /* float elements in the default 512 KiB chunk */
+#define BIG_BYTES           (64u << 20) /* the pair exchange: 64 MiB each way */
+#define CHUNK_ELEMS         131072      /* float elements in the default 512 KiB chunk */
+#define MISMATCH_TIMEOUT_MS 10000
+#define MISMATCH_BOUND_MS   3000
 
 /* ---- data: each message's bytes follow from (seed, sender, receiver, index) ---- */
 
@@ -591,6 +595,273 @@ Test(p2p, collectives_work_after_uneven_p2p_traffic, .timeout = 60, .fini = harn
     run_clean(4, uneven_then_collectives, NULL, 50000, "collectives after uneven p2p");
 }
 
+/* ---- non-blocking ---- */
+
+/* As the pair exchange, but each rank starts its fx_isend of 64 MiB before its fx_irecv from the
+ * same peer and waits for the receive first: on shared memory a large send completes only once
+ * the peer has read it, so this hangs unless the two calls run at once. */
+static int isend_first(fx_comm_t comm, struct harness_child *c)
+{
+    size_t count = BIG_BYTES / sizeof(float);
+    float *send  = malloc(BIG_BYTES);
+    float *recv  = malloc(BIG_BYTES);
+    int err      = 0;
+
+    if (send == NULL || recv == NULL) {
+        free(send);
+        free(recv);
+        return failed(c, comm, FX_ERR_NO_MEMORY, "64 MiB buffers");
+    }
+    for (int mask = 1; mask < c->nranks && !err; mask <<= 1) {
+        int peer = c->index ^ mask;
+        fx_request_t sr;
+        fx_request_t rr;
+        fx_status status;
+
+        fill(send, BIG_BYTES, msg_seed(6, c->index, peer, (size_t)mask));
+        status = fx_isend(send, count, FX_FLOAT32, peer, comm, &sr);
+        if (status != FX_OK) {
+            err = failed(c, comm, status, "fx_isend of 64 MiB");
+            break;
+        }
+        status = fx_irecv(recv, count, FX_FLOAT32, peer, comm, &rr);
+        if (status != FX_OK) {
+            fx_wait(sr, 1000);
+            err = failed(c, comm, status, "fx_irecv of 64 MiB");
+            break;
+        }
+        status = fx_wait(rr, -1);
+        if (status != FX_OK) {
+            fx_wait(sr, 1000);
+            err = failed(c, comm, status, "waiting for the fx_irecv of 64 MiB");
+            break;
+        }
+        status = fx_wait(sr, -1);
+        if (status != FX_OK) {
+            err = failed(c, comm, status, "waiting for the fx_isend of 64 MiB");
+        } else {
+            check(c, recv, BIG_BYTES, msg_seed(6, peer, c->index, (size_t)mask), "64 MiB isend");
+            c->res->ops += 2;
+        }
+    }
+    free(send);
+    free(recv);
+    return err || collectives_still_work(comm, c) || done(comm, c);
+}
+
+ParameterizedTestParameters(p2p, isend_before_irecv_both_ways_64_mib_without_deadlock)
+{
+    return cr_make_param_array(int, nranks_pairs, 2);
+}
+
+ParameterizedTest(int *nranks, p2p, isend_before_irecv_both_ways_64_mib_without_deadlock,
+                  .timeout = 150, .fini = harness_kill_all)
+{
+    char what[64];
+
+    snprintf(what, sizeof(what), "64 MiB isend/irecv pairs on %d ranks", *nranks);
+    run_clean(*nranks, isend_first, NULL, 130000, what);
+}
+
+#define NB_MSGS 40 /* non-blocking messages from every rank to every other */
+
+/* Message i from `from` to `to`: empty now and then, small, past a chunk every 10th. */
+static size_t nb_count(int from, int to, size_t i)
+{
+    if (i % 7 == 3) {
+        return 0;
+    }
+    return i % 10 == 9 ? CHUNK_ELEMS + 31 * i
+                       : (i * 131 + (size_t)from * 17 + (size_t)to * 5) % 3001 + 1;
+}
+
+struct nb_call {
+    int peer;
+    int sends;
+    size_t index;
+    float *buf;
+    fx_request_t req;
+};
+
+/* Every rank starts NB_MSGS messages to every other rank and the receives of theirs, all before
+ * it waits for any, interleaved in a random order of its own that keeps each (peer, direction)
+ * stream in order; then it waits for them newest first and checks what arrived. */
+static int many_outstanding(fx_comm_t comm, struct harness_child *c)
+{
+    int n                 = c->nranks;
+    size_t total          = 2 * (size_t)(n - 1) * NB_MSGS;
+    struct nb_call *calls = calloc(total, sizeof(*calls));
+    size_t *next          = calloc(2 * (size_t)n, sizeof(size_t)); /* per (peer, sends) stream */
+    uint64_t rnd          = ref_mix(0x5eed + (uint64_t)c->index);
+    size_t posted         = 0;
+    int err               = 0;
+
+    if (calls == NULL || next == NULL) {
+        free(calls);
+        free(next);
+        return failed(c, comm, FX_ERR_NO_MEMORY, "call table");
+    }
+    while (posted < total && !err) {
+        int stream = (int)((rnd = ref_mix(rnd)) % (uint64_t)(2 * n));
+        int peer   = stream / 2;
+        struct nb_call *k;
+        size_t count;
+        fx_status status;
+
+        if (peer == c->index || next[stream] == NB_MSGS) {
+            continue;
+        }
+        k        = &calls[posted];
+        k->peer  = peer;
+        k->sends = stream % 2;
+        k->index = next[stream]++;
+        count  = k->sends ? nb_count(c->index, peer, k->index) : nb_count(peer, c->index, k->index);
+        k->buf = malloc(count * sizeof(float) + 1);
+        if (k->buf == NULL) {
+            err = failed(c, comm, FX_ERR_NO_MEMORY, "message buffer");
+            break;
+        }
+        if (k->sends) {
+            fill(k->buf, count * sizeof(float), msg_seed(7, c->index, peer, k->index));
+            status = fx_isend(k->buf, count, FX_FLOAT32, peer, comm, &k->req);
+        } else {
+            status = fx_irecv(k->buf, count, FX_FLOAT32, peer, comm, &k->req);
+        }
+        if (status != FX_OK) {
+            free(k->buf);
+            err = failed(c, comm, status, k->sends ? "fx_isend" : "fx_irecv");
+            break;
+        }
+        posted++;
+    }
+    for (size_t j = posted; j-- > 0;) {
+        struct nb_call *k = &calls[j];
+        fx_status status  = fx_wait(k->req, -1);
+        char what[96];
+
+        snprintf(what, sizeof(what), "%s #%zu %s rank %d", k->sends ? "fx_isend" : "fx_irecv",
+                 k->index, k->sends ? "to" : "from", k->peer);
+        if (status != FX_OK && !err) {
+            err = failed(c, comm, status, what);
+        } else if (status == FX_OK && !k->sends) {
+            check(c, k->buf, nb_count(k->peer, c->index, k->index) * sizeof(float),
+                  msg_seed(7, k->peer, c->index, k->index), what);
+        }
+        c->res->ops += status == FX_OK;
+        free(k->buf);
+    }
+    free(calls);
+    free(next);
+    return err || collectives_still_work(comm, c) || done(comm, c);
+}
+
+Test(p2p, many_outstanding_isends_and_irecvs_match_in_order, .timeout = 120,
+     .fini = harness_kill_all)
+{
+    run_clean(4, many_outstanding, NULL, 100000, "40 non-blocking messages each way per pair");
+}
+
+/* fx_wait with a timeout returns FX_INPROGRESS while the peer has not sent yet; the request
+ * stays valid and completes later. */
+static int wait_times_out(fx_comm_t comm, struct harness_child *c)
+{
+    float buf[1000];
+    fx_request_t req;
+    fx_status status;
+
+    if (c->index == 1) {
+        harness_sleep_ms(400);
+        fill(buf, sizeof(buf), msg_seed(8, 1, 0, 0));
+        status = fx_send(buf, 1000, FX_FLOAT32, 0, comm);
+        return status == FX_OK ? done(comm, c) : failed(c, comm, status, "fx_send");
+    }
+    status = fx_irecv(buf, 1000, FX_FLOAT32, 1, comm, &req);
+    if (status != FX_OK) {
+        return failed(c, comm, status, "fx_irecv");
+    }
+    double t0 = harness_now_ms();
+
+    status = fx_wait(req, 50);
+    if (status != FX_INPROGRESS || harness_now_ms() - t0 < 45) {
+        c->res->wrong++;
+        harness_logf(c, "fx_wait(50 ms) before the send: %s after %.0f ms, want FX_INPROGRESS",
+                     fx_strerror(status), harness_now_ms() - t0);
+    }
+    if (status == FX_INPROGRESS) {
+        status = fx_wait(req, -1);
+    }
+    if (status != FX_OK) {
+        return failed(c, comm, status, "fx_wait for the fx_irecv");
+    }
+    check(c, buf, sizeof(buf), msg_seed(8, 1, 0, 0), "the late message");
+    return done(comm, c);
+}
+
+Test(p2p, wait_with_a_timeout_returns_in_progress_then_completes, .timeout = 60,
+     .fini = harness_kill_all)
+{
+    run_clean(2, wait_times_out, NULL, 30000, "fx_wait timeout on an fx_irecv");
+}
+
+/* Rank 0 starts three messages to rank 2; rank 2 posts the second with one element more. Its
+ * wait for that one fails with FX_ERR_MISMATCH naming both counts and the message number. */
+static int batch_mismatch(fx_comm_t comm, struct harness_child *c)
+{
+    static const size_t counts[3] = {10, 4099, 10};
+    float *buf                    = calloc(3 * 4100, sizeof(float));
+    fx_request_t req[3];
+    fx_status first = FX_OK;
+    int started     = 0;
+
+    if (buf == NULL) {
+        return failed(c, comm, FX_ERR_NO_MEMORY, "buffers");
+    }
+    for (int i = 0; i < 3 && c->index != 1 && first == FX_OK; i++, started++) {
+        float *b = buf + 4100 * i;
+
+        first = c->index == 0 ? fx_isend(b, counts[i], FX_FLOAT32, 2, comm, &req[i])
+                              : fx_irecv(b, counts[i] + (i == 1), FX_FLOAT32, 0, comm, &req[i]);
+    }
+    for (int i = 0; i < started; i++) {
+        fx_status s = fx_wait(req[i], -1);
+
+        if (i == 1 && c->index == 2) {
+            c->res->aux = s == FX_ERR_MISMATCH;
+        }
+        first = first == FX_OK ? s : first;
+    }
+    if (first == FX_OK) {
+        first = fx_allreduce(buf, buf, 4, FX_FLOAT32, FX_SUM, comm);
+    }
+    harness_set_status(c, comm, first);
+    free(buf);
+    return 0;
+}
+
+Test(p2p, count_mismatch_inside_a_batch_names_the_message, .timeout = 60, .fini = harness_kill_all)
+{
+    struct harness_opts opts = {.nranks        = 3,
+                                .deadline_ms   = MISMATCH_TIMEOUT_MS + 15000,
+                                .fx_timeout_ms = MISMATCH_TIMEOUT_MS,
+                                .rank_fn       = batch_mismatch};
+    struct harness_run_info info;
+    const struct harness_result *res;
+
+    cr_assert_eq(harness_run(&opts, &info), 0, "harness could not start");
+    harness_dump(&info, "mismatch inside a batch");
+    res = info.shared->res;
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(res[i].status, FX_ERR_MISMATCH, "rank %d: %s: %s", i,
+                     fx_strerror(res[i].status), res[i].err);
+    }
+    cr_expect_eq(res[2].aux, 1, "the receiver's second request must fail with FX_ERR_MISMATCH");
+    cr_expect(strstr(res[2].err, "sent count 4099") != NULL &&
+                  strstr(res[2].err, "receives count 4100") != NULL &&
+                  strstr(res[2].err, "#2") != NULL,
+              "the receiver's error must name both counts and message #2: '%s'", res[2].err);
+    harness_free(&info);
+}
+
 /* ---- faults ---- */
 
 /* Every process of the run has been reaped and no longer exists. */
@@ -623,9 +894,6 @@ static void expect_failure(const struct harness_result *res, int i, fx_status wa
     cr_expect(res->exit_code == 0 && !res->killed, "process %d: exit code %d, signal %d%s", i,
               res->exit_code, res->term_signal, res->killed ? ", killed by the harness" : "");
 }
-
-#define MISMATCH_TIMEOUT_MS 10000
-#define MISMATCH_BOUND_MS   3000
 
 /* What the mismatch tests vary: the receiver's datatype or count, and the message size. */
 struct mismatch {
@@ -818,9 +1086,10 @@ static void want_invalid(struct harness_child *c, fx_comm_t comm, fx_status got,
 
 static void bad_send_recv(fx_comm_t comm, struct harness_child *c, float *b)
 {
-    int me = c->index;
-    int n  = c->nranks;
-    int ok = (me + 1) % n;
+    fx_request_t req = NULL;
+    int me           = c->index;
+    int n            = c->nranks;
+    int ok           = (me + 1) % n;
     char self[64];
 
     snprintf(self, sizeof(self), "peer %d is this rank", me);
@@ -846,6 +1115,15 @@ static void bad_send_recv(fx_comm_t comm, struct harness_child *c, float *b)
                  "fx_recv: invalid datatype -1");
     want_invalid(c, comm, fx_recv(b, SIZE_MAX / 3, FX_FLOAT64, ok, comm), "fx_recv(overflow)",
                  "fx_recv: count");
+    want_invalid(c, comm, fx_isend(b, ARGS_COUNT, FX_FLOAT32, ok, comm, NULL), "fx_isend(req NULL)",
+                 "fx_isend: request is NULL");
+    want_invalid(c, comm, fx_irecv(b, ARGS_COUNT, FX_FLOAT32, 7, comm, &req), "fx_irecv(peer 7)",
+                 "fx_irecv: peer 7 out of range [0, 3)");
+    want_invalid(c, comm,
+                 fx_isendrecv(b, ARGS_COUNT, ok, b + 8, ARGS_COUNT, ok, FX_FLOAT32, comm, &req),
+                 "fx_isendrecv(overlap)", "fx_isendrecv: sendbuf and recvbuf overlap");
+    want_invalid(c, NULL, fx_irecv(b, ARGS_COUNT, FX_FLOAT32, ok, NULL, &req),
+                 "fx_irecv(comm NULL)", "fx_irecv: comm is NULL");
 }
 
 static void bad_sendrecv(fx_comm_t comm, struct harness_child *c, float *b)

@@ -111,6 +111,32 @@ Test(p2p_plan, sendrecv_sends_and_receives_independently, .timeout = 10)
     fx_plan_fini(&p);
 }
 
+/* The executor's batches: a second call appended after a first keeps the first's ops as they
+ * were, cuts its own in elements of its own size, and a bad call leaves the plan unchanged. */
+Test(p2p_plan, append_adds_a_call_after_the_first, .timeout = 10)
+{
+    struct fx_plan p;
+
+    fx_plan_init(&p);
+    cr_assert_eq(fx_coll_p2p(&p, 4, 1, 3, CHUNK + 1, -1, 0, ES, CHUNK_BYTES), FX_OK);
+    cr_assert_eq(p.nops, 2);
+    /* 2-byte elements: twice as many per chunk. */
+    cr_assert_eq(fx_coll_p2p_append(&p, 4, 1, 0, 2 * CHUNK + 5, 2, 7, 2, CHUNK_BYTES), FX_OK);
+    cr_assert_eq(p.nops, 2 + 2 + 1);
+    cr_expect(p.ops[0].peer == 3 && p.ops[0].count == CHUNK && p.ops[1].count == 1);
+    cr_expect(p.ops[2].kind == FX_PLAN_SEND && p.ops[2].peer == 0 &&
+                  p.ops[2].count == CHUNK_BYTES / 2 && p.ops[2].offset == 0,
+              "the appended send's first chunk: peer %d, count %zu", (int)p.ops[2].peer,
+              (size_t)p.ops[2].count);
+    cr_expect(p.ops[3].count == 5 && p.ops[3].offset == CHUNK_BYTES / 2 && p.ops[3].step == 1);
+    cr_expect(p.ops[4].kind == FX_PLAN_RECV && p.ops[4].peer == 2 && p.ops[4].count == 7 &&
+              p.ops[4].step == 0);
+    cr_expect_eq(p.elem_size, ES, "the plan keeps its first call's element size");
+    cr_expect_eq(fx_coll_p2p_append(&p, 4, 1, 1, 8, -1, 0, ES, CHUNK_BYTES), FX_ERR_INVALID_ARG);
+    cr_expect_eq(p.nops, 5, "a rejected call adds nothing");
+    fx_plan_fini(&p);
+}
+
 Test(p2p_plan, rejects_bad_peers_and_sizes, .timeout = 10)
 {
     struct fx_plan p;
