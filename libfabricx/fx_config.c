@@ -70,6 +70,10 @@ const struct fx_config_row fx_config_table[] = {
     ROW("FX_TUNE_REDUCE_MBPS", FX_CFG_INT, "0",
         "the cost model's reduction speed in MB/s (set it on every rank); 0: measured at init",
         tune_reduce_mbps, 0, 100000000),
+    ROW("FX_TUNE_CACHE", FX_CFG_STRING, "",
+        "directory of the per-host cache of the cost model's measurements; unset: "
+        "$XDG_CACHE_HOME/libfabricx or ~/.cache/libfabricx; none: measure at every init",
+        tune_cache, 0, 0),
     ROW("FX_SPIN_US", FX_CFG_INT, "50",
         "microseconds a waiting thread polls for messages before sleeping", spin_us, 0, 1000000),
     ROW("FX_LINK_STATS", FX_CFG_BOOL, "1",

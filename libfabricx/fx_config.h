@@ -26,6 +26,7 @@ struct fx_config {
     int tune_latency_ns;     /* FX_TUNE_LATENCY_NS; 0: measured */
     int tune_link_mbps;      /* FX_TUNE_LINK_MBPS; 0: measured */
     int tune_reduce_mbps;    /* FX_TUNE_REDUCE_MBPS; 0: measured */
+    char tune_cache[512];    /* FX_TUNE_CACHE: a directory, "none", or "" for the default */
     int spin_us;             /* FX_SPIN_US */
     bool link_stats;         /* FX_LINK_STATS */
 };

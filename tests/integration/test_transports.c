@@ -2,8 +2,9 @@
  * Which transport each pair of ranks uses, over real rank processes: shared memory between ranks
  * of one host, TCP between hosts (namespace hosts when LIBFABRICX_TEST_NETNS is set), or the one
  * FX_TRANSPORT forces; FX_SHM_DISABLE; two jobs on one host at once; and nothing left in
- * /dev/shm after a rank is killed. Each rank logs its choice at INFO ("transport shm to 1 of 3
- * peers"); the tests read those logs.
+ * /dev/shm after a rank is killed; the cost model's per-host cache. Each rank logs its choice at
+ * INFO ("transport shm to 1 of 3 peers", "cost model (from the cache, ...)"); the tests read
+ * those logs.
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -299,6 +300,110 @@ Test(transports, two_jobs_on_one_host_do_not_disturb_each_other, .timeout = 120,
     harness_dump(&info, "two jobs");
     expect_all_ok(&info, NJOBS * JOB_RANKS, JOB_ITERS);
     harness_free(&info);
+}
+
+/* ------------------------------------------------------------------ the cost model's cache */
+
+/* Lines of process i's log holding text; the log is removed when `drop`. */
+static int log_lines(const struct harness_run_info *info, int i, const char *text, bool drop)
+{
+    char path[160], line[512];
+    int n = 0;
+    FILE *f;
+
+    log_path(path, sizeof(path), info->shared->res[i].pid);
+    if ((f = fopen(path, "r")) == NULL) {
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        n += strstr(line, text) != NULL;
+    }
+    fclose(f);
+    if (drop) {
+        unlink(path);
+    }
+    return n;
+}
+
+static int one_allreduce(fx_comm_t comm, struct harness_child *c)
+{
+    fx_status status = checked_allreduce(comm, c, c->index, c->nranks, 4099, 7);
+
+    c->res->ops++;
+    harness_set_status(c, comm, status);
+    return 0;
+}
+
+/* What a 3-rank job's ranks said of their cost model (cost model (<source>...)). */
+struct model_sources {
+    int cached;   /* measured and cached */
+    int hit;      /* from the cache */
+    int measured; /* measured, not cached (not this host's writer, or no cache) */
+};
+
+static struct model_sources cache_run(void)
+{
+    struct harness_opts opts  = {.nranks       = 3,
+                                 .deadline_ms  = 60000,
+                                 .one_host     = 1,
+                                 .sync_destroy = 1,
+                                 .rank_fn      = one_allreduce};
+    struct model_sources seen = {0, 0, 0};
+    struct harness_run_info info;
+    char self[160];
+
+    cr_assert_eq(harness_run(&opts, &info), 0);
+    expect_all_ok(&info, 3, 1);
+    for (int i = 0; i < 3; i++) {
+        seen.cached += log_lines(&info, i, "cost model (measured and cached, ", false);
+        seen.hit += log_lines(&info, i, "cost model (from the cache, ", false);
+        seen.measured += log_lines(&info, i, "cost model (measured, ", false) +
+                         log_lines(&info, i, "cost model (measured)", true);
+    }
+    harness_free(&info);
+    log_path(self, sizeof(self), getpid());
+    unlink(self);
+    return seen;
+}
+
+/* The first job measures and the host's lowest rank stores the result; the next job of the same
+ * shape takes it from the file on every rank; FX_TUNE_CACHE=none measures again. */
+Test(transports, cost_model_is_measured_once_then_taken_from_the_host_cache, .timeout = 120,
+     .fini = harness_kill_all)
+{
+    char dir[64] = "/tmp/fx-test-tune-XXXXXX";
+    char cmd[96];
+    struct model_sources got;
+    struct dirent *e;
+    int files = 0;
+    DIR *d;
+
+    cr_assert_not_null(mkdtemp(dir));
+    setenv("FX_TUNE_CACHE", dir, 1);
+    log_to_files();
+    got = cache_run();
+    cr_expect(got.cached == 1 && got.measured == 2 && got.hit == 0,
+              "first job: %d ranks measured and cached, %d measured, %d from the cache; want 1, "
+              "2, 0",
+              got.cached, got.measured, got.hit);
+    if ((d = opendir(dir)) != NULL) {
+        while ((e = readdir(d)) != NULL) {
+            files += strncmp(e->d_name, "tune-", 5) == 0;
+        }
+        closedir(d);
+    }
+    cr_expect_eq(files, 1, "one cache file for the host in %s", dir);
+    got = cache_run();
+    cr_expect(got.hit == 3 && got.cached == 0 && got.measured == 0,
+              "second job: %d ranks from the cache, %d measured; want 3, 0", got.hit,
+              got.cached + got.measured);
+    setenv("FX_TUNE_CACHE", "none", 1);
+    got = cache_run();
+    cr_expect(got.measured == 3 && got.hit == 0 && got.cached == 0,
+              "FX_TUNE_CACHE=none: %d ranks measured, %d used the cache; want 3, 0", got.measured,
+              got.hit + got.cached);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    cr_expect_eq(system(cmd), 0);
 }
 
 /* ------------------------------------------------------------------ nothing left behind */
