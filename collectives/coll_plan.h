@@ -155,4 +155,11 @@ fx_status fx_coll_p2p_append(struct fx_plan *plan, int nranks, int rank, int dst
  */
 void fx_coll_ring_order_by_host(const int *host_of, int n, int *order);
 
+/*
+ * The same, with the ranks of each host ordered by local[r] (then by rank) instead of by rank
+ * alone: the executor passes each rank's PCI locality (NUMA node, then the bus id of its
+ * accelerator or NIC), so neighbours on the ring share a PCIe switch where the host allows.
+ */
+void fx_coll_ring_order(const int *host_of, const int64_t *local, int n, int *order);
+
 #endif /* FX_COLL_PLAN_H */

@@ -36,11 +36,13 @@
 #include "fx_sock.h"
 
 #define BOOT_MAGIC       0x31425846u /* "FXB1" */
-#define BOOT_VERSION     2
+#define BOOT_VERSION     3
 #define SRV_HELLO_LEN    40
 #define CLI_PROOF_LEN    72
 #define SRV_PROOF_LEN    36
-#define JOIN_LEN         (100 + FX_BOOT_MAX_ADDRS * ADDR_REC_LEN)
+#define PLACE_OFF        (100 + FX_BOOT_MAX_ADDRS * ADDR_REC_LEN)
+#define PLACE_LEN        96
+#define JOIN_LEN         (PLACE_OFF + PLACE_LEN)
 #define ADDR_REC_LEN     (FX_BOOT_TP_NAME + 4 + FX_TP_ADDR_MAX)
 #define TABLE_HEAD_LEN   288
 #define CTRL_HDR_LEN     8
@@ -77,6 +79,43 @@ static uint64_t get64(const uint8_t *p)
     return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
 }
 
+/* Strings of the place travel NUL-terminated in their fixed fields. */
+static void put_str(uint8_t *p, const char *s, size_t len)
+{
+    memcpy(p, s, len);
+    p[len - 1] = '\0';
+}
+
+static void get_str(char *s, const uint8_t *p, size_t len)
+{
+    memcpy(s, p, len);
+    s[len - 1] = '\0';
+}
+
+static void encode_place(const struct fx_boot_place *pl, uint8_t *p)
+{
+    put_str(p, pl->dev_pci, sizeof(pl->dev_pci));
+    put_str(p + 16, pl->nic, sizeof(pl->nic));
+    put_str(p + 48, pl->nic_pci, sizeof(pl->nic_pci));
+    put32(p + 64, (uint32_t)pl->numa);
+    put32(p + 68, (uint32_t)pl->nnics);
+    put32(p + 72, (uint32_t)pl->ngpus);
+    put32(p + 76, pl->nic_mbps);
+    p[80] = pl->nic_ib;
+}
+
+static void decode_place(const uint8_t *p, struct fx_boot_place *pl)
+{
+    get_str(pl->dev_pci, p, sizeof(pl->dev_pci));
+    get_str(pl->nic, p + 16, sizeof(pl->nic));
+    get_str(pl->nic_pci, p + 48, sizeof(pl->nic_pci));
+    pl->numa     = (int32_t)get32(p + 64);
+    pl->nnics    = (int32_t)get32(p + 68);
+    pl->ngpus    = (int32_t)get32(p + 72);
+    pl->nic_mbps = get32(p + 76);
+    pl->nic_ib   = p[80] != 0;
+}
+
 static void encode_entry(const struct fx_boot_entry *e, int nranks, uint8_t *p)
 {
     memset(p, 0, JOIN_LEN);
@@ -95,6 +134,7 @@ static void encode_entry(const struct fx_boot_entry *e, int nranks, uint8_t *p)
         put32(a + FX_BOOT_TP_NAME, e->addrs[i].addr.len);
         memcpy(a + FX_BOOT_TP_NAME + 4, e->addrs[i].addr.data, FX_TP_ADDR_MAX);
     }
+    encode_place(&e->place, p + PLACE_OFF);
 }
 
 /* Decodes a join record; false when its address count or lengths are impossible. */
@@ -121,6 +161,7 @@ static bool decode_entry(const uint8_t *p, struct fx_boot_entry *e, int *nranks)
             return false;
         }
     }
+    decode_place(p + PLACE_OFF, &e->place);
     return true;
 }
 

@@ -40,6 +40,19 @@ struct fx_boot_addr {
     struct fx_tp_addr addr;
 };
 
+/* Where a rank sits in its host, from the topology (docs/topology.md); fields empty or -1 where
+ * the rank did not read it (FX_SOCKET_IFNAME set, no FX_BIND, no accelerator asked for). */
+struct fx_boot_place {
+    char dev_pci[16]; /* the rank's accelerator, "0000:07:00.0"; empty: none */
+    char nic[32];     /* the NIC it uses: RDMA device or first netdev name */
+    char nic_pci[16];
+    int32_t numa;      /* NUMA node of that NIC; -1 unknown */
+    int32_t nnics;     /* NICs of its host; -1 unknown */
+    int32_t ngpus;     /* accelerators of its host; -1 unknown */
+    uint32_t nic_mbps; /* the NIC's PCI link in MB/s as hwloc reports it; 0 unknown */
+    uint8_t nic_ib;    /* 1: InfiniBand, 0: Ethernet */
+};
+
 /* One rank's record in the table. */
 struct fx_boot_entry {
     int32_t rank;
@@ -48,6 +61,7 @@ struct fx_boot_entry {
     uint8_t host_id[16]; /* equal for ranks that can share memory (docs/shm.md) */
     int32_t naddrs;
     struct fx_boot_addr addrs[FX_BOOT_MAX_ADDRS];
+    struct fx_boot_place place;
 };
 
 /* Settings every rank takes from rank 0. */

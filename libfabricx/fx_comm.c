@@ -22,8 +22,7 @@
 #include "fx_route.h"
 #include "fx_sock.h"
 #include "fx_status_int.h"
-#include "fx_topo.h"
-#include "transports/tcp/tcp_iface.h"
+#include "fx_place.h"
 
 /* ------------------------------------------------------------------ errors */
 
@@ -107,98 +106,6 @@ static void host_identity(struct fx_boot_entry *self)
     memcpy(self->host_id, digest, sizeof(self->host_id));
 }
 
-/*
- * Where this process runs and talks from, decided once per process from the live topology
- * (docs/topology.md), which takes about 0.1 s to read and is read at most once for both:
- * - FX_BIND=1: the process's threads move to the CPUs of the NUMA node of its nearest NIC;
- * - without FX_SOCKET_IFNAME: the network interfaces of the NIC nearest to this process's CPUs
- *   (after binding), when they carry an address; else the transport's default rules.
- */
-static pthread_mutex_t place_lock = PTHREAD_MUTEX_INITIALIZER;
-static bool place_bound, place_picked;
-static char topo_ifname[256];
-
-static void bind_near_nic(const struct fx_topo *t)
-{
-    char err[512];
-    int n = fx_topo_nearest_nic_to_cpus(t, NULL);
-
-    if (n < 0) {
-        fx_warn(FX_SUB_INIT, "FX_BIND: this host has no NIC to bind near");
-    } else if (fx_topo_bind_near_nic(t, n, err, sizeof(err)) != FX_OK) {
-        fx_warn(FX_SUB_INIT, "FX_BIND: %s", err);
-    } else {
-        fx_info(FX_SUB_INIT, "FX_BIND: bound to CPUs %s, near NIC %s (NUMA node %d)",
-                fx_topo_nic(t, n)->cpus, fx_topo_nic(t, n)->name, fx_topo_nic(t, n)->numa);
-    }
-}
-
-static void pick_ifname(const struct fx_topo *t)
-{
-    int n = fx_topo_nearest_nic_to_cpus(t, NULL);
-    const struct fx_topo_dev *d;
-    struct sockaddr_storage addrs[4];
-    char names[4][FX_TCP_IFNAME_LEN];
-    char spec[256] = "=";
-    size_t used    = 1;
-    int naddrs     = 0;
-
-    if (n < 0) {
-        return;
-    }
-    d = fx_topo_nic(t, n);
-    for (int k = 0; k < d->nnetdevs; k++) {
-        int w = snprintf(spec + used, sizeof(spec) - used, "%s%s", k ? "," : "", d->netdevs[k]);
-
-        used = w > 0 && (size_t)w < sizeof(spec) - used ? used + (size_t)w : sizeof(spec) - 1;
-    }
-    if (d->nnetdevs > 0 && fx_tcp_iface_list(spec, addrs, names, 4, &naddrs) == FX_OK &&
-        naddrs > 0) {
-        snprintf(topo_ifname, sizeof(topo_ifname), "%s", spec);
-        fx_info(FX_SUB_NET, "nearest NIC %s (%s, NUMA node %d): interface %s", d->name, d->pci,
-                d->numa, names[0]);
-    } else {
-        fx_info(FX_SUB_NET,
-                "nearest NIC %s (%s) has no usable interface address: default interface rules",
-                d->name, d->pci);
-    }
-}
-
-/* Returns the interface rule chosen from the topology ("" for the default rules) when asked. */
-static const char *place_process(bool bind, bool want_ifname)
-{
-    bool need_bind = false, need_pick = false;
-
-    pthread_mutex_lock(&place_lock);
-    need_bind = bind && !place_bound;
-    need_pick = want_ifname && !place_picked;
-    if (need_bind || need_pick) {
-        struct fx_topo *t = NULL;
-        char err[512];
-
-        if (fx_topo_load(&t, NULL, err, sizeof(err)) != FX_OK) {
-            if (need_bind) {
-                fx_warn(FX_SUB_INIT, "FX_BIND: no topology: %s", err);
-            }
-            if (need_pick) {
-                fx_info(FX_SUB_NET, "no topology (%s): default interface rules", err);
-            }
-        } else {
-            if (need_bind) {
-                bind_near_nic(t);
-            }
-            if (need_pick) {
-                pick_ifname(t);
-            }
-            fx_topo_free(t);
-        }
-        place_bound  = place_bound || need_bind;
-        place_picked = place_picked || need_pick;
-    }
-    pthread_mutex_unlock(&place_lock);
-    return topo_ifname;
-}
-
 /* Starts transport ops, listens, and publishes its address in self. */
 static fx_status start_transport(struct fx_comm *comm, const struct fx_transport_ops *ops,
                                  const struct fx_tp_config *tcfg, struct fx_boot_entry *self,
@@ -239,13 +146,15 @@ static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *sel
         .zerocopy   = comm->cfg.tcp_zerocopy,
     };
     bool have_net = false;
+    char picked[256];
+    fx_status status;
 
-    if (comm->cfg.bind || tcfg.ifname == NULL) {
-        const char *picked = place_process(comm->cfg.bind, tcfg.ifname == NULL);
-
-        if (tcfg.ifname == NULL && picked[0] != '\0') {
-            tcfg.ifname = picked;
-        }
+    status = fx_place_process(&comm->cfg, &self->place, picked, sizeof(picked), err, errlen);
+    if (status != FX_OK) {
+        return status;
+    }
+    if (tcfg.ifname == NULL && picked[0] != '\0') {
+        tcfg.ifname = picked;
     }
     if (comm->cfg.transport[0]) {
         const struct fx_transport_ops *ops = fx_transport_find(comm->cfg.transport);
@@ -260,7 +169,6 @@ static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *sel
     for (int i = 0; fx_transports[i] != NULL && self->naddrs < FX_BOOT_MAX_ADDRS; i++) {
         const struct fx_transport_ops *ops = fx_transports[i];
         bool local_only                    = (ops->caps & FX_TP_CAP_LOCAL_ONLY) != 0;
-        fx_status status;
 
         if ((local_only && comm->cfg.shm_disable) || (!local_only && have_net)) {
             continue;
@@ -433,22 +341,110 @@ static void host_leaders(const struct fx_comm *comm, int *host)
     }
 }
 
+/* "dddd:bb:dd.f" as a number in PCI order; -1 when empty or malformed. */
+static int64_t pci_number(const char *pci)
+{
+    unsigned dom, bus, dev, fn;
+
+    if (sscanf(pci, "%4x:%2x:%2x.%1x", &dom, &bus, &dev, &fn) != 4) {
+        return -1;
+    }
+    return (int64_t)dom << 16 | bus << 8 | dev << 3 | fn;
+}
+
+/*
+ * Each rank's place inside its host, for the ring order: NUMA node of its NIC, then the bus id
+ * of its accelerator (else its NIC), so ranks whose devices share a PCIe switch or a NUMA node
+ * are neighbours. Ranks whose place is unknown keep their rank order after the others.
+ */
+static void local_keys(const struct fx_comm *comm, int64_t *key)
+{
+    for (int r = 0; r < comm->nranks; r++) {
+        const struct fx_boot_place *p = &comm->boot.table[r].place;
+        int64_t pci                   = pci_number(p->dev_pci[0] ? p->dev_pci : p->nic_pci);
+
+        key[r] = p->nnics < 0 || pci < 0 ? INT64_MAX : (int64_t)(p->numa + 1) << 40 | pci;
+    }
+}
+
+/* Appends text to a comma-separated line, unless it is empty or already one of the items. */
+static void add_unique(char *line, size_t len, const char *text)
+{
+    size_t used   = strlen(line);
+    size_t tl     = strlen(text);
+    const char *p = line;
+
+    if (tl == 0) {
+        return;
+    }
+    while (*p != '\0') {
+        const char *end = strchr(p, ',');
+        size_t n        = end != NULL ? (size_t)(end - p) : strlen(p);
+
+        if (n == tl && strncmp(p, text, tl) == 0) {
+            return;
+        }
+        p += n + (end != NULL);
+    }
+    snprintf(line + used, len - used, "%s%s", used ? "," : "", text);
+}
+
+/*
+ * Rank 0, at INFO: what the table says of each host (docs/topology.md), one line per host:
+ * its ranks, the NICs they use and their accelerators.
+ */
+static void log_hosts(const struct fx_comm *comm, const int *host)
+{
+    if (comm->rank != 0 || !fx_log_enabled(FX_LOG_INFO, FX_SUB_INIT)) {
+        return;
+    }
+    for (int h = 0; h < comm->nranks; h++) {
+        char ranks[160] = "", nics[160] = "", devs[200] = "";
+        int known = 0;
+
+        if (host[h] != h) {
+            continue;
+        }
+        for (int r = h; r < comm->nranks; r++) {
+            const struct fx_boot_place *p = &comm->boot.table[r].place;
+            char num[16];
+
+            if (host[r] != h) {
+                continue;
+            }
+            snprintf(num, sizeof(num), "%d", r);
+            add_unique(ranks, sizeof(ranks), num);
+            add_unique(nics, sizeof(nics), p->nic);
+            add_unique(devs, sizeof(devs), p->dev_pci);
+            known += p->nnics >= 0;
+        }
+        fx_info(FX_SUB_INIT, "host %s: ranks %s; NICs used: %s; accelerators: %s%s",
+                comm->boot.table[h].host, ranks, nics[0] ? nics : "-", devs[0] ? devs : "-",
+                known ? "" : " (place not read: FX_SOCKET_IFNAME set, no FX_DEVICE)");
+    }
+}
+
 static fx_status make_ring_order(struct fx_comm *comm)
 {
-    int n     = comm->nranks;
-    int *host = malloc(sizeof(int) * (size_t)n);
+    int n          = comm->nranks;
+    int *host      = malloc(sizeof(int) * (size_t)n);
+    int64_t *local = malloc(sizeof(int64_t) * (size_t)n);
     char text[256];
     size_t used = 0;
     bool moved  = false;
 
     comm->ring_order = malloc(sizeof(int) * (size_t)n);
-    if (host == NULL || comm->ring_order == NULL) {
+    if (host == NULL || local == NULL || comm->ring_order == NULL) {
         free(host);
+        free(local);
         return FX_ERR_NO_MEMORY;
     }
     host_leaders(comm, host);
-    fx_coll_ring_order_by_host(host, n, comm->ring_order);
+    local_keys(comm, local);
+    fx_coll_ring_order(host, local, n, comm->ring_order);
+    log_hosts(comm, host);
     free(host);
+    free(local);
     text[0] = '\0';
     for (int p = 0; p < n; p++) {
         int w;
@@ -461,7 +457,8 @@ static fx_status make_ring_order(struct fx_comm *comm)
         used = w > 0 && (size_t)w < sizeof(text) - used ? used + (size_t)w : sizeof(text) - 1;
     }
     if (moved) {
-        fx_info(FX_SUB_INIT, "ring order, ranks of a host adjacent:%s", text);
+        fx_info(FX_SUB_INIT, "ring order, ranks of a host adjacent, in PCI order where known:%s",
+                text);
     }
     return FX_OK;
 }

@@ -49,6 +49,10 @@ const struct fx_config_row fx_config_table[] = {
     ROW("FX_BIND", FX_CFG_BOOL, "0",
         "bind each rank's threads to the NUMA node of its nearest NIC (live host only)", bind, 0,
         1),
+    ROW("FX_DEVICE", FX_CFG_STRING, "",
+        "this rank's accelerator: an index in PCI order or a PCI bus id, or none; unset: the "
+        "launcher's local rank modulo the host's accelerators",
+        device, 0, 0),
     ROW("FX_SCRATCH_SLOTS", FX_CFG_INT, "8",
         "receive buffers of one chunk each kept per "
         "communicator for reductions in flight",

@@ -20,6 +20,7 @@ struct fx_config {
     char socket_ifname[256]; /* FX_SOCKET_IFNAME */
     bool tcp_zerocopy;       /* FX_TCP_ZEROCOPY */
     bool bind;               /* FX_BIND */
+    char device[64];         /* FX_DEVICE: accelerator index or PCI id, "none"; "": local rank */
     int scratch_slots;       /* FX_SCRATCH_SLOTS */
     char kernels[16];        /* FX_KERNELS: auto, scalar, avx2 or avx512 */
     char algo[256];          /* FX_ALGO: "allreduce:tree,allgather:ring"; empty: the tuner */

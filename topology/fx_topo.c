@@ -1,6 +1,7 @@
 /* Topology model over hwloc 2.x (see fx_topo.h and docs/topology.md). */
 #include "fx_topo.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <hwloc.h>
 #include <stdio.h>
@@ -395,6 +396,34 @@ static enum fx_topo_path path_between(const struct fx_topo *t, hwloc_obj_t a, hw
         return FX_PATH_NODE;
     }
     return FX_PATH_SYS;
+}
+
+int fx_topo_find_gpu(const struct fx_topo *t, const char *spec)
+{
+    char want[FX_TOPO_PCI_LEN];
+    char *end;
+    long idx;
+    size_t n = strlen(spec);
+
+    if (n == 0 || n >= sizeof(want)) {
+        return -1;
+    }
+    idx = strtol(spec, &end, 10);
+    if (*end == '\0') {
+        return idx >= 0 && idx < t->ngpus ? (int)idx : -1;
+    }
+    for (size_t i = 0; i <= n; i++) {
+        want[i] = (char)tolower((unsigned char)spec[i]);
+    }
+    for (int g = 0; g < t->ngpus; g++) {
+        size_t len = strlen(t->gpus[g].pci);
+
+        if (strcmp(t->gpus[g].pci, want) == 0 ||
+            (n == 7 && len == 12 && strcmp(t->gpus[g].pci + 5, want) == 0)) {
+            return g;
+        }
+    }
+    return -1;
 }
 
 enum fx_topo_path fx_topo_gpu_nic_path(const struct fx_topo *t, int g, int n)

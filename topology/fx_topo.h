@@ -78,6 +78,13 @@ int fx_topo_num_gpus(const struct fx_topo *t);
 const struct fx_topo_dev *fx_topo_nic(const struct fx_topo *t, int i);
 const struct fx_topo_dev *fx_topo_gpu(const struct fx_topo *t, int i);
 
+/*
+ * The accelerator a spec names: its index in the list above (which is in PCI bus id order, as
+ * CUDA_DEVICE_ORDER=PCI_BUS_ID numbers them), or its PCI bus id, whole ("0000:07:00.0") or
+ * without the domain ("07:00.0"), any case. -1 when none matches.
+ */
+int fx_topo_find_gpu(const struct fx_topo *t, const char *spec);
+
 /* The path class between GPU g and NIC n (indices into the lists above). */
 enum fx_topo_path fx_topo_gpu_nic_path(const struct fx_topo *t, int g, int n);
 /* "PIX", "PXB", "PHB", "NODE" or "SYS". */

@@ -406,6 +406,93 @@ Test(transports, cost_model_is_measured_once_then_taken_from_the_host_cache, .ti
     cr_expect_eq(system(cmd), 0);
 }
 
+/* ------------------------------------------------------------------ placement */
+
+/* Accelerators given in reverse: rank r takes accelerator 3 - r of the recorded JURECA-DC node
+ * (4 A100s in PCI order 03, 44, 84, c4 on NUMA nodes 3, 1, 7, 5, each with its HDR HCA mlx5_k
+ * under the same switch). */
+static int placed_rank(struct harness_child *c)
+{
+    char dev[16];
+    fx_status status;
+    fx_comm_t comm;
+
+    snprintf(dev, sizeof(dev), "%d", 3 - c->index);
+    setenv("FX_DEVICE", dev, 1);
+    status              = fx_comm_init_rank(&comm, 4, c->id, c->index);
+    c->res->init_status = status;
+    if (status != FX_OK) {
+        harness_set_status(c, NULL, status);
+        return 0;
+    }
+    status = checked_allreduce(comm, c, c->index, 4, 65537, 3);
+    c->res->ops++;
+    harness_set_status(c, comm, status);
+    fx_comm_destroy(comm);
+    return 0;
+}
+
+/* Lines of process i's log holding text, copied (the first) to out. */
+static int log_find(const struct harness_run_info *info, int i, const char *text, char *out,
+                    size_t len)
+{
+    char path[160], line[512];
+    int n = 0;
+    FILE *f;
+
+    log_path(path, sizeof(path), info->shared->res[i].pid);
+    if ((f = fopen(path, "r")) == NULL) {
+        return 0;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, text) != NULL && n++ == 0 && out != NULL) {
+            snprintf(out, len, "%s", line);
+        }
+    }
+    fclose(f);
+    return n;
+}
+
+/* Each rank finds its accelerator and the HCA under its switch; the bootstrap carries every
+ * rank's place, so rank 0 lists the host's NICs and accelerators, and the ring follows PCI
+ * locality (NUMA node, then bus id) instead of rank order. */
+Test(transports, accelerators_choose_their_nic_and_order_the_ring, .timeout = 60,
+     .fini = harness_kill_all)
+{
+    static const char *hca[4] = {"mlx5_3", "mlx5_2", "mlx5_1", "mlx5_0"};
+    static const char *gpu[4] = {"0000:c4:00.0", "0000:84:00.0", "0000:44:00.0", "0000:03:00.0"};
+    const char *src           = getenv("LIBFABRICX_TEST_SOURCE_DIR");
+    struct harness_opts opts  = {
+         .nranks = 4, .deadline_ms = 30000, .one_host = 1, .raw_fn = placed_rank};
+    struct harness_run_info info;
+    char topo[1024], want[160], line[512] = "";
+
+    cr_assert_not_null(src, "LIBFABRICX_TEST_SOURCE_DIR not set (run through meson test)");
+    snprintf(topo, sizeof(topo), "%s/tests/data/topologies/topo.jrc0323.xml", src);
+    setenv("FX_TOPO_FILE", topo, 1);
+    log_to_files();
+    cr_assert_eq(harness_run(&opts, &info), 0);
+    expect_all_ok(&info, 4, 1);
+    for (int i = 0; i < 4; i++) {
+        snprintf(want, sizeof(want), "accelerator %s (FX_DEVICE=%d), nearest NIC %s (PIX)", gpu[i],
+                 3 - i, hca[i]);
+        cr_expect_eq(log_find(&info, i, want, NULL, 0), 1, "rank %d does not log '%s'", i, want);
+    }
+    /* Keys (NUMA node, bus): rank 2 (1, 44), rank 3 (3, 03), rank 0 (5, c4), rank 1 (7, 84). */
+    cr_expect_eq(log_find(&info, 0, "ring order", line, sizeof(line)), 1);
+    cr_expect(strstr(line, ": 2 3 0 1") != NULL, "ring order: %s", line);
+    cr_expect_eq(log_find(&info, 0,
+                          "NICs used: mlx5_3,mlx5_2,mlx5_1,mlx5_0; accelerators: "
+                          "0000:c4:00.0,0000:84:00.0,0000:44:00.0,0000:03:00.0",
+                          line, sizeof(line)),
+                 1, "rank 0's host summary: %s", line);
+    for (int i = 0; i < 4; i++) {
+        log_lines(&info, i, "", true); /* removes the log */
+    }
+    harness_free(&info);
+    unsetenv("FX_TOPO_FILE");
+}
+
 /* ------------------------------------------------------------------ nothing left behind */
 
 static int count_dev_shm(void)

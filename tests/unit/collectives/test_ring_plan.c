@@ -807,6 +807,31 @@ Test(ring_plan, ring_order_keeps_hosts_adjacent, .timeout = 10)
     }
 }
 
+/* Inside a host, ranks follow their locality keys (ties and unknown keys: rank order); hosts
+ * stay adjacent and in the order of their lowest rank. */
+Test(ring_plan, ring_order_sorts_each_host_by_locality, .timeout = 10)
+{
+    /* Two hosts interleaved; host 0's ranks 0, 2, 4, 6 have keys 30, 10, 20, 10; host 1's ranks
+     * 1, 3, 5, 7 have unknown keys (INT64_MAX) except rank 7 (5). */
+    static const int host[8]      = {0, 1, 0, 1, 0, 1, 0, 1};
+    static const int64_t local[8] = {30, INT64_MAX, 10, INT64_MAX, 20, INT64_MAX, 10, 5};
+    static const int want[8]      = {2, 6, 4, 0, 7, 1, 3, 5};
+    static const int64_t equal[8] = {0};
+    int order[8];
+
+    fx_coll_ring_order(host, local, 8, order);
+    for (int p = 0; p < 8; p++) {
+        cr_expect_eq(order[p], want[p], "position %d: rank %d, want %d", p, order[p], want[p]);
+    }
+    fx_coll_ring_order(host, equal, 8, order);
+    for (int p = 0; p < 8; p++) {
+        cr_expect_eq(order[p], (p < 4 ? 0 : 1) + 2 * (p % 4), "equal keys keep rank order");
+    }
+    fx_coll_ring_order(host, NULL, 8, order);
+    cr_expect_eq(order[0], 0);
+    cr_expect_eq(order[4], 1, "no keys: by host, then rank");
+}
+
 /* Ordered plans through the simulator: correct sums and gathers (rank k's data at offset k *
  * count), and inter-host traffic on exactly one link per host boundary. */
 static void check_ordered(const int *host, int n, size_t count, int gather, int in_place)

@@ -151,6 +151,17 @@ Test(topo, jureca_dc_gpu_node, .timeout = 30)
         expect_path(t, gpus[g], "0000:e1:00.0", FX_PATH_SYS);
         expect_nearest(t, gpus[g], hcas[g]);
     }
+    /* FX_DEVICE's forms: an index in the list's (PCI) order, or a bus id with or without its
+     * domain, any case. */
+    cr_expect_eq(fx_topo_find_gpu(t, "2"), gpu_by_pci(t, "0000:84:00.0"));
+    cr_expect_eq(fx_topo_find_gpu(t, "0000:c4:00.0"), 3);
+    cr_expect_eq(fx_topo_find_gpu(t, "0000:C4:00.0"), 3);
+    cr_expect_eq(fx_topo_find_gpu(t, "44:00.0"), 1);
+    cr_expect_eq(fx_topo_find_gpu(t, "4"), -1, "index past the last accelerator");
+    cr_expect_eq(fx_topo_find_gpu(t, "-1"), -1);
+    cr_expect_eq(fx_topo_find_gpu(t, ""), -1);
+    cr_expect_eq(fx_topo_find_gpu(t, "0000:04:00.0"), -1, "a NIC is no accelerator");
+    cr_expect_eq(fx_topo_find_gpu(t, "gpu0"), -1);
     fx_topo_free(t);
 }
 
