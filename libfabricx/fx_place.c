@@ -14,6 +14,8 @@
 static const char *const local_rank_vars[] = {"LOCAL_RANK", "SLURM_LOCALID",
                                               "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"};
 
+#define FX_PLACE_MAX_NICS 8 /* NICs a rank's interfaces may come from */
+
 /* Decided once per process (for one FX_DEVICE value): reading the topology takes a while. */
 static pthread_mutex_t place_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool place_done, place_bound, place_asked_ifname;
@@ -77,26 +79,37 @@ static int pick_gpu(const struct fx_topo *t, const char *device, char *why, size
     return lr % n;
 }
 
-/* The interface rule of NIC n: its netdevs when one carries an address. */
-static void nic_ifname(const struct fx_topo_dev *d, char *out, size_t outlen)
+/* The interface rule of NIC n and of the NICs as near: their netdevs, when one of them carries
+ * an address. */
+static void nic_ifname(const struct fx_topo *t, int g, int n, char *out, size_t outlen)
 {
+    const struct fx_topo_dev *d = fx_topo_nic(t, n);
     struct sockaddr_storage addrs[4];
     char names[4][FX_TCP_IFNAME_LEN];
     char spec[256] = "=";
     size_t used    = 1;
     int naddrs     = 0;
+    int nics       = 0;
+    int near[FX_PLACE_MAX_NICS];
+    int nnear;
 
     out[0] = '\0';
-    for (int k = 0; k < d->nnetdevs; k++) {
-        int w = snprintf(spec + used, sizeof(spec) - used, "%s%s", k ? "," : "", d->netdevs[k]);
+    nnear  = fx_topo_nics_as_near(t, g, n, near, FX_PLACE_MAX_NICS);
+    for (int i = 0; i < nnear; i++) {
+        const struct fx_topo_dev *e = fx_topo_nic(t, near[i]);
 
-        used = w > 0 && (size_t)w < sizeof(spec) - used ? used + (size_t)w : sizeof(spec) - 1;
+        nics += e->nnetdevs > 0;
+        for (int k = 0; k < e->nnetdevs; k++) {
+            int w = snprintf(spec + used, sizeof(spec) - used, "%s%s", used > 1 ? "," : "",
+                             e->netdevs[k]);
+
+            used = w > 0 && (size_t)w < sizeof(spec) - used ? used + (size_t)w : sizeof(spec) - 1;
+        }
     }
-    if (d->nnetdevs > 0 && fx_tcp_iface_list(spec, addrs, names, 4, &naddrs) == FX_OK &&
-        naddrs > 0) {
+    if (used > 1 && fx_tcp_iface_list(spec, addrs, names, 4, &naddrs) == FX_OK && naddrs > 0) {
         snprintf(out, outlen, "%s", spec);
-        fx_info(FX_SUB_NET, "NIC %s (%s, NUMA node %d): interface %s", d->name, d->pci, d->numa,
-                names[0]);
+        fx_info(FX_SUB_NET, "NIC %s (%s, NUMA node %d)%s: interfaces %s", d->name, d->pci, d->numa,
+                nics > 1 ? " and the NICs as near" : "", spec + 1);
     } else {
         fx_info(FX_SUB_NET, "NIC %s (%s) has no usable interface address: default interface rules",
                 d->name, d->pci);
@@ -168,7 +181,7 @@ static void decide(const struct fx_config *cfg)
         place_cached.nic_mbps = (uint32_t)(d->link_gbps * 1000.0f);
         place_cached.nic_ib   = d->kind == FX_NIC_IB;
         if (cfg->socket_ifname[0] == '\0') {
-            nic_ifname(d, place_ifname, sizeof(place_ifname));
+            nic_ifname(t, g, n, place_ifname, sizeof(place_ifname));
         }
     }
     if (g >= 0) {

@@ -4,8 +4,12 @@
 # in a namespace of its own), with optional bandwidth shaping by tc. docs/testbed.md.
 #
 # usage: scripts/netns-cluster.sh COMMAND [ARGS] [--name NAME]
-#   up N [--rate RATE] [--replace]   create hosts NAME-h0 .. NAME-h(N-1) (N 1..64) on the
-#                                    switch NAME-sw; --rate shapes every port, both directions
+#   up N [--rate RATE] [--nics M] [--replace]
+#                                    create hosts NAME-h0 .. NAME-h(N-1) (N 1..64) on the
+#                                    switch NAME-sw; --rate shapes every eth0 port, both
+#                                    directions; --nics M (1..4) gives each host M NICs,
+#                                    eth0 .. eth(M-1), NIC k on bridge brk, subnet 10.(77+k).X
+#                                    (rails: shape, shape-path and clear act on eth0 only)
 #   down                             remove the cluster; succeeds when partly or wholly gone
 #   shape HOST RATE                  set one host's port rate, both directions
 #   shape-path HOST_A HOST_B RATE    slow only the traffic between two hosts (htb + u32)
@@ -31,6 +35,7 @@ UNSHAPED_RATE=100gbit
 
 NAME=fx
 RATE=
+NICS=1
 REPLACE=0
 ARGS=()
 
@@ -319,7 +324,7 @@ up_abort() {
 
 add_host() {
     local i=$1 sw=$2 subnet=$3
-    local ns
+    local ns k
     ns=$(host_ns "$i")
 
     step "create namespace $ns" ip netns add "$ns"
@@ -330,6 +335,14 @@ add_host() {
     step "address 10.77.$subnet.$((i + 1))/24 on $ns/eth0" \
         ip -n "$ns" addr add "10.77.$subnet.$((i + 1))/24" dev eth0
     step "bring up $ns/eth0" ip -n "$ns" link set eth0 up
+    for ((k = 1; k < NICS; k++)); do
+        step "create veth $sw/p${i}r$k - $ns/eth$k" \
+            ip -n "$sw" link add "p${i}r$k" type veth peer name "eth$k" netns "$ns"
+        step "plug p${i}r$k into br$k" ip -n "$sw" link set "p${i}r$k" master "br$k" up
+        step "address 10.$((77 + k)).$subnet.$((i + 1))/24 on $ns/eth$k" \
+            ip -n "$ns" addr add "10.$((77 + k)).$subnet.$((i + 1))/24" dev "eth$k"
+        step "bring up $ns/eth$k" ip -n "$ns" link set "eth$k" up
+    done
     step "bring up $ns/lo" ip -n "$ns" link set lo up
 }
 
@@ -367,8 +380,11 @@ cmd_up() {
         sh -c 'echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6 &&
                echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6'
     # No STP: ports forward as soon as they are up, and a star has no loop to break.
-    step "create bridge br0 in $sw" ip -n "$sw" link add br0 type bridge stp_state 0
-    step "bring up br0" ip -n "$sw" link set br0 up
+    echo "$NICS" >"$d/nics"
+    for ((k = 0; k < NICS; k++)); do
+        step "create bridge br$k in $sw" ip -n "$sw" link add "br$k" type bridge stp_state 0
+        step "bring up br$k" ip -n "$sw" link set "br$k" up
+    done
     for ((i = 0; i < n; i++)); do
         add_host "$i" "$sw" "$subnet"
     done
@@ -461,17 +477,20 @@ indent_tc() {
 }
 
 cmd_list() {
-    local n i ns d paths
+    local n i ns d paths nics
     d=$(state_dir)
 
     n=$(cluster_size)
     echo "cluster $NAME: $n host(s) on switch $(sw_ns) (bridge br0)," \
         "subnet 10.77.$(cat "$d/subnet").0/24, port rate $(grep . "$d/rate" || echo unshaped)"
+    nics=$(cat "$d/nics" 2>/dev/null || echo 1)
+    [ "$nics" -le 1 ] || echo "$nics NICs per host: NIC k (ethk) on bridge brk, subnet" \
+        "10.(77+k).$(cat "$d/subnet").0/24, unshaped"
     for ((i = 0; i < n; i++)); do
         ns=$(host_ns "$i")
         paths=
         [ -s "$d/h$i.paths" ] && paths=$(awk '{ printf " to %s: %s;", $1, $2 }' "$d/h$i.paths")
-        echo "host $i  $ns  $(ip -n "$ns" -4 -o addr show dev eth0 | awk '{ print $4 }')" \
+        echo "host $i  $ns  $(ip -n "$ns" -4 -o addr show | awk '$2 != "lo" { printf "%s ", $4 }')" \
             " port $(port_rate "$i" | grep . || echo unshaped)${paths:+ (slowed$paths)}"
         echo "    eth0 (host -> switch):"
         {
@@ -510,6 +529,8 @@ main() {
         --name=*) NAME=${1#--name=}; shift ;;
         --rate) [ $# -ge 2 ] || usage_error "--rate needs a value"; RATE=$2; shift 2 ;;
         --rate=*) RATE=${1#--rate=}; shift ;;
+        --nics) [ $# -ge 2 ] || usage_error "--nics needs a value"; NICS=$2; shift 2 ;;
+        --nics=*) NICS=${1#--nics=}; shift ;;
         --replace) REPLACE=1; shift ;;
         -h | --help) usage; exit 0 ;;
         -*) usage_error "unknown option $1" ;;
@@ -517,8 +538,11 @@ main() {
         esac
     done
     check_name
-    [ "$cmd" = up ] || { [ -z "$RATE" ] && [ "$REPLACE" = 0 ]; } ||
-        usage_error "--rate and --replace go with up only"
+    [ "$cmd" = up ] || { [ -z "$RATE" ] && [ "$REPLACE" = 0 ] && [ "$NICS" = 1 ]; } ||
+        usage_error "--rate, --nics and --replace go with up only"
+    if ! is_uint "$NICS" || [ "$NICS" -lt 1 ] || [ "$NICS" -gt 4 ]; then
+        usage_error "--nics '$NICS' must be 1 to 4"
+    fi
     [ "$(id -u)" = 0 ] || die "needs root (network namespaces and tc)"
     case $cmd in
     up) cmd_up ;;

@@ -499,6 +499,33 @@ int fx_topo_nearest_nic_to_cpus(const struct fx_topo *t, const char *cpulist)
     return best;
 }
 
+int fx_topo_nics_as_near(const struct fx_topo *t, int g, int n, int *out, int max)
+{
+    const struct fx_topo_dev *a;
+    int k = 0;
+
+    if (n < 0 || n >= t->nnics || max < 1) {
+        return 0;
+    }
+    a        = &t->nics[n];
+    out[k++] = n;
+    for (int m = 0; m < t->nnics && k < max; m++) {
+        const struct fx_topo_dev *b = &t->nics[m];
+        bool near;
+
+        if (m == n || a->kind != b->kind || a->link_gbps != b->link_gbps || b->nnetdevs == 0) {
+            continue;
+        }
+        near = g >= 0 && g < t->ngpus
+                   ? fx_topo_gpu_nic_path(t, g, n) == fx_topo_gpu_nic_path(t, g, m)
+                   : a->numa == b->numa;
+        if (near) {
+            out[k++] = m;
+        }
+    }
+    return k;
+}
+
 fx_status fx_topo_bind_near_nic(const struct fx_topo *t, int n, char *err, size_t errlen)
 {
     hwloc_obj_t anc;

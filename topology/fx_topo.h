@@ -104,6 +104,14 @@ int fx_topo_nearest_nic_to_gpu(const struct fx_topo *t, int g);
 int fx_topo_nearest_nic_to_cpus(const struct fx_topo *t, const char *cpulist);
 
 /*
+ * NIC n and the NICs as near as it, n first, at most max of them in out: the same kind and PCI
+ * link, and the same path class to accelerator g (g < 0: on the same NUMA node), each with a
+ * network interface. Returns how many. The TCP transport spreads a connection's sockets over the
+ * interfaces of all of them.
+ */
+int fx_topo_nics_as_near(const struct fx_topo *t, int g, int n, int *out, int max);
+
+/*
  * Binds the calling process (all its threads) to the CPUs of NIC n's NUMA locality. Only on the
  * live host: a recorded topology describes another machine (FX_ERR_INVALID_ARG). FX_ERR_SYSTEM
  * when the kernel refuses; err says why.

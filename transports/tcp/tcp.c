@@ -55,8 +55,8 @@
 #define TCP_HELLO_MAGIC    0x48545846u /* "FXTH" */
 #define TCP_FRAME_MAGIC    0x31545846u /* "FXT1" */
 #define TCP_VERSION        1
-#define TCP_MAX_ADDRS      4
-#define TCP_ADDR_REC       19 /* u8 family, 16 bytes address, u16 port */
+#define TCP_MAX_ADDRS      8
+#define TCP_ADDR_REC       19 /* u8 family | interface << 4, 16 bytes address, u16 port */
 #define TCP_PENDING_MAX    256
 #define TCP_ZC_MIN         (16u << 10) /* smaller sends copy: pinning costs more */
 #define TCP_ZC_RANGES      32          /* releases remembered out of order */
@@ -118,6 +118,11 @@ struct fx_tp_conn {
     int addr_index;
     int naddrs;
     struct sockaddr_storage addrs[TCP_MAX_ADDRS];
+    int ifs[TCP_MAX_ADDRS]; /* the peer's interface of each address (0..15) */
+    /* Sockets spread over the peer's interfaces: socket s goes to addrs[rails[s % nrails]]. */
+    bool spread;
+    int rails[TCP_MAX_ADDRS];
+    int nrails;
     uint8_t hello[TCP_HELLO_LEN + FX_TP_HELLO_MAX];
     size_t hello_len;
     int connected;
@@ -875,20 +880,29 @@ static fx_status tcp_test(struct fx_tp_req *r)
 
 /* ------------------------------------------------------------------ addresses */
 
-/* Published address: u8 count, then per address u8 family (4/6), 16 bytes, u16 port. */
-static void addr_pack(const struct sockaddr_storage *addrs, int n, uint16_t port,
-                      struct fx_tp_addr *out)
+/*
+ * Published address: u8 count, then per address u8 family (4/6) with, in the high nibble, its
+ * interface (the addresses of one interface share it: the connecting side spreads its sockets
+ * over the interfaces), 16 bytes, u16 port.
+ */
+static void addr_pack(const struct sockaddr_storage *addrs, char (*names)[FX_TCP_IFNAME_LEN], int n,
+                      uint16_t port, struct fx_tp_addr *out)
 {
     memset(out, 0, sizeof(*out));
     out->data[0] = (uint8_t)n;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0, nifs = 0; i < n; i++) {
         uint8_t *rec = out->data + 1 + i * TCP_ADDR_REC;
+        int ifc      = 0;
 
+        while (ifc < i && strcmp(names[ifc], names[i]) != 0) {
+            ifc++;
+        }
+        ifc = ifc < i ? (out->data[1 + ifc * TCP_ADDR_REC] >> 4) : nifs++;
         if (addrs[i].ss_family == AF_INET) {
-            rec[0] = 4;
+            rec[0] = (uint8_t)(4 | (ifc & 15) << 4);
             memcpy(rec + 1, &((const struct sockaddr_in *)&addrs[i])->sin_addr, 4);
         } else {
-            rec[0] = 6;
+            rec[0] = (uint8_t)(6 | (ifc & 15) << 4);
             memcpy(rec + 1, &((const struct sockaddr_in6 *)&addrs[i])->sin6_addr, 16);
         }
         put16(rec + 17, port);
@@ -896,7 +910,7 @@ static void addr_pack(const struct sockaddr_storage *addrs, int n, uint16_t port
     out->len = (uint32_t)(1 + n * TCP_ADDR_REC);
 }
 
-static int addr_unpack(const struct fx_tp_addr *in, struct sockaddr_storage *addrs)
+static int addr_unpack(const struct fx_tp_addr *in, struct sockaddr_storage *addrs, int *ifs)
 {
     int n = in->len >= 1 ? in->data[0] : 0;
 
@@ -907,7 +921,8 @@ static int addr_unpack(const struct fx_tp_addr *in, struct sockaddr_storage *add
         const uint8_t *rec = in->data + 1 + i * TCP_ADDR_REC;
 
         memset(&addrs[i], 0, sizeof(addrs[i]));
-        if (rec[0] == 4) {
+        ifs[i] = rec[0] >> 4;
+        if ((rec[0] & 15) == 4) {
             struct sockaddr_in *a = (struct sockaddr_in *)&addrs[i];
 
             a->sin_family = AF_INET;
@@ -983,7 +998,7 @@ static fx_status tcp_listen(struct fx_tp *tp, struct fx_tp_addr *addr, struct fx
         return FX_ERR_SYSTEM;
     }
     l->nfds = 1;
-    addr_pack(addrs, n, ntohs(((struct sockaddr_in *)&bound)->sin_port), addr);
+    addr_pack(addrs, names, n, ntohs(((struct sockaddr_in *)&bound)->sin_port), addr);
     fx_info(FX_SUB_NET,
             "tcp: listening on port %u, interface %s (%d address%s), %d socket%s per "
             "connection%s",
@@ -1201,13 +1216,21 @@ static void tcp_listen_close(struct fx_tp_listener *l)
 
 static fx_status start_sockets(struct fx_tp_conn *c)
 {
-    const struct sockaddr_storage *a = &c->addrs[c->addr_index];
-    socklen_t len =
-        a->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    uint64_t nonce;
 
-    addr_str(a, c->peer, sizeof(c->peer));
+    /* A new nonce for every attempt: the listener must not group a socket of this attempt with
+     * one of an abandoned earlier attempt it still holds. */
+    if (getentropy(&nonce, sizeof(nonce)) != 0) {
+        return FX_ERR_SYSTEM;
+    }
+    put64(c->hello + 12, nonce);
+    addr_str(&c->addrs[c->addr_index], c->peer, sizeof(c->peer));
     c->connected = 0;
     for (int s = 0; s < c->nsocks; s++) {
+        const struct sockaddr_storage *a =
+            &c->addrs[c->spread ? c->rails[s % c->nrails] : c->addr_index];
+        socklen_t len =
+            a->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
         int fd = socket(a->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
         c->hello_sent[s] = 0;
@@ -1217,6 +1240,10 @@ static fx_status start_sockets(struct fx_tp_conn *c)
         }
         tune_socket(fd);
         if (connect(fd, (const struct sockaddr *)a, len) != 0 && errno != EINPROGRESS) {
+            char to[64];
+
+            addr_str(a, to, sizeof(to));
+            snprintf(c->error, sizeof(c->error), "connect to %s: %s", to, strerror(errno));
             return FX_ERR_CONNECTION;
         }
     }
@@ -1247,7 +1274,10 @@ static fx_status sock_connect_step(struct fx_tp_conn *c, int s)
         return FX_OK;
     }
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0) {
-        snprintf(c->error, sizeof(c->error), "connect to %s: %s", c->peer, strerror(err));
+        char to[64];
+
+        addr_str(&c->addrs[c->spread ? c->rails[s % c->nrails] : c->addr_index], to, sizeof(to));
+        snprintf(c->error, sizeof(c->error), "connect to %s: %s", to, strerror(err));
         return FX_ERR_CONNECTION;
     }
     memcpy(msg, c->hello, TCP_HELLO_LEN);
@@ -1304,15 +1334,71 @@ static bool addr_is_local(const struct sockaddr_storage *ss)
     return local;
 }
 
+/*
+ * Several sockets and a peer with several interfaces: socket s connects to the peer's address on
+ * interface s % n (of the first address's family), so a connection's stripes cross all of them,
+ * each through the local interface the routes choose for that address (rails on separate
+ * subnets use one NIC each). Should any socket fail to connect, all of them retry on the first
+ * address alone (tcp_connect).
+ */
+static void plan_rails(struct fx_tp_conn *c)
+{
+    c->nrails = 0;
+    for (int i = 0; i < c->naddrs; i++) {
+        bool seen = c->addrs[i].ss_family != c->addrs[0].ss_family;
+
+        for (int k = 0; k < c->nrails && !seen; k++) {
+            seen = c->ifs[c->rails[k]] == c->ifs[i];
+        }
+        if (!seen) {
+            c->rails[c->nrails++] = i;
+        }
+    }
+    c->spread = c->nrails > 1 && c->nsocks > 1;
+    if (c->spread) {
+        char first[64], second[64];
+
+        addr_str(&c->addrs[c->rails[0]], first, sizeof(first));
+        addr_str(&c->addrs[c->rails[1]], second, sizeof(second));
+        fx_info(FX_SUB_NET, "tcp: %d sockets to %s spread over its %d interfaces (%s, %s%s)",
+                c->nsocks, first, c->nrails, first, second, c->nrails > 2 ? ", ..." : "");
+    }
+}
+
+/*
+ * After a failed attempt (c->error says why): the same address without spreading over the
+ * peer's interfaces, then its other addresses in turn. FX_INPROGRESS while one is under way,
+ * FX_ERR_CONNECTION when none is left.
+ */
+static fx_status retry_sockets(struct fx_tp_conn *c)
+{
+    for (;;) {
+        close_sockets(c);
+        if (c->spread) {
+            fx_warn(FX_SUB_NET,
+                    "tcp: %s; not spreading this connection over the peer's %d "
+                    "interfaces",
+                    c->error, c->nrails);
+            c->spread = false;
+        } else if (++c->addr_index >= c->naddrs) {
+            fx_warn(FX_SUB_NET, "tcp: %s", c->error);
+            return FX_ERR_CONNECTION;
+        }
+        if (start_sockets(c) == FX_OK) {
+            return FX_INPROGRESS;
+        }
+    }
+}
+
 static fx_status connect_begin(struct fx_tp *tp, const struct fx_tp_addr *addr, const void *hello,
                                size_t hello_len, struct fx_tp_conn **out)
 {
     struct fx_tp_conn *c;
-    uint64_t nonce;
     fx_status status;
 
     struct sockaddr_storage addrs[TCP_MAX_ADDRS];
-    int naddrs = addr_unpack(addr, addrs);
+    int ifs[TCP_MAX_ADDRS];
+    int naddrs = addr_unpack(addr, addrs, ifs);
     int nsocks = tp->nsocks;
 
     if (hello_len > FX_TP_HELLO_MAX || naddrs == 0) {
@@ -1327,20 +1413,15 @@ static fx_status connect_begin(struct fx_tp *tp, const struct fx_tp_addr *addr, 
     }
     c->naddrs = naddrs;
     memcpy(c->addrs, addrs, sizeof(addrs));
-    if (getentropy(&nonce, sizeof(nonce)) != 0) {
-        free(c->socks);
-        free(c->hello_sent);
-        free(c);
-        return FX_ERR_SYSTEM;
-    }
+    memcpy(c->ifs, ifs, sizeof(ifs));
+    plan_rails(c);
     put32(c->hello, TCP_HELLO_MAGIC);
     put16(c->hello + 4, TCP_VERSION);
     put16(c->hello + 8, (uint16_t)c->nsocks);
-    put64(c->hello + 12, nonce);
     memcpy(c->hello + TCP_HELLO_LEN, hello, hello_len);
     c->hello_len = hello_len;
     *out         = c;
-    return start_sockets(c) == FX_OK ? FX_INPROGRESS : FX_ERR_CONNECTION;
+    return start_sockets(c) == FX_OK ? FX_INPROGRESS : retry_sockets(c);
 }
 
 static fx_status tcp_connect(struct fx_tp *tp, const struct fx_tp_addr *addr, const void *hello,
@@ -1361,12 +1442,7 @@ static fx_status tcp_connect(struct fx_tp *tp, const struct fx_tp_addr *addr, co
         fx_status status = sock_connect_step(c, s);
 
         if (status == FX_ERR_CONNECTION) {
-            close_sockets(c);
-            if (++c->addr_index < c->naddrs && start_sockets(c) == FX_OK) {
-                return FX_INPROGRESS;
-            }
-            fx_warn(FX_SUB_NET, "tcp: %s", c->error);
-            return FX_ERR_CONNECTION;
+            return retry_sockets(c);
         }
         done += status == FX_OK;
     }

@@ -162,6 +162,23 @@ Test(topo, jureca_dc_gpu_node, .timeout = 30)
     cr_expect_eq(fx_topo_find_gpu(t, ""), -1);
     cr_expect_eq(fx_topo_find_gpu(t, "0000:04:00.0"), -1, "a NIC is no accelerator");
     cr_expect_eq(fx_topo_find_gpu(t, "gpu0"), -1);
+    /* NICs as near as the chosen one (the TCP transport spreads over their interfaces): a GPU's
+     * own HCA alone (the others are SYS from it); for CPUs of NUMA node 4, the two i350 ports
+     * there (same kind and link), the nearest first. */
+    {
+        int near[8];
+        int n = fx_topo_nics_as_near(t, 0, nic_by_pci(t, "0000:04:00.0"), near, 8);
+        int e = fx_topo_nearest_nic_to_cpus(t, fx_topo_nic(t, nic_by_pci(t, "0000:e1:00.0"))->cpus);
+
+        cr_expect_eq(n, 1, "GPU 0's HCA has %d NICs as near, want itself only", n);
+        cr_expect_eq(near[0], nic_by_pci(t, "0000:04:00.0"));
+        cr_assert_eq(e, nic_by_pci(t, "0000:e1:00.0"), "nearest to NUMA node 4's CPUs");
+        n = fx_topo_nics_as_near(t, -1, e, near, 8);
+        cr_expect_eq(n, 2, "the i350 ports: %d NICs as near, want 2", n);
+        cr_expect(n == 2 && near[0] == e && near[1] == nic_by_pci(t, "0000:e1:00.1"));
+        cr_expect_eq(fx_topo_nics_as_near(t, -1, e, near, 1), 1, "bounded by max");
+        cr_expect_eq(fx_topo_nics_as_near(t, -1, 99, near, 8), 0, "no NIC 99");
+    }
     fx_topo_free(t);
 }
 
