@@ -88,10 +88,11 @@ struct fx_exec {
     size_t max_chunk;
     uint32_t nslots;
     int64_t last_progress_ms;
-    bool stall_reported;        /* rank 0 was told this rank waits */
-    int spin_us;                /* FX_SPIN_US */
-    bool spin_yield;            /* more ranks than cores on this host: yield while polling */
-    int64_t now_ns;             /* this progress round's clock for the link statistics; 0: unread */
+    uint32_t idle_rounds; /* rounds without progress (check_timeout reads the clock on some) */
+    bool stall_reported;  /* rank 0 was told this rank waits */
+    int spin_us;          /* FX_SPIN_US */
+    bool spin_yield;      /* more ranks than cores on this host: yield while polling */
+    int64_t now_ns;       /* this progress round's clock for the link statistics; 0: unread */
     int last_algo[FX_COLL_END]; /* the last algorithm chosen per collective (logged on change) */
     int last_coll;              /* the last collective started (not send/recv); 0: none */
 };
