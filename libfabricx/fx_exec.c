@@ -555,16 +555,21 @@ static void lane_failed(struct fx_comm *comm, struct fx_lane *lane, uint32_t i, 
     char name[96];
 
     if (status == FX_ERR_CONNECTION && !lane->send) {
-        /* A transport that finds a mismatch on a later message of the connection (its frame
-         * arrived first on another socket) fails the earlier ones as a broken connection: the
-         * cause is among this lane's posted receives. */
-        for (uint32_t j = lane->first != FX_NO_OP ? comm->exec.op_next[lane->first] : FX_NO_OP;
-             j != lane->post && j != FX_NO_OP; j = comm->exec.op_next[j]) {
-            if (comm->exec.tp_reqs[j] != NULL &&
-                lane->ops->test(comm->exec.tp_reqs[j]) == FX_ERR_MISMATCH) {
-                comm->exec.tp_reqs[j] = NULL;
-                status                = FX_ERR_MISMATCH;
-                i                     = j;
+        /* A transport that finds a mismatch fails the connection's other requests as a broken
+         * connection, so the cause may be any request of this lane posted and not complete: a
+         * later one whose frame arrived first on another socket, or, when a post failed, the
+         * oldest (the failing op itself, if it was posted, was tested and left the table). */
+        for (uint32_t j = lane->first; j != lane->post && j != FX_NO_OP;
+             j          = comm->exec.op_next[j]) {
+            fx_status st = comm->exec.tp_reqs[j] != NULL ? lane->ops->test(comm->exec.tp_reqs[j])
+                                                         : FX_INPROGRESS;
+
+            if (st != FX_INPROGRESS) {
+                comm->exec.tp_reqs[j] = NULL; /* complete: freed by the transport */
+            }
+            if (st == FX_ERR_MISMATCH) {
+                status = FX_ERR_MISMATCH;
+                i      = j;
                 break;
             }
         }

@@ -360,15 +360,20 @@ Test(faults, duplicate_rank_is_rejected_naming_it, .timeout = 60, .fini = harnes
 #define MISMATCH_TIMEOUT_MS 10000
 #define MISMATCH_BOUND_MS   3000
 
-/* Rank 1 passes count + 1 (arg NULL) or FX_INT32 instead of FX_FLOAT32 (arg non-NULL). */
+/* What a mismatch run varies: the datatype or the count, and the size. */
+struct mm_case {
+    int by_dtype; /* rank 1 passes FX_INT32 instead of FX_FLOAT32; else count + 1 */
+    size_t count;
+};
+
 static int mismatched_allreduce(fx_comm_t comm, struct harness_child *c)
 {
-    int by_dtype     = c->arg != NULL;
-    size_t count     = MISMATCH_COUNT + (!by_dtype && c->index == 1);
-    fx_datatype dt   = by_dtype && c->index == 1 ? FX_INT32 : FX_FLOAT32;
-    float *send      = calloc(MISMATCH_COUNT + 1, sizeof(float));
-    float *recv      = calloc(MISMATCH_COUNT + 1, sizeof(float));
-    fx_status status = FX_ERR_NO_MEMORY;
+    const struct mm_case *m = c->arg;
+    size_t count            = m->count + (!m->by_dtype && c->index == 1);
+    fx_datatype dt          = m->by_dtype && c->index == 1 ? FX_INT32 : FX_FLOAT32;
+    float *send             = calloc(m->count + 1, sizeof(float));
+    float *recv             = calloc(m->count + 1, sizeof(float));
+    fx_status status        = FX_ERR_NO_MEMORY;
 
     c->res->t_mark_ms = harness_now_ms();
     if (send != NULL && recv != NULL) {
@@ -380,22 +385,21 @@ static int mismatched_allreduce(fx_comm_t comm, struct harness_child *c)
     return 0;
 }
 
-static void expect_mismatch(int by_dtype)
+static void expect_mismatch(struct mm_case m)
 {
-    static int dtype_flag    = 1;
     struct harness_opts opts = {.nranks        = 4,
                                 .deadline_ms   = MISMATCH_TIMEOUT_MS + 15000,
                                 .fx_timeout_ms = MISMATCH_TIMEOUT_MS,
                                 .rank_fn       = mismatched_allreduce,
-                                .arg           = by_dtype ? &dtype_flag : NULL};
+                                .arg           = &m};
     struct harness_run_info info;
     const struct harness_result *res =
-        run_faults(&opts, &info, by_dtype ? "datatype mismatch" : "count mismatch");
+        run_faults(&opts, &info, m.by_dtype ? "datatype mismatch" : "count mismatch");
 
     for (int i = 0; i < 4; i++) {
         expect_status_by(&res[i], i, FX_ERR_MISMATCH, res[i].t_mark_ms, MISMATCH_BOUND_MS);
         expect_names_rank(&res[i], i, 1);
-        expect_mentions(&res[i], i, by_dtype ? "datatype" : "count");
+        expect_mentions(&res[i], i, m.by_dtype ? "datatype" : "count");
         expect_exit_clean(&res[i], i);
     }
     harness_free(&info);
@@ -403,13 +407,26 @@ static void expect_mismatch(int by_dtype)
 
 Test(faults, mismatched_count_gives_mismatch_on_every_rank, .timeout = 60, .fini = harness_kill_all)
 {
-    expect_mismatch(0);
+    expect_mismatch((struct mm_case){0, MISMATCH_COUNT});
 }
 
 Test(faults, mismatched_datatype_gives_mismatch_on_every_rank, .timeout = 60,
      .fini = harness_kill_all)
 {
-    expect_mismatch(1);
+    expect_mismatch((struct mm_case){1, MISMATCH_COUNT});
+}
+
+/* Messages of many chunks striped over four sockets per connection: the mismatched lengths
+ * surface on whichever request's frame arrives first, while other receives are being posted;
+ * every rank must still report the mismatch, never a broken connection. Five runs. */
+Test(faults, mismatched_large_count_over_striped_sockets_gives_mismatch, .timeout = 150,
+     .fini = harness_kill_all)
+{
+    setenv("FX_NSOCKS", "4", 1);
+    for (int run = 0; run < 5; run++) {
+        expect_mismatch((struct mm_case){0, (1u << 20) + 3});
+    }
+    unsetenv("FX_NSOCKS");
 }
 
 /* ---- 6: garbage on the bootstrap port, torchrun-style environment ---- */
