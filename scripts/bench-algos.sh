@@ -1,7 +1,9 @@
 #!/bin/bash
 # bench-algos.sh - every algorithm of one collective forced in turn, beside the tuner's own
 # choice, in one run: busbw per size, the algorithm the tuner picked and its time against the
-# best forced one, and the cost model's prediction against each measured time.
+# best forced one ("tuner / best": the tuner's own runs; "choice / best": the forced runs of the
+# algorithm it chose, which judges the choice without a second sample's noise), and the cost
+# model's prediction against each measured time.
 #
 # usage: scripts/bench-algos.sh [options]
 #   --coll C          allreduce (default) or allgather, ... (fx-bench's names)
@@ -15,7 +17,7 @@
 #   --env "K=V ..."   extra environment for every run (e.g. FX_TRANSPORT=tcp)
 # Each run is one fx-bench process for one size (-b = -e), -c 0, iterations by size. The
 # model's parameters are the ones the tuner measured at init in the same round (FX_DEBUG=INFO
-# "cost model: ..." of rank 0), median over the rounds, fed to fx-model.
+# "cost model (...): ..." of rank 0), median over the rounds, fed to fx-model.
 # Output: DIR/runs.csv, DIR/model.csv, DIR/summary.md (also on stdout). Exit 0 when every run
 # worked.
 set -uo pipefail
@@ -100,8 +102,10 @@ PY
     ) || { rc=1; return; }
     echo "$round,$np,$b,$who,$line" >>"$OUT/runs.csv"
     if [ "$who" = auto ]; then
-        grep -ho "cost model: latency [0-9.]* us per message, [0-9.]* GB/s per link, reduction [0-9.]* GB/s" \
-            "$log".*.log 2>/dev/null | head -1 |
+        # "cost model (measured, PATH): latency ...": the source in parentheses goes first.
+        sed 's/cost model ([^)]*)/cost model/' "$log".*.log 2>/dev/null |
+            grep -o "cost model: latency [0-9.]* us per message, [0-9.]* GB/s per link, reduction [0-9.]* GB/s" |
+            head -1 |
             awk -v r="$round" -v n="$np" '{print r "," n "," $4 "," $8 "," $13}' >>"$OUT/params.csv"
     fi
 }
@@ -172,10 +176,11 @@ for n in ns:
               med("link_gbps"), med("reduce_gbps")))
     algos = sorted({k[2] for k in t if k[0] == n and k[2] != "auto"})
     print("| size | " + " | ".join("%s us" % a for a in algos) +
-          " | tuner | tuner us | tuner / best | " +
+          " | tuner | tuner us | tuner / best | choice / best | " +
           " | ".join("%s model/meas" % a for a in algos) + " |")
-    print("|---" * (2 * len(algos) + 4) + "|")
+    print("|---" * (2 * len(algos) + 5) + "|")
     worst = 0.0
+    worst_choice = 0.0
     for size in sorted({k[1] for k in t if k[0] == n}):
         med = {a: statistics.median(t[(n, size, a)]) for a in algos if t.get((n, size, a))}
         auto = statistics.median(t[(n, size, "auto")]) if t.get((n, size, "auto")) else None
@@ -183,11 +188,17 @@ for n in ns:
         choice = "/".join(sorted(set(used[(n, size)])))
         ratio = auto / best if auto and best else float("nan")
         worst = max(worst, ratio)
+        # The choice itself: the forced runs of the algorithm(s) the tuner used, over the best
+        # forced one (the same processes as the best's comparison: no second sample's noise).
+        chosen = [med[a] for a in set(used[(n, size)]) if a in med]
+        cratio = max(chosen) / best if chosen and best else float("nan")
+        worst_choice = max(worst_choice, cratio)
         cells = [fmt(med[a]) if a in med else "-" for a in algos]
         mm = ["%.2f" % (pred[(n, size, a)] / med[a]) if (n, size, a) in pred and a in med
               else "-" for a in algos]
-        print("| %s | %s | %s | %s | %.2f | %s |" % (human(size), " | ".join(cells), choice,
-              fmt(auto) if auto else "-", ratio, " | ".join(mm)))
-    print("\nWorst tuner / best forced at %d ranks: %.2f.\n" % (n, worst))
+        print("| %s | %s | %s | %s | %.2f | %.2f | %s |" % (human(size), " | ".join(cells), choice,
+              fmt(auto) if auto else "-", ratio, cratio, " | ".join(mm)))
+    print("\nWorst tuner / best forced at %d ranks: %.2f; worst choice / best: %.2f.\n" %
+          (n, worst, worst_choice))
 PY
 exit $rc
