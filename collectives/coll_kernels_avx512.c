@@ -28,27 +28,8 @@
         }                                                                                          \
     }
 
-/* NaN-propagating min/max: where x is NaN take x, else where y is NaN take y. */
-static inline __m512 vmin_nan(__m512 x, __m512 y)
-{
-    __m512 m = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, y, _CMP_LT_OQ), y, x);
-
-    m = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q), m, y);
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), m, x);
-}
-
-static inline __m512 vmax_nan(__m512 x, __m512 y)
-{
-    __m512 m = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, y, _CMP_GT_OQ), y, x);
-
-    m = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q), m, y);
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), m, x);
-}
-
 F16_512_KERNEL(sum, _mm512_add_ps(x, y))
 F16_512_KERNEL(prod, _mm512_mul_ps(x, y))
-F16_512_KERNEL(min, vmin_nan(x, y))
-F16_512_KERNEL(max, vmax_nan(x, y))
 
 /* The fp8 and bf16 conversions of coll_kernels_fp8_inl.h and coll_kernels_inl.h on 16 lanes:
  * the same integer and fp32 operations, so the results are bitwise those of the scalar set. */
@@ -145,9 +126,7 @@ static inline __m512i enc_e5m2(__m512 f)
 
 #define FP8_512_KERNELS(fmt)                                                                       \
     FP8_512_KERNEL(fmt, sum, _mm512_add_ps(x, y))                                                  \
-    FP8_512_KERNEL(fmt, prod, _mm512_mul_ps(x, y))                                                 \
-    FP8_512_KERNEL(fmt, min, vmin_nan(x, y))                                                       \
-    FP8_512_KERNEL(fmt, max, vmax_nan(x, y))
+    FP8_512_KERNEL(fmt, prod, _mm512_mul_ps(x, y))
 
 FP8_512_KERNELS(e4m3)
 FP8_512_KERNELS(e5m2)
@@ -193,8 +172,61 @@ static inline __m256i enc_bf16(__m512 f)
 
 BF16_512_KERNEL(sum, _mm512_add_ps(x, y))
 BF16_512_KERNEL(prod, _mm512_mul_ps(x, y))
-BF16_512_KERNEL(min, vmin_nan(x, y))
-BF16_512_KERNEL(max, vmax_nan(x, y))
+
+/*
+ * MIN and MAX of the sign-magnitude float formats without converting: the result is one of the
+ * operands, so compare them as integers. Each code becomes a two's complement key (the
+ * magnitude, negated for a set sign bit), which orders the values and makes -0 equal to +0, so
+ * ties give the second operand as the fp32 compare does. A NaN operand wins, the first one
+ * first; the scalar set re-encodes it, here it is kept (NaN payloads may differ between sets).
+ * 64 fp8 or 32 16-bit lanes at a time; the tail through masked loads and stores.
+ */
+#define MINMAX_512(name, W, MASKT, MAGMASK, NANGT, CMP)                                            \
+    static inline void name##_block(uint##W##_t *d, const uint##W##_t *a, const uint##W##_t *b,    \
+                                    MASKT k)                                                       \
+    {                                                                                              \
+        __m512i x  = _mm512_maskz_loadu_epi##W(k, a);                                              \
+        __m512i y  = _mm512_maskz_loadu_epi##W(k, b);                                              \
+        __m512i mx = _mm512_and_si512(x, _mm512_set1_epi##W(MAGMASK));                             \
+        __m512i my = _mm512_and_si512(y, _mm512_set1_epi##W(MAGMASK));                             \
+        __m512i kx = _mm512_mask_sub_epi##W(mx, _mm512_movepi##W##_mask(x), zero, mx);             \
+        __m512i ky = _mm512_mask_sub_epi##W(my, _mm512_movepi##W##_mask(y), zero, my);             \
+        MASKT nx   = _mm512_cmpgt_epi##W##_mask(mx, _mm512_set1_epi##W(NANGT));                    \
+        MASKT ny   = _mm512_cmpgt_epi##W##_mask(my, _mm512_set1_epi##W(NANGT));                    \
+        MASKT pick = (MASKT)(nx | (CMP(kx, ky) & (MASKT)~ny));                                     \
+        _mm512_mask_storeu_epi##W(d, k, _mm512_mask_blend_epi##W(pick, y, x));                     \
+    }                                                                                              \
+    static void name(void *d, const void *a, const void *b, size_t n)                              \
+    {                                                                                              \
+        const size_t lanes    = 64 / sizeof(uint##W##_t);                                          \
+        uint##W##_t *dd       = d;                                                                 \
+        const uint##W##_t *aa = a, *bb = b;                                                        \
+        size_t i = 0;                                                                              \
+        for (; i + lanes <= n; i += lanes) {                                                       \
+            name##_block(dd + i, aa + i, bb + i, (MASKT) ~(MASKT)0);                               \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            name##_block(dd + i, aa + i, bb + i, (MASKT)(((MASKT)1 << (n - i)) - 1));              \
+        }                                                                                          \
+    }
+
+static const __m512i zero;
+
+#define LT8(x, y)  _mm512_cmplt_epi8_mask(x, y)
+#define GT8(x, y)  _mm512_cmpgt_epi8_mask(x, y)
+#define LT16(x, y) _mm512_cmplt_epi16_mask(x, y)
+#define GT16(x, y) _mm512_cmpgt_epi16_mask(x, y)
+
+/* e4m3: NaN is magnitude 0x7f; e5m2: above 0x7c (infinity); fp16: above 0x7c00; bf16: above
+ * 0x7f80. */
+MINMAX_512(e4m3_min_avx512, 8, __mmask64, 0x7f, 0x7e, LT8)
+MINMAX_512(e4m3_max_avx512, 8, __mmask64, 0x7f, 0x7e, GT8)
+MINMAX_512(e5m2_min_avx512, 8, __mmask64, 0x7f, 0x7c, LT8)
+MINMAX_512(e5m2_max_avx512, 8, __mmask64, 0x7f, 0x7c, GT8)
+MINMAX_512(f16_min_avx512, 16, __mmask32, 0x7fff, 0x7c00, LT16)
+MINMAX_512(f16_max_avx512, 16, __mmask32, 0x7fff, 0x7c00, GT16)
+MINMAX_512(bf16_min_avx512, 16, __mmask32, 0x7fff, 0x7f80, LT16)
+MINMAX_512(bf16_max_avx512, 16, __mmask32, 0x7fff, 0x7f80, GT16)
 
 #define KSUFFIX           _avx512
 #define KERNELS_HAVE_F16C 1

@@ -2,8 +2,8 @@
  * fx-kernels: bandwidth of the reduction kernels against a plain fp32 a[i] += b[i] loop compiled
  * for the same ISA, on arrays larger than the last-level cache.
  *
- *   fx-kernels [--kernels auto|scalar|avx2|avx512] [--op sum|prod|min|max|avg|all]
- *              [--dtype NAME] [--reps N] [--ms M] [--bytes SIZE]
+ *   fx-kernels [--kernels auto|scalar|avx2|avx512|avx512fp16]
+ *              [--op sum|prod|min|max|avg|all] [--dtype NAME] [--reps N] [--ms M] [--bytes SIZE]
  *
  * Each kernel runs in place (dst = a, as the executor reduces a received chunk into its
  * buffer) over arrays of the same byte size as the baseline's. Bandwidth counts the bytes of the
@@ -32,16 +32,17 @@ struct opts {
 
 static void usage(FILE *f)
 {
-    fprintf(
-        f, "usage: fx-kernels [--kernels auto|scalar|avx2|avx512] [--op sum|prod|min|max|avg|all]\n"
-           "                  [--dtype NAME] [--reps N] [--ms M] [--bytes SIZE]\n"
-           "  --kernels SET  kernel set to measure (default auto: the widest the CPU runs)\n"
-           "  --op OP        reduction operator, or all (default sum)\n"
-           "  --dtype NAME   one datatype (fx_datatype_name spelling; default every one)\n"
-           "  --reps N       alternations of baseline and kernel (default 5)\n"
-           "  --ms M         milliseconds per measurement (default 200)\n"
-           "  --bytes SIZE   bytes per array, K/M/G suffixes (default the last-level cache size,\n"
-           "                 at least 64M; a call streams 3 arrays' worth)\n");
+    fprintf(f,
+            "usage: fx-kernels [--kernels auto|scalar|avx2|avx512|avx512fp16]\n"
+            "                  [--op sum|prod|min|max|avg|all] [--dtype NAME] [--reps N] [--ms M]\n"
+            "                  [--bytes SIZE]\n"
+            "  --kernels SET  kernel set to measure (default auto: the widest the CPU runs)\n"
+            "  --op OP        reduction operator, or all (default sum)\n"
+            "  --dtype NAME   one datatype (fx_datatype_name spelling; default every one)\n"
+            "  --reps N       alternations of baseline and kernel (default 5)\n"
+            "  --ms M         milliseconds per measurement (default 200)\n"
+            "  --bytes SIZE   bytes per array, K/M/G suffixes (default the last-level cache size,\n"
+            "                 at least 64M; a call streams 3 arrays' worth)\n");
 }
 
 static double now_s(void)

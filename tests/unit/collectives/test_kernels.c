@@ -664,10 +664,81 @@ Test(kernels, scalar_and_avx512_kernels_agree_bitwise, .timeout = 60)
     sets_agree(FX_KSET_AVX512);
 }
 
+Test(kernels, every_datatype_and_op_matches_reference_avx512fp16, .timeout = 60)
+{
+    if (!fx_coll_kset_available(FX_KSET_AVX512FP16)) {
+        cr_skip_test("this CPU has no AVX-512 FP16");
+    }
+    use(FX_KSET_AVX512FP16);
+    cr_assert_str_eq(fx_coll_kernel_isa(), "avx512fp16");
+    matrix();
+}
+
+Test(kernels, scalar_and_avx512fp16_kernels_agree_bitwise, .timeout = 60)
+{
+    sets_agree(FX_KSET_AVX512FP16);
+}
+
+/* Every pair of codes (a the high byte of the index, b the low one) through one op of the set
+ * in use, from unaligned buffers, against the reference; NaN where the reference gives a NaN.
+ * Returns the number of wrong elements. */
+static size_t fp8_all_pairs(fx_datatype dt, int op, int nranks, size_t off)
+{
+    static uint8_t a[65536 + 64], b[65536 + 64], d[65536 + 64];
+    size_t wrong = 0;
+
+    for (size_t i = 0; i < 65536; i++) {
+        a[off + i]     = (uint8_t)(i >> 8);
+        b[off + 1 + i] = (uint8_t)i;
+    }
+    fx_coll_reduce_final(d + off + 2, a + off, b + off + 1, 65536, dt, (fx_op)op, nranks);
+    for (size_t i = 0; i < 65536; i++) {
+        bool any_nan;
+        uint64_t want = ref_elem(dt, i >> 8, i & 0xff, op, nranks, &any_nan);
+        uint8_t got   = d[off + 2 + i];
+
+        if (any_nan ? !elem_is_nan(dt, got) : got != want) {
+            if (wrong++ < 4) {
+                cr_log_error("%s %s (%s, %d ranks): %#04zx, %#04zx gives %#04x, want %#04llx",
+                             fx_datatype_name(dt), op_names[op], fx_coll_kernel_isa(), nranks,
+                             i >> 8, i & 0xff, got, (unsigned long long)want);
+            }
+        }
+    }
+    return wrong;
+}
+
+/* fp8 exhaustively: all 65536 operand pairs, every op (AVG over several rank counts, powers of
+ * two and others), every kernel set this CPU runs. */
+Test(kernels, fp8_every_pair_of_codes_matches_reference_in_every_set, .timeout = 120)
+{
+    static const int ranks[]       = {2, 3, 4, 7, 8, 64, 1000, 1 << 20};
+    static const fx_datatype dts[] = {FX_FLOAT8_E4M3, FX_FLOAT8_E5M2};
+
+    for (int set = FX_KSET_SCALAR; set < FX_KSET_COUNT; set++) {
+        if (!fx_coll_kset_available((enum fx_coll_kset)set)) {
+            continue;
+        }
+        use((enum fx_coll_kset)set);
+        for (size_t t = 0; t < 2; t++) {
+            for (int op = 0; op < FX_NUM_OPS; op++) {
+                size_t nr    = op == FX_AVG ? sizeof(ranks) / sizeof(ranks[0]) : 1;
+                size_t wrong = 0;
+
+                for (size_t r = 0; r < nr; r++) {
+                    wrong += fp8_all_pairs(dts[t], op, ranks[r], (r + (size_t)op) % 8);
+                }
+                cr_expect_eq(wrong, 0, "%s %s (%s kernels): %zu wrong", fx_datatype_name(dts[t]),
+                             op_names[op], fx_coll_kernel_isa(), wrong);
+            }
+        }
+    }
+}
+
 /* A set is selectable exactly when the CPU has its features; otherwise the error names one. */
 Test(kernels, selecting_a_kernel_set_follows_cpu_features, .timeout = 10)
 {
-    static const char *const names[] = {"auto", "scalar", "avx2", "avx512"};
+    static const char *const names[] = {"auto", "scalar", "avx2", "avx512", "avx512fp16"};
     enum fx_coll_kset set;
 
     __builtin_cpu_init();
@@ -689,6 +760,8 @@ Test(kernels, selecting_a_kernel_set_follows_cpu_features, .timeout = 10)
                  __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
                      __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"));
+    cr_expect_eq(fx_coll_kset_available(FX_KSET_AVX512FP16),
+                 fx_coll_kset_available(FX_KSET_AVX512) && __builtin_cpu_supports("avx512fp16"));
     cr_expect(!fx_coll_kset_parse("avx9", &set));
     cr_expect(!fx_coll_kset_parse(NULL, &set));
     cr_expect_eq(fx_coll_kernels_select(FX_KSET_COUNT, NULL, 0), FX_ERR_INVALID_ARG);

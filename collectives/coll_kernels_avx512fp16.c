@@ -1,0 +1,174 @@
+/*
+ * The AVX-512 FP16 kernel set: the AVX-512 set with the fp8 and fp16 SUM and PROD kernels
+ * replaced by binary16 arithmetic on 32 lanes, where it gives the bits of the fp32 reference.
+ *
+ * Why the results agree: rounding first to a format of p' bits and then to one of p bits gives
+ * the same result as rounding once, for the sum or product of two p-bit numbers, whenever
+ * p' >= 2p + 2 (Figueroa, "When is double rounding innocuous?", SIGNUM 1995). binary16 has
+ * p' = 11 against 4 (e4m3) and 3 (e5m2); fp32 has 24 against 11 (fp16). The exponent ranges
+ * matter too, and hold: an e5m2 result overflows binary16 (65520 and above) only where it also
+ * rounds to infinity in e5m2 (61440 and above); e4m3 values are computed as value * 2^-8, whose
+ * sums and products (one operand rescaled) stay within binary16's normal range or in its
+ * subnormal range on a grid 2^7 times finer than e4m3's; binary16 products of fp8 values too
+ * small for its subnormals round to zero in fp8 either way. The unit tests check every pair of
+ * fp8 codes for every op.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "coll_kernels.h"
+
+static inline __m512i w16(int v)
+{
+    return _mm512_set1_epi16((short)v);
+}
+
+/* 32 fp8 codes (the low or high 8 of each 128-bit lane of v) in the high bytes of 16-bit lanes;
+ * packing the results of lo and hi with vpackuswb restores the order. */
+static inline __m512i hi_lo(__m512i v)
+{
+    return _mm512_unpacklo_epi8(_mm512_setzero_si512(), v);
+}
+
+static inline __m512i hi_hi(__m512i v)
+{
+    return _mm512_unpackhi_epi8(_mm512_setzero_si512(), v);
+}
+
+/* e5m2 is the top byte of a binary16, subnormals included: the widened code is the value. */
+static inline __m512h dec_e5m2(__m512i w)
+{
+    return _mm512_castsi512_ph(w);
+}
+
+/* e4m3 as a binary16 of its value times 2^-8: the sign stays at bit 15, exponent and mantissa
+ * move down one bit to bits 13..7 (an e4m3 subnormal becomes a binary16 subnormal). A NaN code
+ * becomes a finite number; the kernels mark NaN results from the inputs. */
+static inline __m512h dec_e4m3(__m512i w)
+{
+    return _mm512_castsi512_ph(_mm512_and_si512(_mm512_srai_epi16(w, 1), w16(0xbfff)));
+}
+
+/* Round-to-nearest-even of the low 8 bits, the e5m2 code left in the low byte: a carry moves to
+ * the exponent, 61440 and above become infinity, infinity stays. A NaN from binary16
+ * arithmetic has a zero low byte here (quieted inputs or the default NaN) and stays a NaN. */
+static inline __m512i enc_e5m2(__m512h r)
+{
+    __m512i h   = _mm512_castph_si512(r);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi16(h, 8), w16(1));
+
+    return _mm512_srli_epi16(_mm512_add_epi16(_mm512_add_epi16(h, w16(0x7f)), odd), 8);
+}
+
+/* e4m3 from value * 2^-8: saturate to +-448 (1.75 here), round the low 7 bits to nearest-even,
+ * then the code is the sign and bits 13..7 (the high byte of the lane left zero). */
+static inline __m512i enc_e4m3(__m512h r)
+{
+    __m512h lim = _mm512_set1_ph((_Float16)1.75f);
+    __m512i h   = _mm512_castph_si512(_mm512_min_ph(_mm512_max_ph(r, -lim), lim));
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi16(h, 7), w16(1));
+    __m512i t   = _mm512_add_epi16(_mm512_add_epi16(h, w16(0x3f)), odd);
+
+    return _mm512_ternarylogic_epi32(_mm512_srli_epi16(t, 7), _mm512_srli_epi16(t, 8), w16(0xff80),
+                                     0xd8);
+}
+
+/* e4m3 has no infinity: a result is NaN exactly when an operand is (S.1111.111). */
+static inline __m512i nan_e4m3(__m512i r, __m512i x, __m512i y)
+{
+    __m512i top     = _mm512_set1_epi8((char)0x80);
+    __m512i ones    = _mm512_set1_epi8((char)0xff);
+    __mmask64 nan_x = _mm512_cmpeq_epi8_mask(_mm512_or_si512(x, top), ones);
+    __mmask64 nan_y = _mm512_cmpeq_epi8_mask(_mm512_or_si512(y, top), ones);
+
+    return _mm512_mask_mov_epi8(r, nan_x | nan_y, _mm512_set1_epi8(0x7f));
+}
+
+static inline __m512i nan_e5m2(__m512i r, __m512i x, __m512i y)
+{
+    (void)x;
+    (void)y;
+    return r;
+}
+
+static inline __m512h add_ph(__m512h x, __m512h y)
+{
+    return _mm512_add_ph(x, y);
+}
+
+static inline __m512h mul_ph(__m512h x, __m512h y)
+{
+    return _mm512_mul_ph(x, y);
+}
+
+/* Both operands are value * 2^-8: rescale one so the product is value * 2^-8 again. */
+static inline __m512h mul_e4m3(__m512h x, __m512h y)
+{
+    return _mm512_mul_ph(x, _mm512_mul_ph(y, _mm512_set1_ph((_Float16)256.0f)));
+}
+
+/* fp8, 64 lanes at a time as two halves of 32 binary16 lanes; the tail through masked loads
+ * and stores. */
+#define FP8_FP16_KERNEL(fmt, opname, OP)                                                           \
+    static inline void fmt##_##opname##_block(uint8_t *d, const uint8_t *a, const uint8_t *b,      \
+                                              __mmask64 k)                                         \
+    {                                                                                              \
+        __m512i x  = _mm512_maskz_loadu_epi8(k, a);                                                \
+        __m512i y  = _mm512_maskz_loadu_epi8(k, b);                                                \
+        __m512i lo = enc_##fmt(OP(dec_##fmt(hi_lo(x)), dec_##fmt(hi_lo(y))));                      \
+        __m512i hi = enc_##fmt(OP(dec_##fmt(hi_hi(x)), dec_##fmt(hi_hi(y))));                      \
+        _mm512_mask_storeu_epi8(d, k, nan_##fmt(_mm512_packus_epi16(lo, hi), x, y));               \
+    }                                                                                              \
+    static void fmt##_##opname##_fp16(void *d, const void *a, const void *b, size_t n)             \
+    {                                                                                              \
+        uint8_t *dd       = d;                                                                     \
+        const uint8_t *aa = a, *bb = b;                                                            \
+        size_t i = 0;                                                                              \
+        for (; i + 64 <= n; i += 64) {                                                             \
+            fmt##_##opname##_block(dd + i, aa + i, bb + i, ~(__mmask64)0);                         \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            fmt##_##opname##_block(dd + i, aa + i, bb + i, ((__mmask64)1 << (n - i)) - 1);         \
+        }                                                                                          \
+    }
+
+FP8_FP16_KERNEL(e5m2, sum, add_ph)
+FP8_FP16_KERNEL(e5m2, prod, mul_ph)
+FP8_FP16_KERNEL(e4m3, sum, add_ph)
+FP8_FP16_KERNEL(e4m3, prod, mul_e4m3)
+
+/* fp16 in its own arithmetic (p' = 24 >= 2 * 11 + 2 makes fp32-then-round the same), 32 lanes
+ * at a time; the tail through masked loads and stores. */
+#define F16_FP16_KERNEL(opname, OP)                                                                \
+    static inline void f16_##opname##_block(uint16_t *d, const uint16_t *a, const uint16_t *b,     \
+                                            __mmask32 k)                                           \
+    {                                                                                              \
+        __m512h x = _mm512_castsi512_ph(_mm512_maskz_loadu_epi16(k, a));                           \
+        __m512h y = _mm512_castsi512_ph(_mm512_maskz_loadu_epi16(k, b));                           \
+        _mm512_mask_storeu_epi16(d, k, _mm512_castph_si512(OP(x, y)));                             \
+    }                                                                                              \
+    static void f16_##opname##_fp16(void *d, const void *a, const void *b, size_t n)               \
+    {                                                                                              \
+        uint16_t *dd       = d;                                                                    \
+        const uint16_t *aa = a, *bb = b;                                                           \
+        size_t i = 0;                                                                              \
+        for (; i + 32 <= n; i += 32) {                                                             \
+            f16_##opname##_block(dd + i, aa + i, bb + i, ~(__mmask32)0);                           \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            f16_##opname##_block(dd + i, aa + i, bb + i, (__mmask32)((1u << (n - i)) - 1));        \
+        }                                                                                          \
+    }
+
+F16_FP16_KERNEL(sum, add_ph)
+F16_FP16_KERNEL(prod, mul_ph)
+
+void fx_coll_kernels_avx512fp16_patch(fx_reduce_fn table[FX_NUM_DATATYPES][4])
+{
+    table[FX_FLOAT8_E4M3][FX_SUM]  = e4m3_sum_fp16;
+    table[FX_FLOAT8_E4M3][FX_PROD] = e4m3_prod_fp16;
+    table[FX_FLOAT8_E5M2][FX_SUM]  = e5m2_sum_fp16;
+    table[FX_FLOAT8_E5M2][FX_PROD] = e5m2_prod_fp16;
+    table[FX_FLOAT16][FX_SUM]      = f16_sum_fp16;
+    table[FX_FLOAT16][FX_PROD]     = f16_prod_fp16;
+}
