@@ -206,10 +206,29 @@ static void reduce_avg(void *dst, const void *a, const void *b, size_t n, fx_dat
     }
 }
 
+/* The set's vector AVG kernel for dtype, NULL where it has none. */
+static fx_avg_fn avg_kernel(fx_datatype dtype)
+{
+    if ((unsigned)dtype >= FX_NUM_DATATYPES) {
+        return NULL;
+    }
+    switch (current()) {
+    case FX_KSET_AVX512FP16:
+    case FX_KSET_AVX512:
+        return fx_coll_avg_avx512()[dtype];
+    default:
+        return NULL;
+    }
+}
+
 void fx_coll_reduce_final(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype,
                           fx_op op, int nranks)
 {
-    if (op == FX_AVG && nranks > 1) {
+    fx_avg_fn avg = op == FX_AVG && nranks > 1 ? avg_kernel(dtype) : NULL;
+
+    if (avg != NULL) {
+        avg(dst, a, b, n, (float)nranks);
+    } else if (op == FX_AVG && nranks > 1) {
         reduce_avg(dst, a, b, n, dtype, nranks);
     } else {
         fx_coll_reduce(dst, a, b, n, dtype, op);

@@ -1,7 +1,9 @@
 /* The AVX-512 (F, BW, VL) kernel set: the shared loops compiled for 512-bit vectors, and fp16
  * through the AVX-512F half conversions with masked tails. */
 #include <immintrin.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "coll_kernels.h"
 
@@ -227,6 +229,104 @@ MINMAX_512(f16_min_avx512, 16, __mmask32, 0x7fff, 0x7c00, LT16)
 MINMAX_512(f16_max_avx512, 16, __mmask32, 0x7fff, 0x7c00, GT16)
 MINMAX_512(bf16_min_avx512, 16, __mmask32, 0x7fff, 0x7f80, LT16)
 MINMAX_512(bf16_max_avx512, 16, __mmask32, 0x7fff, 0x7f80, GT16)
+
+/* The last step of FX_AVG, (a + b) / div in fp32 rounded once, 16 lanes at a time; the tail
+ * through masked loads and stores. A power-of-two divisor multiplies by its reciprocal instead,
+ * which is exact and so gives the quotient's bits. */
+static inline bool pow2_div(float div, __m512 *v)
+{
+    uint32_t bits;
+
+    memcpy(&bits, &div, sizeof(bits));
+    if ((bits & 0x7fffffu) == 0 && (bits >> 23) > 1 && (bits >> 23) < 254) {
+        *v = _mm512_set1_ps(1.0f / div);
+        return true;
+    }
+    *v = _mm512_set1_ps(div);
+    return false;
+}
+
+static inline __m512 ld_f16(const uint16_t *p, __mmask16 k)
+{
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+}
+
+static inline void st_f16(uint16_t *p, __mmask16 k, __m512 v)
+{
+    _mm256_mask_storeu_epi16(p, k, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
+
+static inline __m512 ld_bf16(const uint16_t *p, __mmask16 k)
+{
+    return dec_bf16(_mm256_maskz_loadu_epi16(k, p));
+}
+
+static inline void st_bf16(uint16_t *p, __mmask16 k, __m512 v)
+{
+    _mm256_mask_storeu_epi16(p, k, enc_bf16(v));
+}
+
+static inline void st_e4m3(uint8_t *p, __mmask16 k, __m512 v)
+{
+    _mm512_mask_cvtepi32_storeu_epi8(p, k, enc_e4m3(v));
+}
+
+static inline void st_e5m2(uint8_t *p, __mmask16 k, __m512 v)
+{
+    _mm512_mask_cvtepi32_storeu_epi8(p, k, enc_e5m2(v));
+}
+
+static inline __m512 ld_f32(const float *p, __mmask16 k)
+{
+    return _mm512_maskz_loadu_ps(k, p);
+}
+
+static inline void st_f32(float *p, __mmask16 k, __m512 v)
+{
+    _mm512_mask_storeu_ps(p, k, v);
+}
+
+#define AVG_512(tag, T)                                                                            \
+    static void tag##_avg_avx512(void *d, const void *a, const void *b, size_t n, float div)       \
+    {                                                                                              \
+        T *dd       = d;                                                                           \
+        const T *aa = a, *bb = b;                                                                  \
+        size_t i = 0;                                                                              \
+        __m512 v;                                                                                  \
+        if (pow2_div(div, &v)) {                                                                   \
+            for (; i + 16 <= n; i += 16) {                                                         \
+                __m512 s = _mm512_add_ps(ld_##tag(aa + i, 0xffff), ld_##tag(bb + i, 0xffff));      \
+                st_##tag(dd + i, 0xffff, _mm512_mul_ps(s, v));                                     \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (; i + 16 <= n; i += 16) {                                                         \
+                __m512 s = _mm512_add_ps(ld_##tag(aa + i, 0xffff), ld_##tag(bb + i, 0xffff));      \
+                st_##tag(dd + i, 0xffff, _mm512_div_ps(s, _mm512_set1_ps(div)));                   \
+            }                                                                                      \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);                                        \
+            __m512 s    = _mm512_add_ps(ld_##tag(aa + i, k), ld_##tag(bb + i, k));                 \
+            st_##tag(dd + i, k, _mm512_div_ps(s, _mm512_set1_ps(div)));                            \
+        }                                                                                          \
+    }
+
+AVG_512(f16, uint16_t)
+AVG_512(bf16, uint16_t)
+AVG_512(e4m3, uint8_t)
+AVG_512(e5m2, uint8_t)
+AVG_512(f32, float)
+
+const fx_avg_fn *fx_coll_avg_avx512(void)
+{
+    static const fx_avg_fn avg[FX_NUM_DATATYPES] = {
+        [FX_FLOAT16] = f16_avg_avx512,      [FX_BFLOAT16] = bf16_avg_avx512,
+        [FX_FLOAT8_E4M3] = e4m3_avg_avx512, [FX_FLOAT8_E5M2] = e5m2_avg_avx512,
+        [FX_FLOAT32] = f32_avg_avx512,
+    };
+
+    return avg;
+}
 
 #define KSUFFIX           _avx512
 #define KERNELS_HAVE_F16C 1
