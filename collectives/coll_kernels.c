@@ -12,6 +12,7 @@ static atomic_int chosen          = FX_KSET_AUTO;
 static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
 static const char *missing[FX_KSET_COUNT]; /* the first CPU feature a set lacks, NULL if none */
 static fx_reduce_fn table_fp16[FX_NUM_DATATYPES][4]; /* the AVX-512 FP16 set, built by detect */
+static fx_avg_fn avg_fp16[FX_NUM_DATATYPES];         /* its AVG kernels, likewise */
 
 static void detect(void)
 {
@@ -35,6 +36,8 @@ static void detect(void)
     if (m == NULL) {
         memcpy(table_fp16, fx_coll_kernels_avx512(), sizeof(table_fp16));
         fx_coll_kernels_avx512fp16_patch(table_fp16);
+        memcpy(avg_fp16, fx_coll_avg_avx512(), sizeof(avg_fp16));
+        fx_coll_kernels_avx512fp16_avg_patch(avg_fp16);
     }
 }
 
@@ -214,6 +217,7 @@ static fx_avg_fn avg_kernel(fx_datatype dtype)
     }
     switch (current()) {
     case FX_KSET_AVX512FP16:
+        return avg_fp16[dtype];
     case FX_KSET_AVX512:
         return fx_coll_avg_avx512()[dtype];
     default:

@@ -80,6 +80,8 @@ const fx_avg_fn *fx_coll_avg_avx512(void);
 /* Replaces the entries of a copy of the AVX-512 table that binary16 arithmetic computes
  * faster (coll_kernels_avx512fp16.c); call only where the CPU has AVX-512 FP16. */
 void fx_coll_kernels_avx512fp16_patch(fx_reduce_fn table[FX_NUM_DATATYPES][4]);
+/* Likewise for a copy of the AVX-512 AVG kernels. */
+void fx_coll_kernels_avx512fp16_avg_patch(fx_avg_fn avg[FX_NUM_DATATYPES]);
 
 /* a[i] += b[i] in fp32, compiled for one ISA as its kernels are: the fair bandwidth baseline
  * of fx-kernels. fx_coll_stream_add returns the one of the kernel set in use. */

@@ -15,6 +15,7 @@
  */
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "coll_kernels.h"
 
@@ -162,6 +163,82 @@ FP8_FP16_KERNEL(e4m3, prod, mul_e4m3)
 
 F16_FP16_KERNEL(sum, add_ph)
 F16_FP16_KERNEL(prod, mul_ph)
+
+/*
+ * FX_AVG over 2^e ranks for fp8: the reference rounds (a + b) / 2^e once from fp32, and that
+ * quotient is exact there. Here the sum is formed in binary16 (e5m2 as a/2 + b/2 in one fused
+ * step, so it cannot overflow where the quotient would not), then scaled by a power of two with
+ * vscalefph. Other rank counts divide in fp32 (the AVX-512 set's kernel).
+ */
+/* e where div is 2^e with 1 <= e <= 30, else 0. */
+static inline int pow2_exponent(float div)
+{
+    uint32_t bits;
+
+    memcpy(&bits, &div, sizeof(bits));
+    if ((bits & 0x807fffffu) != 0 || (bits >> 23) < 128 || (bits >> 23) > 157) {
+        return 0;
+    }
+    return (int)(bits >> 23) - 127;
+}
+
+static inline __m512h avg_e5m2(__m512h x, __m512h y, __m512h sc)
+{
+    __m512h half = _mm512_set1_ph((_Float16)0.5f);
+
+    return _mm512_scalef_ph(_mm512_fmadd_ph(x, half, _mm512_mul_ph(y, half)), sc);
+}
+
+static inline __m512h avg_e4m3(__m512h x, __m512h y, __m512h sc)
+{
+    return _mm512_scalef_ph(_mm512_add_ph(x, y), sc);
+}
+
+#define FP8_FP16_AVG(fmt, DT, SHIFT, MAXE)                                                         \
+    static inline void fmt##_avg_block(uint8_t *d, const uint8_t *a, const uint8_t *b,             \
+                                       __mmask64 k, __m512h sc)                                    \
+    {                                                                                              \
+        __m512i x  = _mm512_maskz_loadu_epi8(k, a);                                                \
+        __m512i y  = _mm512_maskz_loadu_epi8(k, b);                                                \
+        __m512i lo = enc_##fmt(avg_##fmt(dec_##fmt(hi_lo(x)), dec_##fmt(hi_lo(y)), sc));           \
+        __m512i hi = enc_##fmt(avg_##fmt(dec_##fmt(hi_hi(x)), dec_##fmt(hi_hi(y)), sc));           \
+        _mm512_mask_storeu_epi8(d, k, nan_##fmt(_mm512_packus_epi16(lo, hi), x, y));               \
+    }                                                                                              \
+    static void fmt##_avg_fp16(void *d, const void *a, const void *b, size_t n, float div)         \
+    {                                                                                              \
+        uint8_t *dd       = d;                                                                     \
+        const uint8_t *aa = a, *bb = b;                                                            \
+        size_t i   = 0;                                                                            \
+        int e      = pow2_exponent(div);                                                           \
+        __m512h sc = _mm512_set1_ph((_Float16)(float)(SHIFT - e));                                 \
+        if (e <= 0 || e > MAXE) {                                                                  \
+            fx_coll_avg_avx512()[DT](d, a, b, n, div);                                             \
+            return;                                                                                \
+        }                                                                                          \
+        for (; i + 64 <= n; i += 64) {                                                             \
+            fmt##_avg_block(dd + i, aa + i, bb + i, ~(__mmask64)0, sc);                            \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            fmt##_avg_block(dd + i, aa + i, bb + i, ((__mmask64)1 << (n - i)) - 1, sc);            \
+        }                                                                                          \
+    }
+/*
+ * The e5m2 sum is already halved: scale by 2^(1 - e); e4m3 by 2^-e. The shortcut holds for
+ * e5m2 up to 256 ranks and e4m3 up to 128, which the unit tests check for every pair of codes
+ * and every power of two. For more ranks a quotient can fall into binary16's subnormal range,
+ * where the scaling rounds a second time to a grid only 2^8 (e5m2) or 2^7 (e4m3) finer than
+ * the fp8 one, and can make a tie of what the fp32 quotient rounds up (2^-16 + 2^-8, halved
+ * then divided by 2^8, is 2^-17 + 2^-25, which binary16 rounds to 2^-17, a tie e5m2 rounds
+ * to 0). Those divide in fp32.
+ */
+FP8_FP16_AVG(e5m2, FX_FLOAT8_E5M2, 1, 8)
+FP8_FP16_AVG(e4m3, FX_FLOAT8_E4M3, 0, 7)
+
+void fx_coll_kernels_avx512fp16_avg_patch(fx_avg_fn avg[FX_NUM_DATATYPES])
+{
+    avg[FX_FLOAT8_E4M3] = e4m3_avg_fp16;
+    avg[FX_FLOAT8_E5M2] = e5m2_avg_fp16;
+}
 
 void fx_coll_kernels_avx512fp16_patch(fx_reduce_fn table[FX_NUM_DATATYPES][4])
 {
