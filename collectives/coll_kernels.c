@@ -20,18 +20,21 @@ static void detect(void)
 
     /* __builtin_cpu_supports takes string literals only: one test per feature. */
     __builtin_cpu_init();
-    m                       = !__builtin_cpu_supports("avx2")   ? "avx2"
-                              : !__builtin_cpu_supports("f16c") ? "f16c"
-                              : !__builtin_cpu_supports("fma")  ? "fma"
-                                                                : NULL;
-    missing[FX_KSET_AVX2]   = m;
-    m                       = m != NULL                             ? m
-                              : !__builtin_cpu_supports("avx512f")  ? "avx512f"
-                              : !__builtin_cpu_supports("avx512bw") ? "avx512bw"
-                              : !__builtin_cpu_supports("avx512vl") ? "avx512vl"
+    m                           = !__builtin_cpu_supports("avx2")   ? "avx2"
+                                  : !__builtin_cpu_supports("f16c") ? "f16c"
+                                  : !__builtin_cpu_supports("fma")  ? "fma"
                                                                     : NULL;
-    missing[FX_KSET_AVX512] = m;
-    m = m != NULL ? m : !__builtin_cpu_supports("avx512fp16") ? "avx512fp16" : NULL;
+    missing[FX_KSET_AVX2]       = m;
+    m                           = m != NULL                             ? m
+                                  : !__builtin_cpu_supports("avx512f")  ? "avx512f"
+                                  : !__builtin_cpu_supports("avx512bw") ? "avx512bw"
+                                  : !__builtin_cpu_supports("avx512vl") ? "avx512vl"
+                                                                        : NULL;
+    missing[FX_KSET_AVX512]     = m;
+    m                           = m != NULL                               ? m
+                                  : !__builtin_cpu_supports("avx512fp16") ? "avx512fp16"
+                                  : !__builtin_cpu_supports("avx512vbmi") ? "avx512vbmi"
+                                                                          : NULL;
     missing[FX_KSET_AVX512FP16] = m;
     if (m == NULL) {
         memcpy(table_fp16, fx_coll_kernels_avx512(), sizeof(table_fp16));

@@ -48,7 +48,7 @@ enum fx_coll_kset {
     FX_KSET_SCALAR,
     FX_KSET_AVX2,       /* AVX2, F16C, FMA */
     FX_KSET_AVX512,     /* AVX-512 F, BW and VL (and the AVX2 set's features) */
-    FX_KSET_AVX512FP16, /* AVX-512 FP16 (and the AVX-512 set's features) */
+    FX_KSET_AVX512FP16, /* AVX-512 FP16 and VBMI (and the AVX-512 set's features) */
     FX_KSET_COUNT
 };
 

@@ -133,47 +133,83 @@ static inline __m512i enc_e5m2(__m512 f)
 FP8_512_KERNELS(e4m3)
 FP8_512_KERNELS(e5m2)
 
-/* bf16 as the scalar bf_load/bf_store: shift up; round to nearest-even by adding 0x7fff plus
- * the kept lsb, NaN kept quiet. */
-static inline __m512 dec_bf16(__m256i v)
+/*
+ * bf16 SUM, PROD and AVG on 32 lanes: a 32-bit lane holds two bf16 values, the even one widened
+ * by a shift, the odd one by clearing the low half. Each fp32 result rounds to nearest-even by
+ * adding 0x7fff plus the kept lsb; the NaN rule of enc_bf16 needs no select here, because an
+ * fp32 NaN computed from bf16 operands has a zero low half (a propagated, quieted operand or the
+ * default NaN), which the addition leaves alone. The tail through masked loads and stores.
+ */
+static inline __m512i bf_rne(__m512 f)
 {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+    __m512i x = _mm512_castps_si512(f);
+    __m512i t = _mm512_add_epi32(x, vset(0x7fff));
+
+    return _mm512_mask_add_epi32(t, _mm512_test_epi32_mask(x, vset(0x10000)), t, vset(1));
 }
 
-static inline __m256i enc_bf16(__m512 f)
+static inline __m512i bf_pair_op(__m512i a, __m512i b, __m512 (*op)(__m512, __m512, __m512),
+                                 __m512 v)
 {
-    __m512i x   = _mm512_castps_si512(f);
-    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(x, 16), vset(1));
-    __m512i r   = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, vset(0x7fff)), odd), 16);
-    __m512i q   = _mm512_or_si512(_mm512_srli_epi32(x, 16), vset(0x40));
-    __m512i ax  = _mm512_and_si512(x, vset(0x7fffffffu));
+    __m512 ae  = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
+    __m512 be  = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
+    __m512 ao  = _mm512_castsi512_ps(_mm512_and_si512(a, vset(0xffff0000u)));
+    __m512 bo  = _mm512_castsi512_ps(_mm512_and_si512(b, vset(0xffff0000u)));
+    __m512i re = bf_rne(op(ae, be, v));
+    __m512i ro = bf_rne(op(ao, bo, v));
 
-    r = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x7f800000u)), r, q);
-    return _mm512_cvtepi32_epi16(r);
+    /* odd results keep their high half, even ones move down: select by 0xffff0000 */
+    return _mm512_ternarylogic_epi32(ro, _mm512_srli_epi32(re, 16), vset(0xffff0000u), 0xe4);
 }
 
-/* bf16, 16 lanes at a time; the tail through masked loads and stores. */
-#define BF16_512_KERNEL(opname, VEXPR)                                                             \
-    static void bf16_##opname##_avx512(void *d, const void *a, const void *b, size_t n)            \
-    {                                                                                              \
-        uint16_t *dd       = d;                                                                    \
-        const uint16_t *aa = a, *bb = b;                                                           \
-        size_t i = 0;                                                                              \
-        for (; i + 16 <= n; i += 16) {                                                             \
-            __m512 x = dec_bf16(_mm256_loadu_si256((const __m256i *)(aa + i)));                    \
-            __m512 y = dec_bf16(_mm256_loadu_si256((const __m256i *)(bb + i)));                    \
-            _mm256_storeu_si256((__m256i *)(dd + i), enc_bf16(VEXPR));                             \
-        }                                                                                          \
-        if (i < n) {                                                                               \
-            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);                                        \
-            __m512 x    = dec_bf16(_mm256_maskz_loadu_epi16(k, aa + i));                           \
-            __m512 y    = dec_bf16(_mm256_maskz_loadu_epi16(k, bb + i));                           \
-            _mm256_mask_storeu_epi16(dd + i, k, enc_bf16(VEXPR));                                  \
-        }                                                                                          \
+static inline __m512 op_add(__m512 x, __m512 y, __m512 v)
+{
+    (void)v;
+    return _mm512_add_ps(x, y);
+}
+
+static inline __m512 op_mul(__m512 x, __m512 y, __m512 v)
+{
+    (void)v;
+    return _mm512_mul_ps(x, y);
+}
+
+static inline __m512 op_avg_mul(__m512 x, __m512 y, __m512 v)
+{
+    return _mm512_mul_ps(_mm512_add_ps(x, y), v);
+}
+
+static inline __m512 op_avg_div(__m512 x, __m512 y, __m512 v)
+{
+    return _mm512_div_ps(_mm512_add_ps(x, y), v);
+}
+
+static inline void bf16_pairs(uint16_t *dd, const uint16_t *aa, const uint16_t *bb, size_t n,
+                              __m512 (*op)(__m512, __m512, __m512), __m512 v)
+{
+    size_t i = 0;
+
+    for (; i + 32 <= n; i += 32) {
+        __m512i r = bf_pair_op(_mm512_loadu_si512(aa + i), _mm512_loadu_si512(bb + i), op, v);
+        _mm512_storeu_si512(dd + i, r);
     }
+    if (i < n) {
+        __mmask32 k = (__mmask32)((1u << (n - i)) - 1);
+        __m512i r   = bf_pair_op(_mm512_maskz_loadu_epi16(k, aa + i),
+                                 _mm512_maskz_loadu_epi16(k, bb + i), op, v);
+        _mm512_mask_storeu_epi16(dd + i, k, r);
+    }
+}
 
-BF16_512_KERNEL(sum, _mm512_add_ps(x, y))
-BF16_512_KERNEL(prod, _mm512_mul_ps(x, y))
+static void bf16_sum_avx512(void *d, const void *a, const void *b, size_t n)
+{
+    bf16_pairs(d, a, b, n, op_add, _mm512_setzero_ps());
+}
+
+static void bf16_prod_avx512(void *d, const void *a, const void *b, size_t n)
+{
+    bf16_pairs(d, a, b, n, op_mul, _mm512_setzero_ps());
+}
 
 /*
  * MIN and MAX of the sign-magnitude float formats without converting: the result is one of the
@@ -256,16 +292,6 @@ static inline void st_f16(uint16_t *p, __mmask16 k, __m512 v)
     _mm256_mask_storeu_epi16(p, k, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
-static inline __m512 ld_bf16(const uint16_t *p, __mmask16 k)
-{
-    return dec_bf16(_mm256_maskz_loadu_epi16(k, p));
-}
-
-static inline void st_bf16(uint16_t *p, __mmask16 k, __m512 v)
-{
-    _mm256_mask_storeu_epi16(p, k, enc_bf16(v));
-}
-
 static inline void st_e4m3(uint8_t *p, __mmask16 k, __m512 v)
 {
     _mm512_mask_cvtepi32_storeu_epi8(p, k, enc_e4m3(v));
@@ -312,7 +338,17 @@ static inline void st_f32(float *p, __mmask16 k, __m512 v)
     }
 
 AVG_512(f16, uint16_t)
-AVG_512(bf16, uint16_t)
+
+static void bf16_avg_avx512(void *d, const void *a, const void *b, size_t n, float div)
+{
+    __m512 v;
+
+    if (pow2_div(div, &v)) {
+        bf16_pairs(d, a, b, n, op_avg_mul, v);
+    } else {
+        bf16_pairs(d, a, b, n, op_avg_div, v);
+    }
+}
 AVG_512(e4m3, uint8_t)
 AVG_512(e5m2, uint8_t)
 AVG_512(f32, float)

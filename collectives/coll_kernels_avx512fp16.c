@@ -25,7 +25,7 @@ static inline __m512i w16(int v)
 }
 
 /* 32 fp8 codes (the low or high 8 of each 128-bit lane of v) in the high bytes of 16-bit lanes;
- * packing the results of lo and hi with vpackuswb restores the order. */
+ * pack_hi puts the high bytes of the results of lo and hi back in order. */
 static inline __m512i hi_lo(__m512i v)
 {
     return _mm512_unpacklo_epi8(_mm512_setzero_si512(), v);
@@ -34,6 +34,19 @@ static inline __m512i hi_lo(__m512i v)
 static inline __m512i hi_hi(__m512i v)
 {
     return _mm512_unpackhi_epi8(_mm512_setzero_si512(), v);
+}
+
+static inline __m512i pack_hi(__m512i lo, __m512i hi)
+{
+    /* Byte i of the result: in 128-bit lane i / 16, the high byte of word i % 16 of lo (the
+     * first 8) or of hi (index bit 6 set). */
+    static const uint8_t idx[64] = {1,  3,  5,  7,   9,   11,  13,  15,  65,  67,  69,  71, 73,
+                                    75, 77, 79, 17,  19,  21,  23,  25,  27,  29,  31,  81, 83,
+                                    85, 87, 89, 91,  93,  95,  33,  35,  37,  39,  41,  43, 45,
+                                    47, 97, 99, 101, 103, 105, 107, 109, 111, 49,  51,  53, 55,
+                                    57, 59, 61, 63,  113, 115, 117, 119, 121, 123, 125, 127};
+
+    return _mm512_permutex2var_epi8(lo, _mm512_loadu_si512(idx), hi);
 }
 
 /* e5m2 is the top byte of a binary16, subnormals included: the widened code is the value. */
@@ -50,39 +63,40 @@ static inline __m512h dec_e4m3(__m512i w)
     return _mm512_castsi512_ph(_mm512_and_si512(_mm512_srai_epi16(w, 1), w16(0xbfff)));
 }
 
-/* Round-to-nearest-even of the low 8 bits, the e5m2 code left in the low byte: a carry moves to
- * the exponent, 61440 and above become infinity, infinity stays. A NaN from binary16
- * arithmetic has a zero low byte here (quieted inputs or the default NaN) and stays a NaN. */
+/* Round-to-nearest-even of the low 8 bits (add 0x7f, and one more when the kept lsb is odd), the
+ * e5m2 code left in the high byte: a carry moves to the exponent, 61440 and above become
+ * infinity, infinity stays. A NaN from binary16 arithmetic has a zero low byte here (quieted
+ * inputs or the default NaN) and stays a NaN. */
 static inline __m512i enc_e5m2(__m512h r)
 {
-    __m512i h   = _mm512_castph_si512(r);
-    __m512i odd = _mm512_and_si512(_mm512_srli_epi16(h, 8), w16(1));
+    __m512i h = _mm512_castph_si512(r);
+    __m512i t = _mm512_add_epi16(h, w16(0x7f));
 
-    return _mm512_srli_epi16(_mm512_add_epi16(_mm512_add_epi16(h, w16(0x7f)), odd), 8);
+    return _mm512_mask_add_epi16(t, _mm512_test_epi16_mask(h, w16(0x100)), t, w16(1));
 }
 
-/* e4m3 from value * 2^-8: saturate to +-448 (1.75 here), round the low 7 bits to nearest-even,
- * then the code is the sign and bits 13..7 (the high byte of the lane left zero). */
+/* e4m3 from value * 2^-8: saturate to +-448 (1.75 here), round the low 7 bits to
+ * nearest-even, then move the magnitude up one bit under the sign so that the code is the high
+ * byte. */
 static inline __m512i enc_e4m3(__m512h r)
 {
     __m512h lim = _mm512_set1_ph((_Float16)1.75f);
     __m512i h   = _mm512_castph_si512(_mm512_min_ph(_mm512_max_ph(r, -lim), lim));
-    __m512i odd = _mm512_and_si512(_mm512_srli_epi16(h, 7), w16(1));
-    __m512i t   = _mm512_add_epi16(_mm512_add_epi16(h, w16(0x3f)), odd);
+    __m512i t   = _mm512_add_epi16(h, w16(0x3f));
 
-    return _mm512_ternarylogic_epi32(_mm512_srli_epi16(t, 7), _mm512_srli_epi16(t, 8), w16(0xff80),
-                                     0xd8);
+    t = _mm512_mask_add_epi16(t, _mm512_test_epi16_mask(h, w16(0x80)), t, w16(1));
+    return _mm512_add_epi16(t, _mm512_and_si512(t, w16(0x7fff)));
 }
 
 /* e4m3 has no infinity: a result is NaN exactly when an operand is (S.1111.111). */
 static inline __m512i nan_e4m3(__m512i r, __m512i x, __m512i y)
 {
-    __m512i top     = _mm512_set1_epi8((char)0x80);
-    __m512i ones    = _mm512_set1_epi8((char)0xff);
-    __mmask64 nan_x = _mm512_cmpeq_epi8_mask(_mm512_or_si512(x, top), ones);
-    __mmask64 nan_y = _mm512_cmpeq_epi8_mask(_mm512_or_si512(y, top), ones);
+    __m512i top    = _mm512_set1_epi8((char)0x80);
+    __m512i ones   = _mm512_set1_epi8((char)0xff);
+    __mmask64 ok_x = _mm512_cmpneq_epi8_mask(_mm512_or_si512(x, top), ones);
+    __mmask64 ok   = _mm512_mask_cmpneq_epi8_mask(ok_x, _mm512_or_si512(y, top), ones);
 
-    return _mm512_mask_mov_epi8(r, nan_x | nan_y, _mm512_set1_epi8(0x7f));
+    return _mm512_mask_mov_epi8(_mm512_set1_epi8(0x7f), ok, r);
 }
 
 static inline __m512i nan_e5m2(__m512i r, __m512i x, __m512i y)
@@ -118,7 +132,7 @@ static inline __m512h mul_e4m3(__m512h x, __m512h y)
         __m512i y  = _mm512_maskz_loadu_epi8(k, b);                                                \
         __m512i lo = enc_##fmt(OP(dec_##fmt(hi_lo(x)), dec_##fmt(hi_lo(y))));                      \
         __m512i hi = enc_##fmt(OP(dec_##fmt(hi_hi(x)), dec_##fmt(hi_hi(y))));                      \
-        _mm512_mask_storeu_epi8(d, k, nan_##fmt(_mm512_packus_epi16(lo, hi), x, y));               \
+        _mm512_mask_storeu_epi8(d, k, nan_##fmt(pack_hi(lo, hi), x, y));                           \
     }                                                                                              \
     static void fmt##_##opname##_fp16(void *d, const void *a, const void *b, size_t n)             \
     {                                                                                              \
@@ -202,7 +216,7 @@ static inline __m512h avg_e4m3(__m512h x, __m512h y, __m512h sc)
         __m512i y  = _mm512_maskz_loadu_epi8(k, b);                                                \
         __m512i lo = enc_##fmt(avg_##fmt(dec_##fmt(hi_lo(x)), dec_##fmt(hi_lo(y)), sc));           \
         __m512i hi = enc_##fmt(avg_##fmt(dec_##fmt(hi_hi(x)), dec_##fmt(hi_hi(y)), sc));           \
-        _mm512_mask_storeu_epi8(d, k, nan_##fmt(_mm512_packus_epi16(lo, hi), x, y));               \
+        _mm512_mask_storeu_epi8(d, k, nan_##fmt(pack_hi(lo, hi), x, y));                           \
     }                                                                                              \
     static void fmt##_avg_fp16(void *d, const void *a, const void *b, size_t n, float div)         \
     {                                                                                              \

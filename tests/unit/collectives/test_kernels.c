@@ -667,7 +667,7 @@ Test(kernels, scalar_and_avx512_kernels_agree_bitwise, .timeout = 60)
 Test(kernels, every_datatype_and_op_matches_reference_avx512fp16, .timeout = 60)
 {
     if (!fx_coll_kset_available(FX_KSET_AVX512FP16)) {
-        cr_skip_test("this CPU has no AVX-512 FP16");
+        cr_skip_test("this CPU has no AVX-512 FP16 and VBMI");
     }
     use(FX_KSET_AVX512FP16);
     cr_assert_str_eq(fx_coll_kernel_isa(), "avx512fp16");
@@ -769,7 +769,8 @@ Test(kernels, selecting_a_kernel_set_follows_cpu_features, .timeout = 10)
                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
                      __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"));
     cr_expect_eq(fx_coll_kset_available(FX_KSET_AVX512FP16),
-                 fx_coll_kset_available(FX_KSET_AVX512) && __builtin_cpu_supports("avx512fp16"));
+                 fx_coll_kset_available(FX_KSET_AVX512) && __builtin_cpu_supports("avx512fp16") &&
+                     __builtin_cpu_supports("avx512vbmi"));
     cr_expect(!fx_coll_kset_parse("avx9", &set));
     cr_expect(!fx_coll_kset_parse(NULL, &set));
     cr_expect_eq(fx_coll_kernels_select(FX_KSET_COUNT, NULL, 0), FX_ERR_INVALID_ARG);
