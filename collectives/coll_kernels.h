@@ -91,6 +91,19 @@ void fx_coll_stream_add_avx2(float *a, const float *b, size_t n);
 void fx_coll_stream_add_avx512(float *a, const float *b, size_t n);
 fx_stream_add_fn fx_coll_stream_add(void);
 
+/*
+ * Software prefetch of both inputs this many bytes ahead, at the top of each vector loop: the
+ * hardware prefetchers alone leave the kernels short of the bandwidth a plain fp32 loop gets
+ * (measured with fx-kernels on arrays larger than the last-level cache).
+ */
+#define FX_COLL_PREFETCH_BYTES 4096
+
+static inline void fx_coll_prefetch2(const void *a, const void *b)
+{
+    __builtin_prefetch((const void *)((uintptr_t)a + FX_COLL_PREFETCH_BYTES), 0, 3);
+    __builtin_prefetch((const void *)((uintptr_t)b + FX_COLL_PREFETCH_BYTES), 0, 3);
+}
+
 /* Scalar conversions (round to nearest-even, NaN kept quiet, overflow to infinity). */
 float fx_half_to_float(uint16_t h);
 uint16_t fx_float_to_half(float f);

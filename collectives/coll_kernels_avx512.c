@@ -16,6 +16,7 @@
         const uint16_t *aa = a, *bb = b;                                                           \
         size_t i = 0;                                                                              \
         for (; i + 16 <= n; i += 16) {                                                             \
+            fx_coll_prefetch2(aa + i, bb + i);                                                     \
             __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(aa + i)));             \
             __m512 y = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(bb + i)));             \
             _mm256_storeu_si256((__m256i *)(dd + i),                                               \
@@ -114,6 +115,7 @@ static inline __m512i enc_e5m2(__m512 f)
         const uint8_t *aa = a, *bb = b;                                                            \
         size_t i = 0;                                                                              \
         for (; i + 16 <= n; i += 16) {                                                             \
+            fx_coll_prefetch2(aa + i, bb + i);                                                     \
             __m512 x = ld_##fmt(aa + i, 0xffff);                                                   \
             __m512 y = ld_##fmt(bb + i, 0xffff);                                                   \
             _mm_storeu_si128((__m128i *)(dd + i), _mm512_cvtepi32_epi8(enc_##fmt(VEXPR)));         \
@@ -190,6 +192,7 @@ static inline void bf16_pairs(uint16_t *dd, const uint16_t *aa, const uint16_t *
     size_t i = 0;
 
     for (; i + 32 <= n; i += 32) {
+        fx_coll_prefetch2(aa + i, bb + i);
         __m512i r = bf_pair_op(_mm512_loadu_si512(aa + i), _mm512_loadu_si512(bb + i), op, v);
         _mm512_storeu_si512(dd + i, r);
     }
@@ -241,6 +244,7 @@ static void bf16_prod_avx512(void *d, const void *a, const void *b, size_t n)
         const uint##W##_t *aa = a, *bb = b;                                                        \
         size_t i = 0;                                                                              \
         for (; i + lanes <= n; i += lanes) {                                                       \
+            fx_coll_prefetch2(aa + i, bb + i);                                                     \
             name##_block(dd + i, aa + i, bb + i, (MASKT) ~(MASKT)0);                               \
         }                                                                                          \
         if (i < n) {                                                                               \
@@ -321,11 +325,13 @@ static inline void st_f32(float *p, __mmask16 k, __m512 v)
         __m512 v;                                                                                  \
         if (pow2_div(div, &v)) {                                                                   \
             for (; i + 16 <= n; i += 16) {                                                         \
+                fx_coll_prefetch2(aa + i, bb + i);                                                 \
                 __m512 s = _mm512_add_ps(ld_##tag(aa + i, 0xffff), ld_##tag(bb + i, 0xffff));      \
                 st_##tag(dd + i, 0xffff, _mm512_mul_ps(s, v));                                     \
             }                                                                                      \
         } else {                                                                                   \
             for (; i + 16 <= n; i += 16) {                                                         \
+                fx_coll_prefetch2(aa + i, bb + i);                                                 \
                 __m512 s = _mm512_add_ps(ld_##tag(aa + i, 0xffff), ld_##tag(bb + i, 0xffff));      \
                 st_##tag(dd + i, 0xffff, _mm512_div_ps(s, _mm512_set1_ps(div)));                   \
             }                                                                                      \

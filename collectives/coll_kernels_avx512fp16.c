@@ -140,6 +140,7 @@ static inline __m512h mul_e4m3(__m512h x, __m512h y)
         const uint8_t *aa = a, *bb = b;                                                            \
         size_t i = 0;                                                                              \
         for (; i + 64 <= n; i += 64) {                                                             \
+            fx_coll_prefetch2(aa + i, bb + i);                                                     \
             fmt##_##opname##_block(dd + i, aa + i, bb + i, ~(__mmask64)0);                         \
         }                                                                                          \
         if (i < n) {                                                                               \
@@ -168,6 +169,7 @@ FP8_FP16_KERNEL(e4m3, prod, mul_e4m3)
         const uint16_t *aa = a, *bb = b;                                                           \
         size_t i = 0;                                                                              \
         for (; i + 32 <= n; i += 32) {                                                             \
+            fx_coll_prefetch2(aa + i, bb + i);                                                     \
             f16_##opname##_block(dd + i, aa + i, bb + i, ~(__mmask32)0);                           \
         }                                                                                          \
         if (i < n) {                                                                               \
@@ -230,6 +232,7 @@ static inline __m512h avg_e4m3(__m512h x, __m512h y, __m512h sc)
             return;                                                                                \
         }                                                                                          \
         for (; i + 64 <= n; i += 64) {                                                             \
+            fx_coll_prefetch2(aa + i, bb + i);                                                     \
             fmt##_avg_block(dd + i, aa + i, bb + i, ~(__mmask64)0, sc);                            \
         }                                                                                          \
         if (i < n) {                                                                               \
