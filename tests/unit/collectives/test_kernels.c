@@ -743,6 +743,106 @@ Test(kernels, fp8_every_pair_of_codes_matches_reference_in_every_set, .timeout =
     }
 }
 
+/* Operands for one fp16 or bf16 check: every pair of special values and of values whose sum
+ * is a tie (1 + half an ulp, its neighbours, subnormal + subnormal), then random bit patterns.
+ * Returns the number of elements written. */
+static size_t lowp_operands(fx_datatype dt, uint16_t *a, uint16_t *b, size_t cap)
+{
+    static const uint16_t f16_ties[]  = {0x3c00, 0x1000, 0x3c01, 0x1001, 0x0fff, 0x0200, 0x83ff};
+    static const uint16_t bf16_ties[] = {0x3f80, 0x3b80, 0x3f81, 0x3b81, 0x3b7f, 0x0040, 0x807f};
+    const uint16_t *ties              = dt == FX_FLOAT16 ? f16_ties : bf16_ties;
+    uint16_t vals[32];
+    uint64_t sp[16];
+    size_t nsp = specials(dt, sp);
+    size_t nv  = 0;
+    size_t n   = 0;
+
+    for (size_t i = 0; i < nsp; i++) {
+        vals[nv++] = (uint16_t)sp[i];
+    }
+    for (size_t i = 0; i < 7; i++) {
+        vals[nv++] = ties[i];
+        vals[nv++] = (uint16_t)(ties[i] ^ 0x8000);
+    }
+    for (size_t i = 0; i < nv; i++) {
+        for (size_t j = 0; j < nv; j++) {
+            a[n]   = vals[i];
+            b[n++] = vals[j];
+        }
+    }
+    while (n < cap) {
+        a[n]   = (uint16_t)rnd();
+        b[n++] = (uint16_t)rnd();
+    }
+    return n;
+}
+
+/* One fp16/bf16 op of the set in use on n elements from unaligned (odd byte) pointers against
+ * the reference; returns the number of wrong elements. */
+static size_t lowp_check(fx_datatype dt, int op, int nranks, const uint16_t *a0, const uint16_t *b0,
+                         size_t n, size_t off)
+{
+    static uint8_t abuf[2 * 70000 + 16], bbuf[2 * 70000 + 16], dbuf[2 * 70000 + 16];
+    uint8_t *a   = abuf + 1 + off;
+    uint8_t *b   = bbuf + 3 + off;
+    uint8_t *d   = dbuf + 5 + off;
+    size_t wrong = 0;
+
+    memcpy(a, a0, n * 2);
+    memcpy(b, b0, n * 2);
+    fx_coll_reduce_final(d, a, b, n, dt, (fx_op)op, nranks);
+    for (size_t i = 0; i < n; i++) {
+        bool any_nan;
+        uint64_t want = ref_elem(dt, a0[i], b0[i], op, nranks, &any_nan);
+        uint64_t got  = load_bits(d, i, 2);
+
+        if (any_nan ? !elem_is_nan(dt, got) : got != want) {
+            if (wrong++ < 4) {
+                cr_log_error("%s %s (%s, %d ranks) n=%zu: %#06x, %#06x gives %#06llx, want %#06llx",
+                             fx_datatype_name(dt), op_names[op], fx_coll_kernel_isa(), nranks, n,
+                             a0[i], b0[i], (unsigned long long)got, (unsigned long long)want);
+            }
+        }
+    }
+    return wrong;
+}
+
+/* fp16 and bf16 in every kernel set: all pairs of special and tie values plus 65536 random
+ * pairs in one call, and the same data at tail lengths, from unaligned pointers, every op (AVG
+ * over 2, 3, 4 and 2^20 ranks). */
+Test(kernels, fp16_bf16_specials_ties_and_random_match_reference_in_every_set, .timeout = 120)
+{
+    static const size_t tails[]    = {0, 1, 7, 31, 33, 1023};
+    static const int ranks[]       = {2, 3, 4, 1 << 20};
+    static const fx_datatype dts[] = {FX_FLOAT16, FX_BFLOAT16};
+    static uint16_t a[70000], b[70000];
+
+    for (int set = FX_KSET_SCALAR; set < FX_KSET_COUNT; set++) {
+        if (!fx_coll_kset_available((enum fx_coll_kset)set)) {
+            continue;
+        }
+        use((enum fx_coll_kset)set);
+        for (size_t t = 0; t < 2; t++) {
+            size_t n = lowp_operands(dts[t], a, b, 70000);
+
+            for (int op = 0; op < FX_NUM_OPS; op++) {
+                size_t nr    = op == FX_AVG ? sizeof(ranks) / sizeof(ranks[0]) : 1;
+                size_t wrong = 0;
+
+                for (size_t r = 0; r < nr; r++) {
+                    wrong += lowp_check(dts[t], op, ranks[r], a, b, n, r);
+                    for (size_t l = 0; l < sizeof(tails) / sizeof(tails[0]); l++) {
+                        wrong +=
+                            lowp_check(dts[t], op, ranks[r], a + l * 97, b + l * 97, tails[l], l);
+                    }
+                }
+                cr_expect_eq(wrong, 0, "%s %s (%s kernels): %zu wrong", fx_datatype_name(dts[t]),
+                             op_names[op], fx_coll_kernel_isa(), wrong);
+            }
+        }
+    }
+}
+
 /* A set is selectable exactly when the CPU has its features; otherwise the error names one. */
 Test(kernels, selecting_a_kernel_set_follows_cpu_features, .timeout = 10)
 {
