@@ -223,6 +223,8 @@ static fx_avg_fn avg_kernel(fx_datatype dtype)
         return avg_fp16[dtype];
     case FX_KSET_AVX512:
         return fx_coll_avg_avx512()[dtype];
+    case FX_KSET_AVX2:
+        return fx_coll_avg_avx2()[dtype];
     default:
         return NULL;
     }

@@ -72,10 +72,11 @@ const fx_reduce_fn (*fx_coll_kernels_avx2(void))[4];
 const fx_reduce_fn (*fx_coll_kernels_avx512(void))[4];
 /*
  * The last step of FX_AVG for one datatype: dst[i] = (a[i] + b[i]) / div with div =
- * (float)nranks, as fx_coll_reduce_final defines it. fx_coll_avg_avx512 gives them per
- * datatype, NULL where the set has none (the generic code then runs).
+ * (float)nranks, as fx_coll_reduce_final defines it. fx_coll_avg_avx2 and fx_coll_avg_avx512
+ * give them per datatype, NULL where the set has none (the generic code then runs).
  */
 typedef void (*fx_avg_fn)(void *dst, const void *a, const void *b, size_t n, float div);
+const fx_avg_fn *fx_coll_avg_avx2(void);
 const fx_avg_fn *fx_coll_avg_avx512(void);
 /* Replaces the entries of a copy of the AVX-512 table that binary16 arithmetic computes
  * faster (coll_kernels_avx512fp16.c); call only where the CPU has AVX-512 FP16. */
