@@ -843,6 +843,49 @@ Test(kernels, fp16_bf16_specials_ties_and_random_match_reference_in_every_set, .
     }
 }
 
+/* The AVX-512 FP16 set's fp16 SUM and PROD (binary16 arithmetic) against the AVX-512 set's
+ * (fp32, then one rounding: checked against the reference above) for all 2^32 operand pairs;
+ * where one gives a NaN the other must too. */
+Test(kernels, fp16_binary16_sum_and_prod_equal_fp32_rounding_for_all_pairs, .timeout = 240)
+{
+    static uint16_t a[65536], b[65536], d1[65536], d2[65536];
+    static const fx_op ops[] = {FX_SUM, FX_PROD};
+
+    if (!fx_coll_kset_available(FX_KSET_AVX512FP16)) {
+        cr_skip_test("this CPU has no AVX-512 FP16 and VBMI");
+    }
+    for (uint32_t i = 0; i < 65536; i++) {
+        b[i] = (uint16_t)i;
+    }
+    for (size_t o = 0; o < 2; o++) {
+        fx_reduce_fn f32_path, f16_path;
+        size_t wrong = 0;
+
+        use(FX_KSET_AVX512);
+        f32_path = fx_coll_reduce_fn(FX_FLOAT16, ops[o]);
+        use(FX_KSET_AVX512FP16);
+        f16_path = fx_coll_reduce_fn(FX_FLOAT16, ops[o]);
+        for (uint32_t x = 0; x < 65536; x++) {
+            for (uint32_t i = 0; i < 65536; i++) {
+                a[i] = (uint16_t)x;
+            }
+            f32_path(d1, a, b, 65536);
+            f16_path(d2, a, b, 65536);
+            if (memcmp(d1, d2, sizeof(d1)) == 0) {
+                continue;
+            }
+            for (uint32_t i = 0; i < 65536; i++) {
+                if (d1[i] != d2[i] && !(lowp_is_nan(HALF, d1[i]) && lowp_is_nan(HALF, d2[i])) &&
+                    wrong++ < 4) {
+                    cr_log_error("fp16 %s %#06x, %#06x: fp32 path %#06x, binary16 %#06x",
+                                 op_names[ops[o]], x, i, d1[i], d2[i]);
+                }
+            }
+        }
+        cr_expect_eq(wrong, 0, "fp16 %s: %zu of 2^32 pairs differ", op_names[ops[o]], wrong);
+    }
+}
+
 /* A set is selectable exactly when the CPU has its features; otherwise the error names one. */
 Test(kernels, selecting_a_kernel_set_follows_cpu_features, .timeout = 10)
 {
