@@ -1,6 +1,7 @@
 /*
- * The AVX-512 FP16 kernel set: the AVX-512 set with the fp8 and fp16 SUM and PROD kernels
- * replaced by binary16 arithmetic on 32 lanes, where it gives the bits of the fp32 reference.
+ * The AVX-512 FP16 kernel set (AVX-512 FP16 and VBMI): the AVX-512 set with the fp8 and fp16
+ * SUM and PROD kernels, and fp8 AVG over some power-of-two rank counts, replaced by binary16
+ * arithmetic on 32 lanes, where it gives the bits of the fp32 reference.
  *
  * Why the results agree: rounding first to a format of p' bits and then to one of p bits gives
  * the same result as rounding once, for the sum or product of two p-bit numbers, whenever
@@ -11,7 +12,7 @@
  * sums and products (one operand rescaled) stay within binary16's normal range or in its
  * subnormal range on a grid 2^7 times finer than e4m3's; binary16 products of fp8 values too
  * small for its subnormals round to zero in fp8 either way. The unit tests check every pair of
- * fp8 codes for every op.
+ * fp8 codes for every op, and all 2^32 pairs of fp16 operands for SUM and PROD.
  */
 #include <immintrin.h>
 #include <stdint.h>
