@@ -106,34 +106,143 @@ static inline __m512i enc_e5m2(__m512 f)
     return _mm512_or_si512(v, sign8(f));
 }
 
-/* fp8, 16 lanes at a time; the tail through the same instructions with masked loads and
- * stores. */
-#define FP8_512_KERNEL(fmt, opname, VEXPR)                                                         \
+/*
+ * fp8 SUM and PROD, 64 lanes at a time: the codes widened to binary16 by byte unpacks (e5m2 is
+ * the top byte of a binary16; e4m3 its value times 2^-8, one bit lower, as in
+ * coll_kernels_avx512fp16.c), converted to fp32 exactly, the op in fp32, the result rounded to
+ * binary16 to odd (toward zero, then the lsb set where that was inexact) and from there to fp8
+ * to nearest-even in 16-bit lanes. Rounding to odd and then to nearest gives the nearest when
+ * the first format keeps at least two more bits, and binary16 keeps 7 or more below fp8's lsb
+ * everywhere, subnormals included; toward zero it stops at 65504, which e5m2 rounds to
+ * infinity as it would the fp32 value. The unit tests check every pair of codes.
+ */
+static inline __m512i w16(int v)
+{
+    return _mm512_set1_epi16((short)v);
+}
+
+static inline __m512i dec16_e5m2(__m512i w)
+{
+    return w;
+}
+
+static inline __m512i dec16_e4m3(__m512i w)
+{
+    return _mm512_and_si512(_mm512_srai_epi16(w, 1), w16(0xbfff));
+}
+
+/* 16 fp32 values to binary16, rounded to odd (a NaN stays a NaN). */
+static inline __m256i ro16(__m512 r)
+{
+    __m256i h     = _mm512_cvtps_ph(r, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __mmask16 inx = _mm512_cmp_ps_mask(_mm512_cvtph_ps(h), r, _CMP_NEQ_UQ);
+
+    return _mm256_mask_mov_epi16(h, inx, _mm256_or_si256(h, _mm256_set1_epi16(1)));
+}
+
+/* To nearest-even on the low 8 bits: the e5m2 code in the high byte. A NaN rounded to odd has
+ * at most its lsb set in the low byte, so no carry leaves it. */
+static inline __m512i enc16_e5m2(__m512i h)
+{
+    __m512i t = _mm512_add_epi16(h, w16(0x7f));
+
+    return _mm512_mask_add_epi16(t, _mm512_test_epi16_mask(h, w16(0x100)), t, w16(1));
+}
+
+/* From value * 2^-8: saturate the magnitude at 448 (0x3f00 here), round the low 7 bits to
+ * nearest-even, move the magnitude up one bit under the sign: the e4m3 code in the high byte. */
+static inline __m512i enc16_e4m3(__m512i h)
+{
+    __m512i m = _mm512_min_epu16(_mm512_and_si512(h, w16(0x7fff)), w16(0x3f00));
+    __m512i t = _mm512_add_epi16(m, w16(0x3f));
+
+    t = _mm512_mask_add_epi16(t, _mm512_test_epi16_mask(m, w16(0x80)), t, w16(1));
+    return _mm512_ternarylogic_epi32(_mm512_slli_epi16(t, 1), h, w16(0x8000), 0xd8);
+}
+
+/* e4m3 has no infinity: a result is NaN exactly when an operand is (S.1111.111). */
+static inline __m512i nan8_e4m3(__m512i r, __m512i x, __m512i y)
+{
+    __m512i top    = _mm512_set1_epi8((char)0x80);
+    __m512i ones   = _mm512_set1_epi8((char)0xff);
+    __mmask64 ok_x = _mm512_cmpneq_epi8_mask(_mm512_or_si512(x, top), ones);
+    __mmask64 ok   = _mm512_mask_cmpneq_epi8_mask(ok_x, _mm512_or_si512(y, top), ones);
+
+    return _mm512_mask_mov_epi8(_mm512_set1_epi8(0x7f), ok, r);
+}
+
+static inline __m512i nan8_e5m2(__m512i r, __m512i x, __m512i y)
+{
+    (void)x;
+    (void)y;
+    return r;
+}
+
+static inline __m512 add_ps(__m512 x, __m512 y)
+{
+    return _mm512_add_ps(x, y);
+}
+
+static inline __m512 mul_ps(__m512 x, __m512 y)
+{
+    return _mm512_mul_ps(x, y);
+}
+
+/* Both operands are value * 2^-8: rescale one so the product is value * 2^-8 again. */
+static inline __m512 mul_e4m3(__m512 x, __m512 y)
+{
+    return _mm512_mul_ps(x, _mm512_mul_ps(y, _mm512_set1_ps(256.0f)));
+}
+
+/* 32 codes (in the high bytes of 16-bit lanes) of each operand through OP; 16-bit lanes with
+ * the result codes in their high bytes. */
+#define FP8_512_HALF(fmt, opname, OP)                                                              \
+    static inline __m512i fmt##_##opname##_half(__m512i wx, __m512i wy)                            \
+    {                                                                                              \
+        __m512i hx = dec16_##fmt(wx);                                                              \
+        __m512i hy = dec16_##fmt(wy);                                                              \
+        __m512 xl  = _mm512_cvtph_ps(_mm512_castsi512_si256(hx));                                  \
+        __m512 xh  = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hx, 1));                            \
+        __m512 yl  = _mm512_cvtph_ps(_mm512_castsi512_si256(hy));                                  \
+        __m512 yh  = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hy, 1));                            \
+        __m256i rl = ro16(OP(xl, yl));                                                             \
+        __m256i rh = ro16(OP(xh, yh));                                                             \
+        return enc16_##fmt(_mm512_inserti64x4(_mm512_castsi256_si512(rl), rh, 1));                 \
+    }
+
+#define FP8_512_KERNEL(fmt, opname, OP)                                                            \
+    FP8_512_HALF(fmt, opname, OP)                                                                  \
+    static inline void fmt##_##opname##_block(uint8_t *d, const uint8_t *a, const uint8_t *b,      \
+                                              __mmask64 k)                                         \
+    {                                                                                              \
+        __m512i z = _mm512_setzero_si512();                                                        \
+        __m512i x = _mm512_maskz_loadu_epi8(k, a);                                                 \
+        __m512i y = _mm512_maskz_loadu_epi8(k, b);                                                 \
+        __m512i lo =                                                                               \
+            fmt##_##opname##_half(_mm512_unpacklo_epi8(z, x), _mm512_unpacklo_epi8(z, y));         \
+        __m512i hi =                                                                               \
+            fmt##_##opname##_half(_mm512_unpackhi_epi8(z, x), _mm512_unpackhi_epi8(z, y));         \
+        __m512i r = _mm512_packus_epi16(_mm512_srli_epi16(lo, 8), _mm512_srli_epi16(hi, 8));       \
+        _mm512_mask_storeu_epi8(d, k, nan8_##fmt(r, x, y));                                        \
+    }                                                                                              \
     static void fmt##_##opname##_avx512(void *d, const void *a, const void *b, size_t n)           \
     {                                                                                              \
         uint8_t *dd       = d;                                                                     \
         const uint8_t *aa = a, *bb = b;                                                            \
         size_t i = 0;                                                                              \
-        for (; i + 16 <= n; i += 16) {                                                             \
+        for (; i + 64 <= n; i += 64) {                                                             \
             fx_coll_prefetch2(aa + i, bb + i);                                                     \
-            __m512 x = ld_##fmt(aa + i, 0xffff);                                                   \
-            __m512 y = ld_##fmt(bb + i, 0xffff);                                                   \
-            _mm_storeu_si128((__m128i *)(dd + i), _mm512_cvtepi32_epi8(enc_##fmt(VEXPR)));         \
+            fmt##_##opname##_block(dd + i, aa + i, bb + i, ~(__mmask64)0);                         \
         }                                                                                          \
         if (i < n) {                                                                               \
-            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);                                        \
-            __m512 x    = ld_##fmt(aa + i, k);                                                     \
-            __m512 y    = ld_##fmt(bb + i, k);                                                     \
-            _mm512_mask_cvtepi32_storeu_epi8(dd + i, k, enc_##fmt(VEXPR));                         \
+            fmt##_##opname##_block(dd + i, aa + i, bb + i, ((__mmask64)1 << (n - i)) - 1);         \
         }                                                                                          \
     }
 
-#define FP8_512_KERNELS(fmt)                                                                       \
-    FP8_512_KERNEL(fmt, sum, _mm512_add_ps(x, y))                                                  \
-    FP8_512_KERNEL(fmt, prod, _mm512_mul_ps(x, y))
-
-FP8_512_KERNELS(e4m3)
-FP8_512_KERNELS(e5m2)
+FP8_512_KERNEL(e5m2, sum, add_ps)
+FP8_512_KERNEL(e5m2, prod, mul_ps)
+FP8_512_KERNEL(e4m3, sum, add_ps)
+FP8_512_KERNEL(e4m3, prod, mul_e4m3)
 
 /*
  * bf16 SUM, PROD and AVG on 32 lanes: a 32-bit lane holds two bf16 values, the even one widened
