@@ -1,5 +1,6 @@
-/* The AVX-512 (F, BW, VL) kernel set: the shared loops compiled for 512-bit vectors, and fp16
- * through the AVX-512F half conversions with masked tails. */
+/* The AVX-512 (F, BW, VL) kernel set: the shared loops compiled for 512-bit vectors, and
+ * explicit fp16, bf16 and fp8 kernels (SUM, PROD, AVG; MIN and MAX as integer compares) with
+ * masked tails. */
 #include <immintrin.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -34,80 +35,14 @@
 F16_512_KERNEL(sum, _mm512_add_ps(x, y))
 F16_512_KERNEL(prod, _mm512_mul_ps(x, y))
 
-/* The fp8 and bf16 conversions of coll_kernels_fp8_inl.h and coll_kernels_inl.h on 16 lanes:
- * the same integer and fp32 operations, so the results are bitwise those of the scalar set. */
+/* 32-bit lanes all set to v. */
 static inline __m512i vset(uint32_t v)
 {
     return _mm512_set1_epi32((int)v);
 }
 
-/* e5m2 is the top byte of a binary16: decode through the half conversion (exact; a NaN comes
- * out quiet, its payload aside as the scalar decode). */
-static inline __m512 ld_e5m2(const uint8_t *p, __mmask16 k)
-{
-    __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(k, p)), 8);
-
-    return _mm512_cvtph_ps(h);
-}
-
-/* e4m3 placed in a binary16 as the value times 2^-8 (sign to bit 15, exponent and mantissa
- * below it; e4m3 subnormals become binary16 subnormals), NaN made a binary16 NaN, then
- * converted and scaled back: exact, and cheaper than rebuilding the fp32 bits. */
-static inline __m512 ld_e4m3(const uint8_t *p, __mmask16 k)
-{
-    __m256i sx    = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(k, p));
-    __m256i h     = _mm256_and_si256(_mm256_slli_epi16(sx, 7), _mm256_set1_epi16((short)0xbf80));
-    __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)),
-                                            _mm256_set1_epi16(0x3f80));
-
-    h = _mm256_mask_mov_epi16(h, nan, _mm256_or_si256(h, _mm256_set1_epi16(0x7e00)));
-    return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f));
-}
-
-/* Round-to-nearest-even magnitude code shared by both formats (ax = |x| bits): sh is the
- * mantissa shift (20 or 21), the other arguments the format's constants as in
- * coll_kernels_fp8_inl.h. */
-static inline __m512i enc_fp8(__m512i ax, int sh, uint32_t rebias, float magic, uint32_t magic_bits,
-                              uint32_t sub_lim)
-{
-    __m512i odd  = _mm512_and_si512(_mm512_srli_epi32(ax, sh), vset(1));
-    __m512i half = vset((1u << (sh - 1)) - 1);
-    __m512i norm = _mm512_sub_epi32(
-        _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(ax, half), odd), sh), vset(rebias));
-    __m512i sub = _mm512_sub_epi32(
-        _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(ax), _mm512_set1_ps(magic))),
-        vset(magic_bits));
-
-    return _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(ax, vset(sub_lim)), norm, sub);
-}
-
-static inline __m512i sign8(__m512 f)
-{
-    return _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(f), 24), vset(0x80));
-}
-
-static inline __m512i enc_e4m3(__m512 f)
-{
-    __m512i ax = _mm512_and_si512(_mm512_castps_si512(f), vset(0x7fffffffu));
-    __m512i v  = enc_fp8(ax, 20, 120u << 3, 0x1p14f, 0x46800000u, 0x3c800000u);
-
-    v = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x43e00000u)), v, vset(0x7e));
-    v = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x7f800000u)), v, vset(0x7f));
-    return _mm512_or_si512(v, sign8(f));
-}
-
-static inline __m512i enc_e5m2(__m512 f)
-{
-    __m512i ax = _mm512_and_si512(_mm512_castps_si512(f), vset(0x7fffffffu));
-    __m512i v  = enc_fp8(ax, 21, 112u << 2, 0x1p7f, 0x43000000u, 0x38800000u);
-
-    v = _mm512_mask_blend_epi32(_mm512_cmpge_epi32_mask(ax, vset(0x47700000u)), v, vset(0x7c));
-    v = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(ax, vset(0x7f800000u)), v, vset(0x7e));
-    return _mm512_or_si512(v, sign8(f));
-}
-
 /*
- * fp8 SUM and PROD, 64 lanes at a time: the codes widened to binary16 by byte unpacks (e5m2 is
+ * fp8 SUM, PROD and AVG, 64 lanes at a time: the codes widened to binary16 by byte unpacks (e5m2 is
  * the top byte of a binary16; e4m3 its value times 2^-8, one bit lower, as in
  * coll_kernels_avx512fp16.c), converted to fp32 exactly, the op in fp32, the result rounded to
  * binary16 to odd (toward zero, then the lsb set where that was inexact) and from there to fp8
@@ -178,26 +113,42 @@ static inline __m512i nan8_e5m2(__m512i r, __m512i x, __m512i y)
     return r;
 }
 
-static inline __m512 add_ps(__m512 x, __m512 y)
+/* The ops of the fp8 kernels; v is the AVG divisor or its reciprocal. */
+static inline __m512 add_ps(__m512 x, __m512 y, __m512 v)
 {
+    (void)v;
     return _mm512_add_ps(x, y);
 }
 
-static inline __m512 mul_ps(__m512 x, __m512 y)
+static inline __m512 mul_ps(__m512 x, __m512 y, __m512 v)
 {
+    (void)v;
     return _mm512_mul_ps(x, y);
 }
 
 /* Both operands are value * 2^-8: rescale one so the product is value * 2^-8 again. */
-static inline __m512 mul_e4m3(__m512 x, __m512 y)
+static inline __m512 mul_e4m3(__m512 x, __m512 y, __m512 v)
 {
+    (void)v;
     return _mm512_mul_ps(x, _mm512_mul_ps(y, _mm512_set1_ps(256.0f)));
+}
+
+/* AVG: the fp32 sum is exact or the reference's own rounding, and scaling by 2^-8 commutes with
+ * the division (no fp32 subnormal is reached from fp8 operands). */
+static inline __m512 avg_mul(__m512 x, __m512 y, __m512 v)
+{
+    return _mm512_mul_ps(_mm512_add_ps(x, y), v);
+}
+
+static inline __m512 avg_div(__m512 x, __m512 y, __m512 v)
+{
+    return _mm512_div_ps(_mm512_add_ps(x, y), v);
 }
 
 /* 32 codes (in the high bytes of 16-bit lanes) of each operand through OP; 16-bit lanes with
  * the result codes in their high bytes. */
 #define FP8_512_HALF(fmt, opname, OP)                                                              \
-    static inline __m512i fmt##_##opname##_half(__m512i wx, __m512i wy)                            \
+    static inline __m512i fmt##_##opname##_half(__m512i wx, __m512i wy, __m512 v)                  \
     {                                                                                              \
         __m512i hx = dec16_##fmt(wx);                                                              \
         __m512i hy = dec16_##fmt(wy);                                                              \
@@ -205,44 +156,54 @@ static inline __m512 mul_e4m3(__m512 x, __m512 y)
         __m512 xh  = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hx, 1));                            \
         __m512 yl  = _mm512_cvtph_ps(_mm512_castsi512_si256(hy));                                  \
         __m512 yh  = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hy, 1));                            \
-        __m256i rl = ro16(OP(xl, yl));                                                             \
-        __m256i rh = ro16(OP(xh, yh));                                                             \
+        __m256i rl = ro16(OP(xl, yl, v));                                                          \
+        __m256i rh = ro16(OP(xh, yh, v));                                                          \
         return enc16_##fmt(_mm512_inserti64x4(_mm512_castsi256_si512(rl), rh, 1));                 \
     }
 
-#define FP8_512_KERNEL(fmt, opname, OP)                                                            \
+#define FP8_512_BLOCK(fmt, opname, OP)                                                             \
     FP8_512_HALF(fmt, opname, OP)                                                                  \
     static inline void fmt##_##opname##_block(uint8_t *d, const uint8_t *a, const uint8_t *b,      \
-                                              __mmask64 k)                                         \
+                                              __mmask64 k, __m512 v)                               \
     {                                                                                              \
         __m512i z = _mm512_setzero_si512();                                                        \
         __m512i x = _mm512_maskz_loadu_epi8(k, a);                                                 \
         __m512i y = _mm512_maskz_loadu_epi8(k, b);                                                 \
         __m512i lo =                                                                               \
-            fmt##_##opname##_half(_mm512_unpacklo_epi8(z, x), _mm512_unpacklo_epi8(z, y));         \
+            fmt##_##opname##_half(_mm512_unpacklo_epi8(z, x), _mm512_unpacklo_epi8(z, y), v);      \
         __m512i hi =                                                                               \
-            fmt##_##opname##_half(_mm512_unpackhi_epi8(z, x), _mm512_unpackhi_epi8(z, y));         \
+            fmt##_##opname##_half(_mm512_unpackhi_epi8(z, x), _mm512_unpackhi_epi8(z, y), v);      \
         __m512i r = _mm512_packus_epi16(_mm512_srli_epi16(lo, 8), _mm512_srli_epi16(hi, 8));       \
         _mm512_mask_storeu_epi8(d, k, nan8_##fmt(r, x, y));                                        \
     }                                                                                              \
-    static void fmt##_##opname##_avx512(void *d, const void *a, const void *b, size_t n)           \
+    static void fmt##_##opname##_loop(uint8_t *dd, const uint8_t *aa, const uint8_t *bb, size_t n, \
+                                      __m512 v)                                                    \
     {                                                                                              \
-        uint8_t *dd       = d;                                                                     \
-        const uint8_t *aa = a, *bb = b;                                                            \
         size_t i = 0;                                                                              \
         for (; i + 64 <= n; i += 64) {                                                             \
             fx_coll_prefetch2(aa + i, bb + i);                                                     \
-            fmt##_##opname##_block(dd + i, aa + i, bb + i, ~(__mmask64)0);                         \
+            fmt##_##opname##_block(dd + i, aa + i, bb + i, ~(__mmask64)0, v);                      \
         }                                                                                          \
         if (i < n) {                                                                               \
-            fmt##_##opname##_block(dd + i, aa + i, bb + i, ((__mmask64)1 << (n - i)) - 1);         \
+            fmt##_##opname##_block(dd + i, aa + i, bb + i, ((__mmask64)1 << (n - i)) - 1, v);      \
         }                                                                                          \
+    }
+
+#define FP8_512_KERNEL(fmt, opname, OP)                                                            \
+    FP8_512_BLOCK(fmt, opname, OP)                                                                 \
+    static void fmt##_##opname##_avx512(void *d, const void *a, const void *b, size_t n)           \
+    {                                                                                              \
+        fmt##_##opname##_loop(d, a, b, n, _mm512_setzero_ps());                                    \
     }
 
 FP8_512_KERNEL(e5m2, sum, add_ps)
 FP8_512_KERNEL(e5m2, prod, mul_ps)
 FP8_512_KERNEL(e4m3, sum, add_ps)
 FP8_512_KERNEL(e4m3, prod, mul_e4m3)
+FP8_512_BLOCK(e5m2, avgm, avg_mul)
+FP8_512_BLOCK(e5m2, avgd, avg_div)
+FP8_512_BLOCK(e4m3, avgm, avg_mul)
+FP8_512_BLOCK(e4m3, avgd, avg_div)
 
 /*
  * bf16 SUM, PROD and AVG on 32 lanes: a 32-bit lane holds two bf16 values, the even one widened
@@ -273,28 +234,6 @@ static inline __m512i bf_pair_op(__m512i a, __m512i b, __m512 (*op)(__m512, __m5
     return _mm512_ternarylogic_epi32(ro, _mm512_srli_epi32(re, 16), vset(0xffff0000u), 0xe4);
 }
 
-static inline __m512 op_add(__m512 x, __m512 y, __m512 v)
-{
-    (void)v;
-    return _mm512_add_ps(x, y);
-}
-
-static inline __m512 op_mul(__m512 x, __m512 y, __m512 v)
-{
-    (void)v;
-    return _mm512_mul_ps(x, y);
-}
-
-static inline __m512 op_avg_mul(__m512 x, __m512 y, __m512 v)
-{
-    return _mm512_mul_ps(_mm512_add_ps(x, y), v);
-}
-
-static inline __m512 op_avg_div(__m512 x, __m512 y, __m512 v)
-{
-    return _mm512_div_ps(_mm512_add_ps(x, y), v);
-}
-
 static inline void bf16_pairs(uint16_t *dd, const uint16_t *aa, const uint16_t *bb, size_t n,
                               __m512 (*op)(__m512, __m512, __m512), __m512 v)
 {
@@ -315,12 +254,12 @@ static inline void bf16_pairs(uint16_t *dd, const uint16_t *aa, const uint16_t *
 
 static void bf16_sum_avx512(void *d, const void *a, const void *b, size_t n)
 {
-    bf16_pairs(d, a, b, n, op_add, _mm512_setzero_ps());
+    bf16_pairs(d, a, b, n, add_ps, _mm512_setzero_ps());
 }
 
 static void bf16_prod_avx512(void *d, const void *a, const void *b, size_t n)
 {
-    bf16_pairs(d, a, b, n, op_mul, _mm512_setzero_ps());
+    bf16_pairs(d, a, b, n, mul_ps, _mm512_setzero_ps());
 }
 
 /*
@@ -405,16 +344,6 @@ static inline void st_f16(uint16_t *p, __mmask16 k, __m512 v)
     _mm256_mask_storeu_epi16(p, k, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
-static inline void st_e4m3(uint8_t *p, __mmask16 k, __m512 v)
-{
-    _mm512_mask_cvtepi32_storeu_epi8(p, k, enc_e4m3(v));
-}
-
-static inline void st_e5m2(uint8_t *p, __mmask16 k, __m512 v)
-{
-    _mm512_mask_cvtepi32_storeu_epi8(p, k, enc_e5m2(v));
-}
-
 static inline __m512 ld_f32(const float *p, __mmask16 k)
 {
     return _mm512_maskz_loadu_ps(k, p);
@@ -459,13 +388,34 @@ static void bf16_avg_avx512(void *d, const void *a, const void *b, size_t n, flo
     __m512 v;
 
     if (pow2_div(div, &v)) {
-        bf16_pairs(d, a, b, n, op_avg_mul, v);
+        bf16_pairs(d, a, b, n, avg_mul, v);
     } else {
-        bf16_pairs(d, a, b, n, op_avg_div, v);
+        bf16_pairs(d, a, b, n, avg_div, v);
     }
 }
-AVG_512(e4m3, uint8_t)
-AVG_512(e5m2, uint8_t)
+
+/* fp8 AVG through the SUM/PROD kernels' blocks above (round to odd into binary16). */
+static void e4m3_avg_avx512(void *d, const void *a, const void *b, size_t n, float div)
+{
+    __m512 v;
+
+    if (pow2_div(div, &v)) {
+        e4m3_avgm_loop(d, a, b, n, v);
+    } else {
+        e4m3_avgd_loop(d, a, b, n, v);
+    }
+}
+
+static void e5m2_avg_avx512(void *d, const void *a, const void *b, size_t n, float div)
+{
+    __m512 v;
+
+    if (pow2_div(div, &v)) {
+        e5m2_avgm_loop(d, a, b, n, v);
+    } else {
+        e5m2_avgd_loop(d, a, b, n, v);
+    }
+}
 AVG_512(f32, float)
 
 const fx_avg_fn *fx_coll_avg_avx512(void)
