@@ -1,5 +1,5 @@
-/* Kernel dispatch (scalar, AVX2+F16C or AVX-512, chosen by CPUID or FX_KERNELS), final
- * reductions and AVG. */
+/* Kernel dispatch (scalar, AVX2+F16C, AVX-512 or AVX-512 FP16, chosen by CPUID or FX_KERNELS),
+ * final reductions and AVG. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -11,6 +11,8 @@
 static atomic_int chosen          = FX_KSET_AUTO;
 static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
 static const char *missing[FX_KSET_COUNT]; /* the first CPU feature a set lacks, NULL if none */
+static fx_reduce_fn table_fp16[FX_NUM_DATATYPES][4]; /* the AVX-512 FP16 set, built by detect */
+static fx_avg_fn avg_fp16[FX_NUM_DATATYPES];         /* its AVG kernels, likewise */
 
 static void detect(void)
 {
@@ -18,22 +20,36 @@ static void detect(void)
 
     /* __builtin_cpu_supports takes string literals only: one test per feature. */
     __builtin_cpu_init();
-    m                       = !__builtin_cpu_supports("avx2")   ? "avx2"
-                              : !__builtin_cpu_supports("f16c") ? "f16c"
-                              : !__builtin_cpu_supports("fma")  ? "fma"
-                                                                : NULL;
-    missing[FX_KSET_AVX2]   = m;
-    m                       = m != NULL                             ? m
-                              : !__builtin_cpu_supports("avx512f")  ? "avx512f"
-                              : !__builtin_cpu_supports("avx512bw") ? "avx512bw"
-                              : !__builtin_cpu_supports("avx512vl") ? "avx512vl"
+    m                           = !__builtin_cpu_supports("avx2")   ? "avx2"
+                                  : !__builtin_cpu_supports("f16c") ? "f16c"
+                                  : !__builtin_cpu_supports("fma")  ? "fma"
                                                                     : NULL;
-    missing[FX_KSET_AVX512] = m;
+    missing[FX_KSET_AVX2]       = m;
+    m                           = m != NULL                             ? m
+                                  : !__builtin_cpu_supports("avx512f")  ? "avx512f"
+                                  : !__builtin_cpu_supports("avx512bw") ? "avx512bw"
+                                  : !__builtin_cpu_supports("avx512vl") ? "avx512vl"
+                                                                        : NULL;
+    missing[FX_KSET_AVX512]     = m;
+    m                           = m != NULL                               ? m
+                                  : !__builtin_cpu_supports("avx512fp16") ? "avx512fp16"
+                                  : !__builtin_cpu_supports("avx512vbmi") ? "avx512vbmi"
+                                                                          : NULL;
+    missing[FX_KSET_AVX512FP16] = m;
+    if (m == NULL) {
+        memcpy(table_fp16, fx_coll_kernels_avx512(), sizeof(table_fp16));
+        fx_coll_kernels_avx512fp16_patch(table_fp16);
+        memcpy(avg_fp16, fx_coll_avg_avx512(), sizeof(avg_fp16));
+        fx_coll_kernels_avx512fp16_avg_patch(avg_fp16);
+    }
 }
 
 /* The set auto picks: the widest this CPU has. */
 static enum fx_coll_kset best(void)
 {
+    if (missing[FX_KSET_AVX512FP16] == NULL) {
+        return FX_KSET_AVX512FP16;
+    }
     if (missing[FX_KSET_AVX512] == NULL) {
         return FX_KSET_AVX512;
     }
@@ -52,6 +68,8 @@ static enum fx_coll_kset current(void)
 static const fx_reduce_fn (*kernels(void))[4]
 {
     switch (current()) {
+    case FX_KSET_AVX512FP16:
+        return (const fx_reduce_fn(*)[4])table_fp16;
     case FX_KSET_AVX512:
         return fx_coll_kernels_avx512();
     case FX_KSET_AVX2:
@@ -61,10 +79,11 @@ static const fx_reduce_fn (*kernels(void))[4]
     }
 }
 
-static const char *const kset_names[FX_KSET_COUNT] = {[FX_KSET_AUTO]   = "auto",
-                                                      [FX_KSET_SCALAR] = "scalar",
-                                                      [FX_KSET_AVX2]   = "avx2",
-                                                      [FX_KSET_AVX512] = "avx512"};
+static const char *const kset_names[FX_KSET_COUNT] = {[FX_KSET_AUTO]       = "auto",
+                                                      [FX_KSET_SCALAR]     = "scalar",
+                                                      [FX_KSET_AVX2]       = "avx2",
+                                                      [FX_KSET_AVX512]     = "avx512",
+                                                      [FX_KSET_AVX512FP16] = "avx512fp16"};
 
 bool fx_coll_kset_parse(const char *s, enum fx_coll_kset *out)
 {
@@ -86,7 +105,8 @@ bool fx_coll_kset_available(enum fx_coll_kset set)
 fx_status fx_coll_kernels_select(enum fx_coll_kset set, char *err, size_t errlen)
 {
     if ((unsigned)set >= FX_KSET_COUNT) {
-        snprintf(err, errlen, "kernel set %d is not one of auto, scalar, avx2, avx512", (int)set);
+        snprintf(err, errlen, "kernel set %d is not one of auto, scalar, avx2, avx512, avx512fp16",
+                 (int)set);
         return FX_ERR_INVALID_ARG;
     }
     pthread_once(&detect_once, detect);
@@ -100,14 +120,7 @@ fx_status fx_coll_kernels_select(enum fx_coll_kset set, char *err, size_t errlen
 
 const char *fx_coll_kernel_isa(void)
 {
-    switch (current()) {
-    case FX_KSET_AVX512:
-        return "avx512";
-    case FX_KSET_AVX2:
-        return "avx2";
-    default:
-        return "scalar";
-    }
+    return kset_names[current()];
 }
 
 fx_reduce_fn fx_coll_reduce_fn(fx_datatype dtype, fx_op op)
@@ -199,10 +212,32 @@ static void reduce_avg(void *dst, const void *a, const void *b, size_t n, fx_dat
     }
 }
 
+/* The set's vector AVG kernel for dtype, NULL where it has none. */
+static fx_avg_fn avg_kernel(fx_datatype dtype)
+{
+    if ((unsigned)dtype >= FX_NUM_DATATYPES) {
+        return NULL;
+    }
+    switch (current()) {
+    case FX_KSET_AVX512FP16:
+        return avg_fp16[dtype];
+    case FX_KSET_AVX512:
+        return fx_coll_avg_avx512()[dtype];
+    case FX_KSET_AVX2:
+        return fx_coll_avg_avx2()[dtype];
+    default:
+        return NULL;
+    }
+}
+
 void fx_coll_reduce_final(void *dst, const void *a, const void *b, size_t n, fx_datatype dtype,
                           fx_op op, int nranks)
 {
-    if (op == FX_AVG && nranks > 1) {
+    fx_avg_fn avg = op == FX_AVG && nranks > 1 ? avg_kernel(dtype) : NULL;
+
+    if (avg != NULL) {
+        avg(dst, a, b, n, (float)nranks);
+    } else if (op == FX_AVG && nranks > 1) {
         reduce_avg(dst, a, b, n, dtype, nranks);
     } else {
         fx_coll_reduce(dst, a, b, n, dtype, op);
@@ -251,6 +286,7 @@ void fx_coll_stream_add_scalar(float *a, const float *b, size_t n)
 fx_stream_add_fn fx_coll_stream_add(void)
 {
     switch (current()) {
+    case FX_KSET_AVX512FP16:
     case FX_KSET_AVX512:
         return fx_coll_stream_add_avx512;
     case FX_KSET_AVX2:

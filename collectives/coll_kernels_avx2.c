@@ -1,5 +1,6 @@
 /* The AVX2+F16C kernel set: the shared loops compiled for AVX2, and fp16 through F16C. */
 #include <immintrin.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -14,6 +15,7 @@
         const uint16_t *aa = a, *bb = b;                                                           \
         size_t i = 0;                                                                              \
         for (; i + 8 <= n; i += 8) {                                                               \
+            fx_coll_prefetch2(aa + i, bb + i);                                                     \
             __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(aa + i)));                \
             __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(bb + i)));                \
             _mm_storeu_si128((__m128i *)(dd + i),                                                  \
@@ -30,27 +32,8 @@
         }                                                                                          \
     }
 
-/* NaN-propagating min/max: where x is NaN take x, else where y is NaN take y. */
-static inline __m256 vmin_nan(__m256 x, __m256 y)
-{
-    __m256 m = _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, y, _CMP_LT_OQ));
-
-    m = _mm256_blendv_ps(m, y, _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
-    return _mm256_blendv_ps(m, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-}
-
-static inline __m256 vmax_nan(__m256 x, __m256 y)
-{
-    __m256 m = _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, y, _CMP_GT_OQ));
-
-    m = _mm256_blendv_ps(m, y, _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
-    return _mm256_blendv_ps(m, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-}
-
 F16C_KERNEL(sum, _mm256_add_ps(x, y))
 F16C_KERNEL(prod, _mm256_mul_ps(x, y))
-F16C_KERNEL(min, vmin_nan(x, y))
-F16C_KERNEL(max, vmax_nan(x, y))
 
 /* The fp8 and bf16 conversions of coll_kernels_fp8_inl.h and coll_kernels_inl.h on 8 lanes: the
  * same integer and fp32 operations, so the results are bitwise those of the scalar set. Every
@@ -144,6 +127,7 @@ static inline __m256 ld_e4m3(const uint8_t *p)
         const uint8_t *aa = a, *bb = b;                                                            \
         size_t i = 0;                                                                              \
         for (; i + 8 <= n; i += 8) {                                                               \
+            fx_coll_prefetch2(aa + i, bb + i);                                                     \
             __m256 x = ld_##fmt(aa + i);                                                           \
             __m256 y = ld_##fmt(bb + i);                                                           \
             _mm_storel_epi64((__m128i *)(dd + i), pack8(enc_##fmt(VEXPR)));                        \
@@ -161,9 +145,7 @@ static inline __m256 ld_e4m3(const uint8_t *p)
 
 #define FP8_AVX2_KERNELS(fmt)                                                                      \
     FP8_AVX2_KERNEL(fmt, sum, _mm256_add_ps(x, y))                                                 \
-    FP8_AVX2_KERNEL(fmt, prod, _mm256_mul_ps(x, y))                                                \
-    FP8_AVX2_KERNEL(fmt, min, vmin_nan(x, y))                                                      \
-    FP8_AVX2_KERNEL(fmt, max, vmax_nan(x, y))
+    FP8_AVX2_KERNEL(fmt, prod, _mm256_mul_ps(x, y))
 
 FP8_AVX2_KERNELS(e4m3)
 FP8_AVX2_KERNELS(e5m2)
@@ -197,6 +179,7 @@ static inline __m128i enc_bf16(__m256 f)
         const uint16_t *aa = a, *bb = b;                                                           \
         size_t i = 0;                                                                              \
         for (; i + 8 <= n; i += 8) {                                                               \
+            fx_coll_prefetch2(aa + i, bb + i);                                                     \
             __m256 x = dec_bf16(aa + i);                                                           \
             __m256 y = dec_bf16(bb + i);                                                           \
             _mm_storeu_si128((__m128i *)(dd + i), enc_bf16(VEXPR));                                \
@@ -214,8 +197,162 @@ static inline __m128i enc_bf16(__m256 f)
 
 BF16_AVX2_KERNEL(sum, _mm256_add_ps(x, y))
 BF16_AVX2_KERNEL(prod, _mm256_mul_ps(x, y))
-BF16_AVX2_KERNEL(min, vmin_nan(x, y))
-BF16_AVX2_KERNEL(max, vmax_nan(x, y))
+
+/*
+ * MIN and MAX of the sign-magnitude float formats as integer compares, as the AVX-512 set does
+ * (coll_kernels_avx512.c): vpsign turns each magnitude into a two's complement key (-0 and +0
+ * both 0), a NaN operand wins, the first one first. 32 fp8 or 16 16-bit lanes at a time; the
+ * tail on a zero-padded copy.
+ */
+#define MINMAX_256(name, W, MAGMASK, NANGT, KMIN)                                                  \
+    static inline __m256i name##_block(__m256i x, __m256i y)                                       \
+    {                                                                                              \
+        __m256i mx   = _mm256_and_si256(x, _mm256_set1_epi##W(MAGMASK));                           \
+        __m256i my   = _mm256_and_si256(y, _mm256_set1_epi##W(MAGMASK));                           \
+        __m256i kx   = _mm256_sign_epi##W(mx, x);                                                  \
+        __m256i ky   = _mm256_sign_epi##W(my, y);                                                  \
+        __m256i nx   = _mm256_cmpgt_epi##W(mx, _mm256_set1_epi##W(NANGT));                         \
+        __m256i ny   = _mm256_cmpgt_epi##W(my, _mm256_set1_epi##W(NANGT));                         \
+        __m256i cmp  = KMIN ? _mm256_cmpgt_epi##W(ky, kx) : _mm256_cmpgt_epi##W(kx, ky);           \
+        __m256i pick = _mm256_or_si256(nx, _mm256_andnot_si256(ny, cmp));                          \
+        return _mm256_blendv_epi8(y, x, pick);                                                     \
+    }                                                                                              \
+    static void name(void *d, const void *a, const void *b, size_t n)                              \
+    {                                                                                              \
+        const size_t lanes    = 32 / sizeof(uint##W##_t);                                          \
+        uint##W##_t *dd       = d;                                                                 \
+        const uint##W##_t *aa = a, *bb = b;                                                        \
+        size_t i = 0;                                                                              \
+        for (; i + lanes <= n; i += lanes) {                                                       \
+            fx_coll_prefetch2(aa + i, bb + i);                                                     \
+            __m256i x = _mm256_loadu_si256((const __m256i *)(aa + i));                             \
+            __m256i y = _mm256_loadu_si256((const __m256i *)(bb + i));                             \
+            _mm256_storeu_si256((__m256i *)(dd + i), name##_block(x, y));                          \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            uint##W##_t ta[32 / sizeof(uint##W##_t)] = {0}, tb[32 / sizeof(uint##W##_t)] = {0};    \
+            uint##W##_t td[32 / sizeof(uint##W##_t)];                                              \
+            memcpy(ta, aa + i, (n - i) * sizeof(uint##W##_t));                                     \
+            memcpy(tb, bb + i, (n - i) * sizeof(uint##W##_t));                                     \
+            _mm256_storeu_si256((__m256i *)td,                                                     \
+                                name##_block(_mm256_loadu_si256((const __m256i *)ta),              \
+                                             _mm256_loadu_si256((const __m256i *)tb)));            \
+            memcpy(dd + i, td, (n - i) * sizeof(uint##W##_t));                                     \
+        }                                                                                          \
+    }
+
+/* e4m3: NaN is magnitude 0x7f; e5m2: above 0x7c (infinity); fp16: above 0x7c00; bf16: above
+ * 0x7f80. */
+MINMAX_256(e4m3_min_avx2, 8, 0x7f, 0x7e, 1)
+MINMAX_256(e4m3_max_avx2, 8, 0x7f, 0x7e, 0)
+MINMAX_256(e5m2_min_avx2, 8, 0x7f, 0x7c, 1)
+MINMAX_256(e5m2_max_avx2, 8, 0x7f, 0x7c, 0)
+MINMAX_256(f16_min_avx2, 16, 0x7fff, 0x7c00, 1)
+MINMAX_256(f16_max_avx2, 16, 0x7fff, 0x7c00, 0)
+MINMAX_256(bf16_min_avx2, 16, 0x7fff, 0x7f80, 1)
+MINMAX_256(bf16_max_avx2, 16, 0x7fff, 0x7f80, 0)
+
+/* The last step of FX_AVG, (a + b) / div in fp32 rounded once, 8 lanes at a time; the tail on a
+ * zero-padded copy. A power-of-two divisor multiplies by its exact reciprocal. */
+static inline bool pow2_div(float div, __m256 *v)
+{
+    uint32_t bits;
+
+    memcpy(&bits, &div, sizeof(bits));
+    if ((bits & 0x7fffffu) == 0 && (bits >> 23) > 1 && (bits >> 23) < 254) {
+        *v = _mm256_set1_ps(1.0f / div);
+        return true;
+    }
+    *v = _mm256_set1_ps(div);
+    return false;
+}
+
+static inline __m256 ld_f16(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static inline void st_f16(uint16_t *p, __m256 v)
+{
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
+
+static inline __m256 ld_bf16(const uint16_t *p)
+{
+    return dec_bf16(p);
+}
+
+static inline void st_bf16(uint16_t *p, __m256 v)
+{
+    _mm_storeu_si128((__m128i *)p, enc_bf16(v));
+}
+
+static inline void st_e4m3(uint8_t *p, __m256 v)
+{
+    _mm_storel_epi64((__m128i *)p, pack8(enc_e4m3(v)));
+}
+
+static inline void st_e5m2(uint8_t *p, __m256 v)
+{
+    _mm_storel_epi64((__m128i *)p, pack8(enc_e5m2(v)));
+}
+
+static inline __m256 ld_f32(const float *p)
+{
+    return _mm256_loadu_ps(p);
+}
+
+static inline void st_f32(float *p, __m256 v)
+{
+    _mm256_storeu_ps(p, v);
+}
+
+#define AVG_256(tag, T)                                                                            \
+    static void tag##_avg_avx2(void *d, const void *a, const void *b, size_t n, float div)         \
+    {                                                                                              \
+        T *dd       = d;                                                                           \
+        const T *aa = a, *bb = b;                                                                  \
+        size_t i = 0;                                                                              \
+        __m256 v;                                                                                  \
+        if (pow2_div(div, &v)) {                                                                   \
+            for (; i + 8 <= n; i += 8) {                                                           \
+                fx_coll_prefetch2(aa + i, bb + i);                                                 \
+                __m256 s = _mm256_add_ps(ld_##tag(aa + i), ld_##tag(bb + i));                      \
+                st_##tag(dd + i, _mm256_mul_ps(s, v));                                             \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (; i + 8 <= n; i += 8) {                                                           \
+                fx_coll_prefetch2(aa + i, bb + i);                                                 \
+                __m256 s = _mm256_add_ps(ld_##tag(aa + i), ld_##tag(bb + i));                      \
+                st_##tag(dd + i, _mm256_div_ps(s, v));                                             \
+            }                                                                                      \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            T ta[16] = {0}, tb[16] = {0}, td[16];                                                  \
+            memcpy(ta, aa + i, (n - i) * sizeof(T));                                               \
+            memcpy(tb, bb + i, (n - i) * sizeof(T));                                               \
+            __m256 s = _mm256_add_ps(ld_##tag(ta), ld_##tag(tb));                                  \
+            st_##tag(td, _mm256_div_ps(s, _mm256_set1_ps(div)));                                   \
+            memcpy(dd + i, td, (n - i) * sizeof(T));                                               \
+        }                                                                                          \
+    }
+
+AVG_256(f16, uint16_t)
+AVG_256(bf16, uint16_t)
+AVG_256(e4m3, uint8_t)
+AVG_256(e5m2, uint8_t)
+AVG_256(f32, float)
+
+const fx_avg_fn *fx_coll_avg_avx2(void)
+{
+    static const fx_avg_fn avg[FX_NUM_DATATYPES] = {
+        [FX_FLOAT16] = f16_avg_avx2,      [FX_BFLOAT16] = bf16_avg_avx2,
+        [FX_FLOAT8_E4M3] = e4m3_avg_avx2, [FX_FLOAT8_E5M2] = e5m2_avg_avx2,
+        [FX_FLOAT32] = f32_avg_avx2,
+    };
+
+    return avg;
+}
 
 #define KSUFFIX           _avx2
 #define KERNELS_HAVE_F16C 1

@@ -512,7 +512,8 @@ static fx_status select_kernels(const char *name, char *err, size_t errlen)
     enum fx_coll_kset set;
 
     if (!fx_coll_kset_parse(name, &set)) {
-        snprintf(err, errlen, "FX_KERNELS=%s is not a kernel set (auto, scalar, avx2, avx512)",
+        snprintf(err, errlen,
+                 "FX_KERNELS=%s is not a kernel set (auto, scalar, avx2, avx512, avx512fp16)",
                  name);
         return FX_ERR_INVALID_ARG;
     }

@@ -58,8 +58,8 @@ const struct fx_config_row fx_config_table[] = {
         "communicator for reductions in flight",
         scratch_slots, 1, 256),
     ROW("FX_KERNELS", FX_CFG_STRING, "auto",
-        "reduction kernels: auto (the widest the CPU runs), scalar, avx2 or avx512; a set the CPU "
-        "lacks fails init with FX_ERR_UNSUPPORTED",
+        "reduction kernels: auto (the widest the CPU runs), scalar, avx2, avx512 or avx512fp16; a "
+        "set the CPU lacks fails init with FX_ERR_UNSUPPORTED",
         kernels, 0, 0),
     ROW("FX_ALGO", FX_CFG_STRING, "",
         "force algorithms per collective, e.g. allreduce:tree,allgather:ring (rank 0's value "
@@ -240,8 +240,10 @@ fx_status fx_config_load(struct fx_config *cfg, char *err, size_t errlen)
         fx_info(FX_SUB_ENV, "%s set by environment to %s", row->name, val);
     }
     if (strcmp(cfg->kernels, "auto") != 0 && strcmp(cfg->kernels, "scalar") != 0 &&
-        strcmp(cfg->kernels, "avx2") != 0 && strcmp(cfg->kernels, "avx512") != 0) {
-        snprintf(err, errlen, "FX_KERNELS=%s is not a valid value (auto, scalar, avx2 or avx512)",
+        strcmp(cfg->kernels, "avx2") != 0 && strcmp(cfg->kernels, "avx512") != 0 &&
+        strcmp(cfg->kernels, "avx512fp16") != 0) {
+        snprintf(err, errlen,
+                 "FX_KERNELS=%s is not a valid value (auto, scalar, avx2, avx512 or avx512fp16)",
                  cfg->kernels);
         return FX_ERR_INVALID_ARG;
     }

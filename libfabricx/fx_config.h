@@ -22,7 +22,7 @@ struct fx_config {
     bool bind;               /* FX_BIND */
     char device[64];         /* FX_DEVICE: accelerator index or PCI id, "none"; "": local rank */
     int scratch_slots;       /* FX_SCRATCH_SLOTS */
-    char kernels[16];        /* FX_KERNELS: auto, scalar, avx2 or avx512 */
+    char kernels[16];        /* FX_KERNELS: auto, scalar, avx2, avx512, avx512fp16 */
     char algo[256];          /* FX_ALGO: "allreduce:tree,allgather:ring"; empty: the tuner */
     int tune_latency_ns;     /* FX_TUNE_LATENCY_NS; 0: measured */
     int tune_link_mbps;      /* FX_TUNE_LINK_MBPS; 0: measured */

@@ -2,14 +2,16 @@
  * fx-kernels: bandwidth of the reduction kernels against a plain fp32 a[i] += b[i] loop compiled
  * for the same ISA, on arrays larger than the last-level cache.
  *
- *   fx-kernels [--kernels auto|scalar|avx2|avx512] [--op sum|prod|min|max|avg|all]
- *              [--dtype NAME] [--reps N] [--ms M] [--bytes SIZE]
+ *   fx-kernels [--kernels auto|scalar|avx2|avx512|avx512fp16]
+ *              [--op sum|prod|min|max|avg|all] [--dtype NAME] [--reps N] [--ms M] [--bytes SIZE]
+ *              [--nranks N]
  *
  * Each kernel runs in place (dst = a, as the executor reduces a received chunk into its
  * buffer) over arrays of the same byte size as the baseline's. Bandwidth counts the bytes of the
  * destination and both inputs (3 x array bytes) per call for the kernel and the baseline alike.
  * Baseline and kernel alternate, --ms milliseconds each, --reps times; the medians and their
  * ratio are printed with the issue's target (fp32 at least 0.90, fp16/bf16/fp8 at least 0.70).
+ * AVG times the last step of an average over --nranks ranks (fx_coll_reduce_final).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -28,20 +30,23 @@ struct opts {
     int reps;
     int ms;
     size_t bytes;
+    int nranks; /* the rank count AVG divides by */
 };
 
 static void usage(FILE *f)
 {
-    fprintf(
-        f, "usage: fx-kernels [--kernels auto|scalar|avx2|avx512] [--op sum|prod|min|max|avg|all]\n"
-           "                  [--dtype NAME] [--reps N] [--ms M] [--bytes SIZE]\n"
-           "  --kernels SET  kernel set to measure (default auto: the widest the CPU runs)\n"
-           "  --op OP        reduction operator, or all (default sum)\n"
-           "  --dtype NAME   one datatype (fx_datatype_name spelling; default every one)\n"
-           "  --reps N       alternations of baseline and kernel (default 5)\n"
-           "  --ms M         milliseconds per measurement (default 200)\n"
-           "  --bytes SIZE   bytes per array, K/M/G suffixes (default the last-level cache size,\n"
-           "                 at least 64M; a call streams 3 arrays' worth)\n");
+    fprintf(f,
+            "usage: fx-kernels [--kernels auto|scalar|avx2|avx512|avx512fp16]\n"
+            "                  [--op sum|prod|min|max|avg|all] [--dtype NAME] [--reps N] [--ms M]\n"
+            "                  [--bytes SIZE] [--nranks N]\n"
+            "  --kernels SET  kernel set to measure (default auto: the widest the CPU runs)\n"
+            "  --op OP        reduction operator, or all (default sum)\n"
+            "  --dtype NAME   one datatype (fx_datatype_name spelling; default every one)\n"
+            "  --reps N       alternations of baseline and kernel (default 5)\n"
+            "  --ms M         milliseconds per measurement (default 200)\n"
+            "  --bytes SIZE   bytes per array, K/M/G suffixes (default the last-level cache size,\n"
+            "                 at least 64M; a call streams 3 arrays' worth)\n"
+            "  --nranks N     rank count AVG divides by (default 4)\n");
 }
 
 static double now_s(void)
@@ -129,6 +134,8 @@ static int parse_opt(struct opts *o, const char *opt, const char *val)
         bad = parse_int(val, 1, 1000, &o->reps) != 0;
     } else if (strcmp(opt, "--ms") == 0) {
         bad = parse_int(val, 1, 60000, &o->ms) != 0;
+    } else if (strcmp(opt, "--nranks") == 0) {
+        bad = parse_int(val, 2, 1 << 30, &o->nranks) != 0;
     } else if (strcmp(opt, "--bytes") == 0) {
         bad      = !fx_config_parse_size(val, &b) || b < 4096 || b > (16ULL << 30);
         o->bytes = (size_t)b;
@@ -212,7 +219,7 @@ static double measure(const struct opts *o, int dt, int op, void *a, const void 
         if (dt < 0) {
             base(a, b, n);
         } else {
-            fx_coll_reduce_final(a, a, b, n, (fx_datatype)dt, (fx_op)op, 4);
+            fx_coll_reduce_final(a, a, b, n, (fx_datatype)dt, (fx_op)op, o->nranks);
         }
         calls++;
         t = now_s();
@@ -281,7 +288,7 @@ static void run_one(const struct opts *o, int dt, int op, const struct arrays *m
 
 int main(int argc, char **argv)
 {
-    struct opts o = {FX_KSET_AUTO, FX_SUM, -1, 5, 200, 0};
+    struct opts o = {FX_KSET_AUTO, FX_SUM, -1, 5, 200, 0, 4};
     char err[256] = "";
     size_t llc    = llc_bytes();
     struct arrays m;
@@ -312,8 +319,9 @@ int main(int argc, char **argv)
     }
     fill(FX_FLOAT32, m.base_a, o.bytes / 4, 1);
     fill(FX_FLOAT32, m.base_b, o.bytes / 4, 5);
-    printf("# kernels %s; arrays %zu MiB (last-level cache %zu KiB); %d reps x %d ms\n",
-           fx_coll_kernel_isa(), o.bytes >> 20, llc >> 10, o.reps, o.ms);
+    printf("# kernels %s; arrays %zu MiB (last-level cache %zu KiB); %d reps x %d ms; avg over %d "
+           "ranks\n",
+           fx_coll_kernel_isa(), o.bytes >> 20, llc >> 10, o.reps, o.ms, o.nranks);
     printf("# GB/s = 3 x array bytes (dst, a, b) per call; baseline: fp32 a[i] += b[i], %s\n",
            fx_coll_kernel_isa());
     printf("%-9s %-5s %10s %10s %7s\n", "dtype", "op", "kernel", "baseline", "ratio");

@@ -664,10 +664,232 @@ Test(kernels, scalar_and_avx512_kernels_agree_bitwise, .timeout = 60)
     sets_agree(FX_KSET_AVX512);
 }
 
+Test(kernels, every_datatype_and_op_matches_reference_avx512fp16, .timeout = 60)
+{
+    if (!fx_coll_kset_available(FX_KSET_AVX512FP16)) {
+        cr_skip_test("this CPU has no AVX-512 FP16 and VBMI");
+    }
+    use(FX_KSET_AVX512FP16);
+    cr_assert_str_eq(fx_coll_kernel_isa(), "avx512fp16");
+    matrix();
+}
+
+Test(kernels, scalar_and_avx512fp16_kernels_agree_bitwise, .timeout = 60)
+{
+    sets_agree(FX_KSET_AVX512FP16);
+}
+
+/* Every pair of codes (a the high byte of the index, b the low one) through one op of the set
+ * in use, from unaligned buffers, against the reference; NaN where the reference gives a NaN.
+ * Returns the number of wrong elements. */
+static size_t fp8_all_pairs(fx_datatype dt, int op, int nranks, size_t off)
+{
+    static uint8_t a[65536 + 64], b[65536 + 64], d[65536 + 64];
+    size_t wrong = 0;
+
+    for (size_t i = 0; i < 65536; i++) {
+        a[off + i]     = (uint8_t)(i >> 8);
+        b[off + 1 + i] = (uint8_t)i;
+    }
+    fx_coll_reduce_final(d + off + 2, a + off, b + off + 1, 65536, dt, (fx_op)op, nranks);
+    for (size_t i = 0; i < 65536; i++) {
+        bool any_nan;
+        uint64_t want = ref_elem(dt, i >> 8, i & 0xff, op, nranks, &any_nan);
+        uint8_t got   = d[off + 2 + i];
+
+        if (any_nan ? !elem_is_nan(dt, got) : got != want) {
+            if (wrong++ < 4) {
+                cr_log_error("%s %s (%s, %d ranks): %#04zx, %#04zx gives %#04x, want %#04llx",
+                             fx_datatype_name(dt), op_names[op], fx_coll_kernel_isa(), nranks,
+                             i >> 8, i & 0xff, got, (unsigned long long)want);
+            }
+        }
+    }
+    return wrong;
+}
+
+/* fp8 exhaustively: all 65536 operand pairs, every op, every kernel set this CPU runs; AVG over
+ * every power of two a rank count can be (kernels may take a shortcut there) and a few others. */
+Test(kernels, fp8_every_pair_of_codes_matches_reference_in_every_set, .timeout = 240)
+{
+    static const int others[]      = {3, 5, 7, 1000, 3 << 20};
+    static const fx_datatype dts[] = {FX_FLOAT8_E4M3, FX_FLOAT8_E5M2};
+    int ranks[30 + sizeof(others) / sizeof(others[0])];
+    size_t nranks = 0;
+
+    for (int e = 1; e <= 30; e++) {
+        ranks[nranks++] = 1 << e;
+    }
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+        ranks[nranks++] = others[i];
+    }
+    for (int set = FX_KSET_SCALAR; set < FX_KSET_COUNT; set++) {
+        if (!fx_coll_kset_available((enum fx_coll_kset)set)) {
+            continue;
+        }
+        use((enum fx_coll_kset)set);
+        for (size_t t = 0; t < 2; t++) {
+            for (int op = 0; op < FX_NUM_OPS; op++) {
+                size_t nr    = op == FX_AVG ? nranks : 1;
+                size_t wrong = 0;
+
+                for (size_t r = 0; r < nr; r++) {
+                    wrong += fp8_all_pairs(dts[t], op, ranks[r], (r + (size_t)op) % 8);
+                }
+                cr_expect_eq(wrong, 0, "%s %s (%s kernels): %zu wrong", fx_datatype_name(dts[t]),
+                             op_names[op], fx_coll_kernel_isa(), wrong);
+            }
+        }
+    }
+}
+
+/* Operands for one fp16 or bf16 check: every pair of special values and of values whose sum
+ * is a tie (1 + half an ulp, its neighbours, subnormal + subnormal), then random bit patterns.
+ * Returns the number of elements written. */
+static size_t lowp_operands(fx_datatype dt, uint16_t *a, uint16_t *b, size_t cap)
+{
+    static const uint16_t f16_ties[]  = {0x3c00, 0x1000, 0x3c01, 0x1001, 0x0fff, 0x0200, 0x83ff};
+    static const uint16_t bf16_ties[] = {0x3f80, 0x3b80, 0x3f81, 0x3b81, 0x3b7f, 0x0040, 0x807f};
+    const uint16_t *ties              = dt == FX_FLOAT16 ? f16_ties : bf16_ties;
+    uint16_t vals[32];
+    uint64_t sp[16];
+    size_t nsp = specials(dt, sp);
+    size_t nv  = 0;
+    size_t n   = 0;
+
+    for (size_t i = 0; i < nsp; i++) {
+        vals[nv++] = (uint16_t)sp[i];
+    }
+    for (size_t i = 0; i < 7; i++) {
+        vals[nv++] = ties[i];
+        vals[nv++] = (uint16_t)(ties[i] ^ 0x8000);
+    }
+    for (size_t i = 0; i < nv; i++) {
+        for (size_t j = 0; j < nv; j++) {
+            a[n]   = vals[i];
+            b[n++] = vals[j];
+        }
+    }
+    while (n < cap) {
+        a[n]   = (uint16_t)rnd();
+        b[n++] = (uint16_t)rnd();
+    }
+    return n;
+}
+
+/* One fp16/bf16 op of the set in use on n elements from unaligned (odd byte) pointers against
+ * the reference; returns the number of wrong elements. */
+static size_t lowp_check(fx_datatype dt, int op, int nranks, const uint16_t *a0, const uint16_t *b0,
+                         size_t n, size_t off)
+{
+    static uint8_t abuf[2 * 70000 + 16], bbuf[2 * 70000 + 16], dbuf[2 * 70000 + 16];
+    uint8_t *a   = abuf + 1 + off;
+    uint8_t *b   = bbuf + 3 + off;
+    uint8_t *d   = dbuf + 5 + off;
+    size_t wrong = 0;
+
+    memcpy(a, a0, n * 2);
+    memcpy(b, b0, n * 2);
+    fx_coll_reduce_final(d, a, b, n, dt, (fx_op)op, nranks);
+    for (size_t i = 0; i < n; i++) {
+        bool any_nan;
+        uint64_t want = ref_elem(dt, a0[i], b0[i], op, nranks, &any_nan);
+        uint64_t got  = load_bits(d, i, 2);
+
+        if (any_nan ? !elem_is_nan(dt, got) : got != want) {
+            if (wrong++ < 4) {
+                cr_log_error("%s %s (%s, %d ranks) n=%zu: %#06x, %#06x gives %#06llx, want %#06llx",
+                             fx_datatype_name(dt), op_names[op], fx_coll_kernel_isa(), nranks, n,
+                             a0[i], b0[i], (unsigned long long)got, (unsigned long long)want);
+            }
+        }
+    }
+    return wrong;
+}
+
+/* fp16 and bf16 in every kernel set: all pairs of special and tie values plus 65536 random
+ * pairs in one call, and the same data at tail lengths, from unaligned pointers, every op (AVG
+ * over 2, 3, 4 and 2^20 ranks). */
+Test(kernels, fp16_bf16_specials_ties_and_random_match_reference_in_every_set, .timeout = 120)
+{
+    static const size_t tails[]    = {0, 1, 7, 31, 33, 1023};
+    static const int ranks[]       = {2, 3, 4, 1 << 20};
+    static const fx_datatype dts[] = {FX_FLOAT16, FX_BFLOAT16};
+    static uint16_t a[70000], b[70000];
+
+    for (int set = FX_KSET_SCALAR; set < FX_KSET_COUNT; set++) {
+        if (!fx_coll_kset_available((enum fx_coll_kset)set)) {
+            continue;
+        }
+        use((enum fx_coll_kset)set);
+        for (size_t t = 0; t < 2; t++) {
+            size_t n = lowp_operands(dts[t], a, b, 70000);
+
+            for (int op = 0; op < FX_NUM_OPS; op++) {
+                size_t nr    = op == FX_AVG ? sizeof(ranks) / sizeof(ranks[0]) : 1;
+                size_t wrong = 0;
+
+                for (size_t r = 0; r < nr; r++) {
+                    wrong += lowp_check(dts[t], op, ranks[r], a, b, n, r);
+                    for (size_t l = 0; l < sizeof(tails) / sizeof(tails[0]); l++) {
+                        wrong +=
+                            lowp_check(dts[t], op, ranks[r], a + l * 97, b + l * 97, tails[l], l);
+                    }
+                }
+                cr_expect_eq(wrong, 0, "%s %s (%s kernels): %zu wrong", fx_datatype_name(dts[t]),
+                             op_names[op], fx_coll_kernel_isa(), wrong);
+            }
+        }
+    }
+}
+
+/* The AVX-512 FP16 set's fp16 SUM and PROD (binary16 arithmetic) against the AVX-512 set's
+ * (fp32, then one rounding: checked against the reference above) for all 2^32 operand pairs;
+ * where one gives a NaN the other must too. */
+Test(kernels, fp16_binary16_sum_and_prod_equal_fp32_rounding_for_all_pairs, .timeout = 240)
+{
+    static uint16_t a[65536], b[65536], d1[65536], d2[65536];
+    static const fx_op ops[] = {FX_SUM, FX_PROD};
+
+    if (!fx_coll_kset_available(FX_KSET_AVX512FP16)) {
+        cr_skip_test("this CPU has no AVX-512 FP16 and VBMI");
+    }
+    for (uint32_t i = 0; i < 65536; i++) {
+        b[i] = (uint16_t)i;
+    }
+    for (size_t o = 0; o < 2; o++) {
+        fx_reduce_fn f32_path, f16_path;
+        size_t wrong = 0;
+
+        use(FX_KSET_AVX512);
+        f32_path = fx_coll_reduce_fn(FX_FLOAT16, ops[o]);
+        use(FX_KSET_AVX512FP16);
+        f16_path = fx_coll_reduce_fn(FX_FLOAT16, ops[o]);
+        for (uint32_t x = 0; x < 65536; x++) {
+            for (uint32_t i = 0; i < 65536; i++) {
+                a[i] = (uint16_t)x;
+            }
+            f32_path(d1, a, b, 65536);
+            f16_path(d2, a, b, 65536);
+            if (memcmp(d1, d2, sizeof(d1)) == 0) {
+                continue;
+            }
+            for (uint32_t i = 0; i < 65536; i++) {
+                if (d1[i] != d2[i] && !(lowp_is_nan(HALF, d1[i]) && lowp_is_nan(HALF, d2[i])) &&
+                    wrong++ < 4) {
+                    cr_log_error("fp16 %s %#06x, %#06x: fp32 path %#06x, binary16 %#06x",
+                                 op_names[ops[o]], x, i, d1[i], d2[i]);
+                }
+            }
+        }
+        cr_expect_eq(wrong, 0, "fp16 %s: %zu of 2^32 pairs differ", op_names[ops[o]], wrong);
+    }
+}
+
 /* A set is selectable exactly when the CPU has its features; otherwise the error names one. */
 Test(kernels, selecting_a_kernel_set_follows_cpu_features, .timeout = 10)
 {
-    static const char *const names[] = {"auto", "scalar", "avx2", "avx512"};
+    static const char *const names[] = {"auto", "scalar", "avx2", "avx512", "avx512fp16"};
     enum fx_coll_kset set;
 
     __builtin_cpu_init();
@@ -689,6 +911,9 @@ Test(kernels, selecting_a_kernel_set_follows_cpu_features, .timeout = 10)
                  __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
                      __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"));
+    cr_expect_eq(fx_coll_kset_available(FX_KSET_AVX512FP16),
+                 fx_coll_kset_available(FX_KSET_AVX512) && __builtin_cpu_supports("avx512fp16") &&
+                     __builtin_cpu_supports("avx512vbmi"));
     cr_expect(!fx_coll_kset_parse("avx9", &set));
     cr_expect(!fx_coll_kset_parse(NULL, &set));
     cr_expect_eq(fx_coll_kernels_select(FX_KSET_COUNT, NULL, 0), FX_ERR_INVALID_ARG);
