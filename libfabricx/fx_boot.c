@@ -36,7 +36,7 @@
 #include "fx_sock.h"
 
 #define BOOT_MAGIC       0x31425846u /* "FXB1" */
-#define BOOT_VERSION     2
+#define BOOT_VERSION     3           /* 3: FX_TP_ADDR_MAX 512, join records of 1148 bytes */
 #define SRV_HELLO_LEN    40
 #define CLI_PROOF_LEN    72
 #define SRV_PROOF_LEN    36
