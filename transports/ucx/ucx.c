@@ -68,8 +68,10 @@
 #define UCX_HELLO_BUF    4096
 #define UCX_ACK_LEN      (16 + UCX_HOST_LEN)
 #define UCX_MSG_HDR      12
+#define UCX_BOUNCE_HDR   16  /* a bounce buffer's link in the orphan list, before the data */
 #define UCX_PROGRESS_MAX 256 /* worker progress calls per progress() */
 #define UCX_CLOSE_MS     500 /* fini: how long endpoint closes may take to finish */
+#define UCX_QUIESCE_MS   500 /* close: how long a receive being filled is waited for */
 #define UCX_PID_CHECK_MS 50  /* how often a local peer's liveness is looked at */
 
 enum { KIND_HELLO = 1, KIND_ACK, KIND_HDR, KIND_DATA, KIND_BYE };
@@ -97,6 +99,7 @@ struct fx_tp_req {
     void *user_hdr;
     size_t hdrlen;
     size_t len;
+    uint8_t *bounce; /* mode none: the payload's copy the send reads (orphan_bounce) */
 };
 
 struct req_queue {
@@ -121,8 +124,8 @@ struct fx_tp_conn {
     uint8_t bye_out[4];
     struct req_queue sendq;
     struct req_queue recvq;
-    bool local; /* the peer runs on this host: error mode none, pidfd liveness */
-    int pidfd;  /* local peer: readable once it exited; -1 when not open */
+    bool pid_watch; /* error mode none (a local peer, ep_create): liveness through a pidfd */
+    int pidfd;      /* local peer: readable once it exited; -1 when not open */
     uint32_t peer_pid;
     int64_t next_check_ms;
     ucs_status_t ep_status; /* set by the endpoint's error handler or the liveness check */
@@ -130,6 +133,7 @@ struct fx_tp_conn {
     fx_status failed;
     char error[200];
     char peer[120];
+    void *flush_req; /* closing: the flush after the goodbye, then a forced close */
     void *close_req;
 };
 
@@ -148,10 +152,12 @@ struct fx_tp {
     uint32_t next_id;
     char host[UCX_HOST_LEN];
     uint8_t ident[UCX_IDENT_LEN];
+    bool local_mode_none; /* local peers are unreachable in error mode peer (ep_create) */
     struct fx_tp_conn *conns;
     struct fx_tp_conn *closing; /* closed, waiting for UCX to finish closing the endpoint */
     struct fx_tp_req *free_reqs;
     struct fx_tp_req *all_reqs;
+    uint8_t *orphans; /* bounce buffers of sends given up while UCX may still read them */
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -287,6 +293,15 @@ static bool op_poll(struct ucx_op *op)
     return true;
 }
 
+/* Cancels a receive not matched yet (UCX then completes it at once); a receive already being
+ * filled, and a send, run on and complete in UCX's time. */
+static void op_cancel(struct ucx_op *op, ucp_worker_h w)
+{
+    if (op->busy && op->recv) {
+        ucp_request_cancel(w, op->req);
+    }
+}
+
 /*
  * Gives up an operation: a receive not matched yet is cancelled (UCX completes it at once); a
  * send, or a receive already being filled, runs on inside UCX and is released when it ends.
@@ -323,8 +338,8 @@ static void conn_fail(struct fx_tp_conn *c, fx_status status, const char *fmt, .
 
 /*
  * Fails the connection: its running requests complete with the status (after a mismatch: the
- * mismatched one keeps FX_ERR_MISMATCH, the others get FX_ERR_CONNECTION). Receives are
- * cancelled; a request completes once UCX no longer writes into its buffers.
+ * mismatched one keeps FX_ERR_MISMATCH, the others get FX_ERR_CONNECTION). Receives not matched
+ * yet are cancelled; a request completes only once UCX no longer uses its buffers.
  */
 static void conn_fail(struct fx_tp_conn *c, fx_status status, const char *fmt, ...)
 {
@@ -347,8 +362,8 @@ static void conn_fail(struct fx_tp_conn *c, fx_status status, const char *fmt, .
             if (r->status == FX_INPROGRESS) {
                 r->status = status;
             }
-            op_abandon(&r->hdr, c->tp->worker);
-            op_abandon(&r->data, c->tp->worker);
+            op_cancel(&r->hdr, c->tp->worker);
+            op_cancel(&r->data, c->tp->worker);
         }
     }
 }
@@ -371,6 +386,7 @@ static struct fx_tp_req *req_get(struct fx_tp_conn *c)
         tp->all_reqs = r;
     }
     r->next     = NULL;
+    r->bounce   = NULL;
     r->conn     = c;
     r->status   = FX_INPROGRESS;
     r->hdr_seen = false;
@@ -386,6 +402,19 @@ static void req_put(struct fx_tp_req *r)
     r->conn       = NULL;
     r->next       = tp->free_reqs;
     tp->free_reqs = r;
+}
+
+/*
+ * Gives up a send's bounce buffer to the instance's orphans, freed once the worker is gone: a
+ * send let go (its peer closed or died, or its connection closed) may still be read by UCX.
+ */
+static void orphan_bounce(struct fx_tp_req *r)
+{
+    if (r->bounce != NULL) {
+        memcpy(r->bounce, &r->conn->tp->orphans, sizeof(uint8_t *));
+        r->conn->tp->orphans = r->bounce;
+        r->bounce            = NULL;
+    }
 }
 
 /* Checks a received header message against the posted lengths; copies out the sender's header. */
@@ -473,6 +502,20 @@ static fx_status post(struct fx_tp_conn *c, bool send, const void *hdr, size_t h
     r->user_hdr = send ? NULL : (void *)hdr;
     r->hdrlen   = hdrlen;
     r->len      = len;
+    if (send && len > 0 && c->pid_watch) {
+        /*
+         * Mode none: a forced close does not stop a send UCX 1.13 has queued on shared memory,
+         * and after close() the caller may free its buffer, so the payload goes from a copy
+         * (UCX copies it into the queue anyway: rendezvous is off then, context_create).
+         */
+        r->bounce = malloc(UCX_BOUNCE_HDR + len);
+        if (r->bounce == NULL) {
+            req_put(r);
+            return FX_ERR_NO_MEMORY;
+        }
+        memcpy(r->bounce + UCX_BOUNCE_HDR, buf, len);
+        buf = r->bounce + UCX_BOUNCE_HDR;
+    }
     if (send) {
         put64(r->msg, len);
         put32(r->msg + 8, (uint32_t)hdrlen);
@@ -541,26 +584,44 @@ static fx_status ucx_test(struct fx_tp_req *r)
         }
     }
     status = r->status;
+    free(r->bounce);
+    r->bounce = NULL;
     req_put(r);
     return status;
 }
 
 /* ------------------------------------------------------------------ instance */
 
-/* Logs the UCX version, its settings and the transports the context found (UCP's own listing). */
-static void log_resources(struct fx_tp *tp)
+/* Whether a UCX transport reaches only processes of this host, without peer failure handling. */
+static bool shm_only_tl(const char *tl)
+{
+    static const char *const names[] = {"self/", "posix/", "sysv/", "cma/", "knem/", "xpmem/"};
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strncmp(tl, names[i], strlen(names[i])) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Reads the transports the context found (UCP's own listing, "tl/device" each) and, with log,
+ * logs them at INFO with the UCX version and settings. When they are all shared-memory ones,
+ * local peers are unreachable in error mode peer (ep_create), known here without a refused
+ * attempt. Returns whether cma is among them.
+ */
+static bool read_resources(struct fx_tp *tp, bool log)
 {
     const char *tls  = getenv("UCX_TLS");
     const char *devs = getenv("UCX_NET_DEVICES");
     char list[400]   = "";
     char *text       = NULL;
     size_t size      = 0;
-    FILE *f;
+    bool network     = false;
+    bool cma         = false;
+    FILE *f          = open_memstream(&text, &size);
 
-    if (!fx_log_enabled(FX_LOG_INFO, FX_SUB_NET)) {
-        return;
-    }
-    f = open_memstream(&text, &size);
     if (f != NULL) {
         ucp_context_print_info(tp->ctx, f);
         fclose(f);
@@ -572,17 +633,24 @@ static void log_resources(struct fx_tp *tp)
         if (end != NULL) {
             *end = '\0';
         }
-        if (strstr(line, "resource") != NULL && tl != NULL &&
-            strlen(list) + strlen(tl + 9) + 2 < sizeof(list)) {
-            strcat(list, list[0] ? " " : "");
-            strcat(list, tl + 9);
+        if (strstr(line, "resource") != NULL && tl != NULL) {
+            network = network || !shm_only_tl(tl + 9);
+            cma     = cma || strncmp(tl + 9, "cma/", 4) == 0;
+            if (strlen(list) + strlen(tl + 9) + 2 < sizeof(list)) {
+                strcat(list, list[0] ? " " : "");
+                strcat(list, tl + 9);
+            }
         }
         line = end != NULL ? end + 1 : NULL;
     }
     free(text);
-    fx_info(FX_SUB_NET, "ucx %s: UCX_TLS=%s UCX_NET_DEVICES=%s, resources: %s",
-            ucp_get_version_string(), tls != NULL ? tls : "(default: all)",
-            devs != NULL ? devs : "(default: all)", list[0] ? list : "unknown");
+    tp->local_mode_none = list[0] != '\0' && !network;
+    if (log) {
+        fx_info(FX_SUB_NET, "ucx %s: UCX_TLS=%s UCX_NET_DEVICES=%s, resources: %s",
+                ucp_get_version_string(), tls != NULL ? tls : "(default: all)",
+                devs != NULL ? devs : "(default: all)", list[0] ? list : "unknown");
+    }
+    return cma;
 }
 
 /* Reads UCX's configuration from its UCX_* variables and creates the context. */
@@ -597,16 +665,31 @@ static fx_status context_create(struct fx_tp *tp)
         fx_warn(FX_SUB_NET, "ucx: cannot read its configuration: %s", ucs_status_string(st));
         return FX_ERR_SYSTEM;
     }
-    /* UCX's default (20 s) would notice a dead peer over shared memory far too late. */
+    /* UCX's default (20 s) would notice a hung peer far beyond the core's time bounds. */
     if (getenv("UCX_KEEPALIVE_INTERVAL") == NULL) {
         ucp_config_modify(config, "KEEPALIVE_INTERVAL", "1s");
     }
     st = ucp_init(&params, config, &tp->ctx);
+    /*
+     * Only shared-memory transports: endpoints in error mode none (ep_create), where UCX 1.13
+     * aborts the process when a cma transfer finds its peer dead. Rendezvous (cma's only use)
+     * is turned off then, unless UCX_RNDV_THRESH says otherwise: messages go through the
+     * posix or sysv queues, and a peer's death is survived.
+     */
+    if (st == UCS_OK && read_resources(tp, false) && tp->local_mode_none &&
+        getenv("UCX_RNDV_THRESH") == NULL) {
+        ucp_cleanup(tp->ctx);
+        ucp_config_modify(config, "RNDV_THRESH", "inf");
+        st = ucp_init(&params, config, &tp->ctx);
+        fx_info(FX_SUB_NET, "ucx: shared memory only, rendezvous off (UCX_RNDV_THRESH=inf): a "
+                            "cma transfer from a dead peer would abort this process");
+    }
     ucp_config_release(config);
     if (st != UCS_OK) {
         fx_warn(FX_SUB_NET, "ucx: ucp_init failed: %s", ucs_status_string(st));
         return FX_ERR_SYSTEM;
     }
+    read_resources(tp, true);
     return FX_OK;
 }
 
@@ -644,7 +727,6 @@ static fx_status ucx_init(const struct fx_tp_config *cfg, struct fx_tp **out)
         status = FX_ERR_SYSTEM;
         goto err_worker;
     }
-    log_resources(tp);
     *out = tp;
     return FX_OK;
 
@@ -666,6 +748,40 @@ static void conn_free(struct fx_tp_conn *c)
     free(c);
 }
 
+/* Starts the endpoint's forced close (UCX cancels what still runs on it); false when it
+ * finished at once. */
+static bool ep_force_close(struct fx_tp_conn *c)
+{
+    ucp_request_param_t param = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                 .flags        = UCP_EP_CLOSE_FLAG_FORCE};
+    ucs_status_ptr_t ret      = ucp_ep_close_nbx(c->ep, &param);
+
+    c->ep        = NULL;
+    c->close_req = UCS_PTR_IS_PTR(ret) ? ret : NULL;
+    return c->close_req != NULL;
+}
+
+/* Moves a closing connection on (its flush done: the forced close); true once it is closed. */
+static bool closing_step(struct fx_tp_conn *c)
+{
+    if (c->flush_req != NULL) {
+        if (ucp_request_check_status(c->flush_req) == UCS_INPROGRESS) {
+            return false;
+        }
+        ucp_request_free(c->flush_req);
+        c->flush_req = NULL;
+        return !ep_force_close(c);
+    }
+    if (c->close_req != NULL) {
+        if (ucp_request_check_status(c->close_req) == UCS_INPROGRESS) {
+            return false;
+        }
+        ucp_request_free(c->close_req);
+        c->close_req = NULL;
+    }
+    return true;
+}
+
 /* Finishes endpoint closes; with wait, for up to UCX_CLOSE_MS. */
 static void closing_progress(struct fx_tp *tp, bool wait)
 {
@@ -676,13 +792,11 @@ static void closing_progress(struct fx_tp *tp, bool wait)
 
         while (*pp != NULL) {
             struct fx_tp_conn *c = *pp;
-            ucs_status_t st      = ucp_request_check_status(c->close_req);
 
-            if (st == UCS_INPROGRESS) {
+            if (!closing_step(c)) {
                 pp = &c->next;
                 continue;
             }
-            ucp_request_free(c->close_req);
             *pp = c->next;
             conn_free(c);
         }
@@ -728,9 +842,21 @@ static void drain_unexpected(struct fx_tp *tp)
 static void ucx_fini(struct fx_tp *tp)
 {
     closing_progress(tp, true);
+    /* Flushes that did not finish (a peer that stopped): forced, so that no request is left on
+     * an endpoint when the worker goes. */
+    for (struct fx_tp_conn *c = tp->closing; c != NULL; c = c->next) {
+        if (c->flush_req != NULL) {
+            ucp_request_free(c->flush_req);
+            c->flush_req = NULL;
+            ep_force_close(c);
+        }
+    }
+    closing_progress(tp, true);
     drain_unexpected(tp);
     for (struct fx_tp_conn *c = tp->closing; c != NULL; c = c->next) {
-        ucp_request_free(c->close_req); /* the worker ends these endpoints itself */
+        if (c->close_req != NULL) {
+            ucp_request_free(c->close_req);
+        }
     }
     ucp_worker_destroy(tp->worker);
     ucp_cleanup(tp->ctx);
@@ -744,7 +870,14 @@ static void ucx_fini(struct fx_tp *tp)
         struct fx_tp_req *r = tp->all_reqs;
 
         tp->all_reqs = r->all_next;
+        free(r->bounce);
         free(r);
+    }
+    while (tp->orphans != NULL) {
+        uint8_t *b = tp->orphans;
+
+        memcpy(&tp->orphans, b, sizeof(uint8_t *));
+        free(b);
     }
     free(tp);
 }
@@ -783,16 +916,20 @@ static void ack_check(struct fx_tp_conn *c)
 }
 
 /*
- * The peer closed (its goodbye came after everything it sent) or died (the endpoint failed):
- * what already arrived is still received, but a request still waiting for its header, or a
- * send, can no longer complete.
+ * The peer closed (its goodbye came after everything it sent) or died (the endpoint failed, or
+ * a local peer exited): what already arrived is still received, but a request still waiting for
+ * its header, or a send, can no longer complete. Sends are let go (the peer reads no more of
+ * them); receives are cancelled, and UCX fails those it was filling from a failed endpoint. A
+ * local peer that exited sends nothing more once what it left in our queues is processed, so
+ * after that its receives are let go as well.
  */
 static void peer_gone(struct fx_tp_conn *c)
 {
     struct req_queue *qs[2] = {&c->sendq, &c->recvq};
+    bool exited             = c->pid_watch && c->ep_status != UCS_OK;
 
     if (c->error[0] == '\0') {
-        if (c->ep_status != UCS_OK && c->local) {
+        if (c->ep_status != UCS_OK && c->pid_watch) {
             snprintf(c->error, sizeof(c->error), "%s exited", c->peer);
         } else if (c->ep_status != UCS_OK) {
             snprintf(c->error, sizeof(c->error), "%s died or became unreachable: %s", c->peer,
@@ -801,13 +938,25 @@ static void peer_gone(struct fx_tp_conn *c)
             snprintf(c->error, sizeof(c->error), "%s closed its connection", c->peer);
         }
         fx_info(FX_SUB_NET, "ucx: %s", c->error);
+        for (int n = 0; exited && n < UCX_PROGRESS_MAX; n++) {
+            if (ucp_worker_progress(c->tp->worker) == 0) {
+                break;
+            }
+        }
     }
     for (int d = 0; d < 2; d++) {
         for (struct fx_tp_req *r = qs[d]->head; r != NULL; r = r->next) {
-            if (r->status == FX_INPROGRESS && (r->send || r->hdr.busy || c->ep_status != UCS_OK)) {
-                r->status = FX_ERR_PEER_FAILED;
+            if (r->status != FX_INPROGRESS || !(r->send || r->hdr.busy || c->ep_status != UCS_OK)) {
+                continue;
+            }
+            r->status = FX_ERR_PEER_FAILED;
+            if (r->send || exited) {
                 op_abandon(&r->hdr, c->tp->worker);
                 op_abandon(&r->data, c->tp->worker);
+                orphan_bounce(r);
+            } else {
+                op_cancel(&r->hdr, c->tp->worker);
+                op_cancel(&r->data, c->tp->worker);
             }
         }
     }
@@ -837,7 +986,7 @@ static void check_local_peer(struct fx_tp_conn *c)
 
 static void conn_update(struct fx_tp_conn *c)
 {
-    if (c->local && c->established) {
+    if (c->pid_watch && c->established) {
         check_local_peer(c);
     }
     if (!c->established && c->failed == FX_OK) {
@@ -888,34 +1037,40 @@ static void ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
 }
 
 /*
- * Creates the endpoint. UCX 1.13's shared-memory transports (posix, sysv) have no peer failure
- * handling, so an endpoint in UCP_ERR_HANDLING_MODE_PEER never uses them: to a peer on this
- * host the endpoint is made in mode none, which lets UCX pick shared memory, and the peer's
- * death is seen through a pidfd instead (conn_update). Both sides decide alike, from the same
- * identities.
+ * Creates the endpoint, in UCP_ERR_HANDLING_MODE_PEER where UCX can: a dead peer fails it, and
+ * a forced close cancels what it still moves. UCX 1.13's shared-memory transports (posix, sysv)
+ * have no peer failure handling, so with UCX_TLS limited to them a peer of this host is
+ * unreachable in that mode: then the endpoint is made in mode none and the peer's death is seen
+ * through a pidfd (conn_update). read_resources() usually knows it beforehand; otherwise UCX
+ * logs the refused attempt once per instance and later local peers go straight to mode none.
+ * Both sides decide alike (same settings, same identities).
  */
 static fx_status ep_create(struct fx_tp_conn *c, const ucp_address_t *addr, const uint8_t *ident,
                            uint32_t pid)
 {
     ucp_ep_params_t params = {
-        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE,
-        .address    = addr,
-        .err_mode   = UCP_ERR_HANDLING_MODE_PEER,
+        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
+        .address         = addr,
+        .err_mode        = UCP_ERR_HANDLING_MODE_PEER,
+        .err_handler.cb  = ep_error,
+        .err_handler.arg = c,
     };
-    ucs_status_t st;
+    bool local      = ident_local(c->tp, ident);
+    ucs_status_t st = UCS_ERR_UNREACHABLE;
 
-    c->local    = ident_local(c->tp, ident);
     c->peer_pid = pid;
-    if (c->local) {
-        params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
-        c->pidfd        = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
-    } else {
-        params.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
-        params.err_handler.cb  = ep_error;
-        params.err_handler.arg = c;
+    if (!local || !c->tp->local_mode_none) {
+        st = ucp_ep_create(c->tp->worker, &params, &c->ep);
     }
-    st = ucp_ep_create(c->tp->worker, &params, &c->ep);
-
+    if (st == UCS_ERR_UNREACHABLE && local) {
+        c->tp->local_mode_none = true;
+        c->pid_watch           = true;
+        c->pidfd               = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+        params.field_mask &= ~(uint64_t)UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+        st              = ucp_ep_create(c->tp->worker, &params, &c->ep);
+    }
     if (st != UCS_OK) {
         fx_warn(FX_SUB_NET, "ucx: cannot create an endpoint to %s: %s", c->peer,
                 ucs_status_string(st));
@@ -1156,6 +1311,28 @@ static fx_status ucx_accept(struct fx_tp_listener *l, struct fx_tp_conn **conn, 
     return FX_INPROGRESS;
 }
 
+/* Polls the connection's operations; true while one still runs (with recv_only: a receive).
+ * With cancel, receives not matched yet are cancelled first. */
+static bool ops_busy(struct fx_tp_conn *c, bool cancel, bool recv_only)
+{
+    struct req_queue *qs[2] = {&c->sendq, &c->recvq};
+    bool busy               = false;
+
+    for (int d = 0; d < 2; d++) {
+        for (struct fx_tp_req *r = qs[d]->head; r != NULL; r = r->next) {
+            struct ucx_op *ops[2] = {&r->hdr, &r->data};
+
+            for (int k = 0; k < 2; k++) {
+                if (cancel) {
+                    op_cancel(ops[k], c->tp->worker);
+                }
+                busy = (!op_poll(ops[k]) && (ops[k]->recv || !recv_only)) || busy;
+            }
+        }
+    }
+    return busy;
+}
+
 /* Abandons the connection's requests: they return to the free list, UCX finishes on its own. */
 static void abandon_requests(struct fx_tp_conn *c)
 {
@@ -1168,6 +1345,7 @@ static void abandon_requests(struct fx_tp_conn *c)
             qs[d]->head = r->next;
             op_abandon(&r->hdr, c->tp->worker);
             op_abandon(&r->data, c->tp->worker);
+            orphan_bounce(r);
             req_put(r);
         }
         qs[d]->tail = NULL;
@@ -1178,16 +1356,50 @@ static void abandon_requests(struct fx_tp_conn *c)
 }
 
 /*
+ * After close() the caller owns its buffers again, so UCX must not touch them any more.
+ * Receives not matched yet are cancelled; one being filled is waited for, up to UCX_QUIESCE_MS
+ * (its sender lives, or UCX fails it; a stopped sender keeps it, and it is then left to UCX). A
+ * send still running ends with the endpoint's forced close, which cancels it. Returns whether
+ * something still runs.
+ */
+static bool close_quiesce(struct fx_tp_conn *c)
+{
+    int64_t deadline = fx_now_ms() + UCX_QUIESCE_MS;
+    bool busy        = ops_busy(c, true, true);
+
+    if (c->pid_watch && c->established) {
+        c->next_check_ms = 0;
+        check_local_peer(c);
+    }
+    while (busy && c->ep_status == UCS_OK && fx_now_ms() < deadline) {
+        ucp_worker_progress(c->tp->worker);
+        busy = ops_busy(c, false, true);
+        if (c->pid_watch && c->established) {
+            check_local_peer(c);
+        }
+    }
+    if (c->ep_status != UCS_OK) { /* what the peer left in our queues */
+        for (int n = 0; n < UCX_PROGRESS_MAX && ucp_worker_progress(c->tp->worker) != 0; n++) {
+        }
+    }
+    return ops_busy(c, false, false);
+}
+
+/*
  * Closes a connection. A healthy one says goodbye after what it sent and is flushed, so the
- * peer still receives everything; a failed one is closed at once. The endpoint's close may
- * finish later: the connection stays on the closing list until it has.
+ * peer still receives everything, and then closed by force (nothing runs on it any more; a
+ * flush-mode close would wait for the peer's answer, which a stopped peer never gives); a failed
+ * one, or one with operations still running, is forced at once. The connection stays on the
+ * closing list until UCX finished.
  */
 static void ucx_close(struct fx_tp_conn *c)
 {
     struct fx_tp *tp          = c->tp;
     struct fx_tp_conn **pp    = &tp->conns;
-    bool healthy              = c->failed == FX_OK && c->established && c->ep_status == UCS_OK;
-    ucp_request_param_t param = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS};
+    ucp_request_param_t param = {.op_attr_mask = 0};
+    bool busy;
+    bool healthy;
+    bool force;
     ucs_status_ptr_t ret;
 
     while (*pp != NULL && *pp != c) {
@@ -1196,11 +1408,13 @@ static void ucx_close(struct fx_tp_conn *c)
     if (*pp == c) {
         *pp = c->next;
     }
+    busy = c->ep != NULL && close_quiesce(c);
     abandon_requests(c);
     if (c->ep == NULL) {
         conn_free(c);
         return;
     }
+    healthy = c->failed == FX_OK && c->established && c->ep_status == UCS_OK && !busy;
     if (healthy && !c->peer_closed) {
         struct ucx_op bye;
 
@@ -1208,17 +1422,18 @@ static void ucx_close(struct fx_tp_conn *c)
         op_send(&bye, c->ep, make_tag(c->peer_id, KIND_BYE), c->bye_out, sizeof(c->bye_out));
         op_abandon(&bye, tp->worker); /* the flush below waits for it */
     }
-    /* Force mode needs peer error handling on both sides: a local endpoint is forced only
-     * once its peer exited. */
-    param.flags = healthy || (c->local && c->ep_status == UCS_OK) ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
-    ret         = ucp_ep_close_nbx(c->ep, &param);
-    if (ret == NULL || UCS_PTR_IS_ERR(ret)) {
+    /* UCX asks for error mode peer on both sides of a forced close, as the peer may see
+     * transport errors; in mode none (shared memory only) there is no connection to disturb. */
+    force = !healthy;
+    ret   = force ? NULL : ucp_ep_flush_nbx(c->ep, &param);
+    if (UCS_PTR_IS_PTR(ret)) {
+        c->flush_req = ret;
+    } else if (!ep_force_close(c)) {
         conn_free(c);
         return;
     }
-    c->close_req = ret;
-    c->next      = tp->closing;
-    tp->closing  = c;
+    c->next     = tp->closing;
+    tp->closing = c;
 }
 
 static void ucx_conn_error(struct fx_tp_conn *c, char *buf, size_t len)

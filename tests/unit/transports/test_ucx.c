@@ -1,8 +1,8 @@
 /*
  * The UCX transport against the ops-table contract (contract.h), plus what is its own: sizes up
  * to 16 MiB (UCX's rendezvous), garbage sent to the listener's tag by a foreign UCP worker, and
- * a peer process that dies. meson runs this file twice: with UCX's default transports (shared
- * memory between the processes of one host) and with UCX_TLS=tcp.
+ * a peer process that dies. meson runs this file twice: with UCX_TLS=tcp (endpoints in error
+ * mode peer) and with UCX_TLS=shm,self (mode none, the peer watched through a pidfd).
  */
 #include <criterion/criterion.h>
 #include <poll.h>
