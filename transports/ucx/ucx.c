@@ -16,7 +16,8 @@
  * of message. Each side picks the ids of what it receives, so ids never collide on a worker:
  *   KIND_HELLO (listener id)  connector -> listener, little-endian, UCX_HELLO_HDR bytes:
  *       u32 magic "FXCX", u16 version, u16 hello length, u32 connector's connection id, u32 pid,
- *       u32 worker address length, char host[64]; then the worker address and the hello bytes
+ *       u32 worker address length, char host[64], 24 bytes of host identity (kernel boot id,
+ *       pid namespace); then the worker address and the hello bytes
  *   KIND_ACK (connector's id)  acceptor -> connector, UCX_ACK_LEN bytes: u32 magic, u16
  *       version, u16 zero, u32 acceptor's connection id, u32 pid, char host[64]
  *   KIND_HDR, KIND_DATA (receiver's id)  a message: first a header message (u64 payload
@@ -27,10 +28,16 @@
  *       connection.
  *   KIND_BYE (receiver's id)  the peer closes: u32 magic. What it sent before is still received.
  * The acceptor creates its own endpoint to the connector's worker address (from the hello), so
- * both sides hold an endpoint in UCP_ERR_HANDLING_MODE_PEER: a dead peer fails them (UCX's
- * keep-alive; its interval is set to 1 s unless UCX_KEEPALIVE_INTERVAL is set).
+ * both sides hold an endpoint that notices the other's death: in UCP_ERR_HANDLING_MODE_PEER
+ * (UCX's keep-alive, its interval set to 1 s unless UCX_KEEPALIVE_INTERVAL is set) wherever UCX
+ * can; with shared-memory transports alone (which lack peer failure handling in UCX 1.13) in
+ * mode none, with a pidfd on the local peer, no rendezvous (a cma transfer from a dead peer
+ * aborts the process in that mode) and sends from a copy (ucx_conn.c: ep_create, close).
+ * Requests complete only once UCX no longer uses their buffers, and close() leaves no UCX
+ * operation on them: the core hands the buffers back to the caller after a failure.
  *
- * Published address: u32 magic, u32 listener id, then the worker address. UCX's full address
+ * Published address: u32 magic, u32 listener id, u32 pid, the host identity, then the worker
+ * address. UCX's full address
  * (every transport and device: tcp, posix, sysv, cma, self, InfiniBand) is 145 to 215 bytes on a
  * host with one network interface; FX_TP_ADDR_MAX leaves room for more. A larger one is
  * replaced by the network-only address (no shared memory between local ranks), and listen
