@@ -24,6 +24,7 @@ for np in 2 4; do
             >"$out/$np-$cfg.json"
     done
 done
+# shellcheck disable=SC2086 # one argument per configuration
 python3 - "$out" $configs <<'EOF'
 import json, sys
 out, configs = sys.argv[1], sys.argv[2:]
