@@ -36,7 +36,7 @@
 #include "fx_sock.h"
 
 #define BOOT_MAGIC       0x31425846u /* "FXB1" */
-#define BOOT_VERSION     3
+#define BOOT_VERSION     3 /* 3: addresses of 512 bytes, each rank's place (struct fx_boot_place) */
 #define SRV_HELLO_LEN    40
 #define CLI_PROOF_LEN    72
 #define SRV_PROOF_LEN    36

@@ -160,8 +160,16 @@ static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *sel
         const struct fx_transport_ops *ops = fx_transport_find(comm->cfg.transport);
 
         if (ops == NULL) {
-            snprintf(err, errlen, "FX_TRANSPORT=%s is not a transport of this build (tcp, shm)",
-                     comm->cfg.transport);
+            char names[64] = "";
+
+            for (int i = 0; fx_transports[i] != NULL; i++) {
+                size_t used = strlen(names);
+
+                snprintf(names + used, sizeof(names) - used, "%s%s", i > 0 ? ", " : "",
+                         fx_transports[i]->name);
+            }
+            snprintf(err, errlen, "FX_TRANSPORT=%s is not a transport of this build (%s)",
+                     comm->cfg.transport, names);
             return FX_ERR_INVALID_ARG;
         }
         return start_transport(comm, ops, &tcfg, self, err, errlen);

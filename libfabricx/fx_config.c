@@ -34,7 +34,8 @@ const struct fx_config_row fx_config_table[] = {
     ROW("FX_NSOCKS", FX_CFG_INT, "0",
         "TCP sockets per peer connection; 0: 1 to a peer on this host, 2 to others", nsocks, 0, 64),
     ROW("FX_TRANSPORT", FX_CFG_STRING, "",
-        "force one transport for every pair (tcp, shm); unset: shm to ranks of this host, tcp "
+        "force one transport for every pair (tcp, shm, ucx if built); unset: shm to ranks of this "
+        "host, tcp "
         "to others",
         transport, 0, 0),
     ROW("FX_SHM_DISABLE", FX_CFG_BOOL, "0",

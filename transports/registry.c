@@ -8,12 +8,18 @@
 extern const struct fx_transport_ops fx_tcp_ops;
 #endif
 extern const struct fx_transport_ops fx_shm_ops;
+#if FX_HAVE_UCX
+extern const struct fx_transport_ops fx_ucx_ops;
+#endif
 
 const struct fx_transport_ops *const fx_transports[] = {
 #if FX_HAVE_TCP
     &fx_tcp_ops,
 #endif
     &fx_shm_ops, /* ranks of one host only: chosen with FX_TRANSPORT=shm */
+#if FX_HAVE_UCX
+    &fx_ucx_ops, /* after tcp, so never the default: chosen with FX_TRANSPORT=ucx */
+#endif
     NULL,
 };
 

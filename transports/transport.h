@@ -32,7 +32,7 @@
 #include "fabricx.h"
 
 #define FX_TP_HDR_MAX   64
-#define FX_TP_ADDR_MAX  160
+#define FX_TP_ADDR_MAX  512 /* UCX worker addresses: 145-215 bytes on one NIC (ucx.c) */
 #define FX_TP_HELLO_MAX 128
 
 /* Capability bits, set to match the slots a transport fills. */

@@ -101,18 +101,21 @@ static void log_to_files(void)
 struct routes {
     int shm;
     int tcp;
+    int forced; /* another transport FX_TRANSPORT names (ucx) */
 };
 
 static struct routes expected_routes(int i, int n, const char *forced)
 {
-    struct routes want = {0, 0};
+    struct routes want = {0, 0, 0};
     int hosts          = harness_netns_count();
 
     if (forced != NULL && forced[0] != '\0') {
         if (strcmp(forced, "shm") == 0) {
             want.shm = n - 1;
-        } else {
+        } else if (strcmp(forced, "tcp") == 0) {
             want.tcp = n - 1;
+        } else {
+            want.forced = n - 1;
         }
         return want;
     }
@@ -135,7 +138,7 @@ static void expect_routes(const struct harness_run_info *info, int n, bool shm_d
 
     for (int i = 0; i < n; i++) {
         struct routes want = expected_routes(i, n, forced);
-        struct routes got  = {0, 0};
+        struct routes got  = {0, 0, 0};
         char path[160], line[512];
         FILE *f;
 
@@ -161,16 +164,18 @@ static void expect_routes(const struct harness_run_info *info, int n, bool shm_d
                     got.shm = peers;
                 } else if (strcmp(name, "tcp") == 0) {
                     got.tcp = peers;
+                } else if (forced != NULL && strcmp(name, forced) == 0) {
+                    got.forced = peers;
                 }
             }
         }
         fclose(f);
         unlink(path);
-        cr_expect(got.shm == want.shm && got.tcp == want.tcp,
-                  "rank %d of %d: shm to %d and tcp to %d peers, expected %d and %d (namespace "
-                  "hosts: %d, FX_TRANSPORT=%s)",
-                  i, n, got.shm, got.tcp, want.shm, want.tcp, harness_netns_count(),
-                  forced != NULL ? forced : "");
+        cr_expect(got.shm == want.shm && got.tcp == want.tcp && got.forced == want.forced,
+                  "rank %d of %d: shm to %d, tcp to %d and FX_TRANSPORT's to %d peers, expected "
+                  "%d, %d and %d (namespace hosts: %d, FX_TRANSPORT=%s)",
+                  i, n, got.shm, got.tcp, got.forced, want.shm, want.tcp, want.forced,
+                  harness_netns_count(), forced != NULL ? forced : "");
     }
     log_path(path_self, sizeof(path_self), getpid()); /* the test's own, if it logged */
     unlink(path_self);
@@ -567,7 +572,8 @@ static long long check_counters(struct harness_child *c, const fx_link_stats *s,
         int peer = k < c->index ? k : k + 1;
 
         if (s[k].peer != peer || s[k].host[0] == '\0' ||
-            (strcmp(s[k].transport, "tcp") != 0 && strcmp(s[k].transport, "shm") != 0)) {
+            (strcmp(s[k].transport, "tcp") != 0 && strcmp(s[k].transport, "shm") != 0 &&
+             strcmp(s[k].transport, "ucx") != 0)) {
             harness_logf(c, "entry %d: peer %d (want %d), host '%s', transport '%s'; ", k,
                          s[k].peer, peer, s[k].host, s[k].transport);
             bad++;
