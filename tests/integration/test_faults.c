@@ -416,19 +416,6 @@ Test(faults, mismatched_datatype_gives_mismatch_on_every_rank, .timeout = 60,
     expect_mismatch((struct mm_case){1, MISMATCH_COUNT});
 }
 
-/* Messages of many chunks striped over four sockets per connection: the mismatched lengths
- * surface on whichever request's frame arrives first, while other receives are being posted;
- * every rank must still report the mismatch, never a broken connection. Five runs. */
-Test(faults, mismatched_large_count_over_striped_sockets_gives_mismatch, .timeout = 150,
-     .fini = harness_kill_all)
-{
-    setenv("FX_NSOCKS", "4", 1);
-    for (int run = 0; run < 5; run++) {
-        expect_mismatch((struct mm_case){0, (1u << 20) + 3});
-    }
-    unsetenv("FX_NSOCKS");
-}
-
 /* ---- 6: garbage on the bootstrap port, torchrun-style environment ---- */
 
 #define ENV_NRANKS 4

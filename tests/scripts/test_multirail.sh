@@ -6,8 +6,6 @@
 #   spread             FX_SOCKET_IFNAME=eth: a connection's sockets use both NICs, each NIC
 #                      carries at least a third of the traffic
 #   one NIC            FX_SOCKET_IFNAME=eth0: eth1 carries nothing of the job
-#   rail unreachable   eth1 of host 1 blackholed from host 0: the connection falls back to one
-#                      interface (logged), the job still runs correctly
 # Tears its cluster down at the end, failure or not.
 #
 # usage: tests/scripts/test_multirail.sh   (as root; meson runs it as the test netns-multirail)
@@ -103,23 +101,6 @@ if run_job one eth0; then
     fi
 else
     fail "one NIC: the job failed"
-fi
-
-# Rail unreachable: host 0 cannot reach host 1's eth1 address; rank 0 connects to rank 1.
-if ip -n "$NAME-h0" route add blackhole "$a1/32"; then
-    if run_job fallback eth; then
-        pass "rail unreachable: the job ran correctly (eth0 $D0 bytes, eth1 $D1)"
-        if logs fallback | grep -q "not spreading this connection"; then
-            pass "rail unreachable: the fallback to one interface is logged"
-        else
-            fail "rail unreachable: no 'not spreading this connection' warning"
-        fi
-    else
-        fail "rail unreachable: the job failed"
-    fi
-    ip -n "$NAME-h0" route del blackhole "$a1/32" 2>/dev/null || true
-else
-    fail "rail unreachable: cannot add the blackhole route"
 fi
 
 summary
