@@ -356,6 +356,27 @@ Test(rcache, a_thread_unmapping_while_another_uses_the_cache, .timeout = 30)
     munmap(mine, 4 * pg);
 }
 
+/*
+ * meson runs this alone a second time with UCX_MEM_EVENTS=no (unit-rcache-no-events): libucm
+ * then reports no unmap, so the cache must not keep anything.
+ */
+Test(rcache, without_unmap_events_nothing_is_cached, .timeout = 10)
+{
+    const char *events = getenv("UCX_MEM_EVENTS");
+    bool off           = events != NULL && strcmp(events, "no") == 0;
+    struct counters c;
+    struct fx_rcache *rc = make_cache(&c, 64 * MiB);
+    uint8_t *buf         = map_pages(1, c.page);
+
+    cr_expect_eq(fx_rcache_enabled(rc), !off, "UCX_MEM_EVENTS=%s", events ? events : "(unset)");
+    fx_rcache_put(rc, get(rc, buf, 1));
+    fx_rcache_put(rc, get(rc, buf, 1));
+    cr_expect_eq(atomic_load(&c.regs), off ? 2 : 1);
+    cr_expect_eq(atomic_load(&c.deregs), off ? 2 : 0);
+    fx_rcache_destroy(rc);
+    munmap(buf, c.page);
+}
+
 #endif /* FX_HAVE_UCM */
 
 /* FX_REG_CACHE_MAX=0 (and any cache without unmap events): one registration per get. */
