@@ -140,10 +140,11 @@ static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *sel
                                  size_t errlen)
 {
     struct fx_tp_config tcfg = {
-        .ifname     = comm->cfg.socket_ifname[0] ? comm->cfg.socket_ifname : NULL,
-        .nsocks     = comm->cfg.nsocks,
-        .timeout_ms = comm->cfg.timeout_ms,
-        .zerocopy   = comm->cfg.tcp_zerocopy,
+        .ifname        = comm->cfg.socket_ifname[0] ? comm->cfg.socket_ifname : NULL,
+        .nsocks        = comm->cfg.nsocks,
+        .timeout_ms    = comm->cfg.timeout_ms,
+        .zerocopy      = comm->cfg.tcp_zerocopy,
+        .reg_cache_max = comm->cfg.reg_cache_max,
     };
     bool have_net = false;
     char picked[256];

@@ -30,6 +30,7 @@ struct fx_config {
     char tune_cache[512];    /* FX_TUNE_CACHE: a directory, "none", or "" for the default */
     int spin_us;             /* FX_SPIN_US */
     bool link_stats;         /* FX_LINK_STATS */
+    size_t reg_cache_max;    /* FX_REG_CACHE_MAX: bytes; 0: no registration cache */
 };
 
 enum fx_config_type {
