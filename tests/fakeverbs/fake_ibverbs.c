@@ -1077,7 +1077,7 @@ FV_EXPORT int ibv_destroy_cq(struct ibv_cq *ibcq)
     struct fv_ctx *c = ctx_of(ibcq->context);
     pthread_mutex_lock(&c->lock);
     if (cq->nqp != 0) {
-        fv_log("ibv_destroy_cq: %d QP(s) still use this CQ", cq->nqp);
+        fv_log("ibv_destroy_cq: QPs still use this CQ (%d send or receive queues)", cq->nqp);
         pthread_mutex_unlock(&c->lock);
         return EBUSY;
     }
