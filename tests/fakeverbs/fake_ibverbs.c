@@ -1739,7 +1739,9 @@ static int fv_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
         w->signaled = qp->sq_sig_all || (wr->send_flags & IBV_SEND_SIGNALED);
         w->len      = (uint32_t)len;
         w->nsge     = wr->num_sge;
-        memcpy(w->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
+        if (wr->num_sge > 0) {
+            memcpy(w->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
+        }
         w->imm = wr->imm_data;
         if (wr->opcode == IBV_WR_RDMA_WRITE || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM ||
             wr->opcode == IBV_WR_RDMA_READ) {
@@ -1814,7 +1816,9 @@ static int fv_post_recv(struct ibv_qp *ibqp, struct ibv_recv_wr *wr, struct ibv_
         r        = &qp->rq[(qp->rq_head + qp->rq_count) % (int)qp->cap.max_recv_wr];
         r->wr_id = wr->wr_id;
         r->nsge  = wr->num_sge;
-        memcpy(r->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
+        if (wr->num_sge > 0) {
+            memcpy(r->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
+        }
         qp->rq_count++;
         if (qp->qp.state == IBV_QPS_ERR) {
             struct ibv_wc wc;

@@ -141,6 +141,8 @@ static int g_cm_err;
 static int g_epfd    = -1;
 static int g_wake[2] = {-1, -1};
 static pthread_t g_thread;
+static bool g_thread_started;
+static bool g_cm_stop;
 static struct cm_sock *g_socks;
 static uint64_t g_serial;
 static struct ibv_context **g_ctxs;
@@ -184,7 +186,8 @@ static void cm_init_once(void)
         g_cm_err = errno;
         return;
     }
-    g_cm_err = pthread_create(&g_thread, NULL, cm_main, NULL);
+    g_cm_err         = pthread_create(&g_thread, NULL, cm_main, NULL);
+    g_thread_started = g_cm_err == 0;
 }
 
 static int cm_init(void)
@@ -200,9 +203,24 @@ static int cm_init(void)
 /* Closes what the library opened, when the program left nothing behind (valgrind-clean). */
 __attribute__((destructor)) static void cm_fini(void)
 {
+    if (g_thread_started) {
+        pthread_mutex_lock(&g_cm);
+        g_cm_stop = true;
+        pthread_mutex_unlock(&g_cm);
+        if (write(g_wake[1], "s", 1) != 1) {
+            cm_log("cannot stop the connection thread: %s", strerror(errno));
+            return;
+        }
+        pthread_join(g_thread, NULL);
+        g_thread_started = false;
+    }
     if (g_epfd < 0 || g_socks != NULL) {
         return;
     }
+    close(g_epfd);
+    close(g_wake[0]);
+    close(g_wake[1]);
+    g_epfd = -1;
     for (int i = 0; i < g_nctx; i++) {
         if (g_pds[i] != NULL && ibv_dealloc_pd(g_pds[i]) != 0) {
             return;
@@ -1420,6 +1438,10 @@ static void *cm_main(void *arg)
             return NULL;
         }
         pthread_mutex_lock(&g_cm);
+        if (g_cm_stop) {
+            pthread_mutex_unlock(&g_cm);
+            return NULL;
+        }
         for (int i = 0; i < n; i++) {
             uint64_t key = evs[i].data.u64;
             if (key == 0) {

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -976,6 +977,17 @@ Test(fakeverbs, disconnect_reaches_both_sides)
 /* The server in a child process: listens, tells the parent its port, accepts, posts receives,
  * says "E" once connected, then waits (bounded) to be killed or stopped. *up_fd gets the read end
  * of the pipe it talks through. */
+static pid_t g_child; /* killed by kill_child whatever the test's outcome */
+
+static void kill_child(void)
+{
+    if (g_child > 0) {
+        kill(g_child, SIGKILL);
+        waitpid(g_child, NULL, 0);
+        g_child = 0;
+    }
+}
+
 static pid_t fork_server(uint16_t *port, int *up_fd)
 {
     int up[2];
@@ -987,6 +999,7 @@ static pid_t fork_server(uint16_t *port, int *up_fd)
     if (pid == 0) {
         struct pair p;
         uint16_t prt;
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a stopped child must not outlive the test */
         memset(&p, 0, sizeof(p));
         close(up[0]);
         p.s.ch = rdma_create_event_channel();
@@ -1005,6 +1018,7 @@ static pid_t fork_server(uint16_t *port, int *up_fd)
         sleep(30);
         _exit(4);
     }
+    g_child = pid;
     close(up[1]);
     pfd = (struct pollfd){.fd = up[0], .events = POLLIN};
     cr_assert_eq(poll(&pfd, 1, WAIT_MS), 1, "the child did not start listening");
@@ -1027,9 +1041,10 @@ static void reap(pid_t pid)
     int st;
     kill(pid, SIGKILL);
     cr_assert_eq(waitpid(pid, &st, 0), pid);
+    g_child = 0;
 }
 
-Test(fakeverbs, dead_peer_gives_retry_exceeded_and_disconnect)
+Test(fakeverbs, dead_peer_gives_retry_exceeded_and_disconnect, .fini = kill_child)
 {
     struct side c = {0};
     struct ibv_wc wc;
@@ -1061,7 +1076,7 @@ Test(fakeverbs, dead_peer_gives_retry_exceeded_and_disconnect)
     rdma_destroy_event_channel(c.ch);
 }
 
-Test(fakeverbs, stopped_peer_gives_retry_exceeded_after_the_timeout)
+Test(fakeverbs, stopped_peer_gives_retry_exceeded_after_the_timeout, .fini = kill_child)
 {
     struct side c = {0};
     struct ibv_wc wc;
@@ -1076,6 +1091,11 @@ Test(fakeverbs, stopped_peer_gives_retry_exceeded_after_the_timeout)
     expect_event(c.ch, RDMA_CM_EVENT_ESTABLISHED);
     wait_established_child(up_fd);
     cr_assert_eq(kill(pid, SIGSTOP), 0);
+    {
+        int st;
+        cr_assert_eq(waitpid(pid, &st, WUNTRACED), pid); /* stopped for sure */
+        cr_assert(WIFSTOPPED(st));
+    }
     t0 = ms_now();
     cr_assert_eq(post_write(&c, 1, 0, 8, 0x1000, 0x999, true, IBV_SEND_SIGNALED), 0);
     wc      = wait_wc(c.cq);
