@@ -1841,11 +1841,14 @@ static int fv_post_recv(struct ibv_qp *ibqp, struct ibv_recv_wr *wr, struct ibv_
 
 static int out_append(struct fv_qp *qp, const void *a, size_t alen, const void *b, size_t blen)
 {
-    size_t need = qp->olen + alen + blen;
-    if (qp->ooff > 0 && qp->ooff == qp->olen) {
-        qp->ooff = qp->olen = 0;
-        need                = alen + blen;
+    size_t need;
+    if (qp->ooff > 0) {
+        /* drop what the socket has taken, so that a busy connection's buffer does not grow */
+        memmove(qp->obuf, qp->obuf + qp->ooff, qp->olen - qp->ooff);
+        qp->olen -= qp->ooff;
+        qp->ooff = 0;
     }
+    need = qp->olen + alen + blen;
     if (need > qp->ocap) {
         size_t cap = qp->ocap ? qp->ocap : 4096;
         uint8_t *n;

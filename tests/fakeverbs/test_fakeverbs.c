@@ -1108,3 +1108,100 @@ Test(fakeverbs, stopped_peer_gives_retry_exceeded_after_the_timeout, .fini = kil
     side_free(&c);
     rdma_destroy_event_channel(c.ch);
 }
+
+Test(fakeverbs, cq_overrun_is_an_error)
+{
+    struct pair p;
+    struct opts o = default_opts;
+    struct ibv_wc wc[4];
+    o.cqe = 2;
+    pair_up(&p, &o);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(post_write(&p.c, (uint64_t)i, 0, 8, (uintptr_t)p.s.buf, p.s.mr->rkey, false,
+                                IBV_SEND_SIGNALED),
+                     0);
+    }
+    /* the third completion finds the CQ of 2 full: the CQ fails from then on */
+    for (int i = 0; i < 1000; i++) {
+        int n = ibv_poll_cq(p.c.cq, 0, wc);
+        if (n < 0) {
+            break;
+        }
+        usleep(1000);
+    }
+    cr_assert_lt(ibv_poll_cq(p.c.cq, 4, wc), 0, "no overrun reported");
+    cr_assert_eq(p.c.id->qp->state, IBV_QPS_ERR);
+    pair_down(&p);
+}
+
+Test(fakeverbs, type_of_service_is_recorded)
+{
+    struct rdma_event_channel *ch = rdma_create_event_channel();
+    struct rdma_cm_id *id;
+    struct sockaddr_in to = {
+        .sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    uint8_t tos = 106;
+    int bad     = 1;
+    cr_assert_eq(rdma_create_id(ch, &id, NULL, RDMA_PS_TCP), 0);
+    cr_assert_eq(rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_TOS, &tos, sizeof(tos)), 0);
+    cr_assert_eq(rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_TOS, &bad, sizeof(bad)), -1);
+    cr_assert_eq(rdma_resolve_addr(id, NULL, (struct sockaddr *)&to, WAIT_MS), 0);
+    expect_event(ch, RDMA_CM_EVENT_ADDR_RESOLVED);
+    cr_assert_eq(rdma_resolve_route(id, WAIT_MS), 0);
+    expect_event(ch, RDMA_CM_EVENT_ROUTE_RESOLVED);
+    cr_assert_eq(id->route.num_paths, 1);
+    cr_assert_eq(id->route.path_rec->traffic_class, 106);
+    cr_assert_eq(rdma_destroy_id(id), 0);
+    rdma_destroy_event_channel(ch);
+}
+
+Test(fakeverbs, many_large_writes_land_in_order)
+{
+    struct pair p;
+    struct opts o    = default_opts;
+    const size_t len = 8u << 20, chunk = 256u << 10;
+    uint8_t *src = malloc(len), *dst = calloc(1, len);
+    struct ibv_mr *smr, *dmr;
+    struct ibv_wc wc;
+    cr_assert_not_null(src);
+    cr_assert_not_null(dst);
+    o.max_send_wr = 64;
+    o.cqe         = 128;
+    pair_up(&p, &o);
+    for (size_t i = 0; i < len; i++) {
+        src[i] = (uint8_t)(i * 7 + (i >> 12));
+    }
+    smr = ibv_reg_mr(p.c.pd, src, len, IBV_ACCESS_LOCAL_WRITE);
+    dmr = ibv_reg_mr(p.s.pd, dst, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+    cr_assert_not_null(smr);
+    cr_assert_not_null(dmr);
+    cr_assert_eq(post_recv(&p.s, 1, 0), 0);
+    /* 32 writes in flight at once, the last one with immediate data and signaled */
+    for (size_t off = 0; off < len; off += chunk) {
+        bool last          = off + chunk == len;
+        struct ibv_sge sge = {
+            .addr = (uintptr_t)src + off, .length = (uint32_t)chunk, .lkey = smr->lkey};
+        struct ibv_send_wr wr = {.wr_id   = off,
+                                 .sg_list = &sge,
+                                 .num_sge = 1,
+                                 .opcode  = last ? IBV_WR_RDMA_WRITE_WITH_IMM : IBV_WR_RDMA_WRITE,
+                                 .send_flags = last ? IBV_SEND_SIGNALED : 0},
+                           *bad;
+        wr.wr.rdma.remote_addr = (uintptr_t)dst + off;
+        wr.wr.rdma.rkey        = dmr->rkey;
+        cr_assert_eq(ibv_post_send(p.c.id->qp, &wr, &bad), 0);
+    }
+    wc = wait_wc(p.c.cq);
+    cr_assert_eq(wc.status, IBV_WC_SUCCESS, "%s", ibv_wc_status_str(wc.status));
+    cr_assert_eq(wc.wr_id, len - chunk);
+    wc = wait_wc(p.s.cq);
+    cr_assert_eq(wc.status, IBV_WC_SUCCESS);
+    cr_assert_eq(wc.byte_len, chunk);
+    /* the immediate arrives after every earlier write has landed */
+    cr_assert_eq(memcmp(src, dst, len), 0);
+    cr_assert_eq(ibv_dereg_mr(smr), 0);
+    cr_assert_eq(ibv_dereg_mr(dmr), 0);
+    free(src);
+    free(dst);
+    pair_down(&p);
+}
