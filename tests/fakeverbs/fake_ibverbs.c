@@ -373,6 +373,9 @@ struct fv_qp {
     int sq_unsignaled; /* completed unsignaled WRs still holding their slots */
     uint32_t next_psn, expected_psn;
     uint64_t rnr_until;
+    /* the transport timer: runs while sent requests wait for an acknowledgement, restarted
+     * whenever the connection makes progress (bytes leave, an acknowledgement arrives) */
+    uint64_t tdeadline;
     /* receive queue */
     struct fv_rwr *rq;
     int rq_head, rq_count;
@@ -2007,8 +2010,10 @@ static void sq_transmit(struct fv_ctx *c, struct fv_qp *qp, uint64_t now)
             w->err   = IBV_WC_GENERAL_ERR;
             break;
         }
-        w->state    = WR_SENT;
-        w->deadline = tmo ? now + tmo : 0;
+        w->state = WR_SENT;
+        if (tmo != 0 && qp->tdeadline == 0) {
+            qp->tdeadline = now + tmo;
+        }
     }
     sq_retire(c, qp);
 }
@@ -2064,6 +2069,7 @@ static void handle_ack(struct fv_ctx *c, struct fv_qp *qp, const struct fv_hdr *
             }
         }
         qp->rnr_until = now + rnr_delay_us(h->rnr_timer) * 1000;
+        qp->tdeadline = 0;
         return;
     } else if (h->status != A_OK) {
         w->state = WR_FAILED;
@@ -2072,7 +2078,9 @@ static void handle_ack(struct fv_ctx *c, struct fv_qp *qp, const struct fv_hdr *
                                             : IBV_WC_REM_OP_ERR;
         goto out;
     }
-    /* acknowledgements are cumulative: everything sent before psn is done too */
+    /* acknowledgements are cumulative: everything sent before psn is done too; the transport
+     * timer starts over for what remains */
+    qp->tdeadline = qp->tdeadline != 0 ? now + ack_timeout_ns(qp) : 0;
     for (int i = 0; i < qp->sq_count; i++) {
         struct fv_swr *x = &qp->sq[(qp->sq_head + i) % (int)qp->cap.max_send_wr];
         if (x->state == WR_SENT && (int32_t)(x->psn - h->psn) <= 0 &&
@@ -2305,6 +2313,9 @@ static void qp_output(struct fv_ctx *c, struct fv_qp *qp)
             break;
         }
         qp->ooff += (size_t)n;
+        if (n > 0 && qp->tdeadline != 0) {
+            qp->tdeadline = now_ns() + ack_timeout_ns(qp);
+        }
     }
     if (qp->ooff == qp->olen) {
         qp->ooff = qp->olen = 0;
@@ -2333,7 +2344,24 @@ static void qp_timers(struct fv_ctx *c, struct fv_qp *qp, uint64_t now, uint64_t
     }
     for (int i = 0; i < qp->sq_count; i++) {
         struct fv_swr *w = &qp->sq[(qp->sq_head + i) % (int)qp->cap.max_send_wr];
-        if ((w->state == WR_SENT || (w->state == WR_QUEUED && qp->fd < 0)) && w->deadline != 0) {
+        if (w->state == WR_SENT) {
+            /* the oldest request waiting for its acknowledgement */
+            if (qp->tdeadline == 0) {
+                return;
+            }
+            if (now >= qp->tdeadline) {
+                fv_dbg("QP 0x%x: no acknowledgement in %llu us: retries exhausted", qp->qp.qp_num,
+                       (unsigned long long)(ack_timeout_ns(qp) / 1000));
+                qp->tdeadline = 0;
+                w->state      = WR_FAILED;
+                w->err        = IBV_WC_RETRY_EXC_ERR;
+                sq_retire(c, qp);
+            } else if (qp->tdeadline < *next) {
+                *next = qp->tdeadline;
+            }
+            return;
+        }
+        if (w->state == WR_QUEUED && qp->fd < 0 && w->deadline != 0) {
             if (now >= w->deadline) {
                 fv_dbg("QP 0x%x: no acknowledgement in %llu us: retries exhausted", qp->qp.qp_num,
                        (unsigned long long)(ack_timeout_ns(qp) / 1000));
@@ -2346,6 +2374,7 @@ static void qp_timers(struct fv_ctx *c, struct fv_qp *qp, uint64_t now, uint64_t
             return;
         }
     }
+    qp->tdeadline = 0;
 }
 
 static void *nic_main(void *arg)

@@ -1205,3 +1205,32 @@ Test(fakeverbs, many_large_writes_land_in_order)
     free(dst);
     pair_down(&p);
 }
+
+Test(fakeverbs, registration_paths_and_unsupported_calls)
+{
+    struct ibv_device **list = ibv_get_device_list(NULL);
+    struct ibv_context *ctx  = ibv_open_device(list[0]);
+    struct ibv_pd *pd        = ibv_alloc_pd(ctx);
+    static uint8_t buf[4096];
+    /* an access mask the compiler cannot see: the header's inline takes ibv_reg_mr_iova2 */
+    volatile int access         = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
+    struct ibv_mr *mr           = ibv_reg_mr(pd, buf, sizeof(buf), access);
+    struct ibv_srq_init_attr sa = {0};
+    cr_assert_not_null(mr);
+    cr_assert_eq(mr->addr, buf);
+    cr_assert_eq(mr->length, sizeof(buf));
+    cr_assert_eq(ibv_dealloc_pd(pd), EBUSY, "an MR still uses the PD");
+    cr_assert_eq(ibv_dereg_mr(mr), 0);
+    errno = 0;
+    cr_assert_null(ibv_reg_mr(pd, buf, sizeof(buf), IBV_ACCESS_REMOTE_WRITE));
+    cr_assert_eq(errno, EINVAL, "remote write without local write");
+    errno = 0;
+    cr_assert_null(ibv_reg_dmabuf_mr(pd, 0, sizeof(buf), 0, 3, IBV_ACCESS_LOCAL_WRITE));
+    cr_assert_eq(errno, EOPNOTSUPP);
+    errno = 0;
+    cr_assert_null(ibv_create_srq(pd, &sa));
+    cr_assert_eq(errno, ENOSYS);
+    cr_assert_eq(ibv_dealloc_pd(pd), 0);
+    cr_assert_eq(ibv_close_device(ctx), 0);
+    ibv_free_device_list(list);
+}
