@@ -1234,3 +1234,20 @@ Test(fakeverbs, registration_paths_and_unsupported_calls)
     cr_assert_eq(ibv_close_device(ctx), 0);
     ibv_free_device_list(list);
 }
+
+Test(fakeverbs, loopback_addresses_belong_to_the_first_active_device)
+{
+    struct pair p;
+    struct ibv_wc wc;
+    setenv("FAKEVERBS_DEVICES", "fxv0:down,fxib:ib", 1);
+    pair_up(&p, &default_opts);
+    cr_assert_str_eq(ibv_get_device_name(p.c.id->verbs->device), "fxib");
+    cr_assert_eq(p.s.id->verbs, p.c.id->verbs);
+    /* and an InfiniBand port carries the traffic as well */
+    cr_assert_eq(post_recv(&p.s, 1, 0), 0);
+    cr_assert_eq(
+        post_write(&p.c, 2, 0, 8, (uintptr_t)p.s.buf, p.s.mr->rkey, true, IBV_SEND_SIGNALED), 0);
+    wc = wait_wc(p.c.cq);
+    cr_assert_eq(wc.status, IBV_WC_SUCCESS, "%s", ibv_wc_status_str(wc.status));
+    pair_down(&p);
+}
