@@ -2133,6 +2133,13 @@ static void handle_request(struct fv_ctx *c, struct fv_qp *qp, const struct fv_h
         }
         return; /* after a NAK, until the NAKed request comes again */
     }
+    if (h->type == T_READ && qp->max_dest_rd_atomic == 0) {
+        /* a responder with no RDMA read resources (responder_resources 0) cannot serve one */
+        fv_dbg("QP 0x%x: RDMA read with max_dest_rd_atomic 0: invalid request", qp->qp.qp_num);
+        send_ctl(qp, T_ACK, A_INV_REQ, h->psn, NULL, 0);
+        qp_to_err(qp, "invalid request");
+        return;
+    }
     if (h->type == T_WRITE || h->type == T_WRITE_IMM || h->type == T_READ) {
         int need = h->type == T_READ ? IBV_ACCESS_REMOTE_READ : IBV_ACCESS_REMOTE_WRITE;
         dst = (qp->access & need) ? mr_lookup(c, qp->qp.pd, h->rkey, h->raddr, h->len, need) : NULL;

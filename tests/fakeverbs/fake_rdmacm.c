@@ -112,7 +112,7 @@ struct cm_id {
     bool ack_timeout_set;
     uint32_t peer_qpn;
     uint8_t peer_retry, peer_rnr_retry, peer_resp_res, peer_init_depth;
-    uint8_t my_retry, my_rnr_retry, my_resp_res;
+    uint8_t my_retry, my_rnr_retry;
     struct ibv_sa_path_rec path;
 };
 
@@ -1042,7 +1042,6 @@ FV_EXPORT int rdma_connect(struct rdma_cm_id *cid, struct rdma_conn_param *param
     if (param != NULL) {
         id->my_retry     = param->retry_count;
         id->my_rnr_retry = param->rnr_retry_count;
-        id->my_resp_res  = param->responder_resources;
         m.resp_res       = param->responder_resources;
         m.init_depth     = param->initiator_depth;
         m.retry          = param->retry_count;
@@ -1295,8 +1294,10 @@ static void on_conn_msg(struct cm_sock *s)
         uint8_t pdata[CM_REP_PDATA] = {0};
         struct cm_msg rtu           = {.magic = CM_MAGIC, .type = M_RTU};
         int fd                      = s->fd;
-        ret = qp_connect(id, s->msg.qpn, s->msg.init_depth, s->msg.resp_res, id->my_retry,
-                         id->my_rnr_retry, id->my_resp_res != 0);
+        /* as the IB CM does with a REP: the reads we may issue are the ones the responder
+         * accepts, and we serve as many as it will issue */
+        ret = qp_connect(id, s->msg.qpn, s->msg.resp_res, s->msg.init_depth, id->my_retry,
+                         id->my_rnr_retry, s->msg.init_depth != 0);
         if (ret == 0) {
             ret = send_msg(fd, &rtu);
         }

@@ -73,6 +73,7 @@ static struct ibv_wc wait_wc(struct ibv_cq *cq)
 struct opts {
     uint32_t max_send_wr, max_recv_wr, max_sge, max_inline;
     uint8_t rnr_retry, retry;
+    uint8_t resp_res; /* the server's responder_resources: RDMA reads it serves at once */
     int cqe;
     bool channel;      /* a completion channel on the server's CQ */
     int ack_timeout;   /* RDMA_OPTION_ID_ACK_TIMEOUT on the client, when > 0 */
@@ -86,6 +87,7 @@ static const struct opts default_opts = {.max_send_wr = 16,
                                          .max_inline  = 64,
                                          .rnr_retry   = 7,
                                          .retry       = 7,
+                                         .resp_res    = 1,
                                          .cqe         = 64};
 
 /* One side: a cm id with its QP on the shared device context */
@@ -211,7 +213,7 @@ static void server_accept(struct pair *p, const struct opts *o)
     cr_assert_eq(rdma_ack_cm_event(ev), 0);
     side_qp(&p->s, o, o->channel);
     cp.rnr_retry_count     = o->rnr_retry;
-    cp.responder_resources = 1;
+    cp.responder_resources = o->resp_res;
     cp.initiator_depth     = 1;
     cr_assert_eq(rdma_accept(p->s.id, &cp), 0, "rdma_accept: %s", strerror(errno));
 }
@@ -575,6 +577,17 @@ Test(fakeverbs, rdma_read)
     cr_assert_eq(wc.opcode, IBV_WC_RDMA_READ);
     cr_assert_eq(wc.byte_len, 8);
     cr_assert_str_eq((char *)p.c.buf, "read me");
+    /* and the other way: the accepting side reads from the connecting one */
+    memcpy(p.c.buf + 128, "and back", 9);
+    sge.addr               = (uintptr_t)p.s.buf + 256;
+    sge.length             = 9;
+    sge.lkey               = p.s.mr->lkey;
+    wr.wr.rdma.remote_addr = (uintptr_t)p.c.buf + 128;
+    wr.wr.rdma.rkey        = p.c.mr->rkey;
+    cr_assert_eq(ibv_post_send(p.s.id->qp, &wr, &bad), 0);
+    wc = wait_wc(p.s.cq);
+    cr_assert_eq(wc.status, IBV_WC_SUCCESS, "%s", ibv_wc_status_str(wc.status));
+    cr_assert_str_eq((char *)p.s.buf + 256, "and back");
     pair_down(&p);
 }
 
@@ -1249,5 +1262,28 @@ Test(fakeverbs, loopback_addresses_belong_to_the_first_active_device)
         post_write(&p.c, 2, 0, 8, (uintptr_t)p.s.buf, p.s.mr->rkey, true, IBV_SEND_SIGNALED), 0);
     wc = wait_wc(p.c.cq);
     cr_assert_eq(wc.status, IBV_WC_SUCCESS, "%s", ibv_wc_status_str(wc.status));
+    pair_down(&p);
+}
+
+Test(fakeverbs, rdma_read_needs_responder_resources)
+{
+    struct pair p;
+    struct opts o = default_opts;
+    struct ibv_wc wc;
+    struct ibv_sge sge;
+    struct ibv_send_wr wr = {0}, *bad;
+    o.resp_res            = 0;
+    pair_up(&p, &o);
+    sge           = (struct ibv_sge){.addr = (uintptr_t)p.c.buf, .length = 8, .lkey = p.c.mr->lkey};
+    wr.wr_id      = 31;
+    wr.sg_list    = &sge;
+    wr.num_sge    = 1;
+    wr.opcode     = IBV_WR_RDMA_READ;
+    wr.send_flags = IBV_SEND_SIGNALED;
+    wr.wr.rdma.remote_addr = (uintptr_t)p.s.buf;
+    wr.wr.rdma.rkey        = p.s.mr->rkey;
+    cr_assert_eq(ibv_post_send(p.c.id->qp, &wr, &bad), 0);
+    wc = wait_wc(p.c.cq);
+    cr_assert_eq(wc.status, IBV_WC_REM_INV_REQ_ERR, "%s", ibv_wc_status_str(wc.status));
     pair_down(&p);
 }
