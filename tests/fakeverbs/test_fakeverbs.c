@@ -1287,3 +1287,38 @@ Test(fakeverbs, rdma_read_needs_responder_resources)
     cr_assert_eq(wc.status, IBV_WC_REM_INV_REQ_ERR, "%s", ibv_wc_status_str(wc.status));
     pair_down(&p);
 }
+
+Test(fakeverbs, ipv6_loopback_connects)
+{
+    struct rdma_event_channel *sch = rdma_create_event_channel();
+    struct rdma_cm_id *lid;
+    struct sockaddr_in6 any = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT};
+    struct sockaddr_in6 dst = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    struct pair p;
+    struct rdma_conn_param cp = {.retry_count = 7, .rnr_retry_count = 7};
+    struct rdma_cm_event *ev;
+    memset(&p, 0, sizeof(p));
+    cr_assert_eq(rdma_create_id(sch, &lid, NULL, RDMA_PS_TCP), 0);
+    cr_assert_eq(rdma_bind_addr(lid, (struct sockaddr *)&any), 0);
+    cr_assert_null(lid->verbs, "a wildcard bind has no device yet");
+    cr_assert_eq(rdma_listen(lid, 4), 0);
+    dst.sin6_port = rdma_get_src_port(lid);
+    p.s.ch        = sch;
+    p.listen      = lid;
+    p.c.ch        = rdma_create_event_channel();
+    cr_assert_eq(rdma_create_id(p.c.ch, &p.c.id, NULL, RDMA_PS_TCP), 0);
+    cr_assert_eq(rdma_resolve_addr(p.c.id, NULL, (struct sockaddr *)&dst, WAIT_MS), 0);
+    expect_event(p.c.ch, RDMA_CM_EVENT_ADDR_RESOLVED);
+    cr_assert_eq(rdma_resolve_route(p.c.id, WAIT_MS), 0);
+    expect_event(p.c.ch, RDMA_CM_EVENT_ROUTE_RESOLVED);
+    side_qp(&p.c, &default_opts, false);
+    cr_assert_eq(rdma_connect(p.c.id, &cp), 0);
+    server_accept(&p, &default_opts);
+    ev = next_event(p.c.ch, RDMA_CM_EVENT_ESTABLISHED);
+    cr_assert_eq(ev->param.conn.private_data_len, 196, "the REP's fixed-size field");
+    cr_assert_eq(rdma_ack_cm_event(ev), 0);
+    expect_event(p.s.ch, RDMA_CM_EVENT_ESTABLISHED);
+    cr_assert_eq(rdma_get_peer_addr(p.s.id)->sa_family, AF_INET6);
+    cr_assert_eq(rdma_get_dst_port(p.s.id), rdma_get_src_port(p.c.id));
+    pair_down(&p);
+}
