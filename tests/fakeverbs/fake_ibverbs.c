@@ -262,6 +262,7 @@ struct fv_ctx {
     struct fv_mr *mrs;
     struct fv_qp *qps;
     int npd, ncq, nchan;
+    bool overrun; /* a CQ overran: its QPs go to ERR in the NIC's next round */
 };
 
 struct fv_pd {
@@ -357,6 +358,10 @@ enum fv_ack { A_OK, A_RNR, A_ACCESS, A_INV_REQ, A_OP_ERR };
 struct fv_qp {
     struct ibv_qp qp;
     struct fv_qp *next;
+    /* the QP's state in the "hardware"; qp.state, which programs read, follows it only in
+     * ibv_modify_qp and ibv_query_qp, as in the real library (an error the NIC raises is not
+     * visible there until the program asks) */
+    enum ibv_qp_state hw;
     struct ibv_qp_cap cap;
     bool sq_sig_all;
     int access;
@@ -1211,11 +1216,8 @@ static void cq_push(struct fv_ctx *c, struct fv_cq *cq, const struct ibv_wc *wc)
                "error (ibv_poll_cq fails) and its QPs go to the error state",
                cq->cap);
         cq->overrun = true;
-        for (struct fv_qp *q = c->qps; q != NULL; q = q->next) {
-            if (q->qp.send_cq == &cq->cq || q->qp.recv_cq == &cq->cq) {
-                qp_to_err(q, "CQ overrun");
-            }
-        }
+        /* not here: the QP whose completion this is may be in the middle of its queue */
+        c->overrun = true;
         return;
     }
     cq->ring[(cq->head + cq->count) % cq->cap] = *wc;
@@ -1306,6 +1308,7 @@ FV_EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *ibpd, struct ibv_qp_init_a
     qp->qp.send_cq    = attr->send_cq;
     qp->qp.recv_cq    = attr->recv_cq;
     qp->qp.qp_type    = IBV_QPT_RC;
+    qp->hw            = IBV_QPS_RESET;
     qp->qp.state      = IBV_QPS_RESET;
     qp->qp.qp_num =
         ((uint32_t)(getpid() & 0xfff) << 12) | (atomic_fetch_add(&qpn_counter, 1) & 0xfff);
@@ -1421,7 +1424,7 @@ FV_EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int m
     int required = 0, optional = 0;
     bool found = false;
     pthread_mutex_lock(&c->lock);
-    cur = qp->qp.state;
+    cur = qp->hw;
     if ((mask & IBV_QP_CUR_STATE) && attr->cur_qp_state != cur) {
         fv_dbg("modify_qp 0x%x: cur_qp_state %s but the QP is %s", ibqp->qp_num,
                state_name(attr->cur_qp_state), state_name(cur));
@@ -1542,10 +1545,11 @@ FV_EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int m
         qp_reset_queues(qp);
         qp_close_wire(c, qp);
         qp->peer_dead = false;
-        qp->qp.state  = IBV_QPS_RESET;
+        qp->hw        = IBV_QPS_RESET;
     } else {
-        qp->qp.state = to;
+        qp->hw = to;
     }
+    qp->qp.state = qp->hw;
     pthread_mutex_unlock(&c->lock);
     ring_bell(c);
     return 0;
@@ -1562,8 +1566,9 @@ FV_EXPORT int ibv_query_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int ma
     pthread_mutex_lock(&c->lock);
     memset(attr, 0, sizeof(*attr));
     memset(init, 0, sizeof(*init));
-    attr->qp_state           = qp->qp.state;
-    attr->cur_qp_state       = qp->qp.state;
+    qp->qp.state             = qp->hw;
+    attr->qp_state           = qp->hw;
+    attr->cur_qp_state       = qp->hw;
     attr->path_mtu           = qp->path_mtu;
     attr->qp_access_flags    = (unsigned)qp->access;
     attr->pkey_index         = qp->pkey_index;
@@ -1661,10 +1666,10 @@ static void sq_retire(struct fv_ctx *c, struct fv_qp *qp)
 static void qp_to_err(struct fv_qp *qp, const char *why)
 {
     struct fv_ctx *c = ctx_of(qp->qp.context);
-    if (qp->qp.state != IBV_QPS_ERR) {
-        fv_dbg("QP 0x%x: %s -> ERR (%s)", qp->qp.qp_num, state_name(qp->qp.state), why);
+    if (qp->hw != IBV_QPS_ERR) {
+        fv_dbg("QP 0x%x: %s -> ERR (%s)", qp->qp.qp_num, state_name(qp->hw), why);
     }
-    qp->qp.state  = IBV_QPS_ERR;
+    qp->hw        = IBV_QPS_ERR;
     qp->rnr_until = 0;
     while (qp->sq_count > 0) {
         sq_complete_head(c, qp, IBV_WC_WR_FLUSH_ERR);
@@ -1693,7 +1698,7 @@ static int fv_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
     for (; wr != NULL; wr = wr->next) {
         struct fv_swr *w;
         uint64_t len         = 0;
-        enum ibv_qp_state st = qp->qp.state;
+        enum ibv_qp_state st = qp->hw;
         if (st != IBV_QPS_RTS && st != IBV_QPS_ERR) {
             fv_log("ibv_post_send(QP 0x%x): QP is in state %s, not RTS", ibqp->qp_num,
                    state_name(st));
@@ -1794,7 +1799,7 @@ static int fv_post_recv(struct ibv_qp *ibqp, struct ibv_recv_wr *wr, struct ibv_
     for (; wr != NULL; wr = wr->next) {
         struct fv_rwr *r;
         long n;
-        if (qp->qp.state == IBV_QPS_RESET) {
+        if (qp->hw == IBV_QPS_RESET) {
             fv_log("ibv_post_recv(QP 0x%x): QP is in state RESET", ibqp->qp_num);
             ret = EINVAL;
             break;
@@ -1823,7 +1828,7 @@ static int fv_post_recv(struct ibv_qp *ibqp, struct ibv_recv_wr *wr, struct ibv_
             memcpy(r->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
         }
         qp->rq_count++;
-        if (qp->qp.state == IBV_QPS_ERR) {
+        if (qp->hw == IBV_QPS_ERR) {
             struct ibv_wc wc;
             wc_init(&wc, qp, r->wr_id, IBV_WC_WR_FLUSH_ERR);
             wc.opcode = IBV_WC_RECV;
@@ -1969,7 +1974,7 @@ static int build_frame(struct fv_ctx *c, struct fv_qp *qp, struct fv_swr *w)
 static void sq_transmit(struct fv_ctx *c, struct fv_qp *qp, uint64_t now)
 {
     uint64_t tmo = ack_timeout_ns(qp);
-    if (qp->qp.state != IBV_QPS_RTS || (qp->rnr_until != 0 && now < qp->rnr_until)) {
+    if (qp->hw != IBV_QPS_RTS || (qp->rnr_until != 0 && now < qp->rnr_until)) {
         return;
     }
     qp->rnr_until = 0;
@@ -2034,7 +2039,7 @@ static void handle_ack(struct fv_ctx *c, struct fv_qp *qp, const struct fv_hdr *
                        const uint8_t *data, uint64_t now)
 {
     struct fv_swr *w = swr_by_psn(qp, h->psn);
-    if (qp->qp.state != IBV_QPS_RTS || w == NULL || w->state != WR_SENT) {
+    if (qp->hw != IBV_QPS_RTS || w == NULL || w->state != WR_SENT) {
         return; /* a stale answer */
     }
     if (h->type == T_READ_RESP) {
@@ -2124,7 +2129,7 @@ static void handle_request(struct fv_ctx *c, struct fv_qp *qp, const struct fv_h
     bool needs_recv        = h->type != T_WRITE && h->type != T_READ;
     uint8_t *dst           = NULL;
     enum ibv_wc_status rst = IBV_WC_SUCCESS;
-    if (qp->qp.state != IBV_QPS_RTR && qp->qp.state != IBV_QPS_RTS) {
+    if (qp->hw != IBV_QPS_RTR && qp->hw != IBV_QPS_RTS) {
         return; /* a QP that is not receiving does not answer: the requester times out */
     }
     if (h->psn != qp->expected_psn) {
@@ -2206,7 +2211,7 @@ static void peer_gone(struct fv_ctx *c, struct fv_qp *qp, const char *why)
     for (int i = 0; i < qp->sq_count; i++) {
         struct fv_swr *w = &qp->sq[(qp->sq_head + i) % (int)qp->cap.max_send_wr];
         if (w->state == WR_SENT || w->state == WR_QUEUED) {
-            if (qp->qp.state == IBV_QPS_RTS) {
+            if (qp->hw == IBV_QPS_RTS) {
                 w->state = WR_FAILED;
                 w->err   = IBV_WC_RETRY_EXC_ERR;
             }
@@ -2338,7 +2343,7 @@ static void qp_output(struct fv_ctx *c, struct fv_qp *qp)
 /* Send WRs whose acknowledgement did not come in time. */
 static void qp_timers(struct fv_ctx *c, struct fv_qp *qp, uint64_t now, uint64_t *next)
 {
-    if (qp->qp.state != IBV_QPS_RTS) {
+    if (qp->hw != IBV_QPS_RTS) {
         return;
     }
     if (qp->rnr_until != 0) {
@@ -2415,6 +2420,15 @@ static void *nic_main(void *arg)
         for (struct fv_qp *qp = c->qps; qp != NULL; qp = qp->next) {
             qp_timers(c, qp, now, &next);
             qp_output(c, qp);
+        }
+        if (c->overrun) {
+            c->overrun = false;
+            for (struct fv_qp *qp = c->qps; qp != NULL; qp = qp->next) {
+                if (((struct fv_cq *)qp->qp.send_cq)->overrun ||
+                    ((struct fv_cq *)qp->qp.recv_cq)->overrun) {
+                    qp_to_err(qp, "CQ overrun");
+                }
+            }
         }
         pthread_mutex_unlock(&c->lock);
         if (next == UINT64_MAX) {
