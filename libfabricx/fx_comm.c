@@ -140,10 +140,15 @@ static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *sel
                                  size_t errlen)
 {
     struct fx_tp_config tcfg = {
-        .ifname     = comm->cfg.socket_ifname[0] ? comm->cfg.socket_ifname : NULL,
-        .nsocks     = comm->cfg.nsocks,
-        .timeout_ms = comm->cfg.timeout_ms,
-        .zerocopy   = comm->cfg.tcp_zerocopy,
+        .ifname       = comm->cfg.socket_ifname[0] ? comm->cfg.socket_ifname : NULL,
+        .nsocks       = comm->cfg.nsocks,
+        .timeout_ms   = comm->cfg.timeout_ms,
+        .zerocopy     = comm->cfg.tcp_zerocopy,
+        .ib_hca       = comm->cfg.ib_hca[0] ? comm->cfg.ib_hca : NULL,
+        .ib_gid_index = comm->cfg.ib_gid_index,
+        .ib_tc        = comm->cfg.ib_tc,
+        .ib_sl        = comm->cfg.ib_sl,
+        .ib_qps       = comm->cfg.ib_qps,
     };
     bool have_net = false;
     char picked[256];
@@ -156,6 +161,7 @@ static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *sel
     if (tcfg.ifname == NULL && picked[0] != '\0') {
         tcfg.ifname = picked;
     }
+    tcfg.ib_near = self->place.nic[0] != '\0' ? self->place.nic : NULL;
     if (comm->cfg.transport[0]) {
         const struct fx_transport_ops *ops = fx_transport_find(comm->cfg.transport);
 

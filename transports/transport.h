@@ -46,6 +46,13 @@ struct fx_tp_config {
     int timeout_ms;     /* bound on connection set-up handshakes */
     size_t min_stripe;  /* payloads below 2 * min_stripe travel on one socket; 0: default */
     bool zerocopy;      /* FX_TCP_ZEROCOPY: MSG_ZEROCOPY for large sends */
+    /* RDMA verbs (docs/verbs.md) */
+    const char *ib_hca;  /* FX_IB_HCA: "mlx5_0:1,mlx5_1:1", first usable wins; NULL: ib_near */
+    const char *ib_near; /* the NIC nearest to this process (topology), or NULL */
+    int ib_gid_index;    /* FX_IB_GID_INDEX; -1: the first RoCE v2 IPv4-mapped GID (IB: 0) */
+    int ib_tc;           /* FX_IB_TC: traffic class / IP TOS; -1: not set */
+    int ib_sl;           /* FX_IB_SL: InfiniBand service level */
+    int ib_qps;          /* FX_IB_QPS_PER_CONN; 0: the transport's default */
 };
 
 /* An address published through the bootstrap table: opaque bytes of `len`. */
