@@ -16,6 +16,18 @@
 
 #define VB_INLINE     64 /* inline data asked of a QP (credits, CTS, small messages) */
 #define VB_RESOLVE_MS 2000
+/* Local ACK timeout exponent: 4.096 us * 2^18 = 1.07 s per try, 7 retries (as NCCL uses):
+ * a busy peer is not declared dead, a dead one is within about 9 s (or by its disconnect). */
+#define VB_ACK_TIMEOUT 18
+
+static void set_ack_timeout(struct rdma_cm_id *id)
+{
+    uint8_t t = VB_ACK_TIMEOUT;
+
+    if (rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &t, sizeof(t)) != 0) {
+        fx_info(FX_SUB_NET, "verbs: rdma_set_option(ACK_TIMEOUT): %s", strerror(errno));
+    }
+}
 
 /* ------------------------------------------------------------------ the published address */
 
@@ -301,6 +313,7 @@ static void route_resolved(struct fx_tp_conn *c, struct vb_qp *q)
     if (!qp_make(c, q)) {
         return;
     }
+    set_ack_timeout(q->id);
     conn_param(&p, data, req_data(c, q->index, data));
     if (rdma_connect(q->id, &p) != 0) {
         fx_vb_conn_fail(c, FX_ERR_CONNECTION, "rdma_connect to %s: %s", c->peer, strerror(errno));
@@ -484,6 +497,7 @@ static bool connect_request(struct fx_tp_listener *l, struct rdma_cm_id *id, con
         c->qp[qi].id = NULL;
         return false;
     }
+    set_ack_timeout(id);
     conn_param(&param, data, rep_data(c, data));
     if (rdma_accept(id, &param) != 0) {
         fx_vb_conn_fail(c, FX_ERR_CONNECTION, "rdma_accept from %s: %s", c->peer, strerror(errno));
