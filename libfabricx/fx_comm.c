@@ -140,15 +140,16 @@ static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *sel
                                  size_t errlen)
 {
     struct fx_tp_config tcfg = {
-        .ifname       = comm->cfg.socket_ifname[0] ? comm->cfg.socket_ifname : NULL,
-        .nsocks       = comm->cfg.nsocks,
-        .timeout_ms   = comm->cfg.timeout_ms,
-        .zerocopy     = comm->cfg.tcp_zerocopy,
-        .ib_hca       = comm->cfg.ib_hca[0] ? comm->cfg.ib_hca : NULL,
-        .ib_gid_index = comm->cfg.ib_gid_index,
-        .ib_tc        = comm->cfg.ib_tc,
-        .ib_sl        = comm->cfg.ib_sl,
-        .ib_qps       = comm->cfg.ib_qps,
+        .ifname        = comm->cfg.socket_ifname[0] ? comm->cfg.socket_ifname : NULL,
+        .nsocks        = comm->cfg.nsocks,
+        .timeout_ms    = comm->cfg.timeout_ms,
+        .zerocopy      = comm->cfg.tcp_zerocopy,
+        .reg_cache_max = comm->cfg.reg_cache_max,
+        .ib_hca        = comm->cfg.ib_hca[0] ? comm->cfg.ib_hca : NULL,
+        .ib_gid_index  = comm->cfg.ib_gid_index,
+        .ib_tc         = comm->cfg.ib_tc,
+        .ib_sl         = comm->cfg.ib_sl,
+        .ib_qps        = comm->cfg.ib_qps,
     };
     bool have_net = false;
     char picked[256];

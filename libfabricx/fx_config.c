@@ -100,6 +100,10 @@ const struct fx_config_row fx_config_table[] = {
     ROW("FX_IB_QPS_PER_CONN", FX_CFG_INT, "2",
         "verbs: queue pairs per peer connection; large messages are split across them", ib_qps, 1,
         8),
+    ROW("FX_REG_CACHE_MAX", FX_CFG_SIZE, "1G",
+        "bytes of unused memory registrations a transport that registers memory keeps cached "
+        "(ucx; K/M/G suffixes); 0: register for each operation",
+        reg_cache_max, 0, 1LL << 40),
     DOC("FX_DEBUG", "WARN", "log level: NONE, WARN, INFO or TRACE"),
     DOC("FX_DEBUG_SUBSYS", "ALL", "subsystems logged: INIT,BOOT,COLL,NET,ENV (^ to exclude)"),
     DOC("FX_DEBUG_FILE", "", "log to this file instead of stderr (%h host, %p pid)"),

@@ -35,6 +35,7 @@ struct fx_config {
     int ib_tc;               /* FX_IB_TC; -1: not set */
     int ib_sl;               /* FX_IB_SL */
     int ib_qps;              /* FX_IB_QPS_PER_CONN */
+    size_t reg_cache_max;    /* FX_REG_CACHE_MAX: bytes; 0: no registration cache */
 };
 
 enum fx_config_type {

@@ -18,8 +18,9 @@
  * time; the core serialises calls with its own lock. No call blocks, except where a slot's
  * comment says so.
  *
- * Layering: transports include only this header, fabricx.h, libfabricx/fx_log.h and
- * libfabricx/fx_sock.h (clock and address formatting). The core hands them configuration in
+ * Layering: transports include only this header, fabricx.h, libfabricx/fx_log.h,
+ * libfabricx/fx_sock.h (clock and address formatting) and transports/rcache.h (the shared
+ * memory registration cache). The core hands them configuration in
  * struct fx_tp_config; they never read FX_* variables themselves.
  */
 #ifndef FX_TRANSPORT_H
@@ -41,11 +42,12 @@
 
 /* Configuration handed to init by the core (from FX_* variables and the bootstrap). */
 struct fx_tp_config {
-    const char *ifname; /* FX_SOCKET_IFNAME: prefixes, "^" to exclude, "=" exact, or a CIDR */
-    int nsocks;         /* sockets per connection; 0: the transport's default */
-    int timeout_ms;     /* bound on connection set-up handshakes */
-    size_t min_stripe;  /* payloads below 2 * min_stripe travel on one socket; 0: default */
-    bool zerocopy;      /* FX_TCP_ZEROCOPY: MSG_ZEROCOPY for large sends */
+    const char *ifname;   /* FX_SOCKET_IFNAME: prefixes, "^" to exclude, "=" exact, or a CIDR */
+    int nsocks;           /* sockets per connection; 0: the transport's default */
+    int timeout_ms;       /* bound on connection set-up handshakes */
+    size_t min_stripe;    /* payloads below 2 * min_stripe travel on one socket; 0: default */
+    bool zerocopy;        /* FX_TCP_ZEROCOPY: MSG_ZEROCOPY for large sends */
+    size_t reg_cache_max; /* FX_REG_CACHE_MAX: bound of a registration cache (rcache.h); 0: none */
     /* RDMA verbs (docs/verbs.md) */
     const char *ib_hca;  /* FX_IB_HCA: "mlx5_0:1,mlx5_1:1", first usable wins; NULL: ib_near */
     const char *ib_near; /* the NIC nearest to this process (topology), or NULL */

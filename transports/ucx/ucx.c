@@ -43,11 +43,14 @@
  * replaced by the network-only address (no shared memory between local ranks), and listen
  * fails only when that does not fit either (then narrow UCX_TLS or UCX_NET_DEVICES).
  *
- * Memory registration: no ucp_mem_map here. The tag API registers contiguous host buffers
- * itself for zero-copy and rendezvous, through UCX's registration cache (UCX_RCACHE_ENABLE,
- * on by default), which also watches munmap and brk through its memory hooks so a freed and
- * reused range is never served a stale registration. A cache of our own keyed on addresses
- * could not see free() and would risk exactly that on RDMA devices (docs/ucx.md).
+ * Memory registration: payloads of UCX_REG_MIN (64 KiB) or more, sent or received, go with a
+ * memory handle (UCP_OP_ATTR_FIELD_MEMH, in UCX 1.13's ucp.h) from ucp_mem_map, kept in the
+ * instance's registration cache (transports/rcache.h, bounded by FX_REG_CACHE_MAX), so
+ * repeated collectives on the same buffers register once. The cache drops a registration when
+ * libucm reports its pages unmapped (munmap, free, brk), and caches nothing when those events
+ * do not arrive. A request holds its registration until UCX is done with the operation; one
+ * given up while UCX may still use it (close, a dead peer) keeps it until the worker is gone
+ * (fini). Smaller payloads go without (UCX copies them anyway), as do sends from a bounce copy.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -124,6 +127,7 @@ static struct fx_tp_req *req_get(struct fx_tp_conn *c)
     }
     r->next     = NULL;
     r->bounce   = NULL;
+    r->reg      = NULL;
     r->conn     = c;
     r->status   = FX_INPROGRESS;
     r->hdr_seen = false;
@@ -152,6 +156,35 @@ void fx_ucx_orphan_bounce(struct fx_tp_req *r)
         r->conn->tp->orphans = r->bounce;
         r->bounce            = NULL;
     }
+}
+
+/*
+ * Releases a request's registration hold: at once when UCX is done with the operation; when it
+ * was given up while UCX may still use its memory handle (running), after the worker is gone
+ * (ucx_fini).
+ */
+void fx_ucx_reg_release(struct fx_tp_req *r, bool running)
+{
+    struct fx_tp *tp = r->conn->tp;
+    struct ucx_held *h;
+
+    if (r->reg == NULL) {
+        return;
+    }
+    if (!running) {
+        fx_rcache_put(tp->rcache, r->reg);
+    } else if ((h = malloc(sizeof(*h))) != NULL) {
+        h->ent   = r->reg;
+        h->next  = tp->held;
+        tp->held = h;
+    }
+    /* Out of memory for the note: the hold stays, and fx_rcache_destroy drops it at fini. */
+    r->reg = NULL;
+}
+
+void fx_ucx_rcache_stats(struct fx_tp *tp, struct fx_rcache_stats *st)
+{
+    fx_rcache_stats(tp->rcache, st);
 }
 
 /* Checks a received header message against the posted lengths; copies out the sender's header. */
@@ -220,10 +253,23 @@ static bool req_update(struct fx_tp_req *r)
     return true;
 }
 
+/* Holds a registration of the payload (the cache's, or one made for this operation only). */
+static fx_status payload_reg(struct fx_tp_conn *c, struct fx_tp_req *r, const void *buf, size_t len)
+{
+    char err[256];
+    fx_status status = fx_rcache_get(c->tp->rcache, buf, len, &r->reg, err, sizeof(err));
+
+    if (status != FX_OK) {
+        fx_warn(FX_SUB_NET, "ucx: payload of %zu bytes to or from %s: %s", len, c->peer, err);
+    }
+    return status;
+}
+
 static fx_status post(struct fx_tp_conn *c, bool send, const void *hdr, size_t hdrlen,
                       const void *buf, size_t len, struct fx_tp_req **out)
 {
     ucp_worker_h w = c->tp->worker;
+    ucp_mem_h memh = NULL;
     struct fx_tp_req *r;
 
     if (c->failed != FX_OK) {
@@ -253,6 +299,14 @@ static fx_status post(struct fx_tp_conn *c, bool send, const void *hdr, size_t h
         }
         memcpy(r->bounce + UCX_BOUNCE_HDR, buf, len);
         buf = r->bounce + UCX_BOUNCE_HDR;
+    } else if (len >= UCX_REG_MIN) {
+        fx_status status = payload_reg(c, r, buf, len);
+
+        if (status != FX_OK) {
+            fx_ucx_req_put(r);
+            return status;
+        }
+        memh = fx_rcache_handle(r->reg);
     }
     if (send) {
         put64(r->msg, len);
@@ -260,14 +314,14 @@ static fx_status post(struct fx_tp_conn *c, bool send, const void *hdr, size_t h
         if (hdrlen > 0) {
             memcpy(r->msg + UCX_MSG_HDR, hdr, hdrlen);
         }
-        op_send(&r->hdr, c->ep, make_tag(c->peer_id, KIND_HDR), r->msg, UCX_MSG_HDR + hdrlen);
+        op_send(&r->hdr, c->ep, make_tag(c->peer_id, KIND_HDR), r->msg, UCX_MSG_HDR + hdrlen, NULL);
         if (len > 0) {
-            op_send(&r->data, c->ep, make_tag(c->peer_id, KIND_DATA), buf, len);
+            op_send(&r->data, c->ep, make_tag(c->peer_id, KIND_DATA), buf, len, memh);
         }
     } else {
-        op_recv(&r->hdr, w, make_tag(c->id, KIND_HDR), r->msg, sizeof(r->msg));
+        op_recv(&r->hdr, w, make_tag(c->id, KIND_HDR), r->msg, sizeof(r->msg), NULL);
         if (len > 0) {
-            op_recv(&r->data, w, make_tag(c->id, KIND_DATA), (void *)buf, len);
+            op_recv(&r->data, w, make_tag(c->id, KIND_DATA), (void *)buf, len, memh);
         }
     }
     queue_push(send ? &c->sendq : &c->recvq, r);
@@ -324,6 +378,7 @@ static fx_status ucx_test(struct fx_tp_req *r)
     status = r->status;
     free(r->bounce);
     r->bounce = NULL;
+    fx_ucx_reg_release(r, false);
     fx_ucx_req_put(r);
     return status;
 }
@@ -431,6 +486,37 @@ static fx_status context_create(struct fx_tp *tp)
     return FX_OK;
 }
 
+/* The registration cache's callbacks: ucp_mem_map of host memory the caller owns. */
+static void *mem_map(void *ctx, void *addr, size_t len, char *err, size_t errlen)
+{
+    struct fx_tp *tp            = ctx;
+    ucp_mem_map_params_t params = {.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
+                                                 UCP_MEM_MAP_PARAM_FIELD_LENGTH,
+                                   .address = addr,
+                                   .length  = len};
+    ucp_mem_h memh;
+    ucs_status_t st = ucp_mem_map(tp->ctx, &params, &memh);
+
+    if (st != UCS_OK) {
+        snprintf(err, errlen, "ucp_mem_map of %zu bytes at %p failed: %s", len, addr,
+                 ucs_status_string(st));
+        return NULL;
+    }
+    return memh;
+}
+
+static void mem_unmap(void *ctx, void *handle)
+{
+    struct fx_tp *tp = ctx;
+    ucs_status_t st  = ucp_mem_unmap(tp->ctx, handle);
+
+    if (st != UCS_OK) {
+        fx_warn(FX_SUB_NET, "ucx: ucp_mem_unmap failed: %s", ucs_status_string(st));
+    }
+}
+
+static const struct fx_rcache_ops mem_ops = {.reg = mem_map, .dereg = mem_unmap};
+
 static fx_status ucx_init(const struct fx_tp_config *cfg, struct fx_tp **out)
 {
     ucp_worker_params_t wp = {.field_mask  = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
@@ -438,6 +524,7 @@ static fx_status ucx_init(const struct fx_tp_config *cfg, struct fx_tp **out)
     struct fx_tp *tp       = calloc(1, sizeof(*tp));
     fx_status status;
     ucs_status_t st;
+    char err[200];
 
     if (tp == NULL) {
         return FX_ERR_NO_MEMORY;
@@ -463,6 +550,11 @@ static fx_status ucx_init(const struct fx_tp_config *cfg, struct fx_tp **out)
     if (st != UCS_OK) {
         fx_warn(FX_SUB_NET, "ucx: the worker has no event fd: %s", ucs_status_string(st));
         status = FX_ERR_SYSTEM;
+        goto err_worker;
+    }
+    status = fx_rcache_create(&mem_ops, tp, cfg->reg_cache_max, &tp->rcache, err, sizeof(err));
+    if (status != FX_OK) {
+        fx_warn(FX_SUB_NET, "ucx: %s", err);
         goto err_worker;
     }
     *out = tp;
@@ -510,6 +602,38 @@ static void drain_unexpected(struct fx_tp *tp)
     }
 }
 
+/*
+ * Releases the registrations still held (operations given up, requests completed and never
+ * tested before their connection closed), logs the cache's counters and destroys it. After the
+ * worker: nothing uses a memory handle any more.
+ */
+static void rcache_fini(struct fx_tp *tp)
+{
+    struct fx_rcache_stats st;
+
+    for (struct fx_tp_req *r = tp->all_reqs; r != NULL; r = r->all_next) {
+        if (r->reg != NULL) {
+            fx_rcache_put(tp->rcache, r->reg);
+            r->reg = NULL;
+        }
+    }
+    while (tp->held != NULL) {
+        struct ucx_held *h = tp->held;
+
+        tp->held = h->next;
+        fx_rcache_put(tp->rcache, h->ent);
+        free(h);
+    }
+    fx_rcache_stats(tp->rcache, &st);
+    fx_trace(FX_SUB_MEM,
+             "ucx registration cache: %llu hits, %llu misses, %llu evictions, %llu "
+             "invalidations, %zu entries of %zu bytes left",
+             (unsigned long long)st.hits, (unsigned long long)st.misses,
+             (unsigned long long)st.evictions, (unsigned long long)st.invalidations, st.entries,
+             st.bytes);
+    fx_rcache_destroy(tp->rcache);
+}
+
 static void ucx_fini(struct fx_tp *tp)
 {
     fx_ucx_closing_progress(tp, true);
@@ -530,6 +654,7 @@ static void ucx_fini(struct fx_tp *tp)
         }
     }
     ucp_worker_destroy(tp->worker);
+    rcache_fini(tp);
     ucp_cleanup(tp->ctx);
     while (tp->closing != NULL) {
         struct fx_tp_conn *c = tp->closing;

@@ -189,7 +189,7 @@ static void peer_gone(struct fx_tp_conn *c)
             r->status = FX_ERR_PEER_FAILED;
             if (r->send || exited) {
                 op_abandon(&r->hdr, c->tp->worker);
-                op_abandon(&r->data, c->tp->worker);
+                fx_ucx_reg_release(r, op_abandon(&r->data, c->tp->worker));
                 fx_ucx_orphan_bounce(r);
             } else {
                 op_cancel(&r->hdr, c->tp->worker);
@@ -304,7 +304,7 @@ static struct fx_tp_conn *conn_new(struct fx_tp *tp)
     c->tp    = tp;
     c->id    = tp->next_id++;
     c->pidfd = -1;
-    op_recv(&c->bye_op, tp->worker, make_tag(c->id, KIND_BYE), c->bye_in, sizeof(c->bye_in));
+    op_recv(&c->bye_op, tp->worker, make_tag(c->id, KIND_BYE), c->bye_in, sizeof(c->bye_in), NULL);
     return c;
 }
 
@@ -351,7 +351,7 @@ fx_status fx_ucx_listen(struct fx_tp *tp, struct fx_tp_addr *addr, struct fx_tp_
     memcpy(addr->data + UCX_ADDR_HDR, attr.address, attr.address_length);
     addr->len = (uint32_t)(UCX_ADDR_HDR + attr.address_length);
     ucp_worker_release_address(tp->worker, attr.address);
-    op_recv(&l->op, tp->worker, make_tag(l->id, KIND_HELLO), l->buf, sizeof(l->buf));
+    op_recv(&l->op, tp->worker, make_tag(l->id, KIND_HELLO), l->buf, sizeof(l->buf), NULL);
     *out = l;
     return FX_OK;
 }
@@ -394,8 +394,8 @@ static fx_status hello_send(struct fx_tp_conn *c, uint32_t lst_id, const void *h
     memcpy(c->hello_msg + UCX_HELLO_HDR, my_addr, my_len);
     memcpy(c->hello_msg + UCX_HELLO_HDR + my_len, hello, hello_len);
     ucp_worker_release_address(tp->worker, my_addr);
-    op_recv(&c->ack_op, tp->worker, make_tag(c->id, KIND_ACK), c->ack, sizeof(c->ack));
-    op_send(&c->hello_op, c->ep, make_tag(lst_id, KIND_HELLO), c->hello_msg, total);
+    op_recv(&c->ack_op, tp->worker, make_tag(c->id, KIND_ACK), c->ack, sizeof(c->ack), NULL);
+    op_send(&c->hello_op, c->ep, make_tag(lst_id, KIND_HELLO), c->hello_msg, total, NULL);
     return FX_OK;
 }
 
@@ -498,7 +498,7 @@ static fx_status accept_conn(struct fx_tp_listener *l, struct fx_tp_conn **out)
     put32(c->ack + 8, c->id);
     put32(c->ack + 12, (uint32_t)getpid());
     memcpy(c->ack + 16, l->tp->host, UCX_HOST_LEN);
-    op_send(&c->ack_op, c->ep, make_tag(c->peer_id, KIND_ACK), c->ack, UCX_ACK_LEN);
+    op_send(&c->ack_op, c->ep, make_tag(c->peer_id, KIND_ACK), c->ack, UCX_ACK_LEN, NULL);
     c->established = true;
     c->next        = l->tp->conns;
     l->tp->conns   = c;
@@ -517,10 +517,11 @@ fx_status fx_ucx_accept(struct fx_tp_listener *l, struct fx_tp_conn **conn, void
         if (ok && accept_conn(l, conn) == FX_OK) {
             memcpy(hello, l->buf + UCX_HELLO_HDR + addr_len, hlen);
             *hello_len = hlen;
-            op_recv(&l->op, l->tp->worker, make_tag(l->id, KIND_HELLO), l->buf, sizeof(l->buf));
+            op_recv(&l->op, l->tp->worker, make_tag(l->id, KIND_HELLO), l->buf, sizeof(l->buf),
+                    NULL);
             return FX_OK;
         }
-        op_recv(&l->op, l->tp->worker, make_tag(l->id, KIND_HELLO), l->buf, sizeof(l->buf));
+        op_recv(&l->op, l->tp->worker, make_tag(l->id, KIND_HELLO), l->buf, sizeof(l->buf), NULL);
     }
     return FX_INPROGRESS;
 }
@@ -558,7 +559,7 @@ static void abandon_requests(struct fx_tp_conn *c)
 
             qs[d]->head = r->next;
             op_abandon(&r->hdr, c->tp->worker);
-            op_abandon(&r->data, c->tp->worker);
+            fx_ucx_reg_release(r, op_abandon(&r->data, c->tp->worker));
             fx_ucx_orphan_bounce(r);
             fx_ucx_req_put(r);
         }
@@ -633,7 +634,7 @@ void fx_ucx_close(struct fx_tp_conn *c)
         struct ucx_op bye;
 
         put32(c->bye_out, UCX_MAGIC);
-        op_send(&bye, c->ep, make_tag(c->peer_id, KIND_BYE), c->bye_out, sizeof(c->bye_out));
+        op_send(&bye, c->ep, make_tag(c->peer_id, KIND_BYE), c->bye_out, sizeof(c->bye_out), NULL);
         op_abandon(&bye, tp->worker); /* the flush below waits for it */
     }
     /* UCX asks for error mode peer on both sides of a forced close, as the peer may see

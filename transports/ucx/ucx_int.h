@@ -11,6 +11,7 @@
 
 #include <ucp/api/ucp.h>
 
+#include "transports/rcache.h"
 #include "transports/transport.h"
 
 #define UCX_MAGIC        0x58435846u /* "FXCX" */
@@ -22,11 +23,12 @@
 #define UCX_HELLO_BUF    4096
 #define UCX_ACK_LEN      (16 + UCX_HOST_LEN)
 #define UCX_MSG_HDR      12
-#define UCX_BOUNCE_HDR   16  /* a bounce buffer's link in the orphan list, before the data */
-#define UCX_PROGRESS_MAX 256 /* worker progress calls per progress() */
-#define UCX_CLOSE_MS     500 /* fini: how long endpoint closes may take to finish */
-#define UCX_QUIESCE_MS   500 /* close: how long a receive being filled is waited for */
-#define UCX_PID_CHECK_MS 50  /* how often a local peer's liveness is looked at */
+#define UCX_BOUNCE_HDR   16         /* a bounce buffer's link in the orphan list, before the data */
+#define UCX_PROGRESS_MAX 256        /* worker progress calls per progress() */
+#define UCX_CLOSE_MS     500        /* fini: how long endpoint closes may take to finish */
+#define UCX_QUIESCE_MS   500        /* close: how long a receive being filled is waited for */
+#define UCX_PID_CHECK_MS 50         /* how often a local peer's liveness is looked at */
+#define UCX_REG_MIN      (64 << 10) /* payloads from this size go with a cached memory handle */
 
 enum { KIND_HELLO = 1, KIND_ACK, KIND_HDR, KIND_DATA, KIND_BYE };
 
@@ -54,6 +56,13 @@ struct fx_tp_req {
     size_t hdrlen;
     size_t len;
     uint8_t *bounce; /* mode none: the payload's copy the send reads (fx_ucx_orphan_bounce) */
+    struct fx_rcache_entry *reg; /* the payload's registration, held until UCX is done with it */
+};
+
+/* A registration held for an operation given up while UCX may still use it, until fini. */
+struct ucx_held {
+    struct ucx_held *next;
+    struct fx_rcache_entry *ent;
 };
 
 struct req_queue {
@@ -111,7 +120,9 @@ struct fx_tp {
     struct fx_tp_conn *closing; /* closed, waiting for UCX to finish closing the endpoint */
     struct fx_tp_req *free_reqs;
     struct fx_tp_req *all_reqs;
-    uint8_t *orphans; /* bounce buffers of sends given up while UCX may still read them */
+    uint8_t *orphans;         /* bounce buffers of sends given up while UCX may still read them */
+    struct fx_rcache *rcache; /* payload registrations (ucp_mem_map), FX_REG_CACHE_MAX */
+    struct ucx_held *held;    /* holds of operations given up, released after the worker */
 };
 
 /* ------------------------------------------------------------------ little-endian fields */
@@ -174,20 +185,34 @@ static inline void op_started(struct ucx_op *op, ucs_status_ptr_t ret, bool recv
     }
 }
 
-static inline void op_send(struct ucx_op *op, ucp_ep_h ep, ucp_tag_t tag, const void *buf,
-                           size_t len)
+/* The operation's parameters; with a memory handle (ucp_mem_map) when memh is not NULL. */
+static inline void op_param(ucp_request_param_t *param, uint32_t flags, ucp_mem_h memh)
 {
-    ucp_request_param_t param = {.op_attr_mask = 0};
+    memset(param, 0, sizeof(*param));
+    param->op_attr_mask = flags;
+    if (memh != NULL) {
+        param->op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        param->memh = memh;
+    }
+}
 
+static inline void op_send(struct ucx_op *op, ucp_ep_h ep, ucp_tag_t tag, const void *buf,
+                           size_t len, ucp_mem_h memh)
+{
+    ucp_request_param_t param;
+
+    op_param(&param, 0, memh);
     op_started(op, ucp_tag_send_nbx(ep, buf, len, tag, &param), false);
 }
 
-static inline void op_recv(struct ucx_op *op, ucp_worker_h w, ucp_tag_t tag, void *buf, size_t len)
+static inline void op_recv(struct ucx_op *op, ucp_worker_h w, ucp_tag_t tag, void *buf, size_t len,
+                           ucp_mem_h memh)
 {
+    ucp_request_param_t param;
+
     /* Always a request: UCX 1.13 leaves recv_info unset when a receive completes at once
      * from its unexpected queue, and the length is needed. */
-    ucp_request_param_t param = {.op_attr_mask = UCP_OP_ATTR_FLAG_NO_IMM_CMPL};
-
+    op_param(&param, UCP_OP_ATTR_FLAG_NO_IMM_CMPL, memh);
     memset(&op->info, 0, sizeof(op->info));
     op_started(op, ucp_tag_recv_nbx(w, buf, len, tag, (ucp_tag_t)-1, &param), true);
 }
@@ -224,21 +249,24 @@ static inline void op_cancel(struct ucx_op *op, ucp_worker_h w)
 /*
  * Gives up an operation: a receive not matched yet is cancelled (UCX completes it at once); a
  * send, or a receive already being filled, runs on inside UCX and is released when it ends.
+ * Returns true in that last case (UCX may still use its buffer and memory handle).
  */
-static inline void op_abandon(struct ucx_op *op, ucp_worker_h w)
+static inline bool op_abandon(struct ucx_op *op, ucp_worker_h w)
 {
     if (!op->busy) {
-        return;
+        return false;
     }
     if (op->recv) {
         ucp_request_cancel(w, op->req);
     }
-    if (!op_poll(op)) {
-        ucp_request_free(op->req);
-        op->req    = NULL;
-        op->busy   = false;
-        op->status = UCS_ERR_CANCELED;
+    if (op_poll(op)) {
+        return false;
     }
+    ucp_request_free(op->req);
+    op->req    = NULL;
+    op->busy   = false;
+    op->status = UCS_ERR_CANCELED;
+    return true;
 }
 
 /* ------------------------------------------------------------------ between the two files */
@@ -248,6 +276,9 @@ void fx_ucx_conn_fail(struct fx_tp_conn *c, fx_status status, const char *fmt, .
     __attribute__((format(printf, 3, 4)));
 void fx_ucx_req_put(struct fx_tp_req *r);
 void fx_ucx_orphan_bounce(struct fx_tp_req *r);
+void fx_ucx_reg_release(struct fx_tp_req *r, bool running);
+/* The registration cache's counters (for tests). */
+void fx_ucx_rcache_stats(struct fx_tp *tp, struct fx_rcache_stats *st);
 void fx_ucx_queue_update(struct req_queue *q);
 
 /* ucx_conn.c */

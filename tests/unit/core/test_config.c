@@ -25,6 +25,7 @@ Test(config, defaults_apply, .init = clear_env, .timeout = 10)
     cr_expect_str_eq(cfg.transport, "");
     cr_expect_str_eq(cfg.kernels, "auto");
     cr_expect_eq(cfg.tcp_zerocopy, false);
+    cr_expect_eq(cfg.reg_cache_max, (size_t)1 << 30);
 }
 
 Test(config, values_parse, .init = clear_env, .timeout = 10)
@@ -38,6 +39,7 @@ Test(config, values_parse, .init = clear_env, .timeout = 10)
     setenv("FX_TRANSPORT", "tcp", 1);
     setenv("FX_SOCKET_IFNAME", "^docker,lo", 1);
     setenv("FX_TCP_ZEROCOPY", "yes", 1);
+    setenv("FX_REG_CACHE_MAX", "256M", 1);
     cr_assert_eq(fx_config_load(&cfg, err, sizeof(err)), FX_OK, "%s", err);
     cr_expect_eq(cfg.timeout_ms, 1500);
     cr_expect_eq(cfg.chunk_bytes, 256 * 1024);
@@ -45,6 +47,7 @@ Test(config, values_parse, .init = clear_env, .timeout = 10)
     cr_expect_str_eq(cfg.transport, "tcp");
     cr_expect_str_eq(cfg.socket_ifname, "^docker,lo");
     cr_expect_eq(cfg.tcp_zerocopy, true);
+    cr_expect_eq(cfg.reg_cache_max, (size_t)256 << 20);
 }
 
 static void expect_bad(const char *name, const char *value)
@@ -68,6 +71,7 @@ Test(config, bad_values_are_named, .timeout = 10)
     expect_bad("FX_CHUNK_BYTES", "4G");
     expect_bad("FX_KERNELS", "avx9");
     expect_bad("FX_TCP_ZEROCOPY", "maybe");
+    expect_bad("FX_REG_CACHE_MAX", "lots");
 }
 
 Test(config, sizes_parse_with_suffixes, .timeout = 10)

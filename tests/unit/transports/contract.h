@@ -40,21 +40,29 @@ static void progress_both(struct pair *p)
     cr_assert_eq(p->ops->progress(p->b), FX_OK);
 }
 
-static void pair_init(struct pair *p, int nsocks, size_t min_stripe, bool zerocopy)
+/* Two instances with this configuration, b listening. */
+static void pair_init_cfg(struct pair *p, const struct fx_tp_config *cfg)
 {
-    struct fx_tp_config cfg = {.ifname     = "lo",
-                               .nsocks     = nsocks,
-                               .timeout_ms = 5000,
-                               .min_stripe = min_stripe,
-                               .zerocopy   = zerocopy};
-
     memset(p, 0, sizeof(*p));
     p->ops = fx_transport_find(TP_NAME);
     cr_assert_not_null(p->ops, "the %s transport is not built", TP_NAME);
-    cr_assert_eq(p->ops->init(&cfg, &p->a), FX_OK);
-    cr_assert_eq(p->ops->init(&cfg, &p->b), FX_OK);
+    cr_assert_eq(p->ops->init(cfg, &p->a), FX_OK);
+    cr_assert_eq(p->ops->init(cfg, &p->b), FX_OK);
     cr_assert_eq(p->ops->listen(p->b, &p->addr, &p->lst), FX_OK);
     cr_assert_gt(p->addr.len, 0);
+}
+
+/* With the core's default registration cache bound (FX_REG_CACHE_MAX, 1 GiB). */
+static void pair_init(struct pair *p, int nsocks, size_t min_stripe, bool zerocopy)
+{
+    struct fx_tp_config cfg = {.ifname        = "lo",
+                               .nsocks        = nsocks,
+                               .timeout_ms    = 5000,
+                               .min_stripe    = min_stripe,
+                               .zerocopy      = zerocopy,
+                               .reg_cache_max = (size_t)1 << 30};
+
+    pair_init_cfg(p, &cfg);
 }
 
 /* Connects a to b's listener with the given hello; both sides established. */

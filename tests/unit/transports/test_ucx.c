@@ -1,16 +1,20 @@
 /*
  * The UCX transport against the ops-table contract (contract.h), plus what is its own: sizes up
  * to 16 MiB (UCX's rendezvous), garbage sent to the listener's tag by a foreign UCP worker, and
- * a peer process that dies. meson runs this file twice: with UCX_TLS=tcp (endpoints in error
- * mode peer) and with UCX_TLS=shm,self (mode none, the peer watched through a pidfd).
+ * a peer process that dies, and payload registrations through the registration cache (once per
+ * buffer, per operation without it, again after a free). meson runs this file twice: with
+ * UCX_TLS=tcp (endpoints in error mode peer) and with UCX_TLS=shm,self (mode none, the peer watched
+ * through a pidfd).
  */
 #include <criterion/criterion.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,6 +22,7 @@
 #include <ucp/api/ucp.h>
 
 #include "transports/transport.h"
+#include "transports/ucx/ucx_int.h"
 
 #define TP_NAME    "ucx"
 #define SUITE_NAME ucx
@@ -211,4 +216,146 @@ Test(ucx, a_killed_peer_fails_the_pending_receive_in_time, .timeout = 30)
     close(to_child[0]);
     close(to_child[1]);
     pair_fini(&p);
+}
+
+/* Sends n payloads of len bytes from sbuf into rbuf, one at a time, each checked. */
+static void send_from(struct pair *p, const uint8_t *sbuf, uint8_t *rbuf, size_t len, int n)
+{
+    for (int i = 0; i < n; i++) {
+        struct fx_tp_req *reqs[2];
+        fx_status st[2];
+
+        memset(rbuf, 0, len);
+        cr_assert_eq(p->ops->irecv(p->cb, NULL, 0, rbuf, len, &reqs[0]), FX_OK);
+        cr_assert_eq(p->ops->isend(p->ca, NULL, 0, sbuf, len, &reqs[1]), FX_OK);
+        drive(p, reqs, st, 2);
+        cr_assert_eq(st[0], FX_OK, "receive %d: %s", i, fx_strerror(st[0]));
+        cr_assert_eq(st[1], FX_OK, "send %d: %s", i, fx_strerror(st[1]));
+        cr_assert_eq(memcmp(sbuf, rbuf, len), 0, "payload %d differs", i);
+    }
+}
+
+static struct fx_rcache_stats cache_stats(struct fx_tp *tp)
+{
+    struct fx_rcache_stats st;
+
+    fx_ucx_rcache_stats(tp, &st);
+    return st;
+}
+
+static void pair_init_cache(struct pair *p, size_t max_bytes)
+{
+    struct fx_tp_config cfg = {.timeout_ms = 5000, .reg_cache_max = max_bytes};
+
+    pair_init_cfg(p, &cfg);
+}
+
+/*
+ * Repeated sends from one buffer into one buffer register each once, on each side (with shared
+ * memory alone, error mode none, sends go from a copy and register nothing: ucx.c, post).
+ */
+Test(ucx, repeated_sends_from_one_buffer_register_once, .timeout = 60)
+{
+    enum { N = 8 };
+    size_t len    = 1 << 20;
+    uint8_t *sbuf = malloc(len);
+    uint8_t *rbuf = malloc(len);
+    struct pair p;
+
+    cr_assert(sbuf != NULL && rbuf != NULL);
+    pattern(sbuf, len, 7);
+    pair_init_cache(&p, (size_t)1 << 30);
+    pair_connect(&p, "cache");
+    send_from(&p, sbuf, rbuf, len, N);
+    if (p.ca->pid_watch) {
+        cr_expect_eq(cache_stats(p.a).misses + cache_stats(p.a).hits, 0, "sends from a copy");
+    } else {
+        cr_expect_eq(cache_stats(p.a).misses, 1, "the send buffer registered once");
+        cr_expect_eq(cache_stats(p.a).hits, N - 1);
+        cr_expect_eq(cache_stats(p.a).entries, 1, "kept for the next collective");
+    }
+    cr_expect_eq(cache_stats(p.b).misses, 1, "the receive buffer registered once");
+    cr_expect_eq(cache_stats(p.b).hits, N - 1);
+    cr_expect_eq(cache_stats(p.b).entries, 1, "kept for the next collective");
+    pair_fini(&p);
+    free(sbuf);
+    free(rbuf);
+}
+
+/* FX_REG_CACHE_MAX=0: every payload registered for its operation and deregistered after. */
+Test(ucx, without_the_cache_each_operation_registers, .timeout = 60)
+{
+    enum { N = 4 };
+    size_t len    = 1 << 20;
+    uint8_t *sbuf = malloc(len);
+    uint8_t *rbuf = malloc(len);
+    struct pair p;
+
+    cr_assert(sbuf != NULL && rbuf != NULL);
+    pattern(sbuf, len, 8);
+    pair_init_cache(&p, 0);
+    pair_connect(&p, "nocache");
+    send_from(&p, sbuf, rbuf, len, N);
+    cr_expect_eq(cache_stats(p.a).misses, p.ca->pid_watch ? 0 : N);
+    cr_expect_eq(cache_stats(p.b).misses, N);
+    cr_expect_eq(cache_stats(p.a).hits, 0);
+    cr_expect_eq(cache_stats(p.a).entries, 0, "nothing held after completion");
+    cr_expect_eq(cache_stats(p.b).entries, 0);
+    pair_fini(&p);
+    free(sbuf);
+    free(rbuf);
+}
+
+/* Payloads below UCX_REG_MIN go without a memory handle (UCX copies them). */
+Test(ucx, small_payloads_are_not_registered, .timeout = 60)
+{
+    uint8_t sbuf[UCX_REG_MIN - 1];
+    uint8_t rbuf[UCX_REG_MIN - 1];
+    struct pair p;
+
+    pattern(sbuf, sizeof(sbuf), 9);
+    pair_init_cache(&p, (size_t)1 << 30);
+    pair_connect(&p, "small");
+    send_from(&p, sbuf, rbuf, sizeof(sbuf), 3);
+    cr_expect_eq(cache_stats(p.a).misses + cache_stats(p.a).hits, 0);
+    cr_expect_eq(cache_stats(p.b).misses + cache_stats(p.b).hits, 0);
+    pair_fini(&p);
+}
+
+/*
+ * A receive buffer freed and allocated again (malloc's own mmap, so free unmaps it) is
+ * registered anew, never served the registration of the pages that went.
+ */
+Test(ucx, a_freed_receive_buffer_is_registered_again, .timeout = 60)
+{
+    size_t len = 4 << 20;
+    uintptr_t page;
+    uint8_t *rbuf;
+    uint8_t *sbuf;
+    struct pair p;
+
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    sbuf = malloc(len);
+    rbuf = malloc(len);
+    cr_assert(sbuf != NULL && rbuf != NULL);
+    pair_init_cache(&p, (size_t)1 << 30);
+    pair_connect(&p, "free");
+    pattern(sbuf, len, 10);
+    send_from(&p, sbuf, rbuf, len, 2);
+    page = ((uintptr_t)rbuf + 4095) & ~(uintptr_t)4095;
+    free(rbuf);
+    if (msync((void *)page, 4096, MS_ASYNC) == 0) {
+        pair_fini(&p);
+        cr_skip_test("the allocator kept the freed buffer mapped (a sanitizer's quarantine)");
+    }
+    rbuf = malloc(len);
+    cr_assert_not_null(rbuf);
+    pattern(sbuf, len, 11);
+    send_from(&p, sbuf, rbuf, len, 1);
+    cr_expect_eq(cache_stats(p.b).invalidations, 1);
+    cr_expect_eq(cache_stats(p.b).misses, 2, "registered again after the free");
+    cr_expect_eq(cache_stats(p.b).hits, 1);
+    pair_fini(&p);
+    free(sbuf);
+    free(rbuf);
 }
