@@ -102,7 +102,7 @@ const struct fx_config_row fx_config_table[] = {
         8),
     ROW("FX_REG_CACHE_MAX", FX_CFG_SIZE, "1G",
         "bytes of unused memory registrations a transport that registers memory keeps cached "
-        "(ucx; K/M/G suffixes); 0: register for each operation",
+        "(ucx, verbs; K/M/G suffixes); 0: register for each operation",
         reg_cache_max, 0, 1LL << 40),
     DOC("FX_DEBUG", "WARN", "log level: NONE, WARN, INFO or TRACE"),
     DOC("FX_DEBUG_SUBSYS", "ALL", "subsystems logged: INIT,BOOT,COLL,NET,ENV (^ to exclude)"),

@@ -49,16 +49,48 @@
 
 /* ------------------------------------------------------------------ registration */
 
+/* The registration cache's callbacks: one MR usable for sends and for remote writes. */
+static void *cache_reg(void *ctx, void *addr, size_t len, char *err, size_t errlen)
+{
+    struct vb_dev *d = ctx;
+    struct ibv_mr *mr =
+        ibv_reg_mr(d->pd, addr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+
+    if (mr == NULL) {
+        snprintf(err, errlen, "ibv_reg_mr of %zu bytes: %s", len, strerror(errno));
+    }
+    return mr;
+}
+
+static void cache_dereg(void *ctx, void *handle)
+{
+    if (ibv_dereg_mr(handle) != 0) {
+        fx_warn(FX_SUB_NET, "verbs: ibv_dereg_mr: %s", strerror(errno));
+    }
+}
+
+static const struct fx_rcache_ops cache_ops = {.reg = cache_reg, .dereg = cache_dereg};
+
 /*
- * Registers user memory for one operation. Every registration of the transport goes through
- * this pair, so that a registration cache can take their place.
+ * Registers a user buffer for one operation through the device's registration cache (which
+ * registers for local and remote write). A send buffer the cache cannot register that way
+ * (read-only memory) gets an MR of its own for local read, deregistered at completion.
  */
 static bool vb_reg(struct fx_tp_conn *c, void *addr, size_t len, int access, struct vb_reg *reg)
 {
-    reg->mr = ibv_reg_mr(c->dev->pd, addr, len, access);
+    char err[160] = "";
+
+    if (fx_rcache_get(c->dev->rc, addr, len, &reg->ent, err, sizeof(err)) == FX_OK) {
+        reg->rc = c->dev->rc;
+        reg->mr = fx_rcache_handle(reg->ent);
+        return true;
+    }
+    reg->ent = NULL;
+    reg->rc  = NULL;
+    reg->mr  = access == 0 ? ibv_reg_mr(c->dev->pd, addr, len, 0) : NULL;
     if (reg->mr == NULL) {
         fx_vb_conn_fail(c, FX_ERR_CONNECTION, "cannot register %zu bytes at %p for %s: %s", len,
-                        addr, c->peer, strerror(errno));
+                        addr, c->peer, err[0] ? err : strerror(errno));
         return false;
     }
     return true;
@@ -66,10 +98,14 @@ static bool vb_reg(struct fx_tp_conn *c, void *addr, size_t len, int access, str
 
 static void vb_unreg(struct vb_reg *reg)
 {
-    if (reg->mr != NULL) {
+    if (reg->ent != NULL) {
+        fx_rcache_put(reg->rc, reg->ent);
+    } else if (reg->mr != NULL) {
         ibv_dereg_mr(reg->mr);
-        reg->mr = NULL;
     }
+    reg->ent = NULL;
+    reg->rc  = NULL;
+    reg->mr  = NULL;
 }
 
 /* ------------------------------------------------------------------ devices */
@@ -99,6 +135,17 @@ struct vb_dev *fx_vb_dev(struct fx_tp *tp, struct ibv_context *ctx)
         }
         free(d);
         return NULL;
+    }
+    {
+        char err[160];
+
+        if (fx_rcache_create(&cache_ops, d, tp->reg_cache_max, &d->rc, err, sizeof(err)) != FX_OK) {
+            fx_warn(FX_SUB_NET, "verbs: no registration cache: %s", err);
+            ibv_destroy_comp_channel(d->chan);
+            ibv_dealloc_pd(d->pd);
+            free(d);
+            return NULL;
+        }
     }
     (void)fcntl(d->chan->fd, F_SETFL, fcntl(d->chan->fd, F_GETFL) | O_NONBLOCK);
     ev.data.ptr = d;
@@ -462,12 +509,13 @@ static fx_status vb_init(const struct fx_tp_config *cfg, struct fx_tp **out)
     if (tp == NULL) {
         return FX_ERR_NO_MEMORY;
     }
-    tp->efd        = -1;
-    tp->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 30000;
-    tp->nqp        = cfg->ib_qps > 0 ? (unsigned)cfg->ib_qps : 2;
-    tp->tos        = cfg->ib_tc;
-    tp->sl         = cfg->ib_sl;
-    tp->next_conn  = (uint64_t)getpid() << 32 | (uint64_t)(fx_now_us() & 0xffffff) << 8;
+    tp->efd           = -1;
+    tp->timeout_ms    = cfg->timeout_ms > 0 ? cfg->timeout_ms : 30000;
+    tp->nqp           = cfg->ib_qps > 0 ? (unsigned)cfg->ib_qps : 2;
+    tp->tos           = cfg->ib_tc;
+    tp->sl            = cfg->ib_sl;
+    tp->reg_cache_max = cfg->reg_cache_max;
+    tp->next_conn     = (uint64_t)getpid() << 32 | (uint64_t)(fx_now_us() & 0xffffff) << 8;
     if (tp->nqp > VB_MAX_QPS) {
         fx_warn(FX_SUB_NET, "FX_IB_QPS_PER_CONN=%u: at most %d", tp->nqp, VB_MAX_QPS);
         free(tp);
@@ -516,6 +564,18 @@ static void vb_fini(struct fx_tp *tp)
         struct vb_dev *d = tp->devs;
 
         tp->devs = d->next;
+        if (d->rc != NULL) {
+            struct fx_rcache_stats st;
+
+            fx_rcache_stats(d->rc, &st);
+            fx_trace(FX_SUB_NET,
+                     "verbs: registration cache of %s: %llu hits, %llu misses, %llu evictions, "
+                     "%llu invalidations",
+                     ibv_get_device_name(d->ctx->device), (unsigned long long)st.hits,
+                     (unsigned long long)st.misses, (unsigned long long)st.evictions,
+                     (unsigned long long)st.invalidations);
+            fx_rcache_destroy(d->rc); /* every MR before the PD */
+        }
         ibv_destroy_comp_channel(d->chan);
         ibv_dealloc_pd(d->pd);
         free(d);

@@ -13,6 +13,7 @@
 #include <infiniband/verbs.h>
 #include <rdma/rdma_cma.h>
 
+#include "transports/rcache.h"
 #include "transports/transport.h"
 
 #define VB_MAGIC      0x56425846u /* "FXBV" */
@@ -54,9 +55,12 @@ enum { WR_SLOT = 1, WR_CREDIT, WR_DATA, WR_RECV };
 #define WRID_QP(id)       ((unsigned)((id) >> 48) & 0xffu)
 #define WRID_VAL(id)      ((id)&0xffffffffffffu)
 
-/* A registration of user memory for one operation (vb_reg / vb_unreg). */
+/* A registration of user memory held by one operation (vb_reg / vb_unreg): a held entry of
+ * the device's registration cache, or an MR of its own. */
 struct vb_reg {
     struct ibv_mr *mr;
+    struct fx_rcache *rc; /* the cache ent belongs to; NULL: mr is the operation's own */
+    struct fx_rcache_entry *ent;
 };
 
 /* One device context the rdma_cm ids of this instance landed on: its PD and channel. */
@@ -65,6 +69,7 @@ struct vb_dev {
     struct ibv_context *ctx;
     struct ibv_pd *pd;
     struct ibv_comp_channel *chan;
+    struct fx_rcache *rc; /* user buffers' registrations (transports/rcache.h) */
 };
 
 enum req_state {
@@ -185,7 +190,8 @@ struct fx_tp {
     unsigned nqp;
     int tos; /* -1: not set */
     int sl;
-    char hca[64]; /* the chosen device ("" when none was found: rdma_cm chooses) */
+    size_t reg_cache_max; /* FX_REG_CACHE_MAX */
+    char hca[64];         /* the chosen device ("" when none was found: rdma_cm chooses) */
     int port;
     int nlocal;
     struct sockaddr_storage local[VB_MAX_ADDRS];

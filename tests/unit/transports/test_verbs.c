@@ -143,6 +143,61 @@ Test(verbs, repeated_large_and_small_messages_interleaved, .timeout = 60)
     pair_fini(&p);
 }
 
+/* Large messages repeated from and into the same buffers register them once on each side
+ * (FX_REG_CACHE_MAX 1 GiB: a hit for every later message), or once per message where the
+ * registration cache is off (no unmap events) or bounded to 0. */
+static void repeated_registrations(size_t cache_max)
+{
+    enum { ROUNDS = 8, BIG = 300 << 10 };
+    struct fx_tp_config cfg = verbs_cfg(NULL, 2);
+    struct pair p;
+    struct fx_tp_req *reqs[2];
+    fx_status st[2];
+    static uint8_t big[BIG], rbig[BIG];
+    struct fx_rcache_stats sa, sb;
+
+    cfg.reg_cache_max = cache_max;
+    memset(&p, 0, sizeof(p));
+    p.ops = fx_transport_find(TP_NAME);
+    cr_assert_eq(p.ops->init(&cfg, &p.a), FX_OK);
+    cr_assert_eq(p.ops->init(&cfg, &p.b), FX_OK);
+    cr_assert_eq(p.ops->listen(p.b, &p.addr, &p.lst), FX_OK);
+    pair_connect(&p, "cache");
+    for (int r = 0; r < ROUNDS; r++) {
+        pattern(big, BIG, (uint32_t)r + 50u);
+        cr_assert_eq(p.ops->irecv(p.cb, NULL, 0, rbig, BIG, &reqs[0]), FX_OK);
+        cr_assert_eq(p.ops->isend(p.ca, NULL, 0, big, BIG, &reqs[1]), FX_OK);
+        drive(&p, reqs, st, 2);
+        cr_assert(st[0] == FX_OK && st[1] == FX_OK && memcmp(big, rbig, BIG) == 0, "round %d", r);
+    }
+    cr_assert(p.a->devs != NULL && p.b->devs != NULL);
+    fx_rcache_stats(p.a->devs->rc, &sa);
+    fx_rcache_stats(p.b->devs->rc, &sb);
+    if (fx_rcache_enabled(p.a->devs->rc)) {
+        cr_expect(sa.misses == 1 && sa.hits == ROUNDS - 1, "sender: %llu misses, %llu hits",
+                  (unsigned long long)sa.misses, (unsigned long long)sa.hits);
+        cr_expect(sb.misses == 1 && sb.hits == ROUNDS - 1, "receiver: %llu misses, %llu hits",
+                  (unsigned long long)sb.misses, (unsigned long long)sb.hits);
+    } else {
+        cr_expect(sa.misses == ROUNDS && sa.hits == 0, "sender: %llu misses, %llu hits",
+                  (unsigned long long)sa.misses, (unsigned long long)sa.hits);
+        cr_expect(sb.misses == ROUNDS && sb.hits == 0, "receiver: %llu misses, %llu hits",
+                  (unsigned long long)sb.misses, (unsigned long long)sb.hits);
+        cr_expect(sa.bytes == 0 && sb.bytes == 0, "registrations left after the messages");
+    }
+    pair_fini(&p);
+}
+
+Test(verbs, repeated_large_messages_register_their_buffers_once, .timeout = 30)
+{
+    repeated_registrations(1ull << 30);
+}
+
+Test(verbs, without_a_cache_every_large_message_registers, .timeout = 30)
+{
+    repeated_registrations(0);
+}
+
 /* Mismatches where one side thinks the message is eager and the other large. */
 static void cross_mismatch(size_t send_len, size_t recv_len)
 {
