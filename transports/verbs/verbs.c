@@ -797,8 +797,14 @@ void fx_vb_conn_release(struct fx_tp_conn *c)
 {
     if (c->cq != NULL) {
         struct ibv_wc wc[VB_POLL_BATCH];
+        struct ibv_cq *cq;
+        void *ctx;
 
         while (ibv_poll_cq(c->cq, VB_POLL_BATCH, wc) > 0) {
+        }
+        /* every event of the channel read and acknowledged before the CQ goes */
+        for (int i = 0; i < 1024 && ibv_get_cq_event(c->dev->chan, &cq, &ctx) == 0; i++) {
+            ibv_ack_cq_events(cq, 1);
         }
         if (ibv_destroy_cq(c->cq) != 0) {
             fx_warn(FX_SUB_NET, "verbs: ibv_destroy_cq: %s", strerror(errno));
