@@ -687,6 +687,10 @@ static void req_done(struct fx_tp_req *r, fx_status st)
     }
     r->state  = RQ_DONE;
     r->status = st;
+    if (r->send && r->slot >= 0 && r->conn->stage_req[r->slot] == r) {
+        r->conn->stage_req[r->slot] = NULL; /* its slot's completion may still come */
+    }
+    r->slot = -1;
     vb_unreg(&r->reg);
 }
 
@@ -1084,10 +1088,7 @@ static void recvs_match(struct fx_tp_conn *c)
         if (r->state != RQ_QUEUED) {
             continue;
         }
-        while (c->matched != c->arrivals && !c->slot_full[c->matched % VB_SLOTS]) {
-            c->matched++;
-        }
-        if (c->matched == c->arrivals) {
+        if (c->matched == c->arrivals) { /* slots are consumed in order: matched is the next */
             if (c->peer_gone) {
                 req_done(r, FX_ERR_PEER_FAILED);
                 continue;
@@ -1096,6 +1097,14 @@ static void recvs_match(struct fx_tp_conn *c)
         }
         s = c->matched % VB_SLOTS;
         f = ring_slot(c->ring, s);
+        if (get32(f + 4) != (c->next_recv_id & 0x0fffffffu)) {
+            fx_vb_conn_fail(c, FX_ERR_CONNECTION,
+                            "%s: message %u arrived where message %u was due (ring slot %u)",
+                            c->peer, (unsigned)get32(f + 4),
+                            (unsigned)(c->next_recv_id & 0x0fffffffu), s);
+            return;
+        }
+        c->next_recv_id++;
         if (recv_mismatch(c, r, f)) {
             return;
         }
@@ -1195,7 +1204,7 @@ static void slot_arrived(struct fx_tp_conn *c, unsigned s)
     if (f[0] == SLOT_HELLO) {
         size_t n = get64(f + 8);
 
-        if (!c->acceptor || c->hello_seen || n > FX_TP_HELLO_MAX) {
+        if (!c->acceptor || c->hello_seen || n > FX_TP_HELLO_MAX || c->arrivals != 1) {
             fx_vb_conn_fail(c, FX_ERR_CONNECTION, "%s sent an unexpected hello", c->peer);
             return;
         }
@@ -1203,6 +1212,7 @@ static void slot_arrived(struct fx_tp_conn *c, unsigned s)
         c->hello_len  = n;
         c->hello_seen = true;
         slot_free(c, s);
+        c->matched++; /* the first arrival: consumed here, so matching starts after it */
     } else if ((f[0] != SLOT_EAGER && f[0] != SLOT_RTS) || f[1] > FX_TP_HDR_MAX ||
                (f[0] == SLOT_EAGER && f[1] + get64(f + 8) > VB_EAGER_MAX)) {
         fx_vb_conn_fail(c, FX_ERR_CONNECTION, "%s wrote a malformed message (kind %u)", c->peer,

@@ -164,6 +164,7 @@ struct fx_tp_conn {
     unsigned ccredits;      /* peer control slots free for us */
     struct fx_tp_req *done; /* finished requests not tested yet */
     uint32_t next_send_id;
+    uint32_t next_recv_id; /* the message number the next matched slot must carry */
     struct req_queue sendq;
     struct req_queue recvq;
     bool peer_gone; /* disconnected: what arrived is still received */

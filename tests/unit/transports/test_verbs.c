@@ -143,6 +143,43 @@ Test(verbs, repeated_large_and_small_messages_interleaved, .timeout = 60)
     pair_fini(&p);
 }
 
+/* More eager messages than the ring has slots, all sent before any receive is posted: the ring
+ * fills (the sends beyond it wait for credits) and wraps around the hello's slot, and every
+ * message is still received whole and in order. */
+Test(verbs, a_full_ring_wraps_in_order_before_receives_are_posted, .timeout = 30)
+{
+    enum { N = VB_SLOTS + 12, LEN = 100 };
+    struct pair p;
+    struct fx_tp_req *reqs[2 * N];
+    fx_status st[2 * N];
+    static uint8_t sbuf[N][LEN], rbuf[N][LEN];
+    uint32_t shdr[N], rhdr[N];
+    int64_t until;
+    int wrong = 0;
+
+    pair_qps(&p, 2);
+    for (int i = 0; i < N; i++) {
+        pattern(sbuf[i], LEN, 900u + (uint32_t)i);
+        shdr[i] = (uint32_t)i;
+        rhdr[i] = UINT32_MAX;
+        cr_assert_eq(p.ops->isend(p.ca, &shdr[i], 4, sbuf[i], LEN, &reqs[N + i]), FX_OK);
+    }
+    for (until = now_ms() + 300; now_ms() < until;) {
+        progress_both(&p);
+    }
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(p.ops->irecv(p.cb, &rhdr[i], 4, rbuf[i], LEN, &reqs[i]), FX_OK);
+    }
+    drive(&p, reqs, st, 2 * N);
+    for (int i = 0; i < N; i++) {
+        wrong += st[i] != FX_OK || st[N + i] != FX_OK || rhdr[i] != (uint32_t)i ||
+                 memcmp(rbuf[i], sbuf[i], LEN) != 0;
+    }
+    cr_expect_eq(wrong, 0, "%d of %d messages failed, damaged or out of order (first: header %u)",
+                 wrong, N, rhdr[0]);
+    pair_fini(&p);
+}
+
 /* Large messages repeated from and into the same buffers register them once on each side
  * (FX_REG_CACHE_MAX 1 GiB: a hit for every later message), or once per message where the
  * registration cache is off (no unmap events) or bounded to 0. */
