@@ -1104,7 +1104,6 @@ static void recvs_match(struct fx_tp_conn *c)
                             (unsigned)(c->next_recv_id & 0x0fffffffu), s);
             return;
         }
-        c->next_recv_id++;
         if (recv_mismatch(c, r, f)) {
             return;
         }
@@ -1117,13 +1116,15 @@ static void recvs_match(struct fx_tp_conn *c)
             }
             req_done(r, FX_OK);
             slot_free(c, s);
-            c->matched++;
+            c->matched++; /* consumed: the next message is due */
+            c->next_recv_id++;
             continue;
         }
         if (c->peer_gone) { /* an RTS whose data cannot come any more */
             req_done(r, FX_ERR_PEER_FAILED);
             slot_free(c, s);
-            c->matched++;
+            c->matched++; /* consumed: the next message is due */
+            c->next_recv_id++;
             continue;
         }
         {
@@ -1147,7 +1148,8 @@ static void recvs_match(struct fx_tp_conn *c)
             put32(o + 24, r->reg.mr->rkey);
             c->stage_req[cs] = NULL;
             slot_free(c, s);
-            c->matched++;
+            c->matched++; /* consumed: the next message is due */
+            c->next_recv_id++;
             if (!write_slot(c, (unsigned)cs, VB_FRAME)) {
                 return;
             }
