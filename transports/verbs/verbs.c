@@ -767,7 +767,7 @@ static uint8_t *ring_slot(uint8_t *base, unsigned i)
 
 fx_status fx_vb_conn_buffers(struct fx_tp_conn *c)
 {
-    size_t len = (size_t)VB_SLOTS * VB_SLOT_SIZE + (size_t)VB_CSLOTS * VB_CSLOT_SIZE;
+    size_t len = VB_RING_LEN;
 
     c->ring  = aligned_alloc(4096, (len + 4095) / 4096 * 4096);
     c->stage = aligned_alloc(4096, (len + 4095) / 4096 * 4096);
@@ -1305,7 +1305,8 @@ static void credits_return(struct fx_tp_conn *c)
     if ((c->credits_owed == 0 && c->ccredits_owed == 0) || !sq_room(c, 0) || c->peer_gone) {
         return;
     }
-    if (post_write(c, 0, WRID(WR_CREDIT, 0, 0), NULL, 0, 0, c->peer_ring, c->peer_rkey,
+    if (post_write(c, 0, WRID(WR_CREDIT, 0, 0), c->stage + VB_CREDIT_OFF, 4, c->stage_mr->lkey,
+                   c->peer_ring + VB_CREDIT_OFF, c->peer_rkey,
                    IMM(IMM_CREDIT, c->credits_owed | c->ccredits_owed << 16))) {
         c->credits_owed  = 0;
         c->ccredits_owed = 0;

@@ -27,6 +27,10 @@
 #define VB_CSLOTS     16 /* control slots (CTS) per direction, consumed on arrival */
 #define VB_CSLOT_SIZE VB_FRAME
 #define VB_NSLOTS     (VB_SLOTS + VB_CSLOTS)
+/* After the slots: the word credit writes land on (its contents are unused: the immediate
+ * value carries the credits; a 4-byte write, so that its rkey is checked like any other). */
+#define VB_CREDIT_OFF ((size_t)VB_SLOTS * VB_SLOT_SIZE + (size_t)VB_CSLOTS * VB_CSLOT_SIZE)
+#define VB_RING_LEN   (VB_CREDIT_OFF + 8)
 #define VB_SQ_DEPTH   (2 * VB_NSLOTS + 16)
 #define VB_RQ_DEPTH   (4 * VB_SLOTS)
 #define VB_WR_MAX     (1u << 30)   /* bytes of one RDMA write */
