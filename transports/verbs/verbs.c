@@ -1299,7 +1299,7 @@ static void recv_completed(struct fx_tp_conn *c, const struct ibv_wc *wc)
     }
 }
 
-/* Sends the credits owed to the peer (a zero-length write with immediate data). */
+/* Sends the credits owed to the peer (a 4-byte write to its credit word, with immediate data). */
 static void credits_return(struct fx_tp_conn *c)
 {
     if ((c->credits_owed == 0 && c->ccredits_owed == 0) || !sq_room(c, 0) || c->peer_gone) {
