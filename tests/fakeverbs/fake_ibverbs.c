@@ -262,6 +262,7 @@ struct fv_ctx {
     struct fv_mr *mrs;
     struct fv_qp *qps;
     int npd, ncq, nchan;
+    bool overrun; /* a CQ overran: its QPs go to ERR in the NIC's next round */
 };
 
 struct fv_pd {
@@ -357,6 +358,10 @@ enum fv_ack { A_OK, A_RNR, A_ACCESS, A_INV_REQ, A_OP_ERR };
 struct fv_qp {
     struct ibv_qp qp;
     struct fv_qp *next;
+    /* the QP's state in the "hardware"; qp.state, which programs read, follows it only in
+     * ibv_modify_qp and ibv_query_qp, as in the real library (an error the NIC raises is not
+     * visible there until the program asks) */
+    enum ibv_qp_state hw;
     struct ibv_qp_cap cap;
     bool sq_sig_all;
     int access;
@@ -373,6 +378,9 @@ struct fv_qp {
     int sq_unsignaled; /* completed unsignaled WRs still holding their slots */
     uint32_t next_psn, expected_psn;
     uint64_t rnr_until;
+    /* the transport timer: runs while sent requests wait for an acknowledgement, restarted
+     * whenever the connection makes progress (bytes leave, an acknowledgement arrives) */
+    uint64_t tdeadline;
     /* receive queue */
     struct fv_rwr *rq;
     int rq_head, rq_count;
@@ -1208,11 +1216,8 @@ static void cq_push(struct fv_ctx *c, struct fv_cq *cq, const struct ibv_wc *wc)
                "error (ibv_poll_cq fails) and its QPs go to the error state",
                cq->cap);
         cq->overrun = true;
-        for (struct fv_qp *q = c->qps; q != NULL; q = q->next) {
-            if (q->qp.send_cq == &cq->cq || q->qp.recv_cq == &cq->cq) {
-                qp_to_err(q, "CQ overrun");
-            }
-        }
+        /* not here: the QP whose completion this is may be in the middle of its queue */
+        c->overrun = true;
         return;
     }
     cq->ring[(cq->head + cq->count) % cq->cap] = *wc;
@@ -1303,6 +1308,7 @@ FV_EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *ibpd, struct ibv_qp_init_a
     qp->qp.send_cq    = attr->send_cq;
     qp->qp.recv_cq    = attr->recv_cq;
     qp->qp.qp_type    = IBV_QPT_RC;
+    qp->hw            = IBV_QPS_RESET;
     qp->qp.state      = IBV_QPS_RESET;
     qp->qp.qp_num =
         ((uint32_t)(getpid() & 0xfff) << 12) | (atomic_fetch_add(&qpn_counter, 1) & 0xfff);
@@ -1418,7 +1424,7 @@ FV_EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int m
     int required = 0, optional = 0;
     bool found = false;
     pthread_mutex_lock(&c->lock);
-    cur = qp->qp.state;
+    cur = qp->hw;
     if ((mask & IBV_QP_CUR_STATE) && attr->cur_qp_state != cur) {
         fv_dbg("modify_qp 0x%x: cur_qp_state %s but the QP is %s", ibqp->qp_num,
                state_name(attr->cur_qp_state), state_name(cur));
@@ -1539,10 +1545,11 @@ FV_EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int m
         qp_reset_queues(qp);
         qp_close_wire(c, qp);
         qp->peer_dead = false;
-        qp->qp.state  = IBV_QPS_RESET;
+        qp->hw        = IBV_QPS_RESET;
     } else {
-        qp->qp.state = to;
+        qp->hw = to;
     }
+    qp->qp.state = qp->hw;
     pthread_mutex_unlock(&c->lock);
     ring_bell(c);
     return 0;
@@ -1559,8 +1566,9 @@ FV_EXPORT int ibv_query_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int ma
     pthread_mutex_lock(&c->lock);
     memset(attr, 0, sizeof(*attr));
     memset(init, 0, sizeof(*init));
-    attr->qp_state           = qp->qp.state;
-    attr->cur_qp_state       = qp->qp.state;
+    qp->qp.state             = qp->hw;
+    attr->qp_state           = qp->hw;
+    attr->cur_qp_state       = qp->hw;
     attr->path_mtu           = qp->path_mtu;
     attr->qp_access_flags    = (unsigned)qp->access;
     attr->pkey_index         = qp->pkey_index;
@@ -1658,10 +1666,10 @@ static void sq_retire(struct fv_ctx *c, struct fv_qp *qp)
 static void qp_to_err(struct fv_qp *qp, const char *why)
 {
     struct fv_ctx *c = ctx_of(qp->qp.context);
-    if (qp->qp.state != IBV_QPS_ERR) {
-        fv_dbg("QP 0x%x: %s -> ERR (%s)", qp->qp.qp_num, state_name(qp->qp.state), why);
+    if (qp->hw != IBV_QPS_ERR) {
+        fv_dbg("QP 0x%x: %s -> ERR (%s)", qp->qp.qp_num, state_name(qp->hw), why);
     }
-    qp->qp.state  = IBV_QPS_ERR;
+    qp->hw        = IBV_QPS_ERR;
     qp->rnr_until = 0;
     while (qp->sq_count > 0) {
         sq_complete_head(c, qp, IBV_WC_WR_FLUSH_ERR);
@@ -1690,7 +1698,7 @@ static int fv_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
     for (; wr != NULL; wr = wr->next) {
         struct fv_swr *w;
         uint64_t len         = 0;
-        enum ibv_qp_state st = qp->qp.state;
+        enum ibv_qp_state st = qp->hw;
         if (st != IBV_QPS_RTS && st != IBV_QPS_ERR) {
             fv_log("ibv_post_send(QP 0x%x): QP is in state %s, not RTS", ibqp->qp_num,
                    state_name(st));
@@ -1739,7 +1747,9 @@ static int fv_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
         w->signaled = qp->sq_sig_all || (wr->send_flags & IBV_SEND_SIGNALED);
         w->len      = (uint32_t)len;
         w->nsge     = wr->num_sge;
-        memcpy(w->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
+        if (wr->num_sge > 0) {
+            memcpy(w->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
+        }
         w->imm = wr->imm_data;
         if (wr->opcode == IBV_WR_RDMA_WRITE || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM ||
             wr->opcode == IBV_WR_RDMA_READ) {
@@ -1789,7 +1799,7 @@ static int fv_post_recv(struct ibv_qp *ibqp, struct ibv_recv_wr *wr, struct ibv_
     for (; wr != NULL; wr = wr->next) {
         struct fv_rwr *r;
         long n;
-        if (qp->qp.state == IBV_QPS_RESET) {
+        if (qp->hw == IBV_QPS_RESET) {
             fv_log("ibv_post_recv(QP 0x%x): QP is in state RESET", ibqp->qp_num);
             ret = EINVAL;
             break;
@@ -1814,9 +1824,11 @@ static int fv_post_recv(struct ibv_qp *ibqp, struct ibv_recv_wr *wr, struct ibv_
         r        = &qp->rq[(qp->rq_head + qp->rq_count) % (int)qp->cap.max_recv_wr];
         r->wr_id = wr->wr_id;
         r->nsge  = wr->num_sge;
-        memcpy(r->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
+        if (wr->num_sge > 0) {
+            memcpy(r->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
+        }
         qp->rq_count++;
-        if (qp->qp.state == IBV_QPS_ERR) {
+        if (qp->hw == IBV_QPS_ERR) {
             struct ibv_wc wc;
             wc_init(&wc, qp, r->wr_id, IBV_WC_WR_FLUSH_ERR);
             wc.opcode = IBV_WC_RECV;
@@ -1837,11 +1849,14 @@ static int fv_post_recv(struct ibv_qp *ibqp, struct ibv_recv_wr *wr, struct ibv_
 
 static int out_append(struct fv_qp *qp, const void *a, size_t alen, const void *b, size_t blen)
 {
-    size_t need = qp->olen + alen + blen;
-    if (qp->ooff > 0 && qp->ooff == qp->olen) {
-        qp->ooff = qp->olen = 0;
-        need                = alen + blen;
+    size_t need;
+    if (qp->ooff > 0) {
+        /* drop what the socket has taken, so that a busy connection's buffer does not grow */
+        memmove(qp->obuf, qp->obuf + qp->ooff, qp->olen - qp->ooff);
+        qp->olen -= qp->ooff;
+        qp->ooff = 0;
     }
+    need = qp->olen + alen + blen;
     if (need > qp->ocap) {
         size_t cap = qp->ocap ? qp->ocap : 4096;
         uint8_t *n;
@@ -1959,7 +1974,7 @@ static int build_frame(struct fv_ctx *c, struct fv_qp *qp, struct fv_swr *w)
 static void sq_transmit(struct fv_ctx *c, struct fv_qp *qp, uint64_t now)
 {
     uint64_t tmo = ack_timeout_ns(qp);
-    if (qp->qp.state != IBV_QPS_RTS || (qp->rnr_until != 0 && now < qp->rnr_until)) {
+    if (qp->hw != IBV_QPS_RTS || (qp->rnr_until != 0 && now < qp->rnr_until)) {
         return;
     }
     qp->rnr_until = 0;
@@ -2000,8 +2015,10 @@ static void sq_transmit(struct fv_ctx *c, struct fv_qp *qp, uint64_t now)
             w->err   = IBV_WC_GENERAL_ERR;
             break;
         }
-        w->state    = WR_SENT;
-        w->deadline = tmo ? now + tmo : 0;
+        w->state = WR_SENT;
+        if (tmo != 0 && qp->tdeadline == 0) {
+            qp->tdeadline = now + tmo;
+        }
     }
     sq_retire(c, qp);
 }
@@ -2022,7 +2039,7 @@ static void handle_ack(struct fv_ctx *c, struct fv_qp *qp, const struct fv_hdr *
                        const uint8_t *data, uint64_t now)
 {
     struct fv_swr *w = swr_by_psn(qp, h->psn);
-    if (qp->qp.state != IBV_QPS_RTS || w == NULL || w->state != WR_SENT) {
+    if (qp->hw != IBV_QPS_RTS || w == NULL || w->state != WR_SENT) {
         return; /* a stale answer */
     }
     if (h->type == T_READ_RESP) {
@@ -2057,6 +2074,7 @@ static void handle_ack(struct fv_ctx *c, struct fv_qp *qp, const struct fv_hdr *
             }
         }
         qp->rnr_until = now + rnr_delay_us(h->rnr_timer) * 1000;
+        qp->tdeadline = 0;
         return;
     } else if (h->status != A_OK) {
         w->state = WR_FAILED;
@@ -2065,7 +2083,9 @@ static void handle_ack(struct fv_ctx *c, struct fv_qp *qp, const struct fv_hdr *
                                             : IBV_WC_REM_OP_ERR;
         goto out;
     }
-    /* acknowledgements are cumulative: everything sent before psn is done too */
+    /* acknowledgements are cumulative: everything sent before psn is done too; the transport
+     * timer starts over for what remains */
+    qp->tdeadline = qp->tdeadline != 0 ? now + ack_timeout_ns(qp) : 0;
     for (int i = 0; i < qp->sq_count; i++) {
         struct fv_swr *x = &qp->sq[(qp->sq_head + i) % (int)qp->cap.max_send_wr];
         if (x->state == WR_SENT && (int32_t)(x->psn - h->psn) <= 0 &&
@@ -2109,7 +2129,7 @@ static void handle_request(struct fv_ctx *c, struct fv_qp *qp, const struct fv_h
     bool needs_recv        = h->type != T_WRITE && h->type != T_READ;
     uint8_t *dst           = NULL;
     enum ibv_wc_status rst = IBV_WC_SUCCESS;
-    if (qp->qp.state != IBV_QPS_RTR && qp->qp.state != IBV_QPS_RTS) {
+    if (qp->hw != IBV_QPS_RTR && qp->hw != IBV_QPS_RTS) {
         return; /* a QP that is not receiving does not answer: the requester times out */
     }
     if (h->psn != qp->expected_psn) {
@@ -2117,6 +2137,13 @@ static void handle_request(struct fv_ctx *c, struct fv_qp *qp, const struct fv_h
             send_ctl(qp, T_ACK, A_OK, h->psn, NULL, 0); /* a duplicate */
         }
         return; /* after a NAK, until the NAKed request comes again */
+    }
+    if (h->type == T_READ && qp->max_dest_rd_atomic == 0) {
+        /* a responder with no RDMA read resources (responder_resources 0) cannot serve one */
+        fv_dbg("QP 0x%x: RDMA read with max_dest_rd_atomic 0: invalid request", qp->qp.qp_num);
+        send_ctl(qp, T_ACK, A_INV_REQ, h->psn, NULL, 0);
+        qp_to_err(qp, "invalid request");
+        return;
     }
     if (h->type == T_WRITE || h->type == T_WRITE_IMM || h->type == T_READ) {
         int need = h->type == T_READ ? IBV_ACCESS_REMOTE_READ : IBV_ACCESS_REMOTE_WRITE;
@@ -2184,7 +2211,7 @@ static void peer_gone(struct fv_ctx *c, struct fv_qp *qp, const char *why)
     for (int i = 0; i < qp->sq_count; i++) {
         struct fv_swr *w = &qp->sq[(qp->sq_head + i) % (int)qp->cap.max_send_wr];
         if (w->state == WR_SENT || w->state == WR_QUEUED) {
-            if (qp->qp.state == IBV_QPS_RTS) {
+            if (qp->hw == IBV_QPS_RTS) {
                 w->state = WR_FAILED;
                 w->err   = IBV_WC_RETRY_EXC_ERR;
             }
@@ -2298,6 +2325,9 @@ static void qp_output(struct fv_ctx *c, struct fv_qp *qp)
             break;
         }
         qp->ooff += (size_t)n;
+        if (n > 0 && qp->tdeadline != 0) {
+            qp->tdeadline = now_ns() + ack_timeout_ns(qp);
+        }
     }
     if (qp->ooff == qp->olen) {
         qp->ooff = qp->olen = 0;
@@ -2313,7 +2343,7 @@ static void qp_output(struct fv_ctx *c, struct fv_qp *qp)
 /* Send WRs whose acknowledgement did not come in time. */
 static void qp_timers(struct fv_ctx *c, struct fv_qp *qp, uint64_t now, uint64_t *next)
 {
-    if (qp->qp.state != IBV_QPS_RTS) {
+    if (qp->hw != IBV_QPS_RTS) {
         return;
     }
     if (qp->rnr_until != 0) {
@@ -2326,7 +2356,24 @@ static void qp_timers(struct fv_ctx *c, struct fv_qp *qp, uint64_t now, uint64_t
     }
     for (int i = 0; i < qp->sq_count; i++) {
         struct fv_swr *w = &qp->sq[(qp->sq_head + i) % (int)qp->cap.max_send_wr];
-        if ((w->state == WR_SENT || (w->state == WR_QUEUED && qp->fd < 0)) && w->deadline != 0) {
+        if (w->state == WR_SENT) {
+            /* the oldest request waiting for its acknowledgement */
+            if (qp->tdeadline == 0) {
+                return;
+            }
+            if (now >= qp->tdeadline) {
+                fv_dbg("QP 0x%x: no acknowledgement in %llu us: retries exhausted", qp->qp.qp_num,
+                       (unsigned long long)(ack_timeout_ns(qp) / 1000));
+                qp->tdeadline = 0;
+                w->state      = WR_FAILED;
+                w->err        = IBV_WC_RETRY_EXC_ERR;
+                sq_retire(c, qp);
+            } else if (qp->tdeadline < *next) {
+                *next = qp->tdeadline;
+            }
+            return;
+        }
+        if (w->state == WR_QUEUED && qp->fd < 0 && w->deadline != 0) {
             if (now >= w->deadline) {
                 fv_dbg("QP 0x%x: no acknowledgement in %llu us: retries exhausted", qp->qp.qp_num,
                        (unsigned long long)(ack_timeout_ns(qp) / 1000));
@@ -2339,6 +2386,7 @@ static void qp_timers(struct fv_ctx *c, struct fv_qp *qp, uint64_t now, uint64_t
             return;
         }
     }
+    qp->tdeadline = 0;
 }
 
 static void *nic_main(void *arg)
@@ -2372,6 +2420,15 @@ static void *nic_main(void *arg)
         for (struct fv_qp *qp = c->qps; qp != NULL; qp = qp->next) {
             qp_timers(c, qp, now, &next);
             qp_output(c, qp);
+        }
+        if (c->overrun) {
+            c->overrun = false;
+            for (struct fv_qp *qp = c->qps; qp != NULL; qp = qp->next) {
+                if (((struct fv_cq *)qp->qp.send_cq)->overrun ||
+                    ((struct fv_cq *)qp->qp.recv_cq)->overrun) {
+                    qp_to_err(qp, "CQ overrun");
+                }
+            }
         }
         pthread_mutex_unlock(&c->lock);
         if (next == UINT64_MAX) {

@@ -112,7 +112,7 @@ struct cm_id {
     bool ack_timeout_set;
     uint32_t peer_qpn;
     uint8_t peer_retry, peer_rnr_retry, peer_resp_res, peer_init_depth;
-    uint8_t my_retry, my_rnr_retry, my_resp_res;
+    uint8_t my_retry, my_rnr_retry;
     struct ibv_sa_path_rec path;
 };
 
@@ -141,6 +141,8 @@ static int g_cm_err;
 static int g_epfd    = -1;
 static int g_wake[2] = {-1, -1};
 static pthread_t g_thread;
+static bool g_thread_started;
+static bool g_cm_stop;
 static struct cm_sock *g_socks;
 static uint64_t g_serial;
 static struct ibv_context **g_ctxs;
@@ -184,7 +186,8 @@ static void cm_init_once(void)
         g_cm_err = errno;
         return;
     }
-    g_cm_err = pthread_create(&g_thread, NULL, cm_main, NULL);
+    g_cm_err         = pthread_create(&g_thread, NULL, cm_main, NULL);
+    g_thread_started = g_cm_err == 0;
 }
 
 static int cm_init(void)
@@ -200,9 +203,24 @@ static int cm_init(void)
 /* Closes what the library opened, when the program left nothing behind (valgrind-clean). */
 __attribute__((destructor)) static void cm_fini(void)
 {
+    if (g_thread_started) {
+        pthread_mutex_lock(&g_cm);
+        g_cm_stop = true;
+        pthread_mutex_unlock(&g_cm);
+        if (write(g_wake[1], "s", 1) != 1) {
+            cm_log("cannot stop the connection thread: %s", strerror(errno));
+            return;
+        }
+        pthread_join(g_thread, NULL);
+        g_thread_started = false;
+    }
     if (g_epfd < 0 || g_socks != NULL) {
         return;
     }
+    close(g_epfd);
+    close(g_wake[0]);
+    close(g_wake[1]);
+    g_epfd = -1;
     for (int i = 0; i < g_nctx; i++) {
         if (g_pds[i] != NULL && ibv_dealloc_pd(g_pds[i]) != 0) {
             return;
@@ -1024,7 +1042,6 @@ FV_EXPORT int rdma_connect(struct rdma_cm_id *cid, struct rdma_conn_param *param
     if (param != NULL) {
         id->my_retry     = param->retry_count;
         id->my_rnr_retry = param->rnr_retry_count;
-        id->my_resp_res  = param->responder_resources;
         m.resp_res       = param->responder_resources;
         m.init_depth     = param->initiator_depth;
         m.retry          = param->retry_count;
@@ -1277,8 +1294,10 @@ static void on_conn_msg(struct cm_sock *s)
         uint8_t pdata[CM_REP_PDATA] = {0};
         struct cm_msg rtu           = {.magic = CM_MAGIC, .type = M_RTU};
         int fd                      = s->fd;
-        ret = qp_connect(id, s->msg.qpn, s->msg.init_depth, s->msg.resp_res, id->my_retry,
-                         id->my_rnr_retry, id->my_resp_res != 0);
+        /* as the IB CM does with a REP: the reads we may issue are the ones the responder
+         * accepts, and we serve as many as it will issue */
+        ret = qp_connect(id, s->msg.qpn, s->msg.resp_res, s->msg.init_depth, id->my_retry,
+                         id->my_rnr_retry, s->msg.init_depth != 0);
         if (ret == 0) {
             ret = send_msg(fd, &rtu);
         }
@@ -1420,6 +1439,10 @@ static void *cm_main(void *arg)
             return NULL;
         }
         pthread_mutex_lock(&g_cm);
+        if (g_cm_stop) {
+            pthread_mutex_unlock(&g_cm);
+            return NULL;
+        }
         for (int i = 0; i < n; i++) {
             uint64_t key = evs[i].data.u64;
             if (key == 0) {

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -72,6 +73,7 @@ static struct ibv_wc wait_wc(struct ibv_cq *cq)
 struct opts {
     uint32_t max_send_wr, max_recv_wr, max_sge, max_inline;
     uint8_t rnr_retry, retry;
+    uint8_t resp_res; /* the server's responder_resources: RDMA reads it serves at once */
     int cqe;
     bool channel;      /* a completion channel on the server's CQ */
     int ack_timeout;   /* RDMA_OPTION_ID_ACK_TIMEOUT on the client, when > 0 */
@@ -85,6 +87,7 @@ static const struct opts default_opts = {.max_send_wr = 16,
                                          .max_inline  = 64,
                                          .rnr_retry   = 7,
                                          .retry       = 7,
+                                         .resp_res    = 1,
                                          .cqe         = 64};
 
 /* One side: a cm id with its QP on the shared device context */
@@ -210,7 +213,7 @@ static void server_accept(struct pair *p, const struct opts *o)
     cr_assert_eq(rdma_ack_cm_event(ev), 0);
     side_qp(&p->s, o, o->channel);
     cp.rnr_retry_count     = o->rnr_retry;
-    cp.responder_resources = 1;
+    cp.responder_resources = o->resp_res;
     cp.initiator_depth     = 1;
     cr_assert_eq(rdma_accept(p->s.id, &cp), 0, "rdma_accept: %s", strerror(errno));
 }
@@ -262,6 +265,15 @@ static int post_write(struct side *c, uint64_t wr_id, uint32_t off, uint32_t len
     wr.wr.rdma.remote_addr  = raddr;
     wr.wr.rdma.rkey         = rkey;
     return ibv_post_send(c->id->qp, &wr, &bad);
+}
+
+/* The QP's state as the device has it (qp->state follows only modify and query). */
+static enum ibv_qp_state qp_state(struct ibv_qp *qp)
+{
+    struct ibv_qp_attr a;
+    struct ibv_qp_init_attr ia;
+    cr_assert_eq(ibv_query_qp(qp, &a, IBV_QP_STATE, &ia), 0);
+    return a.qp_state;
 }
 
 static void assert_no_wc(struct ibv_cq *cq, int ms)
@@ -415,7 +427,7 @@ static void expect_remote_access_error(struct pair *p, uint64_t raddr, uint32_t 
     for (int i = 0; i < BUF_LEN; i++) {
         cr_assert_eq(p->s.buf[i], 0, "byte %d written despite the error", i);
     }
-    cr_assert_eq(p->c.id->qp->state, IBV_QPS_ERR);
+    cr_assert_eq(qp_state(p->c.id->qp), IBV_QPS_ERR);
 }
 
 Test(fakeverbs, bad_rkey_is_remote_access_error)
@@ -574,6 +586,17 @@ Test(fakeverbs, rdma_read)
     cr_assert_eq(wc.opcode, IBV_WC_RDMA_READ);
     cr_assert_eq(wc.byte_len, 8);
     cr_assert_str_eq((char *)p.c.buf, "read me");
+    /* and the other way: the accepting side reads from the connecting one */
+    memcpy(p.c.buf + 128, "and back", 9);
+    sge.addr               = (uintptr_t)p.s.buf + 256;
+    sge.length             = 9;
+    sge.lkey               = p.s.mr->lkey;
+    wr.wr.rdma.remote_addr = (uintptr_t)p.c.buf + 128;
+    wr.wr.rdma.rkey        = p.c.mr->rkey;
+    cr_assert_eq(ibv_post_send(p.s.id->qp, &wr, &bad), 0);
+    wc = wait_wc(p.s.cq);
+    cr_assert_eq(wc.status, IBV_WC_SUCCESS, "%s", ibv_wc_status_str(wc.status));
+    cr_assert_str_eq((char *)p.s.buf + 256, "and back");
     pair_down(&p);
 }
 
@@ -976,6 +999,17 @@ Test(fakeverbs, disconnect_reaches_both_sides)
 /* The server in a child process: listens, tells the parent its port, accepts, posts receives,
  * says "E" once connected, then waits (bounded) to be killed or stopped. *up_fd gets the read end
  * of the pipe it talks through. */
+static pid_t g_child; /* killed by kill_child whatever the test's outcome */
+
+static void kill_child(void)
+{
+    if (g_child > 0) {
+        kill(g_child, SIGKILL);
+        waitpid(g_child, NULL, 0);
+        g_child = 0;
+    }
+}
+
 static pid_t fork_server(uint16_t *port, int *up_fd)
 {
     int up[2];
@@ -987,6 +1021,7 @@ static pid_t fork_server(uint16_t *port, int *up_fd)
     if (pid == 0) {
         struct pair p;
         uint16_t prt;
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a stopped child must not outlive the test */
         memset(&p, 0, sizeof(p));
         close(up[0]);
         p.s.ch = rdma_create_event_channel();
@@ -1005,6 +1040,7 @@ static pid_t fork_server(uint16_t *port, int *up_fd)
         sleep(30);
         _exit(4);
     }
+    g_child = pid;
     close(up[1]);
     pfd = (struct pollfd){.fd = up[0], .events = POLLIN};
     cr_assert_eq(poll(&pfd, 1, WAIT_MS), 1, "the child did not start listening");
@@ -1027,9 +1063,10 @@ static void reap(pid_t pid)
     int st;
     kill(pid, SIGKILL);
     cr_assert_eq(waitpid(pid, &st, 0), pid);
+    g_child = 0;
 }
 
-Test(fakeverbs, dead_peer_gives_retry_exceeded_and_disconnect)
+Test(fakeverbs, dead_peer_gives_retry_exceeded_and_disconnect, .fini = kill_child)
 {
     struct side c = {0};
     struct ibv_wc wc;
@@ -1061,7 +1098,7 @@ Test(fakeverbs, dead_peer_gives_retry_exceeded_and_disconnect)
     rdma_destroy_event_channel(c.ch);
 }
 
-Test(fakeverbs, stopped_peer_gives_retry_exceeded_after_the_timeout)
+Test(fakeverbs, stopped_peer_gives_retry_exceeded_after_the_timeout, .fini = kill_child)
 {
     struct side c = {0};
     struct ibv_wc wc;
@@ -1076,6 +1113,11 @@ Test(fakeverbs, stopped_peer_gives_retry_exceeded_after_the_timeout)
     expect_event(c.ch, RDMA_CM_EVENT_ESTABLISHED);
     wait_established_child(up_fd);
     cr_assert_eq(kill(pid, SIGSTOP), 0);
+    {
+        int st;
+        cr_assert_eq(waitpid(pid, &st, WUNTRACED), pid); /* stopped for sure */
+        cr_assert(WIFSTOPPED(st));
+    }
     t0 = ms_now();
     cr_assert_eq(post_write(&c, 1, 0, 8, 0x1000, 0x999, true, IBV_SEND_SIGNALED), 0);
     wc      = wait_wc(c.cq);
@@ -1087,4 +1129,208 @@ Test(fakeverbs, stopped_peer_gives_retry_exceeded_after_the_timeout)
     close(up_fd);
     side_free(&c);
     rdma_destroy_event_channel(c.ch);
+}
+
+Test(fakeverbs, cq_overrun_is_an_error)
+{
+    struct pair p;
+    struct opts o = default_opts;
+    struct ibv_wc wc[4];
+    o.cqe = 2;
+    pair_up(&p, &o);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(post_write(&p.c, (uint64_t)i, 0, 8, (uintptr_t)p.s.buf, p.s.mr->rkey, false,
+                                IBV_SEND_SIGNALED),
+                     0);
+    }
+    /* the third completion finds the CQ of 2 full: the CQ fails from then on */
+    for (int i = 0; i < 1000; i++) {
+        int n = ibv_poll_cq(p.c.cq, 0, wc);
+        if (n < 0) {
+            break;
+        }
+        usleep(1000);
+    }
+    cr_assert_lt(ibv_poll_cq(p.c.cq, 4, wc), 0, "no overrun reported");
+    for (int i = 0; i < 1000 && qp_state(p.c.id->qp) != IBV_QPS_ERR; i++) {
+        usleep(1000);
+    }
+    cr_assert_eq(qp_state(p.c.id->qp), IBV_QPS_ERR);
+    pair_down(&p);
+}
+
+Test(fakeverbs, type_of_service_is_recorded)
+{
+    struct rdma_event_channel *ch = rdma_create_event_channel();
+    struct rdma_cm_id *id;
+    struct sockaddr_in to = {
+        .sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    uint8_t tos = 106;
+    int bad     = 1;
+    cr_assert_eq(rdma_create_id(ch, &id, NULL, RDMA_PS_TCP), 0);
+    cr_assert_eq(rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_TOS, &tos, sizeof(tos)), 0);
+    cr_assert_eq(rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_TOS, &bad, sizeof(bad)), -1);
+    cr_assert_eq(rdma_resolve_addr(id, NULL, (struct sockaddr *)&to, WAIT_MS), 0);
+    expect_event(ch, RDMA_CM_EVENT_ADDR_RESOLVED);
+    cr_assert_eq(rdma_resolve_route(id, WAIT_MS), 0);
+    expect_event(ch, RDMA_CM_EVENT_ROUTE_RESOLVED);
+    cr_assert_eq(id->route.num_paths, 1);
+    cr_assert_eq(id->route.path_rec->traffic_class, 106);
+    cr_assert_eq(rdma_destroy_id(id), 0);
+    rdma_destroy_event_channel(ch);
+}
+
+Test(fakeverbs, many_large_writes_land_in_order)
+{
+    struct pair p;
+    struct opts o    = default_opts;
+    const size_t len = 8u << 20, chunk = 256u << 10;
+    uint8_t *src = malloc(len), *dst = calloc(1, len);
+    struct ibv_mr *smr, *dmr;
+    struct ibv_wc wc;
+    cr_assert_not_null(src);
+    cr_assert_not_null(dst);
+    o.max_send_wr = 64;
+    o.cqe         = 128;
+    pair_up(&p, &o);
+    for (size_t i = 0; i < len; i++) {
+        src[i] = (uint8_t)(i * 7 + (i >> 12));
+    }
+    smr = ibv_reg_mr(p.c.pd, src, len, IBV_ACCESS_LOCAL_WRITE);
+    dmr = ibv_reg_mr(p.s.pd, dst, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+    cr_assert_not_null(smr);
+    cr_assert_not_null(dmr);
+    cr_assert_eq(post_recv(&p.s, 1, 0), 0);
+    /* 32 writes in flight at once, the last one with immediate data and signaled */
+    for (size_t off = 0; off < len; off += chunk) {
+        bool last          = off + chunk == len;
+        struct ibv_sge sge = {
+            .addr = (uintptr_t)src + off, .length = (uint32_t)chunk, .lkey = smr->lkey};
+        struct ibv_send_wr wr = {.wr_id   = off,
+                                 .sg_list = &sge,
+                                 .num_sge = 1,
+                                 .opcode  = last ? IBV_WR_RDMA_WRITE_WITH_IMM : IBV_WR_RDMA_WRITE,
+                                 .send_flags = last ? IBV_SEND_SIGNALED : 0},
+                           *bad;
+        wr.wr.rdma.remote_addr = (uintptr_t)dst + off;
+        wr.wr.rdma.rkey        = dmr->rkey;
+        cr_assert_eq(ibv_post_send(p.c.id->qp, &wr, &bad), 0);
+    }
+    wc = wait_wc(p.c.cq);
+    cr_assert_eq(wc.status, IBV_WC_SUCCESS, "%s", ibv_wc_status_str(wc.status));
+    cr_assert_eq(wc.wr_id, len - chunk);
+    wc = wait_wc(p.s.cq);
+    cr_assert_eq(wc.status, IBV_WC_SUCCESS);
+    cr_assert_eq(wc.byte_len, chunk);
+    /* the immediate arrives after every earlier write has landed */
+    cr_assert_eq(memcmp(src, dst, len), 0);
+    cr_assert_eq(ibv_dereg_mr(smr), 0);
+    cr_assert_eq(ibv_dereg_mr(dmr), 0);
+    free(src);
+    free(dst);
+    pair_down(&p);
+}
+
+Test(fakeverbs, registration_paths_and_unsupported_calls)
+{
+    struct ibv_device **list = ibv_get_device_list(NULL);
+    struct ibv_context *ctx  = ibv_open_device(list[0]);
+    struct ibv_pd *pd        = ibv_alloc_pd(ctx);
+    static uint8_t buf[4096];
+    /* an access mask the compiler cannot see: the header's inline takes ibv_reg_mr_iova2 */
+    volatile int access         = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
+    struct ibv_mr *mr           = ibv_reg_mr(pd, buf, sizeof(buf), access);
+    struct ibv_srq_init_attr sa = {0};
+    cr_assert_not_null(mr);
+    cr_assert_eq(mr->addr, buf);
+    cr_assert_eq(mr->length, sizeof(buf));
+    cr_assert_eq(ibv_dealloc_pd(pd), EBUSY, "an MR still uses the PD");
+    cr_assert_eq(ibv_dereg_mr(mr), 0);
+    errno = 0;
+    cr_assert_null(ibv_reg_mr(pd, buf, sizeof(buf), IBV_ACCESS_REMOTE_WRITE));
+    cr_assert_eq(errno, EINVAL, "remote write without local write");
+    errno = 0;
+    cr_assert_null(ibv_reg_dmabuf_mr(pd, 0, sizeof(buf), 0, 3, IBV_ACCESS_LOCAL_WRITE));
+    cr_assert_eq(errno, EOPNOTSUPP);
+    errno = 0;
+    cr_assert_null(ibv_create_srq(pd, &sa));
+    cr_assert_eq(errno, ENOSYS);
+    cr_assert_eq(ibv_dealloc_pd(pd), 0);
+    cr_assert_eq(ibv_close_device(ctx), 0);
+    ibv_free_device_list(list);
+}
+
+Test(fakeverbs, loopback_addresses_belong_to_the_first_active_device)
+{
+    struct pair p;
+    struct ibv_wc wc;
+    setenv("FAKEVERBS_DEVICES", "fxv0:down,fxib:ib", 1);
+    pair_up(&p, &default_opts);
+    cr_assert_str_eq(ibv_get_device_name(p.c.id->verbs->device), "fxib");
+    cr_assert_eq(p.s.id->verbs, p.c.id->verbs);
+    /* and an InfiniBand port carries the traffic as well */
+    cr_assert_eq(post_recv(&p.s, 1, 0), 0);
+    cr_assert_eq(
+        post_write(&p.c, 2, 0, 8, (uintptr_t)p.s.buf, p.s.mr->rkey, true, IBV_SEND_SIGNALED), 0);
+    wc = wait_wc(p.c.cq);
+    cr_assert_eq(wc.status, IBV_WC_SUCCESS, "%s", ibv_wc_status_str(wc.status));
+    pair_down(&p);
+}
+
+Test(fakeverbs, rdma_read_needs_responder_resources)
+{
+    struct pair p;
+    struct opts o = default_opts;
+    struct ibv_wc wc;
+    struct ibv_sge sge;
+    struct ibv_send_wr wr = {0}, *bad;
+    o.resp_res            = 0;
+    pair_up(&p, &o);
+    sge           = (struct ibv_sge){.addr = (uintptr_t)p.c.buf, .length = 8, .lkey = p.c.mr->lkey};
+    wr.wr_id      = 31;
+    wr.sg_list    = &sge;
+    wr.num_sge    = 1;
+    wr.opcode     = IBV_WR_RDMA_READ;
+    wr.send_flags = IBV_SEND_SIGNALED;
+    wr.wr.rdma.remote_addr = (uintptr_t)p.s.buf;
+    wr.wr.rdma.rkey        = p.s.mr->rkey;
+    cr_assert_eq(ibv_post_send(p.c.id->qp, &wr, &bad), 0);
+    wc = wait_wc(p.c.cq);
+    cr_assert_eq(wc.status, IBV_WC_REM_INV_REQ_ERR, "%s", ibv_wc_status_str(wc.status));
+    pair_down(&p);
+}
+
+Test(fakeverbs, ipv6_loopback_connects)
+{
+    struct rdma_event_channel *sch = rdma_create_event_channel();
+    struct rdma_cm_id *lid;
+    struct sockaddr_in6 any = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT};
+    struct sockaddr_in6 dst = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    struct pair p;
+    struct rdma_conn_param cp = {.retry_count = 7, .rnr_retry_count = 7};
+    struct rdma_cm_event *ev;
+    memset(&p, 0, sizeof(p));
+    cr_assert_eq(rdma_create_id(sch, &lid, NULL, RDMA_PS_TCP), 0);
+    cr_assert_eq(rdma_bind_addr(lid, (struct sockaddr *)&any), 0);
+    cr_assert_null(lid->verbs, "a wildcard bind has no device yet");
+    cr_assert_eq(rdma_listen(lid, 4), 0);
+    dst.sin6_port = rdma_get_src_port(lid);
+    p.s.ch        = sch;
+    p.listen      = lid;
+    p.c.ch        = rdma_create_event_channel();
+    cr_assert_eq(rdma_create_id(p.c.ch, &p.c.id, NULL, RDMA_PS_TCP), 0);
+    cr_assert_eq(rdma_resolve_addr(p.c.id, NULL, (struct sockaddr *)&dst, WAIT_MS), 0);
+    expect_event(p.c.ch, RDMA_CM_EVENT_ADDR_RESOLVED);
+    cr_assert_eq(rdma_resolve_route(p.c.id, WAIT_MS), 0);
+    expect_event(p.c.ch, RDMA_CM_EVENT_ROUTE_RESOLVED);
+    side_qp(&p.c, &default_opts, false);
+    cr_assert_eq(rdma_connect(p.c.id, &cp), 0);
+    server_accept(&p, &default_opts);
+    ev = next_event(p.c.ch, RDMA_CM_EVENT_ESTABLISHED);
+    cr_assert_eq(ev->param.conn.private_data_len, 196, "the REP's fixed-size field");
+    cr_assert_eq(rdma_ack_cm_event(ev), 0);
+    expect_event(p.s.ch, RDMA_CM_EVENT_ESTABLISHED);
+    cr_assert_eq(rdma_get_peer_addr(p.s.id)->sa_family, AF_INET6);
+    cr_assert_eq(rdma_get_dst_port(p.s.id), rdma_get_src_port(p.c.id));
+    pair_down(&p);
 }
