@@ -143,6 +143,45 @@ Test(verbs, repeated_large_and_small_messages_interleaved, .timeout = 60)
     pair_fini(&p);
 }
 
+/* An idle receiver sleeps: after prepare_wait its wait_fd stays quiet while nothing moves, and
+ * turns readable when a message lands (the CQ was armed), so the caller never has to spin. */
+Test(verbs, an_idle_receiver_sleeps_until_a_message_lands, .timeout = 30)
+{
+    struct pair p;
+    struct fx_tp_req *rreq, *sreq;
+    uint32_t out = 0xfeedu, in = 0;
+    struct pollfd pfd;
+    fx_status rs = FX_INPROGRESS, ss = FX_INPROGRESS;
+    int64_t deadline;
+
+    pair_qps(&p, 2);
+    for (int i = 0; i < 20; i++) { /* the set-up's last completions and events */
+        progress_both(&p);
+        usleep(1000);
+    }
+    cr_assert_eq(p.ops->irecv(p.cb, NULL, 0, &in, 4, &rreq), FX_OK);
+    cr_assert_eq(p.ops->progress(p.b), FX_OK);
+    cr_assert(!p.ops->prepare_wait(p.b), "prepare_wait says work is ready with nothing sent");
+    pfd = (struct pollfd){.fd = p.ops->wait_fd(p.b), .events = POLLIN};
+    cr_expect_eq(poll(&pfd, 1, 200), 0, "wait_fd readable while idle: the caller would spin");
+    cr_assert_eq(p.ops->isend(p.ca, NULL, 0, &out, 4, &sreq), FX_OK);
+    deadline = now_ms() + 5000;
+    while (poll(&pfd, 1, 0) == 0 && now_ms() < deadline) {
+        cr_assert_eq(p.ops->progress(p.a), FX_OK); /* only the sender moves */
+        usleep(500);
+    }
+    cr_assert_eq(poll(&pfd, 1, 0), 1, "wait_fd never turned readable for the arriving message");
+    deadline = now_ms() + 5000;
+    while ((rs == FX_INPROGRESS || ss == FX_INPROGRESS) && now_ms() < deadline) {
+        progress_both(&p);
+        rs = rs == FX_INPROGRESS ? p.ops->test(rreq) : rs;
+        ss = ss == FX_INPROGRESS ? p.ops->test(sreq) : ss;
+    }
+    cr_expect(rs == FX_OK && ss == FX_OK && in == out, "receive %s, send %s, got %x",
+              fx_strerror(rs), fx_strerror(ss), in);
+    pair_fini(&p);
+}
+
 /* More eager messages than the ring has slots, all sent before any receive is posted: the ring
  * fills (the sends beyond it wait for credits) and wraps around the hello's slot, and every
  * message is still received whole and in order. */
