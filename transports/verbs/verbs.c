@@ -515,7 +515,6 @@ static fx_status vb_init(const struct fx_tp_config *cfg, struct fx_tp **out)
     tp->tos           = cfg->ib_tc;
     tp->sl            = cfg->ib_sl;
     tp->reg_cache_max = cfg->reg_cache_max;
-    tp->next_conn     = (uint64_t)getpid() << 32 | (uint64_t)(fx_now_us() & 0xffffff) << 8;
     if (tp->nqp > VB_MAX_QPS) {
         fx_warn(FX_SUB_NET, "FX_IB_QPS_PER_CONN=%u: at most %d", tp->nqp, VB_MAX_QPS);
         free(tp);

@@ -4,6 +4,8 @@
  * deadlines, disconnects and close.
  */
 #include <arpa/inet.h>
+#include <stdatomic.h>
+#include <unistd.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -74,6 +76,19 @@ static bool addr_decode(const struct fx_tp_addr *a, int i, struct sockaddr_stora
 }
 
 /* ------------------------------------------------------------------ connections */
+
+/*
+ * A connection id, unique at a listener: this process's pid and a per-process random value
+ * (where ASLR placed this file's data) in the high half, as other hosts' processes may share
+ * the pid, and a count over every instance of the process in the low half.
+ */
+static uint64_t next_conn_id(void)
+{
+    static _Atomic uint32_t count;
+    uint32_t high = (uint32_t)getpid() ^ ((uint32_t)((uintptr_t)&count >> 12) << 16);
+
+    return (uint64_t)high << 32 | (atomic_fetch_add(&count, 1) + 1);
+}
 
 static struct fx_tp_conn *conn_new(struct fx_tp *tp, unsigned nqp)
 {
@@ -251,7 +266,7 @@ fx_status fx_vb_connect(struct fx_tp *tp, const struct fx_tp_addr *addr, const v
         if (c == NULL) {
             return FX_ERR_NO_MEMORY;
         }
-        c->conn_id = ++tp->next_conn;
+        c->conn_id = next_conn_id();
         c->target  = *addr;
         memcpy(c->hello, hello, hello_len);
         c->hello_len = hello_len;

@@ -204,7 +204,6 @@ struct fx_tp {
     struct fx_tp_conn *conns; /* every connection, accepted ones not handed up included */
     struct fx_tp_listener *lsts;
     struct fx_tp_req *free_reqs;
-    uint64_t next_conn;
 };
 
 /* ------------------------------------------------------------------ little-endian fields */
