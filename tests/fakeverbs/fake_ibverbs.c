@@ -294,7 +294,8 @@ struct fv_cq {
     struct ibv_wc *ring;
     int cap, head, count;
     bool armed, overrun;
-    uint32_t delivered; /* events returned by ibv_get_cq_event */
+    bool solicited_only; /* armed for solicited (and error) completions only */
+    uint32_t delivered;  /* events returned by ibv_get_cq_event */
     uint32_t acked;
     int nqp;
 };
@@ -305,6 +306,7 @@ struct fv_swr {
     uint64_t wr_id;
     enum ibv_wr_opcode opcode;
     bool signaled;
+    bool solicited;
     enum wr_state state;
     enum ibv_wc_status err;
     uint32_t imm;
@@ -333,7 +335,7 @@ struct fv_hdr {
     uint8_t type;
     uint8_t status;
     uint8_t rnr_timer;
-    uint8_t pad;
+    uint8_t solicited; /* IBV_SEND_SOLICITED */
     uint32_t psn;
     uint32_t imm;
     uint32_t rkey;
@@ -1196,9 +1198,8 @@ static int fv_req_notify_cq(struct ibv_cq *ibcq, int solicited_only)
         return EINVAL;
     }
     pthread_mutex_lock(&c->lock);
-    /* the fake treats solicited-only as "any": every completion it makes is a solicited one's
-     * superset, which is what a waiter needs */
-    cq->armed = true;
+    cq->armed          = true;
+    cq->solicited_only = solicited_only != 0;
     pthread_mutex_unlock(&c->lock);
     return 0;
 }
@@ -1206,7 +1207,7 @@ static int fv_req_notify_cq(struct ibv_cq *ibcq, int solicited_only)
 static void qp_to_err(struct fv_qp *qp, const char *why);
 
 /* Adds a completion; device lock held. */
-static void cq_push(struct fv_ctx *c, struct fv_cq *cq, const struct ibv_wc *wc)
+static void cq_push(struct fv_ctx *c, struct fv_cq *cq, const struct ibv_wc *wc, bool solicited)
 {
     if (cq->overrun) {
         return;
@@ -1222,7 +1223,8 @@ static void cq_push(struct fv_ctx *c, struct fv_cq *cq, const struct ibv_wc *wc)
     }
     cq->ring[(cq->head + cq->count) % cq->cap] = *wc;
     cq->count++;
-    if (cq->armed && cq->cq.channel != NULL) {
+    if (cq->armed && cq->cq.channel != NULL &&
+        (!cq->solicited_only || solicited || wc->status != IBV_WC_SUCCESS)) {
         cq->armed = false;
         chan_push((struct fv_chan *)cq->cq.channel, cq);
     }
@@ -1630,7 +1632,7 @@ static void sq_complete_head(struct fv_ctx *c, struct fv_qp *qp, enum ibv_wc_sta
         wc_init(&wc, qp, w->wr_id, st);
         wc.opcode   = wc_opcode_of(w->opcode);
         wc.byte_len = w->opcode == IBV_WR_RDMA_READ ? w->len : 0;
-        cq_push(c, (struct fv_cq *)qp->qp.send_cq, &wc);
+        cq_push(c, (struct fv_cq *)qp->qp.send_cq, &wc, false);
         /* the slots of earlier unsignaled WRs are free once a later one completes */
         qp->sq_unsignaled = 0;
     } else {
@@ -1680,7 +1682,7 @@ static void qp_to_err(struct fv_qp *qp, const char *why)
         struct ibv_wc wc;
         wc_init(&wc, qp, r->wr_id, IBV_WC_WR_FLUSH_ERR);
         wc.opcode = IBV_WC_RECV;
-        cq_push(c, (struct fv_cq *)qp->qp.recv_cq, &wc);
+        cq_push(c, (struct fv_cq *)qp->qp.recv_cq, &wc, false);
         qp->rq_head = (qp->rq_head + 1) % (int)qp->cap.max_recv_wr;
         qp->rq_count--;
     }
@@ -1742,11 +1744,12 @@ static int fv_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
         /* the unsignaled WRs' slots count at the head; place after the queued ones */
         w = &qp->sq[(qp->sq_head + qp->sq_count) % (int)qp->cap.max_send_wr];
         memset(w, 0, sizeof(*w));
-        w->wr_id    = wr->wr_id;
-        w->opcode   = wr->opcode;
-        w->signaled = qp->sq_sig_all || (wr->send_flags & IBV_SEND_SIGNALED);
-        w->len      = (uint32_t)len;
-        w->nsge     = wr->num_sge;
+        w->wr_id     = wr->wr_id;
+        w->opcode    = wr->opcode;
+        w->signaled  = qp->sq_sig_all || (wr->send_flags & IBV_SEND_SIGNALED);
+        w->solicited = (wr->send_flags & IBV_SEND_SOLICITED) != 0;
+        w->len       = (uint32_t)len;
+        w->nsge      = wr->num_sge;
         if (wr->num_sge > 0) {
             memcpy(w->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
         }
@@ -1832,7 +1835,7 @@ static int fv_post_recv(struct ibv_qp *ibqp, struct ibv_recv_wr *wr, struct ibv_
             struct ibv_wc wc;
             wc_init(&wc, qp, r->wr_id, IBV_WC_WR_FLUSH_ERR);
             wc.opcode = IBV_WC_RECV;
-            cq_push(c, (struct fv_cq *)qp->qp.recv_cq, &wc);
+            cq_push(c, (struct fv_cq *)qp->qp.recv_cq, &wc, false);
             qp->rq_count--;
         }
     }
@@ -1917,12 +1920,13 @@ static uint64_t rnr_delay_us(uint8_t t)
 /* Builds the frame of a send WR: header and gathered data; LOC_PROT_ERR on a bad lkey. */
 static int build_frame(struct fv_ctx *c, struct fv_qp *qp, struct fv_swr *w)
 {
-    struct fv_hdr h = {.magic = FV_MAGIC,
-                       .psn   = w->psn,
-                       .imm   = w->imm,
-                       .rkey  = w->rkey,
-                       .len   = w->len,
-                       .raddr = w->raddr};
+    struct fv_hdr h = {.magic     = FV_MAGIC,
+                       .psn       = w->psn,
+                       .imm       = w->imm,
+                       .rkey      = w->rkey,
+                       .len       = w->len,
+                       .raddr     = w->raddr,
+                       .solicited = w->solicited};
     size_t paylen   = w->opcode == IBV_WR_RDMA_READ ? 0 : w->len;
     size_t off      = sizeof(h);
     switch (w->opcode) {
@@ -2169,7 +2173,7 @@ static void handle_request(struct fv_ctx *c, struct fv_qp *qp, const struct fv_h
         if (is_send && !rq_scatter(c, qp, r, data, h->len, &rst)) {
             wc_init(&wc, qp, r->wr_id, rst);
             wc.opcode = IBV_WC_RECV;
-            cq_push(c, (struct fv_cq *)qp->qp.recv_cq, &wc);
+            cq_push(c, (struct fv_cq *)qp->qp.recv_cq, &wc, false);
             qp->rq_head = (qp->rq_head + 1) % (int)qp->cap.max_recv_wr;
             qp->rq_count--;
             send_ctl(qp, T_ACK, rst == IBV_WC_LOC_LEN_ERR ? A_INV_REQ : A_OP_ERR, h->psn, NULL, 0);
@@ -2189,7 +2193,7 @@ static void handle_request(struct fv_ctx *c, struct fv_qp *qp, const struct fv_h
         wc.src_qp   = qp->dest_qpn;
         qp->rq_head = (qp->rq_head + 1) % (int)qp->cap.max_recv_wr;
         qp->rq_count--;
-        cq_push(c, (struct fv_cq *)qp->qp.recv_cq, &wc);
+        cq_push(c, (struct fv_cq *)qp->qp.recv_cq, &wc, h->solicited != 0);
     } else if (h->type == T_WRITE && h->len != 0) {
         memcpy(dst, data, h->len);
     }

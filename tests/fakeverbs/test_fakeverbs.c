@@ -1334,3 +1334,28 @@ Test(fakeverbs, ipv6_loopback_connects)
     cr_assert_eq(rdma_get_dst_port(p.s.id), rdma_get_src_port(p.c.id));
     pair_down(&p);
 }
+
+Test(fakeverbs, solicited_only_wakes_on_solicited_completions)
+{
+    struct pair p;
+    struct opts o = default_opts;
+    struct ibv_cq *ev_cq;
+    void *ev_ctx;
+    struct pollfd pfd;
+    o.channel = true;
+    pair_up(&p, &o);
+    pfd = (struct pollfd){.fd = p.s.cc->fd, .events = POLLIN};
+    cr_assert_eq(ibv_req_notify_cq(p.s.cq, 1), 0);
+    cr_assert_eq(post_recv(&p.s, 1, 0), 0);
+    cr_assert_eq(post_recv(&p.s, 2, 0), 0);
+    cr_assert_eq(post_write(&p.c, 1, 0, 4, (uintptr_t)p.s.buf, p.s.mr->rkey, true, 0), 0);
+    (void)wait_wc(p.s.cq);
+    cr_assert_eq(poll(&pfd, 1, 50), 0, "woken by an unsolicited completion");
+    cr_assert_eq(
+        post_write(&p.c, 2, 0, 4, (uintptr_t)p.s.buf, p.s.mr->rkey, true, IBV_SEND_SOLICITED), 0);
+    cr_assert_eq(poll(&pfd, 1, WAIT_MS), 1, "no wake-up for a solicited completion");
+    cr_assert_eq(ibv_get_cq_event(p.s.cc, &ev_cq, &ev_ctx), 0);
+    ibv_ack_cq_events(ev_cq, 1);
+    (void)wait_wc(p.s.cq);
+    pair_down(&p);
+}
