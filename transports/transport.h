@@ -20,8 +20,9 @@
  *
  * Layering: transports include only this header, fabricx.h, libfabricx/fx_log.h,
  * libfabricx/fx_sock.h (clock and address formatting) and transports/rcache.h (the shared
- * memory registration cache). The core hands them configuration in
- * struct fx_tp_config; they never read FX_* variables themselves.
+ * memory registration cache); the verbs transport also uses transports/tcp/tcp_iface.h (the
+ * FX_SOCKET_IFNAME rules, for an HCA without a netdev in sysfs). The core hands them
+ * configuration in struct fx_tp_config; they never read FX_* variables themselves.
  */
 #ifndef FX_TRANSPORT_H
 #define FX_TRANSPORT_H
