@@ -37,6 +37,24 @@ static bool names_connected_peer(const char *s)
 
 #include "contract.h"
 
+/* 1 once the process is stopped (its /proc state is T), 0 while it runs, -1 when gone. */
+static int process_stopped(pid_t pid)
+{
+    char path[64], buf[256];
+    FILE *f;
+    char *p;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    f = fopen(path, "r");
+    if (f == NULL) {
+        return -1;
+    }
+    p = fgets(buf, sizeof(buf), f);
+    fclose(f);
+    p = p != NULL ? strrchr(buf, ')') : NULL;
+    return p != NULL && p[1] == ' ' && p[2] == 'T' ? 1 : 0;
+}
+
 static struct fx_tp_config verbs_cfg(const char *hca, int qps)
 {
     struct fx_tp_config cfg = {.ifname       = "lo",
@@ -489,6 +507,64 @@ Test(verbs, a_killed_peer_fails_the_pending_receive_in_time, .timeout = 30)
     close(to_child[0]);
     close(to_child[1]);
     pair_fini(&p);
+}
+
+/* The listening process is stopped (SIGSTOP): nothing answers the connect request, and connect
+ * fails with FX_ERR_CONNECTION within the configured set-up bound (1 s here), naming the peer. */
+Test(verbs, connect_to_a_stopped_listener_fails_within_the_timeout, .timeout = 30)
+{
+    const struct fx_transport_ops *ops = fx_transport_find(TP_NAME);
+    struct fx_tp_config cfg            = verbs_cfg(NULL, 2);
+    struct fx_tp *tp                   = NULL;
+    struct fx_tp_conn *conn            = NULL;
+    struct fx_tp_addr addr;
+    fx_status s = FX_INPROGRESS;
+    int64_t started, deadline;
+    int to_parent[2];
+    char why[256];
+    pid_t pid;
+
+    cr_assert_eq(pipe(to_parent), 0);
+    pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        struct fx_tp *ltp;
+        struct fx_tp_listener *lst;
+
+        if (ops->init(&cfg, &ltp) != FX_OK || ops->listen(ltp, &addr, &lst) != FX_OK ||
+            write(to_parent[1], &addr, sizeof(addr)) != (ssize_t)sizeof(addr)) {
+            _exit(1);
+        }
+        raise(SIGSTOP);
+        _exit(0);
+    }
+    cr_assert_eq(read(to_parent[0], &addr, sizeof(addr)), (ssize_t)sizeof(addr));
+    deadline = now_ms() + 5000;
+    while (process_stopped(pid) == 0 && now_ms() < deadline) {
+        usleep(1000);
+    }
+    cfg.timeout_ms = 1000;
+    cr_assert_eq(ops->init(&cfg, &tp), FX_OK);
+    started  = now_ms();
+    deadline = started + DRIVE_MS;
+    while (s == FX_INPROGRESS && now_ms() < deadline) {
+        s = ops->connect(tp, &addr, "x", 1, &conn);
+        cr_assert_eq(ops->progress(tp), FX_OK);
+        usleep(1000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    cr_expect_eq(s, FX_ERR_CONNECTION, "connect to a stopped listener: %s", fx_strerror(s));
+    cr_expect_lt(now_ms() - started, 3000, "gave up after %lld ms with a 1000 ms bound",
+                 (long long)(now_ms() - started));
+    if (conn != NULL) {
+        ops->conn_error(conn, why, sizeof(why));
+        cr_expect(names_connected_peer(why), "the error names no peer: '%s'", why);
+        ops->close(conn);
+    }
+    ops->fini(tp);
+    close(to_parent[0]);
+    close(to_parent[1]);
 }
 
 /* ------------------------------------------------------------------ FAKEVERBS_DEVICES */
