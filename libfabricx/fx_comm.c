@@ -145,6 +145,11 @@ static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *sel
         .timeout_ms    = comm->cfg.timeout_ms,
         .zerocopy      = comm->cfg.tcp_zerocopy,
         .reg_cache_max = comm->cfg.reg_cache_max,
+        .ib_hca        = comm->cfg.ib_hca[0] ? comm->cfg.ib_hca : NULL,
+        .ib_gid_index  = comm->cfg.ib_gid_index,
+        .ib_tc         = comm->cfg.ib_tc,
+        .ib_sl         = comm->cfg.ib_sl,
+        .ib_qps        = comm->cfg.ib_qps,
     };
     bool have_net = false;
     char picked[256];
@@ -157,6 +162,7 @@ static fx_status open_transports(struct fx_comm *comm, struct fx_boot_entry *sel
     if (tcfg.ifname == NULL && picked[0] != '\0') {
         tcfg.ifname = picked;
     }
+    tcfg.ib_near = self->place.nic[0] != '\0' ? self->place.nic : NULL;
     if (comm->cfg.transport[0]) {
         const struct fx_transport_ops *ops = fx_transport_find(comm->cfg.transport);
 

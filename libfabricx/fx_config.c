@@ -34,7 +34,8 @@ const struct fx_config_row fx_config_table[] = {
     ROW("FX_NSOCKS", FX_CFG_INT, "0",
         "TCP sockets per peer connection; 0: 1 to a peer on this host, 2 to others", nsocks, 0, 64),
     ROW("FX_TRANSPORT", FX_CFG_STRING, "",
-        "force one transport for every pair (tcp, shm, ucx if built); unset: shm to ranks of this "
+        "force one transport for every pair (tcp, shm, ucx or verbs if built); unset: shm to ranks "
+        "of this "
         "host, tcp "
         "to others",
         transport, 0, 0),
@@ -84,9 +85,24 @@ const struct fx_config_row fx_config_table[] = {
     ROW("FX_LINK_STATS", FX_CFG_BOOL, "1",
         "0: keep no per-peer link statistics (fx_comm_stats) and run no slow-link monitor",
         link_stats, 0, 1),
+    ROW("FX_IB_HCA", FX_CFG_STRING, "",
+        "verbs: RDMA devices and ports to use, e.g. mlx5_0:1,mlx5_1:1 (the first usable one); "
+        "unset: the NIC nearest to the rank when it is an RDMA device, else the first active port",
+        ib_hca, 0, 0),
+    ROW("FX_IB_GID_INDEX", FX_CFG_INT, "-1",
+        "verbs: the port's GID index; -1: the first RoCE v2 IPv4-mapped GID (InfiniBand: 0)",
+        ib_gid_index, -1, 255),
+    ROW("FX_IB_TC", FX_CFG_INT, "-1",
+        "verbs: traffic class (IP TOS for RoCE) of the connections; -1: the fabric's default",
+        ib_tc, -1, 255),
+    ROW("FX_IB_SL", FX_CFG_INT, "0", "verbs: InfiniBand service level of the connections", ib_sl, 0,
+        15),
+    ROW("FX_IB_QPS_PER_CONN", FX_CFG_INT, "2",
+        "verbs: queue pairs per peer connection; large messages are split across them", ib_qps, 1,
+        8),
     ROW("FX_REG_CACHE_MAX", FX_CFG_SIZE, "1G",
         "bytes of unused memory registrations a transport that registers memory keeps cached "
-        "(ucx; K/M/G suffixes); 0: register for each operation",
+        "(ucx, verbs; K/M/G suffixes); 0: register for each operation",
         reg_cache_max, 0, 1LL << 40),
     DOC("FX_DEBUG", "WARN", "log level: NONE, WARN, INFO or TRACE"),
     DOC("FX_DEBUG_SUBSYS", "ALL", "subsystems logged: INIT,BOOT,COLL,NET,ENV (^ to exclude)"),

@@ -30,6 +30,11 @@ struct fx_config {
     char tune_cache[512];    /* FX_TUNE_CACHE: a directory, "none", or "" for the default */
     int spin_us;             /* FX_SPIN_US */
     bool link_stats;         /* FX_LINK_STATS */
+    char ib_hca[256];        /* FX_IB_HCA: "mlx5_0:1,mlx5_1:1"; empty: the nearest RDMA NIC */
+    int ib_gid_index;        /* FX_IB_GID_INDEX; -1: automatic */
+    int ib_tc;               /* FX_IB_TC; -1: not set */
+    int ib_sl;               /* FX_IB_SL */
+    int ib_qps;              /* FX_IB_QPS_PER_CONN */
     size_t reg_cache_max;    /* FX_REG_CACHE_MAX: bytes; 0: no registration cache */
 };
 

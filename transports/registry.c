@@ -11,6 +11,9 @@ extern const struct fx_transport_ops fx_shm_ops;
 #if FX_HAVE_UCX
 extern const struct fx_transport_ops fx_ucx_ops;
 #endif
+#if FX_HAVE_VERBS
+extern const struct fx_transport_ops fx_verbs_ops;
+#endif
 
 const struct fx_transport_ops *const fx_transports[] = {
 #if FX_HAVE_TCP
@@ -19,6 +22,9 @@ const struct fx_transport_ops *const fx_transports[] = {
     &fx_shm_ops, /* ranks of one host only: chosen with FX_TRANSPORT=shm */
 #if FX_HAVE_UCX
     &fx_ucx_ops, /* after tcp, so never the default: chosen with FX_TRANSPORT=ucx */
+#endif
+#if FX_HAVE_VERBS
+    &fx_verbs_ops, /* after tcp and ucx, never the default: chosen with FX_TRANSPORT=verbs */
 #endif
     NULL,
 };

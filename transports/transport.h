@@ -20,8 +20,9 @@
  *
  * Layering: transports include only this header, fabricx.h, libfabricx/fx_log.h,
  * libfabricx/fx_sock.h (clock and address formatting) and transports/rcache.h (the shared
- * memory registration cache). The core hands them configuration in
- * struct fx_tp_config; they never read FX_* variables themselves.
+ * memory registration cache); the verbs transport also uses transports/tcp/tcp_iface.h (the
+ * FX_SOCKET_IFNAME rules, for an HCA without a netdev in sysfs). The core hands them
+ * configuration in struct fx_tp_config; they never read FX_* variables themselves.
  */
 #ifndef FX_TRANSPORT_H
 #define FX_TRANSPORT_H
@@ -48,6 +49,13 @@ struct fx_tp_config {
     size_t min_stripe;    /* payloads below 2 * min_stripe travel on one socket; 0: default */
     bool zerocopy;        /* FX_TCP_ZEROCOPY: MSG_ZEROCOPY for large sends */
     size_t reg_cache_max; /* FX_REG_CACHE_MAX: bound of a registration cache (rcache.h); 0: none */
+    /* RDMA verbs (docs/verbs.md) */
+    const char *ib_hca;  /* FX_IB_HCA: "mlx5_0:1,mlx5_1:1", first usable wins; NULL: ib_near */
+    const char *ib_near; /* the NIC nearest to this process (topology), or NULL */
+    int ib_gid_index;    /* FX_IB_GID_INDEX; -1: the first RoCE v2 IPv4-mapped GID (IB: 0) */
+    int ib_tc;           /* FX_IB_TC: traffic class / IP TOS; -1: not set */
+    int ib_sl;           /* FX_IB_SL: InfiniBand service level */
+    int ib_qps;          /* FX_IB_QPS_PER_CONN; 0: the transport's default */
 };
 
 /* An address published through the bootstrap table: opaque bytes of `len`. */

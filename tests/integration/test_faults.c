@@ -954,3 +954,104 @@ Test(faults, zero_wait_on_pending_op_returns_inprogress, .timeout = 60, .fini = 
     cr_expect(res[0].aux < 1000, "fx_wait(req, 200) returned after %lld ms", res[0].aux);
     harness_free(&info);
 }
+
+/* ---- 13: the verbs transport's faults, injected by the fake provider (tests/fakeverbs) ---- */
+
+#define VERBS_FAULT_TIMEOUT_MS 5000
+#define VERBS_FAULT_COUNT      (256u << 10) /* floats: 1 MiB per rank, the large-message path */
+
+/* Only over FX_TRANSPORT=verbs, where FAKEVERBS_FAULT reaches the fake provider. */
+static void verbs_only(void)
+{
+    const char *t = getenv("FX_TRANSPORT");
+
+    if (t == NULL || strcmp(t, "verbs") != 0) {
+        cr_skip_test("a fault of the fake verbs provider: runs in integration-faults-verbs");
+    }
+}
+
+/* Rank 1 starts with FAKEVERBS_FAULT (the fake reads it at its first call), then every rank
+ * runs allreduces until one fails; the status and the time of the first error are recorded. */
+static int allreduce_with_verbs_fault(struct harness_child *c)
+{
+    float *send      = calloc(VERBS_FAULT_COUNT, sizeof(float));
+    float *recv      = calloc(VERBS_FAULT_COUNT, sizeof(float));
+    fx_comm_t comm   = NULL;
+    fx_status status = FX_ERR_NO_MEMORY;
+    double end       = harness_now_ms() + LOOP_MAX_MS;
+
+    if (c->index == 1) {
+        setenv("FAKEVERBS_FAULT", (const char *)c->arg, 1);
+    }
+    c->res->t_mark_ms = harness_now_ms();
+    if (send != NULL && recv != NULL) {
+        status              = fx_comm_init_rank(&comm, c->nranks, c->id, c->index);
+        c->res->init_status = status;
+    }
+    for (int it = 0; it < 200 && status == FX_OK && harness_now_ms() < end; it++) {
+        status      = fx_allreduce(send, recv, VERBS_FAULT_COUNT, FX_FLOAT32, FX_SUM, comm);
+        c->res->ops = it + 1;
+    }
+    harness_set_status(c, comm, status);
+    if (comm != NULL) {
+        fx_comm_destroy(comm);
+    }
+    free(send);
+    free(recv);
+    return 0;
+}
+
+static const struct harness_result *run_verbs_fault(const char *fault,
+                                                    struct harness_run_info *info)
+{
+    struct harness_opts opts = {.nranks        = 4,
+                                .deadline_ms   = 40000,
+                                .fx_timeout_ms = VERBS_FAULT_TIMEOUT_MS,
+                                .raw_fn        = allreduce_with_verbs_fault,
+                                .arg           = (void *)fault};
+
+    return run_faults(&opts, info, fault);
+}
+
+/* Rank 1's 300th RDMA write carries a corrupted rkey: its completion is a remote access error,
+ * which rank 1 reports naming the peer; every rank ends with an error, none hangs. */
+Test(faults, verbs_bad_rkey_is_a_clear_error_naming_the_peer, .timeout = 60,
+     .fini = harness_kill_all)
+{
+    struct harness_run_info info;
+    const struct harness_result *res;
+
+    verbs_only();
+    res = run_verbs_fault("bad_rkey:300", &info);
+    for (int i = 0; i < 4; i++) {
+        cr_expect(res[i].status != FX_OK && res[i].status != FX_INPROGRESS,
+                  "process %d: %s after %lld allreduces: %s", i, fx_strerror(res[i].status),
+                  res[i].ops, res[i].err);
+        expect_within(&res[i], i, res[i].t_mark_ms, LOOP_MAX_MS);
+        expect_exit_clean(&res[i], i);
+    }
+    expect_mentions(&res[1], 1, "remote access error");
+    expect_mentions(&res[1], 1, "rank");
+    harness_free(&info);
+}
+
+/* Rank 1's receives stop reaching its queues after 1500: writes to it meet RNR NAKs, retried
+ * (rnr_retry 7) until the core's timeout, which names a rank on every process; none hangs. */
+Test(faults, verbs_starved_receive_queue_ends_in_an_error_naming_a_rank, .timeout = 60,
+     .fini = harness_kill_all)
+{
+    struct harness_run_info info;
+    const struct harness_result *res;
+
+    verbs_only();
+    res = run_verbs_fault("starve_recv:1500", &info);
+    for (int i = 0; i < 4; i++) {
+        cr_expect(res[i].status != FX_OK && res[i].status != FX_INPROGRESS,
+                  "process %d: %s after %lld allreduces: %s", i, fx_strerror(res[i].status),
+                  res[i].ops, res[i].err);
+        expect_within(&res[i], i, res[i].t_mark_ms, LOOP_MAX_MS);
+        expect_mentions(&res[i], i, "rank");
+        expect_exit_clean(&res[i], i);
+    }
+    harness_free(&info);
+}
