@@ -89,14 +89,14 @@ Test(route, shared_memory_only_across_hosts_is_an_error_naming_both, .timeout = 
 Test(route, unknown_transport_names_are_ignored, .timeout = 10)
 {
     /* A rank of another build may publish a transport this build lacks. */
-    struct fx_boot_entry a = entry(0, 'a', "verbs", "tcp");
-    struct fx_boot_entry b = entry(1, 'b', "verbs", "tcp");
-    struct fx_boot_entry c = entry(2, 'b', "verbs", NULL);
+    struct fx_boot_entry a = entry(0, 'a', "psm3", "tcp");
+    struct fx_boot_entry b = entry(1, 'b', "psm3", "tcp");
+    struct fx_boot_entry c = entry(2, 'b', "psm3", NULL);
     char why[512];
 
     cr_expect_str_eq(choose(&a, &b, why), "tcp");
     cr_expect_str_eq(choose(&a, &c, why), "");
-    cr_expect(strstr(why, "offers verbs,tcp") != NULL, "%s", why);
+    cr_expect(strstr(why, "offers psm3,tcp") != NULL, "%s", why);
 }
 
 Test(route, address_lookup_by_transport_name, .timeout = 10)
