@@ -14,6 +14,7 @@
 #include <rdma/rdma_cma.h>
 
 #include "transports/rcache.h"
+#include "transports/tp_bytes.h"
 #include "transports/transport.h"
 
 #define VB_MAGIC      0x56425846u /* "FXBV" */
@@ -205,41 +206,6 @@ struct fx_tp {
     struct fx_tp_listener *lsts;
     struct fx_tp_req *free_reqs;
 };
-
-/* ------------------------------------------------------------------ little-endian fields */
-
-static inline void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static inline uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static inline void put32(uint8_t *p, uint32_t v)
-{
-    put16(p, (uint16_t)v);
-    put16(p + 2, (uint16_t)(v >> 16));
-}
-
-static inline uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)get16(p) | (uint32_t)get16(p + 2) << 16;
-}
-
-static inline void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)v);
-    put32(p + 4, (uint32_t)(v >> 32));
-}
-
-static inline uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
 
 /* ------------------------------------------------------------------ between the two files */
 
