@@ -15,6 +15,7 @@
 
 #include "collectives/coll_cost.h"
 #include "collectives/coll_plan.h"
+#include "collectives/coll_tune.h"
 #include "fabricx.h"
 #include "fx_boot.h"
 #include "fx_config.h"
@@ -62,6 +63,16 @@ struct fx_lane {
 #define FX_NO_OP     UINT32_MAX
 #define FX_HDR_BLOCK 256 /* wire headers per block of fx_exec.hdr_blocks */
 
+/* The tuner's answer for one case, kept so that a loop of calls does not re-run the model. */
+struct fx_tune_memo {
+    struct fx_tune_case tc; /* the inputs (params copied below, tc.params unused) */
+    struct fx_cost_params params;
+    struct fx_tune_choice ch;
+    bool valid;
+};
+
+#define FX_TUNE_MEMO 64 /* entries, direct-mapped on (collective, count, element size) */
+
 struct fx_exec {
     struct fx_request *head; /* queue; from head to batch_last: the requests of the running plan */
     struct fx_request *tail;
@@ -87,14 +98,16 @@ struct fx_exec {
                          slot k at k * plan.slot_count elements */
     size_t max_chunk;
     uint32_t nslots;
-    int64_t last_progress_ms;
-    uint32_t idle_rounds; /* rounds without progress (check_timeout reads the clock on some) */
-    bool stall_reported;  /* rank 0 was told this rank waits */
-    int spin_us;          /* FX_SPIN_US */
-    bool spin_yield;      /* more ranks than cores on this host: yield while polling */
-    int64_t now_ns;       /* this progress round's clock for the link statistics; 0: unread */
+    int64_t last_progress_ms; /* when an op last moved, as of the last clock read */
+    bool progressed;          /* an op moved since then: the next clock read sets it */
+    uint32_t idle_rounds;     /* rounds without progress (check_timeout reads the clock on some) */
+    bool stall_reported;      /* rank 0 was told this rank waits */
+    int spin_us;              /* FX_SPIN_US */
+    bool spin_yield;          /* more ranks than cores on this host: yield while polling */
+    int64_t now_ns;           /* this progress round's clock for the link statistics; 0: unread */
     int last_algo[FX_COLL_END]; /* the last algorithm chosen per collective (logged on change) */
     int last_coll;              /* the last collective started (not send/recv); 0: none */
+    struct fx_tune_memo memo[FX_TUNE_MEMO];
 };
 
 /* A transport this rank runs: shared memory to ranks of its host, the network to the others. */

@@ -183,6 +183,31 @@ static void adopt_ops(struct fx_comm *comm, struct fx_request *req, size_t from)
 /* Chooses the operation's algorithm and chunk (the same on every rank: the inputs are the
  * call's arguments and job-wide settings) and logs the choice at INFO when it changes for its
  * collective. */
+/* fx_coll_choose through the memo: a case seen before (every input alike, the model's
+ * parameters included) gets the answer it got then, without running the model again. */
+static void memo_choose(struct fx_exec *ex, const struct fx_tune_case *tc,
+                        struct fx_tune_choice *ch)
+{
+    uint64_t h = (uint64_t)tc->count * 0x9e3779b97f4a7c15ull ^
+                 ((uint64_t)tc->coll << 8 | (uint64_t)tc->elem_size);
+    struct fx_tune_memo *m = &ex->memo[(h ^ h >> 29) % FX_TUNE_MEMO];
+
+    if (m->valid && m->tc.coll == tc->coll && m->tc.nranks == tc->nranks &&
+        m->tc.count == tc->count && m->tc.elem_size == tc->elem_size &&
+        m->tc.nslots == tc->nslots && m->tc.slot_bytes == tc->slot_bytes &&
+        m->tc.chunk_bytes == tc->chunk_bytes && m->tc.forced == tc->forced &&
+        memcmp(&m->params, tc->params, sizeof(m->params)) == 0) {
+        *ch = m->ch;
+        return;
+    }
+    fx_coll_choose(tc, ch);
+    m->tc        = *tc;
+    m->tc.params = NULL;
+    m->params    = *tc->params;
+    m->ch        = *ch;
+    m->valid     = true;
+}
+
 static void choose_algo(struct fx_comm *comm, const struct fx_request *req,
                         struct fx_tune_choice *ch)
 {
@@ -201,7 +226,7 @@ static void choose_algo(struct fx_comm *comm, const struct fx_request *req,
         *ch = (struct fx_tune_choice){.algo = FX_ALGO_P2P, .chunk_bytes = ex->max_chunk};
         return;
     }
-    fx_coll_choose(&tc, ch);
+    memo_choose(ex, &tc, ch);
     ex->last_coll = (int)req->coll;
     if (ch->algo != ex->last_algo[req->coll]) {
         fx_info(FX_SUB_COLL, "%s of count %zu on %d ranks: %s, chunk %zu (%s; model %.1f us)",
@@ -393,9 +418,9 @@ static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
         ex->lane_index[k] = -1;
     }
     adopt_ops(comm, req, 0);
-    ex->batch_last       = req;
-    ex->running          = true;
-    ex->last_progress_ms = fx_now_ms();
+    ex->batch_last = req;
+    ex->running    = true;
+    ex->progressed = true; /* the timeout counts from here (fx_exec_idle_ms) */
     log_start(comm, req, 0);
     /* A collective ends the batch; a call that did not fit runs in the next. */
     while (req->coll == FX_COLL_SENDRECV && r != NULL && r->coll == FX_COLL_SENDRECV) {
@@ -628,7 +653,7 @@ static void check_timeout(struct fx_comm *comm)
     if (++ex->idle_rounds % IDLE_CLOCK_EVERY != 0) {
         return;
     }
-    idle = fx_now_ms() - ex->last_progress_ms;
+    idle = fx_exec_idle_ms(comm, fx_now_ms());
     if (idle < limit / 2) {
         return;
     }
@@ -667,6 +692,20 @@ static void check_timeout(struct fx_comm *comm)
 }
 
 /* ------------------------------------------------------------------ progress */
+
+/* Milliseconds since an op last moved. Rounds that move something only raise a flag (a clock
+ * read on each would cost more than the round); the first clock read after it dates the
+ * progress, so the idle time counted is at most the gap between two reads short. */
+int64_t fx_exec_idle_ms(struct fx_comm *comm, int64_t now_ms)
+{
+    struct fx_exec *ex = &comm->exec;
+
+    if (ex->progressed) {
+        ex->progressed       = false;
+        ex->last_progress_ms = now_ms;
+    }
+    return now_ms - ex->last_progress_ms;
+}
 
 /* The clock for the link statistics: read once per progress round, when an op first posts or
  * completes in it (rounds take microseconds; one read per op would cost more than the rest of
@@ -894,7 +933,7 @@ static void run_head(struct fx_comm *comm)
             return;
         }
         if (changed) {
-            ex->last_progress_ms = fx_now_ms();
+            ex->progressed = true;
             if (ex->stall_reported) {
                 fx_boot_ctrl_stall(&comm->boot, -1, 0, "");
                 ex->stall_reported = false;

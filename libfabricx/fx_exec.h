@@ -27,6 +27,8 @@ fx_status fx_exec_wait(struct fx_request *req, int timeout_ms);
 
 /* One round of progress; call with the lock held. */
 void fx_exec_progress(struct fx_comm *comm);
+/* Milliseconds since an op of the running plan last moved (reads nothing but now_ms). */
+int64_t fx_exec_idle_ms(struct fx_comm *comm, int64_t now_ms);
 
 /* Fails the running and queued operations (from fx_comm_fail, lock held). */
 void fx_exec_fail_all(struct fx_comm *comm, fx_status status);

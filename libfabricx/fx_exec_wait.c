@@ -70,9 +70,9 @@ static bool transport_may_sleep(struct fx_comm *comm)
  * [CONN_POLL_MS, CONN_POLL_MAX_MS]: a connection that comes at once is taken within a
  * millisecond, a peer that is late costs few wake-ups. Called with the lock held.
  */
-static int sleep_cap(const struct fx_comm *comm, int ms)
+static int sleep_cap(struct fx_comm *comm, int ms)
 {
-    int64_t cap = (fx_now_ms() - comm->exec.last_progress_ms) / 10;
+    int64_t cap = fx_exec_idle_ms(comm, fx_now_ms()) / 10;
 
     if (!comm->exec.running || comm->exec.unconnected == 0) {
         return ms;

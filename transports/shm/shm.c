@@ -12,10 +12,15 @@
  * when a peer dies the kernel closes it, and the survivor sees a hang-up at once.
  *
  * Segment: two rings, one per direction (the connecting side writes ring 0 and reads ring 1).
- * A ring is a control cache line (head: slots published, tail: slots consumed, a flag per side
- * saying it sleeps) and `nslots` slots of a 64-byte slot header (bytes used) and `slot_bytes` of
- * data. The producer fills slot head % nslots while head - tail < nslots, then publishes head
- * + 1 (release); the consumer copies out and publishes tail + 1. A message is a 16-byte frame
+ * A ring is a control block of four cache lines, so that no line is written by both sides: one
+ * set at start (the producer's pid and probe buffer), the consumer's (tail: slots consumed, and
+ * single-copy acks), and one line per side for its sleep flag; then `nslots` slots. A slot
+ * starts with a 16-byte header (its sequence number, bytes used) followed by its data in the
+ * same cache line. The producer fills slot pos % nslots while pos - tail < nslots (it re-reads
+ * tail only when its last copy says the ring is full), then publishes the slot by storing its
+ * sequence number pos + 1 (release); the consumer polls the slot it expects, not a shared
+ * counter, so a small message costs the reader the one or two lines it lands in. A message is
+ * a 16-byte frame
  * (magic, header length, payload length), the header and the payload, packed into consecutive
  * slots; messages on one ring arrive in order. The receiver checks the frame against its posted
  * lengths: a mismatch completes that receive with FX_ERR_MISMATCH (the sender's header copied
@@ -50,9 +55,11 @@
 
 #define SHM_MAGIC        0x48535846u /* "FXSH" */
 #define SHM_FRAME        0x31535846u /* "FXS1" */
-#define SHM_VERSION      1
+#define SHM_VERSION      2
 #define SHM_NSLOTS       32
 #define SHM_SLOT_BYTES   (64u << 10)
+#define SHM_SLOT_HDR     16 /* sequence and bytes used, then the data in the same line */
+#define SHM_SLOT_CAP     (SHM_SLOT_BYTES + SHM_LINE - SHM_SLOT_HDR) /* data bytes per slot */
 #define POLL_CLOCK_EVERY 16 /* shm_progress calls between two looks at the clock */
 #define SHM_HELLO_HDR    16
 #define SHM_FRAME_LEN    16
@@ -63,31 +70,37 @@
 #define SHM_CMA_MIN      (256u << 10) /* smaller payloads go through the ring */
 #define SHM_CMA_DESC     16           /* u64 address, u64 length, after frame and header */
 
-/* Shared: the control line of one ring. */
+/* Shared: the control block of one ring, a cache line per writer and rate. */
 struct shm_ctl {
-    _Atomic uint64_t head; /* slots published by the producer */
-    _Atomic uint64_t tail; /* slots consumed by the consumer */
-    _Atomic uint32_t consumer_sleeps;
-    _Atomic uint32_t producer_sleeps;
-    _Atomic uint64_t cma_acked;        /* consumer: single-copy messages it has read */
+    /* Set once, at start. */
     _Atomic int32_t producer_pid;      /* producer: whose memory single-copy reads come from */
     _Atomic int32_t consumer_can_read; /* consumer: 0 unknown, 1 it may read the producer's
                                           memory (process_vm_readv), 2 it may not */
     uint64_t probe_addr;               /* producer: a buffer of its own holding probe[] */
     uint8_t probe[16];
+    /* The consumer's, per message. */
+    _Alignas(SHM_LINE) _Atomic uint64_t tail; /* slots consumed */
+    _Atomic uint64_t cma_acked;               /* single-copy messages read */
+    /* Each side's sleep flag: written when it goes to sleep or wakes, read on every publish. */
+    _Alignas(SHM_LINE) _Atomic uint32_t consumer_sleeps;
+    _Alignas(SHM_LINE) _Atomic uint32_t producer_sleeps;
 };
-_Static_assert(sizeof(struct shm_ctl) == SHM_LINE, "the control line is one cache line");
+_Static_assert(sizeof(struct shm_ctl) == 4 * SHM_LINE, "the control block is four lines");
+#define SHM_CTL_BYTES sizeof(struct shm_ctl)
 
-/* Shared: one slot's header line; data follows. */
+/* Shared: the header of a slot; its data follows in the same cache line. */
 struct shm_slot {
-    uint32_t used;
-    uint8_t pad[SHM_LINE - 4];
+    _Atomic uint64_t seq; /* n + 1 once the n-th slot of the ring is published here */
+    uint32_t used;        /* data bytes */
+    uint32_t pad;
 };
+_Static_assert(sizeof(struct shm_slot) == SHM_SLOT_HDR, "slot header size");
 
 struct shm_ring {
     struct shm_ctl *ctl;
     uint8_t *slots; /* nslots * (SHM_LINE + slot_bytes) */
-    uint64_t pos;   /* our copy of head (producer) or tail (consumer) */
+    uint64_t pos;   /* slots this side has published (producer) or consumed (consumer) */
+    uint64_t tail;  /* producer: the consumer's tail when last read */
 };
 
 /* One posted send or receive. */
@@ -239,7 +252,7 @@ static void wake(int efd)
 
 static uint8_t *slot_data(const struct shm_ring *r, uint64_t i)
 {
-    return r->slots + (i % SHM_NSLOTS) * (SHM_LINE + SHM_SLOT_BYTES) + SHM_LINE;
+    return r->slots + (i % SHM_NSLOTS) * (SHM_LINE + SHM_SLOT_BYTES) + SHM_SLOT_HDR;
 }
 
 static struct shm_slot *slot_hdr(const struct shm_ring *r, uint64_t i)
@@ -249,7 +262,7 @@ static struct shm_slot *slot_hdr(const struct shm_ring *r, uint64_t i)
 
 static size_t ring_bytes(void)
 {
-    return SHM_LINE + (size_t)SHM_NSLOTS * (SHM_LINE + SHM_SLOT_BYTES);
+    return SHM_CTL_BYTES + (size_t)SHM_NSLOTS * (SHM_LINE + SHM_SLOT_BYTES);
 }
 
 /* Maps the two rings of a segment; the connecting side produces on ring 0. */
@@ -259,11 +272,12 @@ static void rings_attach(struct fx_tp_conn *c, bool connector)
     uint8_t *r1 = c->seg + ring_bytes();
 
     c->out.ctl   = (struct shm_ctl *)(connector ? r0 : r1);
-    c->out.slots = (connector ? r0 : r1) + SHM_LINE;
+    c->out.slots = (connector ? r0 : r1) + SHM_CTL_BYTES;
     c->in.ctl    = (struct shm_ctl *)(connector ? r1 : r0);
-    c->in.slots  = (connector ? r1 : r0) + SHM_LINE;
-    c->out.pos   = atomic_load_explicit(&c->out.ctl->head, memory_order_relaxed);
-    c->in.pos    = atomic_load_explicit(&c->in.ctl->tail, memory_order_relaxed);
+    c->in.slots  = (connector ? r1 : r0) + SHM_CTL_BYTES;
+    c->out.pos   = 0; /* a new segment: nothing published, nothing consumed */
+    c->out.tail  = 0;
+    c->in.pos    = 0;
     /* Offer single-copy reads of our memory: the peer probes this buffer. */
     if (getentropy(c->probe, sizeof(c->probe)) != 0) {
         memset(c->probe, 0x5c, sizeof(c->probe));
@@ -278,16 +292,21 @@ static void rings_attach(struct fx_tp_conn *c, bool connector)
  * peer, which then sends large payloads by reference. */
 static void cma_probe(struct fx_tp_conn *c)
 {
-    int32_t pid = atomic_load_explicit(&c->in.ctl->producer_pid, memory_order_acquire);
+    int32_t pid;
     uint8_t got[16];
-    struct iovec local  = {got, sizeof(got)};
-    struct iovec remote = {(void *)(uintptr_t)c->in.ctl->probe_addr, sizeof(got)};
+    struct iovec local = {got, sizeof(got)};
+    struct iovec remote;
     bool ok;
 
-    if (pid == 0 || atomic_load_explicit(&c->in.ctl->consumer_can_read, memory_order_relaxed)) {
+    if (atomic_load_explicit(&c->in.ctl->consumer_can_read, memory_order_relaxed) != 0) {
+        return; /* probed */
+    }
+    pid = atomic_load_explicit(&c->in.ctl->producer_pid, memory_order_acquire);
+    if (pid == 0) {
         return;
     }
-    ok = process_vm_readv(pid, &local, 1, &remote, 1, 0) == (ssize_t)sizeof(got) &&
+    remote = (struct iovec){(void *)(uintptr_t)c->in.ctl->probe_addr, sizeof(got)};
+    ok     = process_vm_readv(pid, &local, 1, &remote, 1, 0) == (ssize_t)sizeof(got) &&
          memcmp(got, c->in.ctl->probe, sizeof(got)) == 0;
     fx_info(FX_SUB_NET, "shm: %s: large messages %s", c->peer,
             ok ? "single copy (process_vm_readv)"
@@ -318,8 +337,12 @@ static void queue_pop(struct req_queue *q)
 /* Sends whose payload the peer has read are complete. */
 static void cma_complete(struct fx_tp_conn *c)
 {
-    uint64_t acked = atomic_load_explicit(&c->out.ctl->cma_acked, memory_order_acquire);
+    uint64_t acked;
 
+    if (c->cmaq.head == NULL) {
+        return; /* no need to pull the consumer's line */
+    }
+    acked = atomic_load_explicit(&c->out.ctl->cma_acked, memory_order_acquire);
     while (c->cmaq.head != NULL && c->cmaq.head->cma_seq <= acked) {
         struct fx_tp_req *r = c->cmaq.head;
 
@@ -330,6 +353,22 @@ static void cma_complete(struct fx_tp_conn *c)
 
 /* ------------------------------------------------------------------ data path */
 
+/* Producer: the slot at pos is filled with `used` bytes; its sequence number publishes it. */
+static void slot_publish(struct shm_ring *o, uint32_t used)
+{
+    struct shm_slot *h = slot_hdr(o, o->pos);
+
+    h->used = used;
+    o->pos++;
+    atomic_store_explicit(&h->seq, o->pos, memory_order_release);
+}
+
+/* Consumer: whether the slot it expects next is published. */
+static bool slot_ready(const struct shm_ring *in)
+{
+    return atomic_load_explicit(&slot_hdr(in, in->pos)->seq, memory_order_acquire) == in->pos + 1;
+}
+
 /* Copies what the head send request still has into free slots. Returns true if it moved. */
 static bool push_sends(struct fx_tp_conn *c)
 {
@@ -339,16 +378,18 @@ static bool push_sends(struct fx_tp_conn *c)
     while (c->sendq.head != NULL && c->failed == FX_OK) {
         struct fx_tp_req *r = c->sendq.head;
         size_t total        = SHM_FRAME_LEN + r->hdrlen + r->len;
-        uint64_t tail       = atomic_load_explicit(&o->ctl->tail, memory_order_acquire);
         uint8_t *dst;
         size_t room;
         size_t used = 0;
 
-        if (o->pos - tail >= SHM_NSLOTS) {
-            break; /* full */
+        if (o->pos - o->tail >= SHM_NSLOTS) {
+            o->tail = atomic_load_explicit(&o->ctl->tail, memory_order_acquire);
+            if (o->pos - o->tail >= SHM_NSLOTS) {
+                break; /* full */
+            }
         }
         dst  = slot_data(o, o->pos);
-        room = SHM_SLOT_BYTES;
+        room = SHM_SLOT_CAP;
         if (r->done == 0 && r->len >= SHM_CMA_MIN &&
             atomic_load_explicit(&o->ctl->consumer_can_read, memory_order_acquire) == 1) {
             /* By reference: frame, header and where the payload is; the peer reads it. */
@@ -357,9 +398,7 @@ static bool push_sends(struct fx_tp_conn *c)
             memcpy(dst + SHM_FRAME_LEN, r->hdr, r->hdrlen);
             put64(dst + SHM_FRAME_LEN + r->hdrlen, (uint64_t)(uintptr_t)r->buf);
             put64(dst + SHM_FRAME_LEN + r->hdrlen + 8, r->len);
-            slot_hdr(o, o->pos)->used = (uint32_t)(SHM_FRAME_LEN + r->hdrlen + SHM_CMA_DESC);
-            o->pos++;
-            atomic_store_explicit(&o->ctl->head, o->pos, memory_order_release);
+            slot_publish(o, (uint32_t)(SHM_FRAME_LEN + r->hdrlen + SHM_CMA_DESC));
             moved      = true;
             r->cma     = true;
             r->cma_seq = ++c->cma_sent;
@@ -387,9 +426,7 @@ static bool push_sends(struct fx_tp_conn *c)
             used += n;
             r->done += n;
         }
-        slot_hdr(o, o->pos)->used = (uint32_t)used;
-        o->pos++;
-        atomic_store_explicit(&o->ctl->head, o->pos, memory_order_release);
+        slot_publish(o, (uint32_t)used);
         moved = true;
         if (r->done == total) {
             queue_pop(&c->sendq);
@@ -475,17 +512,16 @@ static bool pull_recvs(struct fx_tp_conn *c)
     while (c->recvq.head != NULL && c->failed == FX_OK) {
         struct fx_tp_req *r = c->recvq.head;
         size_t total        = SHM_FRAME_LEN + r->hdrlen + r->len;
-        uint64_t head       = atomic_load_explicit(&in->ctl->head, memory_order_acquire);
         const uint8_t *src;
         size_t used;
         size_t off = 0;
 
-        if (in->pos == head) {
+        if (!slot_ready(in)) {
             break; /* empty */
         }
         src  = slot_data(in, in->pos);
         used = slot_hdr(in, in->pos)->used;
-        if (used > SHM_SLOT_BYTES) {
+        if (used > SHM_SLOT_CAP) {
             conn_fail(c, FX_ERR_CONNECTION, "corrupt ring from %s", c->peer);
             break;
         }
@@ -569,7 +605,7 @@ static bool arm_sleep(struct fx_tp_conn *c)
     atomic_store_explicit(&c->in.ctl->consumer_sleeps, want_in, memory_order_relaxed);
     atomic_store_explicit(&c->out.ctl->producer_sleeps, want_out, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
-    return (want_in && atomic_load_explicit(&c->in.ctl->head, memory_order_acquire) != c->in.pos) ||
+    return (want_in && slot_ready(&c->in)) ||
            (c->sendq.head != NULL &&
             c->out.pos - atomic_load_explicit(&c->out.ctl->tail, memory_order_acquire) <
                 SHM_NSLOTS) ||
@@ -754,7 +790,7 @@ static void peer_hung_up(struct fx_tp_conn *c)
 
 static void check_closed(struct fx_tp_conn *c)
 {
-    bool ring_empty = atomic_load_explicit(&c->in.ctl->head, memory_order_acquire) == c->in.pos;
+    bool ring_empty = !slot_ready(&c->in);
 
     if (c->sendq.head != NULL || c->cmaq.head != NULL || (c->recvq.head != NULL && ring_empty)) {
         peer_gone(c);
