@@ -884,7 +884,7 @@ void fx_boot_ctrl_stall(struct fx_boot *boot, int waiting_on, int64_t idle_ms, c
 
 void fx_boot_stall_verdict(struct fx_boot *boot, int64_t grace_ms, struct fx_boot_event *ev)
 {
-    char chain[160] = "";
+    char chain[160];
     char who[128];
     size_t used = 0;
     int start   = -1;
@@ -893,8 +893,9 @@ void fx_boot_stall_verdict(struct fx_boot *boot, int64_t grace_ms, struct fx_boo
     ev->kind = FX_BOOT_EV_NONE;
     if (boot->rank != 0 || boot->stall == NULL || boot->verdict_sent || boot->first_stall_ms == 0 ||
         fx_now_ms() - boot->first_stall_ms < grace_ms) {
-        return;
+        return; /* the common case: called on every progress round */
     }
+    chain[0] = '\0';
     /* Start from the rank that has waited longest; follow "waits for" at most nranks times. */
     for (r = 0; r < boot->nranks; r++) {
         if (boot->stall[r].on >= 0 &&

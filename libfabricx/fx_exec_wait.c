@@ -145,9 +145,9 @@ static void *progress_main(void *arg)
  * than cores each round yields the core first: the rank this one waits for may be the one
  * that needs it, and handing it over directly is far quicker than a sleep and a wake-up.
  * Called with the lock. */
-static void spin_progress(struct fx_comm *comm, const struct fx_request *req)
+static void spin_progress(struct fx_comm *comm, const struct fx_request *req, int64_t now_us)
 {
-    int64_t until = fx_now_us() + comm->exec.spin_us;
+    int64_t until = now_us + comm->exec.spin_us;
 
     /* The clock every SPIN_CLOCK_EVERY rounds: a round takes a few hundred nanoseconds, a
      * clock read tens of them in a virtual machine. */
@@ -191,6 +191,7 @@ fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
     }
     for (;;) {
         int64_t left;
+        int64_t now_us;
         int n;
 
         fx_exec_progress(comm);
@@ -198,11 +199,12 @@ fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
             status = finish_wait(comm, req);
             break;
         }
-        left = deadline - fx_now_ms();
+        now_us = fx_now_us();
+        left   = deadline == INT64_MAX ? INT64_MAX : deadline - now_us / 1000;
         if (left <= 0) {
             break;
         }
-        spin_progress(comm, req);
+        spin_progress(comm, req, now_us);
         if (req->done || comm->error != FX_OK) {
             continue;
         }

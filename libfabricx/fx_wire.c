@@ -1,53 +1,53 @@
 /* Encoding and checking of the data-message header (layout in fx_wire.h). */
 #include "fx_wire.h"
 
+#include <endian.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
+/* Little-endian fields, one load or store each (the header is read and written on every
+ * message: byte loops showed in profiles of small collectives). */
 static void put16(uint8_t *p, uint16_t v)
 {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
+    v = htole16(v);
+    memcpy(p, &v, sizeof(v));
 }
 
 static void put32(uint8_t *p, uint32_t v)
 {
-    for (int i = 0; i < 4; i++) {
-        p[i] = (uint8_t)(v >> (8 * i));
-    }
+    v = htole32(v);
+    memcpy(p, &v, sizeof(v));
 }
 
 static void put64(uint8_t *p, uint64_t v)
 {
-    for (int i = 0; i < 8; i++) {
-        p[i] = (uint8_t)(v >> (8 * i));
-    }
+    v = htole64(v);
+    memcpy(p, &v, sizeof(v));
 }
 
 static uint16_t get16(const uint8_t *p)
 {
-    return (uint16_t)(p[0] | (p[1] << 8));
+    uint16_t v;
+
+    memcpy(&v, p, sizeof(v));
+    return le16toh(v);
 }
 
 static uint32_t get32(const uint8_t *p)
 {
-    uint32_t v = 0;
+    uint32_t v;
 
-    for (int i = 3; i >= 0; i--) {
-        v = (v << 8) | p[i];
-    }
-    return v;
+    memcpy(&v, p, sizeof(v));
+    return le32toh(v);
 }
 
 static uint64_t get64(const uint8_t *p)
 {
-    uint64_t v = 0;
+    uint64_t v;
 
-    for (int i = 7; i >= 0; i--) {
-        v = (v << 8) | p[i];
-    }
-    return v;
+    memcpy(&v, p, sizeof(v));
+    return le64toh(v);
 }
 
 void fx_wire_encode(const struct fx_wire_hdr *hdr, uint8_t out[FX_WIRE_HDR_SIZE])

@@ -20,9 +20,13 @@
  * tail only when its last copy says the ring is full), then publishes the slot by storing its
  * sequence number pos + 1 (release); the consumer polls the slot it expects, not a shared
  * counter, so a small message costs the reader the one or two lines it lands in. A message is
- * a 16-byte frame
- * (magic, header length, payload length), the header and the payload, packed into consecutive
- * slots; messages on one ring arrive in order. The receiver checks the frame against its posted
+ * a 16-byte frame (magic, header length, payload length), the header and the payload, packed
+ * into consecutive slots; messages on one ring arrive in order. A message that fits one slot
+ * goes with an 8-byte frame instead (magic, a mask of the header's 8-byte words that differ
+ * from the last such message's, header length, payload length), only those words, then the
+ * payload: both sides keep that last header, so a loop of small collectives (whose headers
+ * differ in the operation number alone) puts 16 + 8 + 8 bytes before its payload and an 8-byte
+ * all-reduce fits one cache line. The receiver checks the frame against its posted
  * lengths: a mismatch completes that receive with FX_ERR_MISMATCH (the sender's header copied
  * out), nothing is written past the posted buffers, and the connection fails.
  *
@@ -69,6 +73,10 @@
 #define SHM_FRAME_CMA    0x32535846u  /* "FXS2": the payload stays in the sender's memory */
 #define SHM_CMA_MIN      (256u << 10) /* smaller payloads go through the ring */
 #define SHM_CMA_DESC     16           /* u64 address, u64 length, after frame and header */
+#define SHM_FRAME_SMALL  0x33535846u  /* "FXS3": header words changed since the last one */
+#define SHM_SMALL_LEN    8            /* u32 magic, u8 word mask, u8 hdrlen, u16 payload length */
+#define SHM_HDR_WORDS    ((FX_TP_HDR_MAX + 7) / 8)
+_Static_assert(SHM_HDR_WORDS <= 8, "a compact frame's word mask is one byte");
 
 /* Shared: the control block of one ring, a cache line per writer and rate. */
 struct shm_ctl {
@@ -98,9 +106,10 @@ _Static_assert(sizeof(struct shm_slot) == SHM_SLOT_HDR, "slot header size");
 
 struct shm_ring {
     struct shm_ctl *ctl;
-    uint8_t *slots; /* nslots * (SHM_LINE + slot_bytes) */
-    uint64_t pos;   /* slots this side has published (producer) or consumed (consumer) */
-    uint64_t tail;  /* producer: the consumer's tail when last read */
+    uint8_t ref[FX_TP_HDR_MAX]; /* the header of the last compact message on this ring */
+    uint8_t *slots;             /* nslots * (SHM_LINE + slot_bytes) */
+    uint64_t pos;  /* slots this side has published (producer) or consumed (consumer) */
+    uint64_t tail; /* producer: the consumer's tail when last read */
 };
 
 /* One posted send or receive. */
@@ -200,6 +209,19 @@ static uint32_t get32(const uint8_t *p)
 static void put64(uint8_t *p, uint64_t v)
 {
     memcpy(p, &v, 8);
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    memcpy(p, &v, 2);
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+    uint16_t v;
+
+    memcpy(&v, p, 2);
+    return v;
 }
 
 static uint64_t get64(const uint8_t *p)
@@ -369,6 +391,41 @@ static bool slot_ready(const struct shm_ring *in)
     return atomic_load_explicit(&slot_hdr(in, in->pos)->seq, memory_order_acquire) == in->pos + 1;
 }
 
+/* Producer: sends r whole in the free slot at pos with a compact frame, if it fits one slot:
+ * only the header words that differ from the last compact message's go (the consumer keeps
+ * that header too). False when it does not fit (the caller frames it in full). */
+static bool push_small(struct shm_ring *o, struct fx_tp_req *r)
+{
+    size_t words                   = (r->hdrlen + 7) / 8;
+    uint8_t *dst                   = slot_data(o, o->pos);
+    size_t used                    = SHM_SMALL_LEN;
+    unsigned mask                  = 0;
+    uint8_t cur[SHM_HDR_WORDS * 8] = {0};
+
+    if (r->len > UINT16_MAX || SHM_SMALL_LEN + SHM_HDR_WORDS * 8 + r->len > SHM_SLOT_CAP) {
+        return false;
+    }
+    memcpy(cur, r->hdr, r->hdrlen); /* the last word zero-padded on both sides */
+    for (size_t w = 0; w < words; w++) {
+        if (memcmp(cur + 8 * w, o->ref + 8 * w, 8) != 0) {
+            mask |= 1u << w;
+            memcpy(o->ref + 8 * w, cur + 8 * w, 8);
+            memcpy(dst + used, cur + 8 * w, 8);
+            used += 8;
+        }
+    }
+    put32(dst, SHM_FRAME_SMALL);
+    dst[4] = (uint8_t)mask;
+    dst[5] = (uint8_t)r->hdrlen;
+    put16(dst + 6, (uint16_t)r->len);
+    if (r->len > 0) {
+        memcpy(dst + used, r->buf, r->len);
+    }
+    slot_publish(o, (uint32_t)(used + r->len));
+    r->done = SHM_FRAME_LEN + r->hdrlen + r->len;
+    return true;
+}
+
 /* Copies what the head send request still has into free slots. Returns true if it moved. */
 static bool push_sends(struct fx_tp_conn *c)
 {
@@ -387,6 +444,12 @@ static bool push_sends(struct fx_tp_conn *c)
             if (o->pos - o->tail >= SHM_NSLOTS) {
                 break; /* full */
             }
+        }
+        if (r->done == 0 && push_small(o, r)) {
+            moved = true;
+            queue_pop(&c->sendq);
+            r->status = FX_OK;
+            continue;
         }
         dst  = slot_data(o, o->pos);
         room = SHM_SLOT_CAP;
@@ -503,6 +566,50 @@ static bool cma_pull(struct fx_tp_conn *c, struct fx_tp_req *r)
     return true;
 }
 
+/* Consumer: a compact message for receive r in the slot at pos (`used` bytes at src): rebuilds
+ * its header from the ring's last one and the words that changed, checks the lengths against
+ * the posted ones, and delivers it. False when the connection failed (a mismatch: r gets
+ * FX_ERR_MISMATCH and the sender's header, as far as it fits). */
+static bool pull_small(struct fx_tp_conn *c, struct fx_tp_req *r, const uint8_t *src, size_t used)
+{
+    struct shm_ring *in = &c->in;
+    unsigned mask       = src[4];
+    size_t hdrlen       = src[5];
+    size_t len          = get16(src + 6);
+    size_t words        = (hdrlen + 7) / 8;
+    size_t off          = SHM_SMALL_LEN;
+
+    if (hdrlen > FX_TP_HDR_MAX || (mask >> words) != 0 ||
+        used != SHM_SMALL_LEN + 8 * (size_t)__builtin_popcount(mask) + len) {
+        conn_fail(c, FX_ERR_CONNECTION, "garbage from %s (bad compact frame)", c->peer);
+        return false;
+    }
+    for (size_t w = 0; w < words; w++) {
+        if (mask & (1u << w)) {
+            memcpy(in->ref + 8 * w, src + off, 8);
+            off += 8;
+        }
+    }
+    if (hdrlen != r->hdrlen || len != r->len) {
+        if (r->user_hdr != NULL) {
+            memcpy(r->user_hdr, in->ref, hdrlen < r->hdrlen ? hdrlen : r->hdrlen);
+        }
+        r->status = FX_ERR_MISMATCH;
+        conn_fail(c, FX_ERR_MISMATCH,
+                  "%s sent a message of %zu + %zu bytes where %zu + %zu were expected", c->peer,
+                  len, hdrlen, r->hdrlen, r->len);
+        return false;
+    }
+    if (len > 0) {
+        memcpy(r->buf, src + off, len);
+    }
+    if (r->user_hdr != NULL && hdrlen > 0) {
+        memcpy(r->user_hdr, in->ref, hdrlen);
+    }
+    r->done = SHM_FRAME_LEN + hdrlen + len;
+    return true;
+}
+
 /* Copies published slots into the posted receives. Returns true if it moved. */
 static bool pull_recvs(struct fx_tp_conn *c)
 {
@@ -524,6 +631,17 @@ static bool pull_recvs(struct fx_tp_conn *c)
         if (used > SHM_SLOT_CAP) {
             conn_fail(c, FX_ERR_CONNECTION, "corrupt ring from %s", c->peer);
             break;
+        }
+        if (r->done == 0 && used >= SHM_SMALL_LEN && get32(src) == SHM_FRAME_SMALL) {
+            if (!pull_small(c, r, src, used)) {
+                break;
+            }
+            in->pos++;
+            atomic_store_explicit(&in->ctl->tail, in->pos, memory_order_release);
+            moved = true;
+            queue_pop(&c->recvq);
+            r->status = FX_OK;
+            continue;
         }
         if (r->done == 0 && (used < SHM_FRAME_LEN || !frame_ok(c, r, src, src, used))) {
             if (c->failed == FX_OK) {
