@@ -67,9 +67,13 @@ static struct fx_request coll_args(enum fx_coll coll, const void *sendbuf, void 
 }
 
 /* comm is not NULL, nor req for a non-blocking call. */
-static fx_status check_call(fx_comm_t comm, const char *name, bool blocking,
-                            const fx_request_t *req)
+/* A non-blocking call's request is NULL until the call succeeds, so that a program that waits
+ * on the request of a failed call gets FX_ERR_INVALID_ARG, not a stale handle. */
+static fx_status check_call(fx_comm_t comm, const char *name, bool blocking, fx_request_t *req)
 {
+    if (req != NULL) {
+        *req = NULL;
+    }
     if (comm == NULL) {
         return fx_set_last_error(FX_ERR_INVALID_ARG, "%s: comm is NULL", name);
     }

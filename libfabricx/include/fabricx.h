@@ -362,7 +362,8 @@ FX_API fx_status fx_sendrecv(const void *sendbuf, size_t sendcount, int dest, vo
  * sizes. Messages still match in order per pair (the n-th send from a to b meets the n-th
  * receive on b from a), and requests complete in the order they were started. A collective call
  * ends the batch: the calls after it start once it has completed.
- *   [out] req  written only on success; must not be NULL
+ *   [out] req  the request; NULL when the call fails (fx_test and fx_wait on it then return
+ *              FX_ERR_INVALID_ARG); must not be NULL
  * Return FX_OK when queued, or FX_ERR_INVALID_ARG as the blocking forms (the request is not
  * made); the operation's own status comes from fx_test or fx_wait.
  */
@@ -378,7 +379,8 @@ FX_API fx_status fx_isendrecv(const void *sendbuf, size_t sendcount, int dest, v
  * Non-blocking forms. The buffers belong to the library until fx_test or fx_wait reports the
  * request complete. Several requests may be outstanding on one communicator; they run and
  * complete in the order they were started, and every rank must start them in the same order.
- *   [out] req  written only on success
+ *   [out] req  the request; NULL when the call fails (fx_test and fx_wait on it then return
+ *              FX_ERR_INVALID_ARG)
  */
 FX_API fx_status fx_iallreduce(const void *sendbuf, void *recvbuf, size_t count, fx_datatype dtype,
                                fx_op op, fx_comm_t comm, fx_request_t *req);

@@ -1141,6 +1141,16 @@ static void bad_send_recv(fx_comm_t comm, struct harness_child *c, float *b)
                  "fx_isendrecv(overlap)", "fx_isendrecv: sendbuf and recvbuf overlap");
     want_invalid(c, NULL, fx_irecv(b, ARGS_COUNT, FX_FLOAT32, ok, NULL, &req),
                  "fx_irecv(comm NULL)", "fx_irecv: comm is NULL");
+    /* A failed post leaves no handle: waiting on it is an error, not a wait on garbage. */
+    req = (fx_request_t)(uintptr_t)0x5a5a5a5a;
+    want_invalid(c, comm, fx_isend(b, ARGS_COUNT, (fx_datatype)99, ok, comm, &req),
+                 "fx_isend(dtype 99)", "fx_isend: invalid datatype 99");
+    if (req != NULL) {
+        c->res->wrong++;
+        harness_logf(c, "a failed fx_isend left its request handle set");
+    }
+    want_invalid(c, NULL, fx_wait(req, 1000), "fx_wait(request of a failed post)",
+                 "fx_wait: request is NULL");
 }
 
 static void bad_sendrecv(fx_comm_t comm, struct harness_child *c, float *b)
