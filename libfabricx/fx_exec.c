@@ -1042,6 +1042,12 @@ void fx_exec_progress(struct fx_comm *comm)
         }
         return;
     }
+    if (!comm->exec.running) {
+        run_head(comm); /* a new operation's first sends go out before anything is polled */
+        if (comm->error != FX_OK) {
+            return;
+        }
+    }
     for (int t = 0; t < comm->ntps; t++) {
         comm->tps[t].ops->progress(comm->tps[t].tp);
     }

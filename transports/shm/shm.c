@@ -164,6 +164,8 @@ struct fx_tp_conn {
     char error[200];
     char peer[64];
     bool connected;   /* connect side: the set-up packet went out */
+    bool wake_out;    /* we published since the peer's consumer sleep flag was last checked */
+    bool wake_in;     /* we consumed or acked since its producer sleep flag was last checked */
     bool peer_closed; /* its socket hung up: what it published is still read, then it fails */
 };
 
@@ -375,6 +377,36 @@ static void cma_complete(struct fx_tp_conn *c)
 
 /* ------------------------------------------------------------------ data path */
 
+/*
+ * The other half of the sleep handshake (arm_sleep): after publishing (or consuming), a fence,
+ * then the peer's sleep flag, and its eventfd if it sleeps. Done late, not at each publish: the
+ * fence waits for our stores to leave the core, which for a slot the peer polls means waiting
+ * for the peer to give up its cache line; later that wait is over. It must still come before
+ * anything that could leave the peer asleep for long, so it runs on every progress call, before
+ * this side sleeps (prepare_wait), and when a request of the connection completes in test()
+ * (an operation cannot finish before all its requests have been tested).
+ */
+static void conn_wake(struct fx_tp_conn *c)
+{
+    bool sleeps = false;
+
+    if (!c->wake_out && !c->wake_in) {
+        return;
+    }
+    atomic_thread_fence(memory_order_seq_cst);
+    if (c->wake_out) {
+        sleeps |= atomic_load_explicit(&c->out.ctl->consumer_sleeps, memory_order_relaxed) != 0;
+    }
+    if (c->wake_in) {
+        sleeps |= atomic_load_explicit(&c->in.ctl->producer_sleeps, memory_order_relaxed) != 0;
+    }
+    c->wake_out = false;
+    c->wake_in  = false;
+    if (sleeps && c->failed == FX_OK) {
+        wake(c->peer_efd);
+    }
+}
+
 /* Producer: the slot at pos is filled with `used` bytes; its sequence number publishes it. */
 static void slot_publish(struct shm_ring *o, uint32_t used)
 {
@@ -496,12 +528,7 @@ static bool push_sends(struct fx_tp_conn *c)
             r->status = FX_OK;
         }
     }
-    if (moved) {
-        atomic_thread_fence(memory_order_seq_cst);
-        if (atomic_load_explicit(&o->ctl->consumer_sleeps, memory_order_relaxed)) {
-            wake(c->peer_efd);
-        }
-    }
+    c->wake_out |= moved;
     return moved;
 }
 
@@ -559,10 +586,7 @@ static bool cma_pull(struct fx_tp_conn *c, struct fx_tp_req *r)
         memcpy(r->user_hdr, r->hdr, r->hdrlen);
     }
     atomic_fetch_add_explicit(&c->in.ctl->cma_acked, 1, memory_order_release);
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&c->in.ctl->producer_sleeps, memory_order_relaxed)) {
-        wake(c->peer_efd);
-    }
+    c->wake_in = true;
     return true;
 }
 
@@ -703,12 +727,7 @@ static bool pull_recvs(struct fx_tp_conn *c)
             r->status = FX_OK;
         }
     }
-    if (moved) {
-        atomic_thread_fence(memory_order_seq_cst);
-        if (atomic_load_explicit(&in->ctl->producer_sleeps, memory_order_relaxed)) {
-            wake(c->peer_efd);
-        }
-    }
+    c->wake_in |= moved;
     return moved;
 }
 
@@ -845,6 +864,7 @@ static fx_status shm_test(struct fx_tp_req *r)
     if (status == FX_INPROGRESS) {
         return FX_INPROGRESS;
     }
+    conn_wake(r->conn);
     req_put(r);
     return status;
 }
@@ -953,6 +973,7 @@ static fx_status shm_progress(struct fx_tp *tp)
         }
         if (c->failed == FX_OK) {
             conn_io(c);
+            conn_wake(c);
         }
         if (c->failed == FX_OK && c->peer_closed) {
             check_closed(c);
@@ -967,6 +988,9 @@ static bool shm_prepare_wait(struct fx_tp *tp)
     bool ready = false;
 
     for (struct fx_tp_conn *c = tp->conns; c != NULL; c = c->next) {
+        if (c->failed == FX_OK) {
+            conn_wake(c); /* nobody may sleep on what we published */
+        }
         if (c->failed == FX_OK &&
             (c->sendq.head != NULL || c->recvq.head != NULL || c->cmaq.head != NULL)) {
             ready |= arm_sleep(c);
@@ -1368,6 +1392,7 @@ static void shm_close(struct fx_tp_conn *c)
     if (*pp == c) {
         *pp = c->next;
     }
+    conn_wake(c); /* what we published last is read even if the peer sleeps */
     /* Queued requests are abandoned with the connection; fini frees them. */
     conn_free(c); /* closing the socket tells the peer */
 }
