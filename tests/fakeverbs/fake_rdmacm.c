@@ -1607,74 +1607,7 @@ static void *cm_main(void *arg)
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* The rest of the librdmacm API: not modelled, and saying so */
-
-FV_EXPORT int rdma_create_ep(struct rdma_cm_id **id, struct rdma_addrinfo *res, struct ibv_pd *pd,
-                             struct ibv_qp_init_attr *qp_init_attr)
-{
-    cm_unsupported("rdma_create_ep");
-    return -1;
-}
-
-FV_EXPORT void rdma_destroy_ep(struct rdma_cm_id *id)
-{
-    cm_unsupported("rdma_destroy_ep");
-}
-
-FV_EXPORT int rdma_create_qp_ex(struct rdma_cm_id *id, struct ibv_qp_init_attr_ex *qp_init_attr)
-{
-    cm_unsupported("rdma_create_qp_ex");
-    return -1;
-}
-
-FV_EXPORT int rdma_get_request(struct rdma_cm_id *listen, struct rdma_cm_id **id)
-{
-    cm_unsupported("rdma_get_request (synchronous mode)");
-    return -1;
-}
-
-FV_EXPORT int rdma_notify(struct rdma_cm_id *id, enum ibv_event_type event)
-{
-    cm_unsupported("rdma_notify");
-    return -1;
-}
-
-FV_EXPORT int rdma_join_multicast(struct rdma_cm_id *id, struct sockaddr *addr, void *context)
-{
-    cm_unsupported("rdma_join_multicast");
-    return -1;
-}
-
-FV_EXPORT int rdma_leave_multicast(struct rdma_cm_id *id, struct sockaddr *addr)
-{
-    cm_unsupported("rdma_leave_multicast");
-    return -1;
-}
-
-FV_EXPORT int rdma_join_multicast_ex(struct rdma_cm_id *id, struct rdma_cm_join_mc_attr_ex *attr,
-                                     void *context)
-{
-    cm_unsupported("rdma_join_multicast_ex");
-    return -1;
-}
-
-FV_EXPORT int rdma_migrate_id(struct rdma_cm_id *id, struct rdma_event_channel *channel)
-{
-    cm_unsupported("rdma_migrate_id");
-    return -1;
-}
-
-FV_EXPORT int rdma_getaddrinfo(const char *node, const char *service,
-                               const struct rdma_addrinfo *hints, struct rdma_addrinfo **res)
-{
-    cm_unsupported("rdma_getaddrinfo");
-    return -1;
-}
-
-FV_EXPORT void rdma_freeaddrinfo(struct rdma_addrinfo *res)
-{
-    cm_unsupported("rdma_freeaddrinfo");
-}
+/* QPs of the program's own */
 
 FV_EXPORT int rdma_init_qp_attr(struct rdma_cm_id *cid, struct ibv_qp_attr *qp_attr,
                                 int *qp_attr_mask)
@@ -1744,6 +1677,76 @@ FV_EXPORT int rdma_establish(struct rdma_cm_id *cid)
     id->state    = S_CONNECTED;
     pthread_mutex_unlock(&g_cm);
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The rest of the librdmacm API: not modelled, and saying so */
+
+FV_EXPORT int rdma_create_ep(struct rdma_cm_id **id, struct rdma_addrinfo *res, struct ibv_pd *pd,
+                             struct ibv_qp_init_attr *qp_init_attr)
+{
+    cm_unsupported("rdma_create_ep");
+    return -1;
+}
+
+FV_EXPORT void rdma_destroy_ep(struct rdma_cm_id *id)
+{
+    cm_unsupported("rdma_destroy_ep");
+}
+
+FV_EXPORT int rdma_create_qp_ex(struct rdma_cm_id *id, struct ibv_qp_init_attr_ex *qp_init_attr)
+{
+    cm_unsupported("rdma_create_qp_ex");
+    return -1;
+}
+
+FV_EXPORT int rdma_get_request(struct rdma_cm_id *listen, struct rdma_cm_id **id)
+{
+    cm_unsupported("rdma_get_request (synchronous mode)");
+    return -1;
+}
+
+FV_EXPORT int rdma_notify(struct rdma_cm_id *id, enum ibv_event_type event)
+{
+    cm_unsupported("rdma_notify");
+    return -1;
+}
+
+FV_EXPORT int rdma_join_multicast(struct rdma_cm_id *id, struct sockaddr *addr, void *context)
+{
+    cm_unsupported("rdma_join_multicast");
+    return -1;
+}
+
+FV_EXPORT int rdma_leave_multicast(struct rdma_cm_id *id, struct sockaddr *addr)
+{
+    cm_unsupported("rdma_leave_multicast");
+    return -1;
+}
+
+FV_EXPORT int rdma_join_multicast_ex(struct rdma_cm_id *id, struct rdma_cm_join_mc_attr_ex *attr,
+                                     void *context)
+{
+    cm_unsupported("rdma_join_multicast_ex");
+    return -1;
+}
+
+FV_EXPORT int rdma_migrate_id(struct rdma_cm_id *id, struct rdma_event_channel *channel)
+{
+    cm_unsupported("rdma_migrate_id");
+    return -1;
+}
+
+FV_EXPORT int rdma_getaddrinfo(const char *node, const char *service,
+                               const struct rdma_addrinfo *hints, struct rdma_addrinfo **res)
+{
+    cm_unsupported("rdma_getaddrinfo");
+    return -1;
+}
+
+FV_EXPORT void rdma_freeaddrinfo(struct rdma_addrinfo *res)
+{
+    cm_unsupported("rdma_freeaddrinfo");
 }
 
 FV_EXPORT int rdma_create_srq(struct rdma_cm_id *id, struct ibv_pd *pd,
