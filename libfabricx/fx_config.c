@@ -90,7 +90,8 @@ const struct fx_config_row fx_config_table[] = {
         "unset: the NIC nearest to the rank when it is an RDMA device, else the first active port",
         ib_hca, 0, 0),
     ROW("FX_IB_GID_INDEX", FX_CFG_INT, "-1",
-        "verbs: the port's GID index; -1: the first RoCE v2 IPv4-mapped GID (InfiniBand: 0)",
+        "verbs: the source GID index every QP uses; -1: the GID rdma_cm resolves from each "
+        "connection's address (RoCE: its RoCE v2 GID)",
         ib_gid_index, -1, 255),
     ROW("FX_IB_TC", FX_CFG_INT, "-1",
         "verbs: traffic class (IP TOS for RoCE) of the connections; -1: the fabric's default",

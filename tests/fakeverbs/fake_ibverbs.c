@@ -10,6 +10,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -42,6 +43,7 @@
 #define FV_MAX_CQE   (1 << 22)
 #define FV_MAX_MSG   (1u << 31)
 #define FV_MAGIC     0x46564231u /* "FVB1" */
+#define FV_MAX_GIDS  16
 
 /* ---------------------------------------------------------------------------------------- */
 /* Logging, configuration, faults */
@@ -82,12 +84,22 @@ FV_EXPORT int fv_debug_enabled(void)
     return g_debug > 0;
 }
 
+/* One entry of a port's GID table; an empty entry reads as the zero GID. */
+struct fv_gid {
+    bool empty;
+    bool link_local; /* fe80::<guid>; else ::ffff:v4 */
+    uint32_t v4;     /* network order */
+    uint32_t type;   /* IBV_GID_TYPE_* */
+};
+
 struct fv_dev {
     struct ibv_device dev;
     int index;
     bool port_down;
     bool ib; /* InfiniBand link layer; else Ethernet (RoCE) */
     uint64_t guid;
+    int ngids; /* 0 until the device is set up: the default table */
+    struct fv_gid gids[FV_MAX_GIDS];
 };
 
 static struct fv_dev g_devs[FV_MAX_DEVS];
@@ -120,6 +132,75 @@ static int parse_fault(const char *item)
         return -1;
     }
     return 0;
+}
+
+/* "gids=E+E+..." of FAKEVERBS_DEVICES: each E is "-" (an empty entry) or TYPE[@ADDR], TYPE one
+ * of ib, v1 (RoCE v1), v2 (RoCE v2), ADDR "ll" (fe80::<guid>) or an IPv4 address
+ * (::ffff:ADDR; the default 127.0.0.1). */
+static int parse_gids(struct fv_dev *d, char *list)
+{
+    char *save = NULL;
+    d->ngids   = 0;
+    for (char *e = strtok_r(list, "+", &save); e != NULL; e = strtok_r(NULL, "+", &save)) {
+        struct fv_gid *g = &d->gids[d->ngids];
+        char *at         = strchr(e, '@');
+        struct in_addr a;
+        if (d->ngids == FV_MAX_GIDS) {
+            fv_log("FAKEVERBS_DEVICES: device '%s': more than %d GIDs", d->dev.name, FV_MAX_GIDS);
+            return -1;
+        }
+        memset(g, 0, sizeof(*g));
+        d->ngids++;
+        if (strcmp(e, "-") == 0) {
+            g->empty = true;
+            continue;
+        }
+        if (at != NULL) {
+            *at++ = '\0';
+        }
+        if (strcmp(e, "ib") == 0) {
+            g->type = IBV_GID_TYPE_IB;
+        } else if (strcmp(e, "v1") == 0) {
+            g->type = IBV_GID_TYPE_ROCE_V1;
+        } else if (strcmp(e, "v2") == 0) {
+            g->type = IBV_GID_TYPE_ROCE_V2;
+        } else {
+            fv_log("FAKEVERBS_DEVICES: device '%s': bad GID type '%s' (ib, v1, v2, or - for none)",
+                   d->dev.name, e);
+            return -1;
+        }
+        if (at != NULL && strcmp(at, "ll") == 0) {
+            g->link_local = true;
+        } else if (at != NULL && inet_pton(AF_INET, at, &a) == 1) {
+            g->v4 = a.s_addr;
+        } else if (at != NULL) {
+            fv_log("FAKEVERBS_DEVICES: device '%s': bad GID address '%s' (ll or IPv4)", d->dev.name,
+                   at);
+            return -1;
+        } else {
+            g->v4 = htonl(0x7f000001);
+        }
+    }
+    if (d->ngids == 0) {
+        fv_log("FAKEVERBS_DEVICES: device '%s': gids= names no GID", d->dev.name);
+        return -1;
+    }
+    return 0;
+}
+
+/* The default GID tables: RoCE: fe80::<guid> (RoCE v1), ::ffff:127.0.0.1 (RoCE v2); IB: the
+ * link-local GID. */
+static void default_gids(struct fv_dev *d)
+{
+    memset(d->gids, 0, sizeof(d->gids));
+    d->gids[0].link_local = true;
+    d->gids[0].type       = d->ib ? IBV_GID_TYPE_IB : IBV_GID_TYPE_ROCE_V1;
+    d->ngids              = 1;
+    if (!d->ib) {
+        d->gids[1].v4   = htonl(0x7f000001);
+        d->gids[1].type = IBV_GID_TYPE_ROCE_V2;
+        d->ngids        = 2;
+    }
 }
 
 static int parse_devices(const char *spec)
@@ -162,14 +243,22 @@ static int parse_devices(const char *spec)
                 d->port_down = true;
             } else if (strcmp(opt, "ib") == 0) {
                 d->ib = true;
+            } else if (strncmp(opt, "gids=", 5) == 0) {
+                strcpy(d->dev.name, tok);
+                if (parse_gids(d, opt + 5) != 0) {
+                    return -1;
+                }
             } else {
-                fv_log("FAKEVERBS_DEVICES: unknown option '%s' for device '%s' (down, ib)", opt,
-                       tok);
+                fv_log("FAKEVERBS_DEVICES: unknown option '%s' for device '%s' (down, ib, gids=)",
+                       opt, tok);
                 return -1;
             }
             opt = next;
         }
         strcpy(d->dev.name, tok);
+        if (d->ngids == 0) {
+            default_gids(d);
+        }
         g_ndevs++;
     }
     if (g_ndevs == 0) {
@@ -631,7 +720,7 @@ FV_EXPORT int ibv_query_port(struct ibv_context *context, uint8_t port_num,
     a->phys_state     = c->dev->port_down ? 3 /* disabled */ : 5 /* link up */;
     a->max_mtu        = IBV_MTU_4096;
     a->active_mtu     = IBV_MTU_4096;
-    a->gid_tbl_len    = c->dev->ib ? 1 : 2;
+    a->gid_tbl_len    = c->dev->ngids;
     a->port_cap_flags = c->dev->ib ? 0 : IBV_PORT_IP_BASED_GIDS;
     a->max_msg_sz     = FV_MAX_MSG;
     a->pkey_tbl_len   = 1;
@@ -646,37 +735,42 @@ FV_EXPORT int ibv_query_port(struct ibv_context *context, uint8_t port_num,
     return 0;
 }
 
+/* Entry index of the port's GID table: 0, EINVAL past the table, ENODATA for an empty entry
+ * (its GID reads as zero). */
 static int fill_gid(struct fv_ctx *c, uint32_t port, uint32_t index, union ibv_gid *gid,
                     uint32_t *type)
 {
+    const struct fv_gid *g;
     uint64_t guid = c->dev->guid;
-    if (port != 1 || index >= (c->dev->ib ? 1u : 2u)) {
+    if (port != 1 || index >= (uint32_t)c->dev->ngids) {
         return EINVAL;
     }
+    g = &c->dev->gids[index];
     memset(gid, 0, sizeof(*gid));
-    if (index == 0) {
+    *type = g->type;
+    if (g->empty) {
+        return ENODATA;
+    }
+    if (g->link_local) {
         gid->raw[0] = 0xfe;
         gid->raw[1] = 0x80;
         for (int i = 0; i < 8; i++) {
             gid->raw[8 + i] = (uint8_t)(guid >> (56 - 8 * i));
         }
-        *type = c->dev->ib ? IBV_GID_TYPE_IB : IBV_GID_TYPE_ROCE_V1;
     } else {
-        /* ::ffff:127.0.0.1, a RoCE v2 GID of the loopback address the fake's rdma_cm uses */
         gid->raw[10] = 0xff;
         gid->raw[11] = 0xff;
-        gid->raw[12] = 127;
-        gid->raw[15] = 1;
-        *type        = IBV_GID_TYPE_ROCE_V2;
+        memcpy(gid->raw + 12, &g->v4, 4);
     }
     return 0;
 }
 
+/* As the real library reads sysfs: an empty entry is the zero GID, not an error. */
 FV_EXPORT int ibv_query_gid(struct ibv_context *context, uint8_t port_num, int index,
                             union ibv_gid *gid)
 {
     uint32_t type;
-    if (index < 0 || fill_gid(ctx_of(context), port_num, (uint32_t)index, gid, &type) != 0) {
+    if (index < 0 || fill_gid(ctx_of(context), port_num, (uint32_t)index, gid, &type) == EINVAL) {
         errno = EINVAL;
         return -1;
     }
@@ -687,11 +781,13 @@ FV_EXPORT int _ibv_query_gid_ex(struct ibv_context *context, uint32_t port_num, 
                                 struct ibv_gid_entry *entry, uint32_t flags, size_t entry_size)
 {
     struct ibv_gid_entry e = {0};
+    int ret;
     if (flags != 0 || entry_size < sizeof(e)) {
         return EINVAL;
     }
-    if (fill_gid(ctx_of(context), port_num, gid_index, &e.gid, &e.gid_type) != 0) {
-        return ENODATA;
+    ret = fill_gid(ctx_of(context), port_num, gid_index, &e.gid, &e.gid_type);
+    if (ret != 0) {
+        return ret; /* EINVAL: no such entry; ENODATA: an empty one */
     }
     e.gid_index    = gid_index;
     e.port_num     = port_num;
@@ -707,7 +803,7 @@ FV_EXPORT ssize_t _ibv_query_gid_table(struct ibv_context *context, struct ibv_g
     if (flags != 0 || entry_size < sizeof(*entries)) {
         return -EINVAL;
     }
-    for (uint32_t i = 0; i < 2 && n < max_entries; i++) {
+    for (uint32_t i = 0; i < (uint32_t)ctx_of(context)->dev->ngids && n < max_entries; i++) {
         struct ibv_gid_entry e;
         if (_ibv_query_gid_ex(context, 1, i, &e, 0, sizeof(e)) == 0) {
             memcpy((uint8_t *)entries + n * entry_size, &e, sizeof(e));
@@ -1480,9 +1576,14 @@ FV_EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int m
             fv_log("ibv_modify_qp(QP 0x%x): InfiniBand needs a destination LID", ibqp->qp_num);
             goto err_inval;
         }
-        if (attr->ah_attr.is_global && attr->ah_attr.grh.sgid_index >= (c->dev->ib ? 1 : 2)) {
-            fv_log("ibv_modify_qp(QP 0x%x): no GID index %u", ibqp->qp_num,
-                   attr->ah_attr.grh.sgid_index);
+        if (attr->ah_attr.is_global && attr->ah_attr.grh.sgid_index >= c->dev->ngids) {
+            fv_log("ibv_modify_qp(QP 0x%x): no GID index %u (%s has %d)", ibqp->qp_num,
+                   attr->ah_attr.grh.sgid_index, c->dev->dev.name, c->dev->ngids);
+            goto err_inval;
+        }
+        if (attr->ah_attr.is_global && c->dev->gids[attr->ah_attr.grh.sgid_index].empty) {
+            fv_log("ibv_modify_qp(QP 0x%x): GID index %u of %s is empty", ibqp->qp_num,
+                   attr->ah_attr.grh.sgid_index, c->dev->dev.name);
             goto err_inval;
         }
         qp->ah = attr->ah_attr;
@@ -2447,21 +2548,38 @@ static void *nic_main(void *arg)
 /* ---------------------------------------------------------------------------------------- */
 /* The calls of the fake librdmacm */
 
-FV_EXPORT int fv_qp_attach(struct ibv_qp *ibqp, int fd, uint32_t peer_qpn, fv_cm_hook_fn hook,
-                           void *arg)
+/* The QP numbered qpn of the device context (its lock held), or NULL. */
+static struct fv_qp *qp_by_num(struct fv_ctx *c, uint32_t qpn)
 {
-    struct fv_qp *qp      = (struct fv_qp *)ibqp;
-    struct fv_ctx *c      = ctx_of(ibqp->context);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = qp};
+    for (struct fv_qp *qp = c->qps; qp != NULL; qp = qp->next) {
+        if (qp->qp.qp_num == qpn) {
+            return qp;
+        }
+    }
+    return NULL;
+}
+
+FV_EXPORT int fv_qp_attach(struct ibv_context *ctx, uint32_t qpn, int fd, uint32_t peer_qpn,
+                           fv_cm_hook_fn hook, void *arg)
+{
+    struct fv_ctx *c      = ctx_of(ctx);
+    struct epoll_event ev = {.events = EPOLLIN};
     int fl                = fcntl(fd, F_GETFL);
+    struct fv_qp *qp;
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
         return errno;
     }
     pthread_mutex_lock(&c->lock);
+    qp = qp_by_num(c, qpn);
+    if (qp == NULL) {
+        pthread_mutex_unlock(&c->lock);
+        return ENOENT;
+    }
     if (qp->fd >= 0) {
         pthread_mutex_unlock(&c->lock);
         return EBUSY;
     }
+    ev.data.ptr = qp;
     if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
         int err = errno;
         pthread_mutex_unlock(&c->lock);
@@ -2477,28 +2595,32 @@ FV_EXPORT int fv_qp_attach(struct ibv_qp *ibqp, int fd, uint32_t peer_qpn, fv_cm
     qp->next_psn     = 0;
     qp->expected_psn = 0;
     pthread_mutex_unlock(&c->lock);
-    fv_dbg("QP 0x%x connected to QP 0x%x", ibqp->qp_num, peer_qpn);
+    fv_dbg("QP 0x%x connected to QP 0x%x", qpn, peer_qpn);
     ring_bell(c);
     return 0;
 }
 
-FV_EXPORT void fv_qp_clear_hook(struct ibv_qp *ibqp)
+FV_EXPORT void fv_qp_clear_hook(struct ibv_context *ctx, uint32_t qpn, void *arg)
 {
-    struct fv_qp *qp = (struct fv_qp *)ibqp;
-    struct fv_ctx *c = ctx_of(ibqp->context);
+    struct fv_ctx *c = ctx_of(ctx);
+    struct fv_qp *qp;
     pthread_mutex_lock(&c->lock);
-    qp->hook     = NULL;
-    qp->hook_arg = NULL;
+    qp = qp_by_num(c, qpn);
+    if (qp != NULL && qp->hook_arg == arg) {
+        qp->hook     = NULL;
+        qp->hook_arg = NULL;
+    }
     pthread_mutex_unlock(&c->lock);
 }
 
-FV_EXPORT int fv_qp_send_dreq(struct ibv_qp *ibqp)
+FV_EXPORT int fv_qp_send_dreq(struct ibv_context *ctx, uint32_t qpn)
 {
-    struct fv_qp *qp = (struct fv_qp *)ibqp;
-    struct fv_ctx *c = ctx_of(ibqp->context);
-    int ret          = 0;
+    struct fv_ctx *c = ctx_of(ctx);
+    struct fv_qp *qp;
+    int ret = 0;
     pthread_mutex_lock(&c->lock);
-    if (qp->fd < 0 || qp->peer_dead) {
+    qp = qp_by_num(c, qpn);
+    if (qp == NULL || qp->fd < 0 || qp->peer_dead) {
         ret = ENOTCONN;
     } else {
         send_ctl(qp, T_DREQ, A_OK, 0, NULL, 0);
@@ -2506,6 +2628,25 @@ FV_EXPORT int fv_qp_send_dreq(struct ibv_qp *ibqp)
     pthread_mutex_unlock(&c->lock);
     ring_bell(c);
     return ret;
+}
+
+FV_EXPORT int fv_qp_state(struct ibv_context *ctx, uint32_t qpn)
+{
+    struct fv_ctx *c = ctx_of(ctx);
+    struct fv_qp *qp;
+    int state = -1;
+    pthread_mutex_lock(&c->lock);
+    qp = qp_by_num(c, qpn);
+    if (qp != NULL) {
+        state = (int)qp->hw;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return state;
+}
+
+FV_EXPORT const char *fv_qp_state_str(int state)
+{
+    return state < 0 ? "gone" : state_name((enum ibv_qp_state)state);
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -92,6 +92,7 @@ enum id_state {
     S_ADDR,
     S_ROUTE,
     S_CONNECTING, /* active: REQ sent */
+    S_REP_RCVD,   /* active, external QP: CONNECT_RESPONSE reported, rdma_establish next */
     S_REQ_RCVD,   /* passive: CONNECT_REQUEST reported */
     S_ACCEPTING,  /* passive: REP sent */
     S_CONNECTED,
@@ -111,8 +112,18 @@ struct cm_id {
     uint8_t ack_timeout;
     bool ack_timeout_set;
     uint32_t peer_qpn;
-    uint8_t peer_retry, peer_rnr_retry, peer_resp_res, peer_init_depth;
+    uint8_t peer_retry;
     uint8_t my_retry, my_rnr_retry;
+    /* The program's own QP ("external": qp_num in rdma_connect/rdma_accept, id.qp NULL). */
+    bool ext;
+    uint32_t ext_qpn;
+    /* The CM's view of the connection, what rdma_init_qp_attr reports: known once a request
+     * was sent or received; this side's responder resources and initiator depth. */
+    bool conn_known;
+    bool peer_known; /* the peer's QP number: RTR and RTS attributes exist */
+    bool passive;
+    uint8_t resp_res, init_depth;
+    uint8_t sgid_index; /* the route's source GID (RoCE: the RoCE v2 GID of its address) */
     struct ibv_sa_path_rec path;
 };
 
@@ -306,6 +317,58 @@ static socklen_t port_name(struct sockaddr_un *un, uint16_t port)
     un->sun_family = AF_UNIX;
     n              = snprintf(un->sun_path + 1, sizeof(un->sun_path) - 1, "fakeverbs-cm-%u", port);
     return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+/* The number of the QP that carries the id's connection: its own or the program's. */
+static uint32_t qpn_of(const struct cm_id *id)
+{
+    return id->id.qp != NULL ? id->id.qp->qp_num : id->ext_qpn;
+}
+
+/* The route's source GID, as the kernel resolves it from the id's source address: RoCE: the
+ * RoCE v2 GID of that IPv4 address, else the first RoCE v2 GID (IPv6 loopback has none), else
+ * GID 0; InfiniBand: GID 0. */
+static uint8_t route_gid(struct ibv_context *ctx, const struct sockaddr *src, union ibv_gid *gid)
+{
+    struct ibv_port_attr pa;
+    int first_v2 = -1;
+    if (ibv_query_port(ctx, 1, &pa) == 0 && pa.link_layer == IBV_LINK_LAYER_ETHERNET) {
+        for (int i = 0; i < pa.gid_tbl_len && i < 256; i++) {
+            struct ibv_gid_entry e;
+            if (ibv_query_gid_ex(ctx, 1, (uint32_t)i, &e, 0) != 0 ||
+                e.gid_type != IBV_GID_TYPE_ROCE_V2) {
+                continue;
+            }
+            if (first_v2 < 0) {
+                first_v2 = i;
+            }
+            if (src->sa_family == AF_INET && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)e.gid.raw) &&
+                memcmp(e.gid.raw + 12, &((const struct sockaddr_in *)src)->sin_addr, 4) == 0) {
+                *gid = e.gid;
+                return (uint8_t)i;
+            }
+        }
+    }
+    first_v2 = first_v2 < 0 ? 0 : first_v2;
+    if (ibv_query_gid(ctx, 1, first_v2, gid) != 0) {
+        memset(gid, 0, sizeof(*gid));
+    }
+    return (uint8_t)first_v2;
+}
+
+/* Sets the id's path record (loopback: the destination GID is the source GID). */
+static void route_set(struct cm_id *id)
+{
+    memset(&id->path, 0, sizeof(id->path));
+    id->sgid_index         = route_gid(id->id.verbs, &id->id.route.addr.src_addr, &id->path.sgid);
+    id->path.dgid          = id->path.sgid;
+    id->path.pkey          = htobe16(0xffff);
+    id->path.mtu           = IBV_MTU_4096;
+    id->path.traffic_class = id->tos;
+    id->path.hop_limit     = 1;
+    id->path.numb_path     = 1;
+    id->id.route.path_rec  = &id->path;
+    id->id.route.num_paths = 1;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -570,8 +633,8 @@ FV_EXPORT int rdma_destroy_id(struct rdma_cm_id *cid)
     if (id->lfd >= 0) {
         close(id->lfd);
     }
-    if (id->attached && cid->qp != NULL) {
-        fv_qp_clear_hook(cid->qp);
+    if (id->attached) {
+        fv_qp_clear_hook(cid->verbs, qpn_of(id), id);
     }
     ch->nids--;
     pthread_mutex_unlock(&g_cm);
@@ -748,17 +811,8 @@ FV_EXPORT int rdma_resolve_route(struct rdma_cm_id *cid, int timeout_ms)
         errno = EINVAL;
         return -1;
     }
-    memset(&id->path, 0, sizeof(id->path));
-    ibv_query_gid(cid->verbs, 1, 0, &id->path.sgid);
-    id->path.dgid          = id->path.sgid;
-    id->path.pkey          = htobe16(0xffff);
-    id->path.mtu           = IBV_MTU_4096;
-    id->path.traffic_class = id->tos;
-    id->path.hop_limit     = 1;
-    id->path.numb_path     = 1;
-    cid->route.path_rec    = &id->path;
-    cid->route.num_paths   = 1;
-    id->state              = S_ROUTE;
+    route_set(id);
+    id->state = S_ROUTE;
     pthread_mutex_unlock(&g_cm);
     post_event(id, NULL, RDMA_CM_EVENT_ROUTE_RESOLVED, 0, NULL, 0, NULL);
     return 0;
@@ -839,6 +893,8 @@ FV_EXPORT void rdma_free_devices(struct ibv_context **list)
 /* ---------------------------------------------------------------------------------------- */
 /* QPs */
 
+static int init_attr(struct cm_id *id, struct ibv_qp_attr *a, int *mask);
+
 static struct ibv_pd *default_pd(struct ibv_context *ctx)
 {
     for (int i = 0; i < g_nctx; i++) {
@@ -857,7 +913,7 @@ FV_EXPORT int rdma_create_qp(struct rdma_cm_id *cid, struct ibv_pd *pd,
 {
     struct ibv_qp_attr qa = {0};
     struct ibv_qp *qp;
-    int ret;
+    int ret, mask;
     if (cid->verbs == NULL) {
         cm_log("rdma_create_qp: the id has no device yet (bind or resolve an address first)");
         errno = EINVAL;
@@ -887,12 +943,13 @@ FV_EXPORT int rdma_create_qp(struct rdma_cm_id *cid, struct ibv_pd *pd,
     if (qp == NULL) {
         return -1;
     }
-    qa.qp_state        = IBV_QPS_INIT;
-    qa.pkey_index      = 0;
-    qa.port_num        = 1;
-    qa.qp_access_flags = IBV_ACCESS_REMOTE_WRITE;
-    ret                = ibv_modify_qp(qp, &qa,
-                                       IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
+    qa.qp_state = IBV_QPS_INIT;
+    pthread_mutex_lock(&g_cm);
+    ret = init_attr((struct cm_id *)cid, &qa, &mask);
+    pthread_mutex_unlock(&g_cm);
+    if (ret == 0) {
+        ret = ibv_modify_qp(qp, &qa, mask);
+    }
     if (ret != 0) {
         ibv_destroy_qp(qp);
         errno = ret;
@@ -914,7 +971,7 @@ FV_EXPORT void rdma_destroy_qp(struct rdma_cm_id *cid)
     if (cid->qp == NULL) {
         return;
     }
-    fv_qp_clear_hook(cid->qp);
+    fv_qp_clear_hook(cid->verbs, cid->qp->qp_num, id);
     id->attached = false;
     ret          = ibv_destroy_qp(cid->qp);
     if (ret != 0) {
@@ -924,42 +981,88 @@ FV_EXPORT void rdma_destroy_qp(struct rdma_cm_id *cid)
     cid->qp = NULL;
 }
 
-/* Moves the id's QP to RTR then RTS, as librdmacm does when the connection is made. */
-static int qp_connect(struct cm_id *id, uint32_t peer_qpn, uint8_t rd_atomic, uint8_t dest_rd,
-                      uint8_t retry, uint8_t rnr_retry, bool remote_read)
+/*
+ * What rdma_init_qp_attr reports for the state asked in a->qp_state (g_cm held), as the kernel's
+ * CM does: INIT before a connection is under way grants no remote access (librdmacm moves the
+ * QP INIT -> INIT again before RTR for that reason); RTR and RTS exist once the peer's QP is
+ * known (the request received, or the reply). Returns 0 or an errno value.
+ */
+static int init_attr(struct cm_id *id, struct ibv_qp_attr *a, int *mask)
 {
-    struct ibv_qp_attr a = {0};
-    int ret;
-    a.qp_state                  = IBV_QPS_RTR;
-    a.path_mtu                  = IBV_MTU_4096;
-    a.dest_qp_num               = peer_qpn;
-    a.rq_psn                    = 0;
-    a.max_dest_rd_atomic        = dest_rd;
-    a.min_rnr_timer             = 12; /* 0.64 ms */
-    a.ah_attr.port_num          = 1;
-    a.ah_attr.is_global         = 1;
-    a.ah_attr.grh.sgid_index    = 0;
-    a.ah_attr.grh.hop_limit     = 1;
-    a.ah_attr.grh.traffic_class = id->tos;
-    a.ah_attr.dlid              = 1;
-    a.qp_access_flags = IBV_ACCESS_REMOTE_WRITE | (remote_read ? IBV_ACCESS_REMOTE_READ : 0);
-    ret =
-        ibv_modify_qp(id->id.qp, &a,
-                      IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
-                          IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER | IBV_QP_ACCESS_FLAGS);
-    if (ret != 0) {
-        return ret;
+    enum ibv_qp_state want = a->qp_state;
+    struct ibv_port_attr pa;
+    if (id->id.verbs == NULL) {
+        cm_log("rdma_init_qp_attr: the id has no device yet (bind or resolve an address first)");
+        return EINVAL;
     }
-    memset(&a, 0, sizeof(a));
-    a.qp_state      = IBV_QPS_RTS;
-    a.sq_psn        = 0;
-    a.max_rd_atomic = rd_atomic;
-    a.timeout       = id->ack_timeout_set ? id->ack_timeout : 14;
-    a.retry_cnt     = retry > 7 ? 7 : retry;
-    a.rnr_retry     = rnr_retry > 7 ? 7 : rnr_retry;
-    return ibv_modify_qp(id->id.qp, &a,
-                         IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC | IBV_QP_RETRY_CNT |
-                             IBV_QP_RNR_RETRY | IBV_QP_TIMEOUT);
+    memset(a, 0, sizeof(*a));
+    a->qp_state = want;
+    if (want == IBV_QPS_INIT) {
+        a->port_num = id->id.port_num != 0 ? id->id.port_num : 1;
+        if (id->conn_known) {
+            a->qp_access_flags =
+                IBV_ACCESS_REMOTE_WRITE | (id->resp_res != 0 ? IBV_ACCESS_REMOTE_READ : 0);
+        }
+        *mask = IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS;
+        return 0;
+    }
+    if (want != IBV_QPS_RTR && want != IBV_QPS_RTS) {
+        cm_log("rdma_init_qp_attr: QP state %d: the fake reports INIT, RTR and RTS only", want);
+        return EINVAL;
+    }
+    if (!id->peer_known) {
+        cm_log("rdma_init_qp_attr: no %s attributes before the peer's QP is known (a connect "
+               "request or response)",
+               want == IBV_QPS_RTR ? "RTR" : "RTS");
+        return EINVAL;
+    }
+    if (want == IBV_QPS_RTS) {
+        uint8_t retry    = id->passive ? id->peer_retry : id->my_retry;
+        a->max_rd_atomic = id->init_depth;
+        a->timeout       = id->ack_timeout_set ? id->ack_timeout : 14;
+        a->retry_cnt     = retry > 7 ? 7 : retry;
+        a->rnr_retry     = id->my_rnr_retry > 7 ? 7 : id->my_rnr_retry;
+        *mask = IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC | IBV_QP_RETRY_CNT |
+                IBV_QP_RNR_RETRY | IBV_QP_TIMEOUT;
+        return 0;
+    }
+    a->path_mtu           = id->path.mtu != 0 ? (enum ibv_mtu)id->path.mtu : IBV_MTU_4096;
+    a->dest_qp_num        = id->peer_qpn;
+    a->max_dest_rd_atomic = id->resp_res;
+    a->min_rnr_timer      = 12; /* 0.64 ms */
+    a->ah_attr.port_num   = 1;
+    a->ah_attr.sl         = id->path.sl;
+    if (ibv_query_port(id->id.verbs, 1, &pa) == 0 && pa.link_layer == IBV_LINK_LAYER_INFINIBAND) {
+        a->ah_attr.dlid = pa.lid; /* loopback: our own port */
+    } else {
+        a->ah_attr.is_global         = 1;
+        a->ah_attr.grh.dgid          = id->path.dgid;
+        a->ah_attr.grh.sgid_index    = id->sgid_index;
+        a->ah_attr.grh.hop_limit     = id->path.hop_limit;
+        a->ah_attr.grh.traffic_class = id->tos;
+    }
+    *mask = IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
+            IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER;
+    return 0;
+}
+
+/* Moves the id's own QP INIT -> INIT (the access the connection grants), RTR and RTS with the
+ * CM's attributes, as librdmacm does when the connection is made (g_cm held). */
+static int qp_connect(struct cm_id *id)
+{
+    static const enum ibv_qp_state steps[] = {IBV_QPS_INIT, IBV_QPS_RTR, IBV_QPS_RTS};
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        struct ibv_qp_attr a = {.qp_state = steps[i]};
+        int mask;
+        int ret = init_attr(id, &a, &mask);
+        if (ret == 0) {
+            ret = ibv_modify_qp(id->id.qp, &a, mask);
+        }
+        if (ret != 0) {
+            return ret;
+        }
+    }
+    return 0;
 }
 
 static void qp_to_err(struct rdma_cm_id *cid)
@@ -1027,9 +1130,18 @@ FV_EXPORT int rdma_connect(struct rdma_cm_id *cid, struct rdma_conn_param *param
         errno = EINVAL;
         return -1;
     }
-    if (cid->qp == NULL) {
+    if (cid->qp == NULL && (param == NULL || param->qp_num == 0)) {
         pthread_mutex_unlock(&g_cm);
-        cm_unsupported("rdma_connect on an id without a QP (rdma_create_qp first)");
+        cm_log("rdma_connect: the id has no QP: create one (rdma_create_qp) or pass the "
+               "number of your own in qp_num");
+        errno = EINVAL;
+        return -1;
+    }
+    if (cid->qp == NULL && fv_qp_state(cid->verbs, param->qp_num) < 0) {
+        pthread_mutex_unlock(&g_cm);
+        cm_log("rdma_connect: qp_num 0x%x is no QP of %s", param->qp_num,
+               ibv_get_device_name(cid->verbs->device));
+        errno = EINVAL;
         return -1;
     }
     if (param != NULL && param->private_data_len > CM_REQ_PDATA) {
@@ -1054,7 +1166,14 @@ FV_EXPORT int rdma_connect(struct rdma_cm_id *cid, struct rdma_conn_param *param
         m.retry     = 7;
         m.rnr_retry = 7;
     }
-    m.qpn = cid->qp->qp_num;
+    if (cid->qp == NULL) {
+        id->ext     = true;
+        id->ext_qpn = param->qp_num;
+    }
+    id->conn_known = true;
+    id->resp_res   = m.resp_res;
+    id->init_depth = m.init_depth;
+    m.qpn          = qpn_of(id);
     memcpy(&m.src, &cid->route.addr.src_storage, sizeof(m.src));
     memcpy(&m.dst, &cid->route.addr.dst_storage, sizeof(m.dst));
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -1117,9 +1236,23 @@ FV_EXPORT int rdma_accept(struct rdma_cm_id *cid, struct rdma_conn_param *param)
         return -1;
     }
     if (cid->qp == NULL) {
-        pthread_mutex_unlock(&g_cm);
-        cm_unsupported("rdma_accept on an id without a QP (rdma_create_qp first)");
-        return -1;
+        int st = param != NULL && param->qp_num != 0 ? fv_qp_state(cid->verbs, param->qp_num) : -1;
+        if (st != IBV_QPS_RTR && st != IBV_QPS_RTS) {
+            pthread_mutex_unlock(&g_cm);
+            if (param == NULL || param->qp_num == 0) {
+                cm_log("rdma_accept: the id has no QP: create one (rdma_create_qp) or pass the "
+                       "number of your own in qp_num");
+            } else {
+                /* the real CM would answer, and the QP would drop what the peer sends */
+                cm_log("rdma_accept: QP 0x%x is %s: a QP of the program's own must be in RTR "
+                       "(rdma_init_qp_attr, ibv_modify_qp) before rdma_accept",
+                       param->qp_num, fv_qp_state_str(st));
+            }
+            errno = EINVAL;
+            return -1;
+        }
+        id->ext     = true;
+        id->ext_qpn = param->qp_num;
     }
     s = sock_find(id->sock);
     if (s == NULL) {
@@ -1131,27 +1264,24 @@ FV_EXPORT int rdma_accept(struct rdma_cm_id *cid, struct rdma_conn_param *param)
     }
     if (param != NULL) {
         id->my_rnr_retry = param->rnr_retry_count;
-        m.resp_res       = param->responder_resources;
-        m.init_depth     = param->initiator_depth;
-        m.rnr_retry      = param->rnr_retry_count;
+        id->resp_res     = param->responder_resources;
+        id->init_depth   = param->initiator_depth;
         m.pdlen          = param->private_data_len;
         if (param->private_data_len != 0) {
             memcpy(m.pdata, param->private_data, param->private_data_len);
         }
-    } else {
-        id->my_rnr_retry = 7;
-        m.rnr_retry      = 7;
-    }
-    ret = qp_connect(id, id->peer_qpn, param ? param->initiator_depth : 0,
-                     param ? param->responder_resources : 0, id->peer_retry, id->my_rnr_retry,
-                     param != NULL && param->responder_resources != 0);
+    } /* else the values of the request, as rdma_accept(3) says */
+    m.resp_res   = id->resp_res;
+    m.init_depth = id->init_depth;
+    m.rnr_retry  = id->my_rnr_retry;
+    ret          = cid->qp != NULL ? qp_connect(id) : 0;
     if (ret != 0) {
         pthread_mutex_unlock(&g_cm);
         cm_log("rdma_accept: moving the QP to RTR/RTS failed: %s", strerror(ret));
         errno = ret;
         return -1;
     }
-    m.qpn = cid->qp->qp_num;
+    m.qpn = qpn_of(id);
     ret   = send_msg(s->fd, &m);
     if (ret != 0) {
         sock_del(s, false);
@@ -1221,7 +1351,7 @@ FV_EXPORT int rdma_disconnect(struct rdma_cm_id *cid)
     if (done) {
         return 0; /* the peer disconnected first; our NIC has answered it */
     }
-    ret = cid->qp != NULL ? fv_qp_send_dreq(cid->qp) : ENOTCONN;
+    ret = id->attached ? fv_qp_send_dreq(cid->verbs, qpn_of(id)) : ENOTCONN;
     if (ret != 0) {
         /* no one to tell: report the disconnection at once */
         conn_hook(id, FV_CM_EOF);
@@ -1248,20 +1378,24 @@ static void on_request(struct cm_sock *s)
         sock_del(s, false);
         return;
     }
-    id->id.channel      = l->id.channel;
-    id->id.context      = l->id.context;
-    id->id.ps           = l->id.ps;
-    id->id.qp_type      = IBV_QPT_RC;
-    id->id.verbs        = loopback_ctx();
-    id->id.port_num     = 1;
-    id->lfd             = -1;
-    id->tos             = l->tos;
-    id->state           = S_REQ_RCVD;
-    id->peer_qpn        = s->msg.qpn;
-    id->peer_retry      = s->msg.retry;
-    id->peer_rnr_retry  = s->msg.rnr_retry;
-    id->peer_resp_res   = s->msg.resp_res;
-    id->peer_init_depth = s->msg.init_depth;
+    id->id.channel  = l->id.channel;
+    id->id.context  = l->id.context;
+    id->id.ps       = l->id.ps;
+    id->id.qp_type  = IBV_QPT_RC;
+    id->id.verbs    = loopback_ctx();
+    id->id.port_num = 1;
+    id->lfd         = -1;
+    id->tos         = l->tos;
+    id->state       = S_REQ_RCVD;
+    id->peer_qpn    = s->msg.qpn;
+    id->peer_retry  = s->msg.retry;
+    id->passive     = true;
+    id->peer_known  = true;
+    id->conn_known  = true;
+    /* the responder's view until it accepts: what the requester asked for, swapped */
+    id->resp_res     = s->msg.init_depth;
+    id->init_depth   = s->msg.resp_res;
+    id->my_rnr_retry = s->msg.rnr_retry;
     memcpy(&id->id.route.addr.src_storage, &s->msg.dst, sizeof(s->msg.dst));
     memcpy(&id->id.route.addr.dst_storage, &s->msg.src, sizeof(s->msg.src));
     if (id->id.verbs == NULL) {
@@ -1270,6 +1404,7 @@ static void on_request(struct cm_sock *s)
         sock_del(s, false);
         return;
     }
+    route_set(id);
     ((struct cm_chan *)id->id.channel)->nids++;
     s->kind  = K_CONN;
     s->id    = id;
@@ -1296,8 +1431,22 @@ static void on_conn_msg(struct cm_sock *s)
         int fd                      = s->fd;
         /* as the IB CM does with a REP: the reads we may issue are the ones the responder
          * accepts, and we serve as many as it will issue */
-        ret = qp_connect(id, s->msg.qpn, s->msg.resp_res, s->msg.init_depth, id->my_retry,
-                         id->my_rnr_retry, s->msg.init_depth != 0);
+        id->peer_qpn          = s->msg.qpn;
+        id->peer_known        = true;
+        id->resp_res          = s->msg.init_depth;
+        id->init_depth        = s->msg.resp_res;
+        p.responder_resources = s->msg.init_depth;
+        p.initiator_depth     = s->msg.resp_res;
+        p.rnr_retry_count     = s->msg.rnr_retry;
+        p.qp_num              = s->msg.qpn;
+        memcpy(pdata, s->msg.pdata, s->msg.pdlen);
+        if (id->ext) {
+            /* the program moves its QP, then completes the connection with rdma_establish */
+            id->state = S_REP_RCVD;
+            post_event(id, NULL, RDMA_CM_EVENT_CONNECT_RESPONSE, 0, pdata, CM_REP_PDATA, &p);
+            return;
+        }
+        ret = qp_connect(id);
         if (ret == 0) {
             ret = send_msg(fd, &rtu);
         }
@@ -1309,14 +1458,9 @@ static void on_conn_msg(struct cm_sock *s)
             post_event(id, NULL, RDMA_CM_EVENT_CONNECT_ERROR, -ret, NULL, 0, NULL);
             return;
         }
-        p.responder_resources = s->msg.init_depth;
-        p.initiator_depth     = s->msg.resp_res;
-        p.rnr_retry_count     = s->msg.rnr_retry;
-        p.qp_num              = s->msg.qpn;
-        memcpy(pdata, s->msg.pdata, s->msg.pdlen);
         sock_del(s, true);
         id->sock = 0;
-        ret      = fv_qp_attach(id->id.qp, fd, p.qp_num, conn_hook, id);
+        ret      = fv_qp_attach(id->id.verbs, qpn_of(id), fd, p.qp_num, conn_hook, id);
         if (ret != 0) {
             close(fd);
             id->state = S_DONE;
@@ -1340,7 +1484,7 @@ static void on_conn_msg(struct cm_sock *s)
         sock_del(s, true);
         id->sock = 0;
         p.qp_num = id->peer_qpn;
-        ret      = fv_qp_attach(id->id.qp, fd, id->peer_qpn, conn_hook, id);
+        ret      = fv_qp_attach(id->id.verbs, qpn_of(id), fd, id->peer_qpn, conn_hook, id);
         if (ret != 0) {
             close(fd);
             id->state = S_DONE;
@@ -1364,7 +1508,7 @@ static void on_conn_eof(struct cm_sock *s)
         id->state = S_DONE;
         qp_to_err(&id->id);
         post_event(id, NULL, RDMA_CM_EVENT_UNREACHABLE, -ECONNRESET, NULL, 0, NULL);
-    } else if (id->state == S_ACCEPTING) {
+    } else if (id->state == S_ACCEPTING || id->state == S_REP_RCVD) {
         id->state = S_DONE;
         qp_to_err(&id->id);
         post_event(id, NULL, RDMA_CM_EVENT_CONNECT_ERROR, -ECONNRESET, NULL, 0, NULL);
@@ -1463,6 +1607,79 @@ static void *cm_main(void *arg)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* QPs of the program's own */
+
+FV_EXPORT int rdma_init_qp_attr(struct rdma_cm_id *cid, struct ibv_qp_attr *qp_attr,
+                                int *qp_attr_mask)
+{
+    int ret;
+    pthread_mutex_lock(&g_cm);
+    ret = init_attr((struct cm_id *)cid, qp_attr, qp_attr_mask);
+    pthread_mutex_unlock(&g_cm);
+    if (ret != 0) {
+        errno = ret;
+        return -1;
+    }
+    return 0;
+}
+
+/* The active side of a connection whose QP is the program's own: after CONNECT_RESPONSE (and
+ * its QP in RTS), sends the RTU; the passive side gets ESTABLISHED, this side no event. */
+FV_EXPORT int rdma_establish(struct rdma_cm_id *cid)
+{
+    struct cm_id *id  = (struct cm_id *)cid;
+    struct cm_msg rtu = {.magic = CM_MAGIC, .type = M_RTU};
+    struct cm_sock *s;
+    int st, ret, fd;
+    if (cid->qp != NULL) {
+        cm_log("rdma_establish: the id has a QP of rdma_create_qp: librdmacm completes its "
+               "connection itself");
+        errno = EINVAL;
+        return -1;
+    }
+    pthread_mutex_lock(&g_cm);
+    s = id->state == S_REP_RCVD ? sock_find(id->sock) : NULL;
+    if (s == NULL) {
+        pthread_mutex_unlock(&g_cm);
+        cm_log("rdma_establish: no connect response to complete (RDMA_CM_EVENT_CONNECT_RESPONSE "
+               "first)");
+        errno = EINVAL;
+        return -1;
+    }
+    st = fv_qp_state(cid->verbs, id->ext_qpn);
+    if (st != IBV_QPS_RTS) {
+        pthread_mutex_unlock(&g_cm);
+        /* the real CM would complete the connection over a QP that cannot send */
+        cm_log("rdma_establish: QP 0x%x is %s: move it to RTR and RTS (rdma_init_qp_attr, "
+               "ibv_modify_qp) first",
+               id->ext_qpn, fv_qp_state_str(st));
+        errno = EINVAL;
+        return -1;
+    }
+    fd  = s->fd;
+    ret = send_msg(fd, &rtu);
+    sock_del(s, ret == 0);
+    id->sock = 0;
+    if (ret == 0) {
+        ret = fv_qp_attach(cid->verbs, id->ext_qpn, fd, id->peer_qpn, conn_hook, id);
+        if (ret != 0) {
+            close(fd);
+        }
+    }
+    if (ret != 0) {
+        id->state = S_DONE;
+        pthread_mutex_unlock(&g_cm);
+        cm_log("rdma_establish: %s", strerror(ret));
+        errno = ret;
+        return -1;
+    }
+    id->attached = true;
+    id->state    = S_CONNECTED;
+    pthread_mutex_unlock(&g_cm);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* The rest of the librdmacm API: not modelled, and saying so */
 
 FV_EXPORT int rdma_create_ep(struct rdma_cm_id **id, struct rdma_addrinfo *res, struct ibv_pd *pd,
@@ -1530,19 +1747,6 @@ FV_EXPORT int rdma_getaddrinfo(const char *node, const char *service,
 FV_EXPORT void rdma_freeaddrinfo(struct rdma_addrinfo *res)
 {
     cm_unsupported("rdma_freeaddrinfo");
-}
-
-FV_EXPORT int rdma_init_qp_attr(struct rdma_cm_id *id, struct ibv_qp_attr *qp_attr,
-                                int *qp_attr_mask)
-{
-    cm_unsupported("rdma_init_qp_attr");
-    return -1;
-}
-
-FV_EXPORT int rdma_establish(struct rdma_cm_id *id)
-{
-    cm_unsupported("rdma_establish");
-    return -1;
 }
 
 FV_EXPORT int rdma_create_srq(struct rdma_cm_id *id, struct ibv_pd *pd,

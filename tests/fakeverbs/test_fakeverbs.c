@@ -1359,3 +1359,291 @@ Test(fakeverbs, solicited_only_wakes_on_solicited_completions)
     (void)wait_wc(p.s.cq);
     pair_down(&p);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* GID tables, rdma_init_qp_attr and QPs of the program's own ("external": qp_num) */
+
+/* A RoCE device with link-local v1/v2 GIDs, v1 and v2 GIDs of 127.0.0.1, an empty entry, a
+ * RoCE v2 GID of another address and an IB one. */
+#define GID_DEVICES "fxv0:gids=v1@ll+v2@ll+v1+v2+-+v2@10.1.2.3+ib"
+
+static void rtr_attr(struct ibv_qp_attr *a, uint8_t sgid_index)
+{
+    memset(a, 0, sizeof(*a));
+    a->qp_state               = IBV_QPS_RTR;
+    a->path_mtu               = IBV_MTU_1024;
+    a->dest_qp_num            = 1;
+    a->max_dest_rd_atomic     = 1;
+    a->min_rnr_timer          = 12;
+    a->ah_attr.port_num       = 1;
+    a->ah_attr.is_global      = 1;
+    a->ah_attr.grh.sgid_index = sgid_index;
+}
+
+static const int rtr_mask = IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
+                            IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER;
+
+Test(fakeverbs, gid_table_from_environment)
+{
+    struct ibv_device **list;
+    struct ibv_context *ctx;
+    struct ibv_port_attr pa;
+    struct ibv_gid_entry ge[8];
+    union ibv_gid gid;
+    static const union ibv_gid zero;
+    setenv("FAKEVERBS_DEVICES", GID_DEVICES, 1);
+    list = ibv_get_device_list(NULL);
+    cr_assert_not_null(list);
+    ctx = ibv_open_device(list[0]);
+    cr_assert_not_null(ctx);
+    cr_assert_eq(ibv_query_port(ctx, 1, &pa), 0);
+    cr_assert_eq(pa.gid_tbl_len, 7);
+    cr_assert_eq(ibv_query_gid_ex(ctx, 1, 1, &ge[0], 0), 0);
+    cr_assert_eq(ge[0].gid.raw[0], 0xfe, "GID 1 is link-local");
+    cr_assert_eq(ge[0].gid_type, IBV_GID_TYPE_ROCE_V2);
+    cr_assert_eq(ibv_query_gid_ex(ctx, 1, 2, &ge[0], 0), 0);
+    cr_assert_eq(ge[0].gid_type, IBV_GID_TYPE_ROCE_V1);
+    cr_assert_eq(ge[0].gid.raw[12], 127);
+    cr_assert_eq(ibv_query_gid_ex(ctx, 1, 5, &ge[0], 0), 0);
+    cr_assert_eq(ge[0].gid_type, IBV_GID_TYPE_ROCE_V2);
+    cr_assert(ge[0].gid.raw[10] == 0xff && ge[0].gid.raw[12] == 10 && ge[0].gid.raw[15] == 3);
+    cr_assert_eq(ibv_query_gid_ex(ctx, 1, 6, &ge[0], 0), 0);
+    cr_assert_eq(ge[0].gid_type, IBV_GID_TYPE_IB);
+    /* an empty entry: the zero GID through ibv_query_gid (sysfs), ENODATA through _ex */
+    cr_assert_eq(ibv_query_gid(ctx, 1, 4, &gid), 0);
+    cr_assert(memcmp(&gid, &zero, sizeof(gid)) == 0);
+    cr_assert_eq(ibv_query_gid_ex(ctx, 1, 4, &ge[0], 0), ENODATA);
+    cr_assert_neq(ibv_query_gid(ctx, 1, 7, &gid), 0, "past the table");
+    cr_assert_eq(ibv_query_gid_table(ctx, ge, 8, 0), 6, "the non-empty entries");
+    cr_assert_eq(ibv_close_device(ctx), 0);
+    ibv_free_device_list(list);
+}
+
+Test(fakeverbs, gid_table_malformed)
+{
+    setenv("FAKEVERBS_DEVICES", "fxv0:gids=v1+v3", 1);
+    errno = 0;
+    cr_assert_null(ibv_get_device_list(NULL));
+    cr_assert_eq(errno, EINVAL);
+}
+
+/* RTR through a GID index: an empty entry or one past the table is EINVAL, as on hardware; a
+ * used one is what ibv_query_qp reports. */
+Test(fakeverbs, rtr_needs_a_gid_that_exists)
+{
+    struct ibv_device **list;
+    struct ibv_context *ctx;
+    struct ibv_pd *pd;
+    struct ibv_cq *cq;
+    struct ibv_qp *qp;
+    struct ibv_qp_init_attr qa = {.qp_type = IBV_QPT_RC,
+                                  .cap     = {.max_send_wr = 4, .max_recv_wr = 4}};
+    struct ibv_qp_attr a       = {.qp_state = IBV_QPS_INIT, .port_num = 1};
+    setenv("FAKEVERBS_DEVICES", GID_DEVICES, 1);
+    list = ibv_get_device_list(NULL);
+    cr_assert_not_null(list);
+    ctx = ibv_open_device(list[0]);
+    pd  = ibv_alloc_pd(ctx);
+    cq  = ibv_create_cq(ctx, 8, NULL, NULL, 0);
+    cr_assert(pd != NULL && cq != NULL);
+    qa.send_cq = cq;
+    qa.recv_cq = cq;
+    qp         = ibv_create_qp(pd, &qa);
+    cr_assert_not_null(qp);
+    cr_assert_eq(
+        ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS),
+        0);
+    rtr_attr(&a, 4);
+    cr_assert_eq(ibv_modify_qp(qp, &a, rtr_mask), EINVAL, "GID 4 is empty");
+    rtr_attr(&a, 7);
+    cr_assert_eq(ibv_modify_qp(qp, &a, rtr_mask), EINVAL, "GID 7 is past the table");
+    cr_assert_eq(qp_state(qp), IBV_QPS_INIT);
+    rtr_attr(&a, 2);
+    cr_assert_eq(ibv_modify_qp(qp, &a, rtr_mask), 0);
+    {
+        struct ibv_qp_attr q;
+        struct ibv_qp_init_attr qi;
+        cr_assert_eq(ibv_query_qp(qp, &q, IBV_QP_AV, &qi), 0);
+        cr_assert_eq(q.qp_state, IBV_QPS_RTR);
+        cr_assert_eq(q.ah_attr.grh.sgid_index, 2);
+    }
+    cr_assert_eq(ibv_destroy_qp(qp), 0);
+    cr_assert_eq(ibv_destroy_cq(cq), 0);
+    cr_assert_eq(ibv_dealloc_pd(pd), 0);
+    cr_assert_eq(ibv_close_device(ctx), 0);
+    ibv_free_device_list(list);
+}
+
+/* One side of a connection over a QP of the program's own. */
+struct xside {
+    struct rdma_event_channel *ch;
+    struct rdma_cm_id *id;
+    struct ibv_pd *pd;
+    struct ibv_cq *cq;
+    struct ibv_qp *qp;
+    uint8_t *buf;
+    struct ibv_mr *mr;
+};
+
+static void xside_qp(struct xside *x)
+{
+    struct ibv_qp_init_attr qa = {
+        .qp_type = IBV_QPT_RC,
+        .cap     = {.max_send_wr = 8, .max_recv_wr = 8, .max_send_sge = 1, .max_recv_sge = 1}};
+    x->pd = ibv_alloc_pd(x->id->verbs);
+    x->cq = ibv_create_cq(x->id->verbs, 32, NULL, NULL, 0);
+    cr_assert(x->pd != NULL && x->cq != NULL);
+    qa.send_cq = x->cq;
+    qa.recv_cq = x->cq;
+    x->qp      = ibv_create_qp(x->pd, &qa);
+    cr_assert_not_null(x->qp);
+    x->buf = calloc(1, BUF_LEN);
+    x->mr  = ibv_reg_mr(x->pd, x->buf, BUF_LEN, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+    cr_assert(x->buf != NULL && x->mr != NULL);
+}
+
+/* Moves x's QP to st with rdma_init_qp_attr's attributes; a sgid_index >= 0 replaces the
+ * route's in RTR. */
+static void xside_to(struct xside *x, enum ibv_qp_state st, int sgid_index)
+{
+    struct ibv_qp_attr a = {.qp_state = st};
+    int mask             = 0;
+    cr_assert_eq(rdma_init_qp_attr(x->id, &a, &mask), 0, "rdma_init_qp_attr: %s", strerror(errno));
+    if (st == IBV_QPS_RTR && sgid_index >= 0) {
+        a.ah_attr.grh.sgid_index = (uint8_t)sgid_index;
+    }
+    cr_assert_eq(ibv_modify_qp(x->qp, &a, mask), 0);
+}
+
+static void xside_free(struct xside *x)
+{
+    cr_assert_eq(ibv_dereg_mr(x->mr), 0);
+    cr_assert_eq(ibv_destroy_qp(x->qp), 0);
+    cr_assert_eq(ibv_destroy_cq(x->cq), 0);
+    cr_assert_eq(ibv_dealloc_pd(x->pd), 0);
+    cr_assert_eq(rdma_destroy_id(x->id), 0);
+    rdma_destroy_event_channel(x->ch);
+    free(x->buf);
+}
+
+static uint8_t sgid_of(struct ibv_qp *qp)
+{
+    struct ibv_qp_attr a;
+    struct ibv_qp_init_attr ia;
+    cr_assert_eq(ibv_query_qp(qp, &a, IBV_QP_AV, &ia), 0);
+    cr_assert(a.ah_attr.is_global);
+    return a.ah_attr.grh.sgid_index;
+}
+
+/*
+ * The external-QP mode of librdmacm: qp_num in rdma_connect and rdma_accept, the attributes
+ * from rdma_init_qp_attr (the route's GID: the RoCE v2 GID of 127.0.0.1), the acceptor's QP in
+ * RTR before rdma_accept, the connector's completed by rdma_establish after CONNECT_RESPONSE;
+ * ibv_query_qp reports the source GID index each side set, and a write lands.
+ */
+Test(fakeverbs, external_qps_connect_with_rdma_establish)
+{
+    struct xside c = {0}, s = {0};
+    struct rdma_cm_id *lid;
+    struct rdma_cm_event *ev;
+    struct rdma_conn_param cp = {.responder_resources = 1,
+                                 .initiator_depth     = 1,
+                                 .retry_count         = 7,
+                                 .rnr_retry_count     = 7,
+                                 .private_data        = "req",
+                                 .private_data_len    = 4};
+    struct ibv_qp_attr a      = {.qp_state = IBV_QPS_RTR};
+    struct sockaddr_in dst    = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct ibv_wc wc;
+    int mask;
+    setenv("FAKEVERBS_DEVICES", GID_DEVICES, 1);
+    s.ch         = rdma_create_event_channel();
+    c.ch         = rdma_create_event_channel();
+    dst.sin_port = htons(listen_any(s.ch, &lid));
+    cr_assert_eq(rdma_create_id(c.ch, &c.id, NULL, RDMA_PS_TCP), 0);
+    cr_assert_eq(rdma_resolve_addr(c.id, NULL, (struct sockaddr *)&dst, WAIT_MS), 0);
+    expect_event(c.ch, RDMA_CM_EVENT_ADDR_RESOLVED);
+    cr_assert_eq(rdma_resolve_route(c.id, WAIT_MS), 0);
+    expect_event(c.ch, RDMA_CM_EVENT_ROUTE_RESOLVED);
+    cr_assert_eq(c.id->route.path_rec[0].sgid.raw[12], 127, "the route's GID is 127.0.0.1's");
+    xside_qp(&c);
+    /* before the connection: INIT grants no remote access; RTR does not exist yet */
+    a.qp_state = IBV_QPS_INIT;
+    cr_assert_eq(rdma_init_qp_attr(c.id, &a, &mask), 0);
+    cr_assert_eq(a.qp_access_flags, 0);
+    cr_assert(mask & IBV_QP_ACCESS_FLAGS);
+    cr_assert_eq(ibv_modify_qp(c.qp, &a, mask), 0);
+    a.qp_state = IBV_QPS_RTR;
+    cr_assert_neq(rdma_init_qp_attr(c.id, &a, &mask), 0);
+    cr_assert_eq(errno, EINVAL);
+    cr_assert_neq(rdma_connect(c.id, &cp), 0, "no QP and no qp_num");
+    cp.qp_num = c.qp->qp_num;
+    cr_assert_eq(rdma_connect(c.id, &cp), 0, "rdma_connect: %s", strerror(errno));
+
+    ev   = next_event(s.ch, RDMA_CM_EVENT_CONNECT_REQUEST);
+    s.id = ev->id;
+    cr_assert_eq(ev->param.conn.qp_num, c.qp->qp_num);
+    cr_assert_eq(rdma_ack_cm_event(ev), 0);
+    xside_qp(&s);
+    a.qp_state = IBV_QPS_INIT;
+    cr_assert_eq(rdma_init_qp_attr(s.id, &a, &mask), 0);
+    cr_assert(a.qp_access_flags & IBV_ACCESS_REMOTE_WRITE, "the request grants remote write");
+    cr_assert_eq(ibv_modify_qp(s.qp, &a, mask), 0);
+    a.qp_state = IBV_QPS_RTR;
+    cr_assert_eq(rdma_init_qp_attr(s.id, &a, &mask), 0);
+    cr_assert_eq(a.dest_qp_num, c.qp->qp_num);
+    cr_assert(a.ah_attr.is_global);
+    cr_assert_eq(a.ah_attr.grh.sgid_index, 3, "the RoCE v2 GID of 127.0.0.1");
+    cp.qp_num       = s.qp->qp_num;
+    cp.private_data = "rep";
+    cr_assert_neq(rdma_accept(s.id, &cp), 0, "an external QP in INIT");
+    cr_assert_eq(errno, EINVAL);
+    xside_to(&s, IBV_QPS_RTR, 2);
+    xside_to(&s, IBV_QPS_RTS, -1);
+    cr_assert_eq(rdma_accept(s.id, &cp), 0, "rdma_accept: %s", strerror(errno));
+
+    ev = next_event(c.ch, RDMA_CM_EVENT_CONNECT_RESPONSE);
+    cr_assert_eq(ev->param.conn.qp_num, s.qp->qp_num);
+    cr_assert_str_eq(ev->param.conn.private_data, "rep");
+    cr_assert_eq(rdma_ack_cm_event(ev), 0);
+    cr_assert_neq(rdma_establish(c.id), 0, "the QP is still in INIT");
+    xside_to(&c, IBV_QPS_INIT, -1);
+    xside_to(&c, IBV_QPS_RTR, -1);
+    xside_to(&c, IBV_QPS_RTS, -1);
+    cr_assert_eq(rdma_establish(c.id), 0, "rdma_establish: %s", strerror(errno));
+    expect_event(s.ch, RDMA_CM_EVENT_ESTABLISHED);
+    cr_assert_eq(sgid_of(c.qp), 3);
+    cr_assert_eq(sgid_of(s.qp), 2);
+
+    {
+        struct ibv_recv_wr rw = {.wr_id = 9}, *rbad;
+        struct ibv_sge sge    = {.addr = (uintptr_t)c.buf, .length = 5, .lkey = c.mr->lkey};
+        struct ibv_send_wr sw = {.wr_id      = 8,
+                                 .sg_list    = &sge,
+                                 .num_sge    = 1,
+                                 .opcode     = IBV_WR_RDMA_WRITE_WITH_IMM,
+                                 .send_flags = IBV_SEND_SIGNALED},
+                           *sbad;
+        memcpy(c.buf, "ext!", 5);
+        sw.wr.rdma.remote_addr = (uintptr_t)s.buf;
+        sw.wr.rdma.rkey        = s.mr->rkey;
+        cr_assert_eq(ibv_post_recv(s.qp, &rw, &rbad), 0);
+        cr_assert_eq(ibv_post_send(c.qp, &sw, &sbad), 0);
+        wc = wait_wc(c.cq);
+        cr_assert_eq(wc.status, IBV_WC_SUCCESS, "%s", ibv_wc_status_str(wc.status));
+        wc = wait_wc(s.cq);
+        cr_assert_eq(wc.status, IBV_WC_SUCCESS);
+        cr_assert_str_eq((char *)s.buf, "ext!");
+    }
+    /* the connector gets no ESTABLISHED of its own; a disconnect reaches the peer */
+    {
+        struct pollfd pf = {.fd = c.ch->fd, .events = POLLIN};
+        cr_assert_eq(poll(&pf, 1, 100), 0, "an event after rdma_establish");
+    }
+    cr_assert_eq(rdma_disconnect(c.id), 0);
+    expect_event(s.ch, RDMA_CM_EVENT_DISCONNECTED);
+    cr_assert_eq(qp_state(c.qp), IBV_QPS_RTS, "librdmacm leaves an external QP alone");
+    cr_assert_eq(rdma_destroy_id(lid), 0);
+    xside_free(&c);
+    xside_free(&s);
+}

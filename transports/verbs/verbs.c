@@ -2,12 +2,13 @@
  * The RDMA verbs transport (libibverbs + librdmacm; docs/verbs.md).
  *
  * Design. A logical connection is nqp reliable-connected QPs (FX_IB_QPS_PER_CONN), each with
- * its own rdma_cm id; the connecting side's private data carries a magic, the protocol
- * version, a connection id grouping the QPs, the QP's index and the address and rkey of its
- * eager ring; the accepting side answers with its own ring in the accept's private data. The
- * hello (up to 128 bytes, more than a connect request carries) is the first message written
- * into the acceptor's ring once every QP is established; accept hands the connection up when it
- * arrived.
+ * its own rdma_cm id (the QPs are our own, moved through their states by verbs_conn.c, so that
+ * FX_IB_GID_INDEX is their source GID: verbs_gid.c); the connecting side's private data carries a
+ * magic, the protocol version, a connection id grouping the QPs, the QP's index and the address and
+ * rkey of its eager ring; the accepting side answers with its own ring in the accept's private
+ * data. The hello (up to 128 bytes, more than a connect request carries) is the first message
+ * written into the acceptor's ring once every QP is established; accept hands the connection up
+ * when it arrived.
  *
  * Every message goes with RDMA_WRITE_WITH_IMM; the immediate value says what landed:
  *   IMM_SLOT   a slot of the peer's ring: VB_SLOTS slots of VB_EAGER_MAX bytes for messages
@@ -196,95 +197,6 @@ static double lane_gbps(unsigned speed)
 static int width_lanes(unsigned w)
 {
     return w == 1 ? 1 : w == 2 ? 4 : w == 4 ? 8 : w == 8 ? 12 : w == 16 ? 2 : 0;
-}
-
-/* Reads a port's GID type from sysfs ("RoCE v2", "IB/RoCE v1"); false when absent. */
-static bool gid_type(const char *dev, int port, int index, char *out, size_t len)
-{
-    char path[256];
-    FILE *f;
-
-    snprintf(path, sizeof(path), "/sys/class/infiniband/%s/ports/%d/gid_attrs/types/%d", dev, port,
-             index);
-    f = fopen(path, "r");
-    if (f == NULL) {
-        return false;
-    }
-    if (fgets(out, (int)len, f) == NULL) {
-        out[0] = '\0';
-    }
-    fclose(f);
-    out[strcspn(out, "\n")] = '\0';
-    return out[0] != '\0';
-}
-
-static bool gid_v4_mapped(const union ibv_gid *g)
-{
-    static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
-    return memcmp(g->raw, prefix, sizeof(prefix)) == 0;
-}
-
-/*
- * The GID this instance announces: FX_IB_GID_INDEX, else for RoCE the first IPv4-mapped GID
- * whose sysfs type is RoCE v2 (any IPv4-mapped one where sysfs has no types), for InfiniBand 0.
- * rdma_cm resolves the GID of each connection from its IP address; this one is checked and
- * logged, and its IPv4 address (RoCE v2) is published first when it is a listening address.
- */
-static fx_status choose_gid(struct fx_tp *tp, struct ibv_context *ctx, const char *name, int port,
-                            const struct ibv_port_attr *pa, int want, union ibv_gid *gid)
-{
-    char type[32] = "";
-    int index     = want;
-
-    if (want >= 0) {
-        if (want >= pa->gid_tbl_len || ibv_query_gid(ctx, (uint8_t)port, want, gid) != 0) {
-            fx_warn(FX_SUB_NET, "FX_IB_GID_INDEX=%d: %s port %d has %d GIDs", want, name, port,
-                    pa->gid_tbl_len);
-            return FX_ERR_INVALID_ARG;
-        }
-    } else if (pa->link_layer == IBV_LINK_LAYER_ETHERNET) {
-        index = -1;
-        for (int i = 0; i < pa->gid_tbl_len && index < 0; i++) {
-            if (ibv_query_gid(ctx, (uint8_t)port, i, gid) != 0 || !gid_v4_mapped(gid)) {
-                continue;
-            }
-            if (!gid_type(name, port, i, type, sizeof(type)) || strcmp(type, "RoCE v2") == 0) {
-                index = i;
-            }
-        }
-        if (index < 0) {
-            index = 0;
-            if (ibv_query_gid(ctx, (uint8_t)port, 0, gid) != 0) {
-                memset(gid, 0, sizeof(*gid));
-            }
-        }
-    } else {
-        index = 0;
-        if (ibv_query_gid(ctx, (uint8_t)port, 0, gid) != 0) {
-            memset(gid, 0, sizeof(*gid));
-        }
-    }
-    if (type[0] == '\0' && !gid_type(name, port, index, type, sizeof(type))) {
-        snprintf(type, sizeof(type), "type unknown (no sysfs)");
-    }
-    fx_info(FX_SUB_NET, "verbs: %s port %d: GID index %d (%s)%s", name, port, index, type,
-            gid_v4_mapped(gid) ? ", IPv4-mapped" : "");
-    if (gid_v4_mapped(gid)) {
-        struct sockaddr_in sin = {.sin_family = AF_INET};
-
-        memcpy(&sin.sin_addr, gid->raw + 12, 4);
-        for (int i = 1; i < tp->nlocal; i++) { /* that address first */
-            if (tp->local[i].ss_family == AF_INET &&
-                memcmp(&((struct sockaddr_in *)&tp->local[i])->sin_addr, &sin.sin_addr, 4) == 0) {
-                struct sockaddr_storage t = tp->local[0];
-
-                tp->local[0] = tp->local[i];
-                tp->local[i] = t;
-            }
-        }
-    }
-    return FX_OK;
 }
 
 /* Does the name in a "dev[:port]" list entry name this device (or one of its netdevs)? */
@@ -502,7 +414,6 @@ static fx_status vb_init(const struct fx_tp_config *cfg, struct fx_tp **out)
     struct fx_tp *tp        = calloc(1, sizeof(*tp));
     struct ibv_context *ctx = NULL;
     struct ibv_port_attr pa;
-    union ibv_gid gid;
     struct epoll_event ev = {.events = EPOLLIN};
     fx_status st;
 
@@ -525,7 +436,7 @@ static fx_status vb_init(const struct fx_tp_config *cfg, struct fx_tp **out)
         st = local_addrs(tp, cfg);
     }
     if (st == FX_OK) {
-        st = choose_gid(tp, ctx, tp->hca, tp->port, &pa, cfg->ib_gid_index, &gid);
+        st = fx_vb_gid_choose(tp, ctx, &pa, cfg->ib_gid_index);
     }
     if (ctx != NULL) {
         ibv_close_device(ctx);
@@ -714,8 +625,9 @@ void fx_vb_conn_fail(struct fx_tp_conn *c, fx_status status, const char *fmt, ..
         }
         queue_update(qs[d]);
     }
-    for (unsigned i = 0; i < c->nqp; i++) { /* the peer learns; our QPs stop */
+    for (unsigned i = 0; i < c->nqp; i++) { /* our QPs stop; the peer learns */
         if (c->qp[i].id != NULL && c->qp[i].established) {
+            fx_vb_qp_stop(&c->qp[i]);
             rdma_disconnect(c->qp[i].id);
         }
     }
@@ -835,7 +747,7 @@ void fx_vb_post_recvs(struct vb_qp *q, unsigned n)
         struct ibv_recv_wr wr = {
             .wr_id = WRID(WR_RECV, q->index, 0), .sg_list = &none, .num_sge = 0};
         struct ibv_recv_wr *bad = NULL;
-        int rc                  = ibv_post_recv(q->id->qp, &wr, &bad);
+        int rc                  = ibv_post_recv(q->qp, &wr, &bad);
 
         if (rc != 0) {
             fx_vb_conn_fail(q->conn, FX_ERR_CONNECTION, "cannot post a receive to %s: %s",
@@ -863,7 +775,7 @@ static bool post_write(struct fx_tp_conn *c, unsigned qi, uint64_t wrid, const v
     wr.num_sge             = len > 0 ? 1 : 0;
     wr.wr.rdma.remote_addr = raddr;
     wr.wr.rdma.rkey        = rkey;
-    rc                     = ibv_post_send(q->id->qp, &wr, &bad);
+    rc                     = ibv_post_send(q->qp, &wr, &bad);
     if (rc != 0) {
         fx_vb_conn_fail(c, FX_ERR_CONNECTION, "cannot post a write to %s: %s", c->peer,
                         strerror(rc));

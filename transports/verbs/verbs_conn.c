@@ -2,6 +2,14 @@
  * The verbs transport's connections (verbs.c has the design): the published address, listen,
  * connect and accept through rdma_cm with their private data, the event channel, set-up
  * deadlines, disconnects and close.
+ *
+ * The QPs are our own (ibv_create_qp on the connection's PD and CQ), handed to rdma_cm as
+ * qp_num (librdmacm's "external QP" mode), so that their RTR address vector can carry the
+ * source GID FX_IB_GID_INDEX names (verbs_gid.c). We move them ourselves with the attributes
+ * rdma_init_qp_attr gives: INIT when made; the acceptor INIT again (the access the connection
+ * grants), RTR and RTS before rdma_accept; the connector the same on CONNECT_RESPONSE, then
+ * rdma_establish (it gets no ESTABLISHED event). librdmacm moves no such QP to ERR on a
+ * disconnect, so we do (fx_vb_qp_stop).
  */
 #include <arpa/inet.h>
 #include <stdatomic.h>
@@ -109,6 +117,83 @@ static struct fx_tp_conn *conn_new(struct fx_tp *tp, unsigned nqp)
     return c;
 }
 
+static void qp_destroy(struct vb_qp *q)
+{
+    int ret;
+
+    if (q->qp == NULL) {
+        return;
+    }
+    ret = ibv_destroy_qp(q->qp);
+    if (ret != 0) {
+        fx_warn(FX_SUB_NET, "verbs: ibv_destroy_qp(QP 0x%x): %s", q->qp->qp_num, strerror(ret));
+    }
+    q->qp = NULL;
+}
+
+void fx_vb_qp_stop(struct vb_qp *q)
+{
+    struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
+    int ret;
+
+    if (q->qp == NULL) {
+        return;
+    }
+    ret = ibv_modify_qp(q->qp, &a, IBV_QP_STATE);
+    if (ret != 0) {
+        fx_info(FX_SUB_NET, "verbs: QP 0x%x to ERR: %s", q->qp->qp_num, strerror(ret));
+    }
+}
+
+static const char *qp_state_str(enum ibv_qp_state st)
+{
+    return st == IBV_QPS_INIT ? "INIT" : st == IBV_QPS_RTR ? "RTR" : "RTS";
+}
+
+/*
+ * Moves QP q to INIT, RTR or RTS with the attributes rdma_cm has for its id (RTR: with the
+ * source GID of verbs_gid.c); a failure fails the connection naming the QP, the state and, for
+ * RTR, the GID index.
+ */
+static bool qp_to(struct fx_tp_conn *c, struct vb_qp *q, enum ibv_qp_state st)
+{
+    struct ibv_qp_attr a;
+    int mask = 0;
+    int ret;
+    char gid[96] = "";
+
+    memset(&a, 0, sizeof(a));
+    a.qp_state = st;
+    if (rdma_init_qp_attr(q->id, &a, &mask) != 0) {
+        fx_vb_conn_fail(c, FX_ERR_CONNECTION, "%s: QP 0x%x: rdma_init_qp_attr(%s): %s", c->peer,
+                        q->qp->qp_num, qp_state_str(st), strerror(errno));
+        return false;
+    }
+    if (st == IBV_QPS_RTR) {
+        fx_vb_gid_rtr(c->tp, &a);
+    }
+    ret = ibv_modify_qp(q->qp, &a, mask);
+    if (ret == 0) {
+        if (st == IBV_QPS_RTR) {
+            fx_vb_gid_used(c, q, &a);
+        }
+        return true;
+    }
+    if (st == IBV_QPS_RTR && a.ah_attr.is_global) {
+        snprintf(gid, sizeof(gid), " with GID index %u of %s port %u", a.ah_attr.grh.sgid_index,
+                 ibv_get_device_name(q->id->verbs->device), q->id->port_num);
+    }
+    fx_vb_conn_fail(c, FX_ERR_CONNECTION, "%s: QP 0x%x to %s%s: %s", c->peer, q->qp->qp_num,
+                    qp_state_str(st), gid, strerror(ret > 0 ? ret : errno));
+    return false;
+}
+
+/* INIT again (rdma_cm grants remote access only once the connection is under way), RTR, RTS. */
+static bool qp_connect(struct fx_tp_conn *c, struct vb_qp *q)
+{
+    return qp_to(c, q, IBV_QPS_INIT) && qp_to(c, q, IBV_QPS_RTR) && qp_to(c, q, IBV_QPS_RTS);
+}
+
 /* Destroys the QPs and ids (QPs first), then the CQ and the registered rings. */
 static void conn_teardown(struct fx_tp_conn *c)
 {
@@ -119,14 +204,12 @@ static void conn_teardown(struct fx_tp_conn *c)
             continue;
         }
         if (q->established && c->failed == FX_OK) {
+            fx_vb_qp_stop(q);
             rdma_disconnect(q->id);
         }
-        if (q->qp_made) {
-            rdma_destroy_qp(q->id);
-        }
+        qp_destroy(q);
         rdma_destroy_id(q->id);
         q->id          = NULL;
-        q->qp_made     = false;
         q->established = false;
         q->sq_used     = 0;
     }
@@ -154,7 +237,8 @@ void fx_vb_close(struct fx_tp_conn *c)
     fx_vb_conn_free(c);
 }
 
-/* Makes the QP of an id whose device is known: the connection's PD, CQ and rings first. */
+/* Makes the QP of an id whose device is known (the connection's PD, CQ and rings first), in
+ * INIT, its receives posted. */
 static bool qp_make(struct fx_tp_conn *c, struct vb_qp *q)
 {
     struct ibv_qp_init_attr a;
@@ -188,21 +272,29 @@ static bool qp_make(struct fx_tp_conn *c, struct vb_qp *q)
         a.cap.max_send_sge    = 1;
         a.cap.max_recv_sge    = 1;
         a.cap.max_inline_data = attempt == 0 ? VB_INLINE : 0;
-        if (rdma_create_qp(q->id, d->pd, &a) == 0) {
-            q->qp_made    = true;
-            q->sq_max     = a.cap.max_send_wr < VB_SQ_DEPTH ? a.cap.max_send_wr : VB_SQ_DEPTH;
-            q->max_inline = a.cap.max_inline_data;
-            fx_vb_post_recvs(q, VB_RQ_DEPTH);
-            return c->failed == FX_OK;
+        q->qp                 = ibv_create_qp(d->pd, &a);
+        if (q->qp != NULL) {
+            break;
         }
     }
-    fx_vb_conn_fail(c, FX_ERR_CONNECTION, "%s: rdma_create_qp: %s", c->peer, strerror(errno));
-    return false;
+    if (q->qp == NULL) {
+        fx_vb_conn_fail(c, FX_ERR_CONNECTION, "%s: ibv_create_qp: %s", c->peer, strerror(errno));
+        return false;
+    }
+    q->sq_max     = a.cap.max_send_wr < VB_SQ_DEPTH ? a.cap.max_send_wr : VB_SQ_DEPTH;
+    q->max_inline = a.cap.max_inline_data;
+    if (!qp_to(c, q, IBV_QPS_INIT)) {
+        return false;
+    }
+    fx_vb_post_recvs(q, VB_RQ_DEPTH);
+    return c->failed == FX_OK;
 }
 
-static void conn_param(struct rdma_conn_param *p, const uint8_t *data, size_t len)
+static void conn_param(struct rdma_conn_param *p, const struct vb_qp *q, const uint8_t *data,
+                       size_t len)
 {
     memset(p, 0, sizeof(*p));
+    p->qp_num              = q->qp->qp_num;
     p->private_data        = data;
     p->private_data_len    = (uint8_t)len;
     p->responder_resources = 1;
@@ -329,7 +421,7 @@ static void route_resolved(struct fx_tp_conn *c, struct vb_qp *q)
         return;
     }
     set_ack_timeout(q->id);
-    conn_param(&p, data, req_data(c, q->index, data));
+    conn_param(&p, q, data, req_data(c, q->index, data));
     if (rdma_connect(q->id, &p) != 0) {
         fx_vb_conn_fail(c, FX_ERR_CONNECTION, "rdma_connect to %s: %s", c->peer, strerror(errno));
     }
@@ -503,17 +595,14 @@ static bool connect_request(struct fx_tp_listener *l, struct rdma_cm_id *id, con
     }
     c->qp[qi].id = id;
     id->context  = &c->qp[qi];
-    if (!qp_make(c, &c->qp[qi])) {
+    if (!qp_make(c, &c->qp[qi]) || !qp_connect(c, &c->qp[qi])) {
         reject(id, "cannot make a QP");
-        if (c->qp[qi].qp_made) {
-            rdma_destroy_qp(id);
-            c->qp[qi].qp_made = false;
-        }
+        qp_destroy(&c->qp[qi]);
         c->qp[qi].id = NULL;
         return false;
     }
     set_ack_timeout(id);
-    conn_param(&param, data, rep_data(c, data));
+    conn_param(&param, &c->qp[qi], data, rep_data(c, data));
     if (rdma_accept(id, &param) != 0) {
         fx_vb_conn_fail(c, FX_ERR_CONNECTION, "rdma_accept from %s: %s", c->peer, strerror(errno));
     }
@@ -548,6 +637,29 @@ fx_status fx_vb_accept(struct fx_tp_listener *l, struct fx_tp_conn **conn, void 
 
 /* ------------------------------------------------------------------ events */
 
+static void established(struct fx_tp_conn *c, struct vb_qp *q);
+
+/* The connector's QP q was accepted: the acceptor's ring from the private data, then the QP to
+ * RTS and the connection completed. */
+static void connect_response(struct fx_tp_conn *c, struct vb_qp *q, const uint8_t *p, size_t len)
+{
+    if (len < VB_PRIV_REP || get32(p) != VB_MAGIC || get16(p + 4) != VB_VERSION ||
+        get16(p + 20) != VB_SLOTS || get16(p + 22) != VB_CSLOTS || get32(p + 24) != VB_SLOT_SIZE) {
+        fx_vb_conn_fail(c, FX_ERR_CONNECTION, "%s accepted with foreign private data", c->peer);
+        return;
+    }
+    c->peer_ring = get64(p + 8);
+    c->peer_rkey = get32(p + 16);
+    if (!qp_connect(c, q)) {
+        return;
+    }
+    if (rdma_establish(q->id) != 0) {
+        fx_vb_conn_fail(c, FX_ERR_CONNECTION, "%s: rdma_establish: %s", c->peer, strerror(errno));
+        return;
+    }
+    established(c, q);
+}
+
 static struct vb_qp *qp_of(struct fx_tp *tp, struct rdma_cm_id *id)
 {
     for (struct fx_tp_conn *c = tp->conns; c != NULL; c = c->next) {
@@ -572,18 +684,8 @@ static struct fx_tp_listener *listener_of(struct fx_tp *tp, struct rdma_cm_id *i
     return NULL;
 }
 
-static void established(struct fx_tp_conn *c, struct vb_qp *q, const uint8_t *p, size_t len)
+static void established(struct fx_tp_conn *c, struct vb_qp *q)
 {
-    if (!c->acceptor) {
-        if (len < VB_PRIV_REP || get32(p) != VB_MAGIC || get16(p + 4) != VB_VERSION ||
-            get16(p + 20) != VB_SLOTS || get16(p + 22) != VB_CSLOTS ||
-            get32(p + 24) != VB_SLOT_SIZE) {
-            fx_vb_conn_fail(c, FX_ERR_CONNECTION, "%s accepted with foreign private data", c->peer);
-            return;
-        }
-        c->peer_ring = get64(p + 8);
-        c->peer_rkey = get32(p + 16);
-    }
     if (!q->established) {
         q->established = true;
         c->nestablished++;
@@ -607,8 +709,15 @@ static void conn_event(struct fx_tp_conn *c, struct vb_qp *q, const struct rdma_
     case RDMA_CM_EVENT_ROUTE_RESOLVED:
         route_resolved(c, q);
         break;
+    case RDMA_CM_EVENT_CONNECT_RESPONSE:
+        if (!c->acceptor) {
+            connect_response(c, q, ev->param.conn.private_data, ev->param.conn.private_data_len);
+        }
+        break;
     case RDMA_CM_EVENT_ESTABLISHED:
-        established(c, q, ev->param.conn.private_data, ev->param.conn.private_data_len);
+        if (c->acceptor) { /* the connector completes its side itself (rdma_establish) */
+            established(c, q);
+        }
         break;
     case RDMA_CM_EVENT_REJECTED: {
         const char *reason = ev->param.conn.private_data;
@@ -636,6 +745,7 @@ static void conn_event(struct fx_tp_conn *c, struct vb_qp *q, const struct rdma_
         } else {
             fx_vb_conn_fail(c, FX_ERR_CONNECTION, "%s disconnected during set-up", c->peer);
         }
+        fx_vb_qp_stop(q);
         break;
     default:
         break;
@@ -651,6 +761,7 @@ void fx_vb_cm_events(struct fx_tp *tp)
         struct rdma_cm_event copy = *ev;
         uint8_t data[256];
         bool conn_data = ev->event == RDMA_CM_EVENT_CONNECT_REQUEST ||
+                         ev->event == RDMA_CM_EVENT_CONNECT_RESPONSE ||
                          ev->event == RDMA_CM_EVENT_ESTABLISHED ||
                          ev->event == RDMA_CM_EVENT_REJECTED;
         size_t dlen =

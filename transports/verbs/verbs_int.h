@@ -1,7 +1,7 @@
 /*
- * The verbs transport's internals, shared by verbs.c (instance, device choice, data path) and
- * verbs_conn.c (rdma_cm set-up, peer loss, close). The design is described at the head of
- * verbs.c.
+ * The verbs transport's internals, shared by verbs.c (instance, device choice, data path),
+ * verbs_conn.c (rdma_cm set-up, the QPs' states, peer loss, close) and verbs_gid.c (the source
+ * GID). The design is described at the head of verbs.c.
  */
 #ifndef FX_VERBS_INT_H
 #define FX_VERBS_INT_H
@@ -116,10 +116,10 @@ struct req_queue {
 
 struct vb_qp {
     struct rdma_cm_id *id;
+    struct ibv_qp *qp; /* our own (ibv_create_qp), passed to rdma_cm as qp_num; NULL: none yet */
     struct fx_tp_conn *conn;
     struct vb_dev *dev;
     unsigned index;
-    bool qp_made;
     bool established;
     unsigned sq_used; /* posted send WRs not completed */
     unsigned sq_max;
@@ -199,6 +199,10 @@ struct fx_tp {
     size_t reg_cache_max; /* FX_REG_CACHE_MAX */
     char hca[64];         /* the chosen device ("" when none was found: rdma_cm chooses) */
     int port;
+    uint8_t link_layer; /* of the chosen port */
+    int gid_index;      /* FX_IB_GID_INDEX: the source GID of every QP; -1: rdma_cm's choice */
+    int gid_used;       /* the GID index the QPs were last logged using; -1: none yet */
+    bool gid_warned;    /* the forced GID was found not to be the bound address (warned once) */
     int nlocal;
     struct sockaddr_storage local[VB_MAX_ADDRS];
     struct vb_dev *devs;
@@ -221,8 +225,22 @@ void fx_vb_conn_reqs_free(struct fx_tp_conn *c);
 void fx_vb_peer_gone(struct fx_tp_conn *c);
 struct vb_dev *fx_vb_dev(struct fx_tp *tp, struct ibv_context *ctx);
 
+/* verbs_gid.c */
+/* Checks FX_IB_GID_INDEX (want) against the chosen port's GID table, or finds the RoCE v2 GID
+ * when it is -1; logs the GID and publishes its IPv4 address first. FX_ERR_INVALID_ARG, with a
+ * warning naming device, port and index, for a forced index past the table, empty or of a type
+ * the port cannot use. */
+fx_status fx_vb_gid_choose(struct fx_tp *tp, struct ibv_context *ctx,
+                           const struct ibv_port_attr *pa, int want);
+/* Puts the forced source GID index into a QP's RTR attributes from rdma_cm. */
+void fx_vb_gid_rtr(const struct fx_tp *tp, struct ibv_qp_attr *a);
+/* QP q reached RTR with a: logs the GID the QPs use when it changes; warns once per instance
+ * when a forced GID is not the address rdma_cm bound. */
+void fx_vb_gid_used(struct fx_tp_conn *c, struct vb_qp *q, const struct ibv_qp_attr *a);
+
 /* verbs_conn.c */
 void fx_vb_cm_events(struct fx_tp *tp);
+void fx_vb_qp_stop(struct vb_qp *q);
 void fx_vb_conn_check(struct fx_tp_conn *c);
 fx_status fx_vb_listen(struct fx_tp *tp, struct fx_tp_addr *addr, struct fx_tp_listener **out);
 void fx_vb_listen_close(struct fx_tp_listener *l);

@@ -2,10 +2,11 @@
  * The verbs transport against the ops-table contract (contract.h), plus what is its own: device
  * choice (FX_IB_HCA naming a missing device, a port that is down), one and three QPs per
  * connection with small and large messages, mismatches across the eager/large boundary both
- * ways, foreign connection requests at the listener, and a peer process that dies. meson runs
- * it on the fake provider (tests/fakeverbs): unit-verbs with its default device, and
- * unit-verbs-devices (the verbs_devices suite only) with FAKEVERBS_DEVICES naming a port that
- * is down and an InfiniBand device.
+ * ways, foreign connection requests at the listener, a peer process that dies, and the source
+ * GID every QP uses (FX_IB_GID_INDEX). meson runs it on the fake provider (tests/fakeverbs):
+ * unit-verbs with its default device, and unit-verbs-devices (the verbs_devices suite only)
+ * with FAKEVERBS_DEVICES naming a port that is down, a RoCE device with several GIDs and an
+ * InfiniBand device.
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
@@ -65,6 +66,94 @@ static struct fx_tp_config verbs_cfg(const char *hca, int qps)
                                .ib_qps       = qps};
 
     return cfg;
+}
+
+/* A pair with cfg, connected. */
+static void pair_cfg(struct pair *p, const struct fx_tp_config *cfg)
+{
+    memset(p, 0, sizeof(*p));
+    p->ops = fx_transport_find(TP_NAME);
+    cr_assert_not_null(p->ops);
+    cr_assert_eq(p->ops->init(cfg, &p->a), FX_OK);
+    cr_assert_eq(p->ops->init(cfg, &p->b), FX_OK);
+    cr_assert_eq(p->ops->listen(p->b, &p->addr, &p->lst), FX_OK);
+    pair_connect(p, "gid");
+}
+
+/* Every QP at both ends uses source GID index want, as the device has it (ibv_query_qp). */
+static void expect_sgid(struct pair *p, int want)
+{
+    struct fx_tp_conn *cs[2] = {p->ca, p->cb};
+
+    for (int e = 0; e < 2; e++) {
+        for (unsigned i = 0; i < cs[e]->nqp; i++) {
+            struct ibv_qp_attr a;
+            struct ibv_qp_init_attr ia;
+
+            cr_assert_not_null(cs[e]->qp[i].qp);
+            cr_assert_eq(ibv_query_qp(cs[e]->qp[i].qp, &a, IBV_QP_AV, &ia), 0);
+            cr_expect_eq(a.qp_state, IBV_QPS_RTS);
+            cr_expect(a.ah_attr.is_global, "RoCE: no GRH on QP %u", i);
+            cr_expect_eq(a.ah_attr.grh.sgid_index, want,
+                         "the %s side's QP %u of %u uses GID index %u, not %d",
+                         e == 0 ? "connecting" : "accepting", i, cs[e]->nqp,
+                         a.ah_attr.grh.sgid_index, want);
+        }
+    }
+}
+
+/* A message each way over p, byte for byte. */
+static void exchange(struct pair *p)
+{
+    struct fx_tp_req *reqs[4];
+    fx_status st[4];
+    static uint8_t x[2][50000], y[2][50000];
+
+    pattern(x[0], sizeof(x[0]), 11);
+    pattern(x[1], sizeof(x[1]), 12);
+    cr_assert_eq(p->ops->irecv(p->cb, NULL, 0, y[0], sizeof(y[0]), &reqs[0]), FX_OK);
+    cr_assert_eq(p->ops->irecv(p->ca, NULL, 0, y[1], sizeof(y[1]), &reqs[1]), FX_OK);
+    cr_assert_eq(p->ops->isend(p->ca, NULL, 0, x[0], sizeof(x[0]), &reqs[2]), FX_OK);
+    cr_assert_eq(p->ops->isend(p->cb, NULL, 0, x[1], sizeof(x[1]), &reqs[3]), FX_OK);
+    drive(p, reqs, st, 4);
+    for (int i = 0; i < 4; i++) {
+        cr_expect_eq(st[i], FX_OK, "request %d: %s", i, fx_strerror(st[i]));
+    }
+    cr_expect(memcmp(x[0], y[0], sizeof(x[0])) == 0 && memcmp(x[1], y[1], sizeof(x[1])) == 0);
+}
+
+/* Sends this process's log lines (WARN and INFO) to a fresh file; returns its name. */
+static const char *log_to_file(void)
+{
+    static char path[] = "/tmp/fx-test-verbs-gid-XXXXXX";
+    int fd             = mkstemp(path);
+
+    cr_assert_geq(fd, 0);
+    close(fd);
+    setenv("FX_DEBUG_FILE", path, 1);
+    setenv("FX_DEBUG", "INFO", 1);
+    setenv("FX_DEBUG_SUBSYS", "NET", 1);
+    return path;
+}
+
+/* How many lines of the log file contain all of the given strings (NULL-terminated). */
+static int log_count(const char *path, const char *const *want)
+{
+    char line[1024];
+    int n   = 0;
+    FILE *f = fopen(path, "r");
+
+    cr_assert_not_null(f);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        bool all = true;
+
+        for (int i = 0; want[i] != NULL && all; i++) {
+            all = strstr(line, want[i]) != NULL;
+        }
+        n += all;
+    }
+    fclose(f);
+    return n;
 }
 
 /* A pair with `qps` QPs per connection, connected. */
@@ -353,6 +442,24 @@ Test(verbs, a_missing_device_in_fx_ib_hca_is_a_clear_error, .timeout = 30)
     ops->fini(tp);
 }
 
+/* The default device's GIDs: 0 fe80::<guid> (RoCE v1), 1 ::ffff:127.0.0.1 (RoCE v2). Unset, the
+ * QPs use rdma_cm's RoCE v2 GID of the address; forced, the index given, on every QP. */
+Test(verbs, fx_ib_gid_index_is_the_source_gid_of_every_qp, .timeout = 30)
+{
+    struct fx_tp_config cfg = verbs_cfg(NULL, 3);
+    struct pair p;
+
+    pair_cfg(&p, &cfg);
+    expect_sgid(&p, 1);
+    exchange(&p);
+    pair_fini(&p);
+    cfg.ib_gid_index = 0;
+    pair_cfg(&p, &cfg);
+    expect_sgid(&p, 0);
+    exchange(&p);
+    pair_fini(&p);
+}
+
 /* A foreign rdma_cm client connects with private data of its own (or none, or an older
  * version): each request is rejected, never handed to accept, and the listener still takes a
  * real connection afterwards. */
@@ -569,13 +676,17 @@ Test(verbs, connect_to_a_stopped_listener_fails_within_the_timeout, .timeout = 3
 
 /* ------------------------------------------------------------------ FAKEVERBS_DEVICES */
 
-/* Runs in unit-verbs-devices, where FAKEVERBS_DEVICES is "fxv1:down,fxv0,fxib:ib". */
+/* fxv0's GIDs: 0, 1 fe80::<guid> RoCE v1 and v2; 2, 3 127.0.0.1 RoCE v1 and v2; 4 empty; 5
+ * 127.0.0.2 RoCE v2; 6 an IB GID (not usable on RoCE). */
+#define DEVICES_ENV "fxv1:down,fxv0:gids=v1@ll+v2@ll+v1+v2+-+v2@127.0.0.2+ib,fxib:ib"
+
+/* Runs in unit-verbs-devices, where FAKEVERBS_DEVICES is DEVICES_ENV. */
 static void devices_env(void)
 {
     const char *d = getenv("FAKEVERBS_DEVICES");
 
-    if (d == NULL || strcmp(d, "fxv1:down,fxv0,fxib:ib") != 0) {
-        cr_skip_test("runs in unit-verbs-devices (FAKEVERBS_DEVICES=fxv1:down,fxv0,fxib:ib)");
+    if (d == NULL || strcmp(d, DEVICES_ENV) != 0) {
+        cr_skip_test("runs in unit-verbs-devices (FAKEVERBS_DEVICES=" DEVICES_ENV ")");
     }
 }
 
@@ -613,4 +724,92 @@ Test(verbs_devices, messages_move_with_a_down_device_listed_first, .timeout = 30
     drive(&p, reqs, st, 2);
     cr_expect(st[0] == FX_OK && st[1] == FX_OK && memcmp(x, y, sizeof(x)) == 0);
     pair_fini(&p);
+}
+
+/* Unset, the QPs use the RoCE v2 GID of the bound address (3), not its RoCE v1 twin (2) nor the
+ * link-local ones; the log says which, with its type and address. */
+Test(verbs_devices, the_default_source_gid_is_the_roce_v2_one, .timeout = 30)
+{
+    struct fx_tp_config cfg = verbs_cfg(NULL, 2);
+    const char *log         = log_to_file();
+    struct pair p;
+
+    devices_env();
+    pair_cfg(&p, &cfg);
+    expect_sgid(&p, 3);
+    exchange(&p);
+    pair_fini(&p);
+    cr_expect_geq(log_count(log, (const char *[]){"uses GID index 3 of fxv0 port 1 (RoCE v2, "
+                                                  "127.0.0.1)",
+                                                  NULL}),
+                  1, "the GID the QPs use was not logged");
+    unlink(log);
+}
+
+/* FX_IB_GID_INDEX=k is the source GID of every QP at both ends, whatever rdma_cm resolved. */
+Test(verbs_devices, a_forced_gid_index_is_the_source_gid_of_every_qp, .timeout = 30)
+{
+    static const int forced[] = {2, 1};
+    struct fx_tp_config cfg   = verbs_cfg(NULL, 3);
+    struct pair p;
+
+    devices_env();
+    for (int i = 0; i < 2; i++) {
+        cfg.ib_gid_index = forced[i];
+        pair_cfg(&p, &cfg);
+        expect_sgid(&p, forced[i]);
+        exchange(&p);
+        pair_fini(&p);
+    }
+}
+
+/* An index past the table, an empty entry, or a GID the port's link layer cannot use fails
+ * init with a message naming the device, the port and the index. */
+Test(verbs_devices, a_bad_gid_index_fails_init_naming_it, .timeout = 30)
+{
+    static const struct {
+        int index;
+        const char *msg;
+    } bad[]                            = {{7, "FX_IB_GID_INDEX=7: fxv0 port 1 has 7 GIDs"},
+                                          {4, "FX_IB_GID_INDEX=4: GID 4 of fxv0 port 1 is empty"},
+                                          {6, "FX_IB_GID_INDEX=6: GID 6 of fxv0 port 1 has type IB, not usable on an "
+                                                                         "Ethernet (RoCE) port"}};
+    const struct fx_transport_ops *ops = fx_transport_find(TP_NAME);
+    struct fx_tp_config cfg            = verbs_cfg(NULL, 1);
+    const char *log                    = log_to_file();
+    struct fx_tp *tp                   = NULL;
+
+    devices_env();
+    for (int i = 0; i < 3; i++) {
+        cfg.ib_gid_index = bad[i].index;
+        cr_expect_eq(ops->init(&cfg, &tp), FX_ERR_INVALID_ARG, "GID index %d was accepted",
+                     bad[i].index);
+        cr_expect_eq(log_count(log, (const char *[]){bad[i].msg, NULL}), 1, "no '%s' in the log",
+                     bad[i].msg);
+    }
+    cfg.ib_gid_index = 5;
+    cr_assert_eq(ops->init(&cfg, &tp), FX_OK);
+    ops->fini(tp);
+    unlink(log);
+}
+
+/* A forced GID whose address is not the one rdma_cm bound (127.0.0.2, bound 127.0.0.1) is
+ * still used, with one warning per instance naming both, however many QPs connect. */
+Test(verbs_devices, a_forced_gid_of_another_address_warns_once_naming_both, .timeout = 30)
+{
+    struct fx_tp_config cfg = verbs_cfg(NULL, 3);
+    const char *log         = log_to_file();
+    struct pair p;
+
+    devices_env();
+    cfg.ib_gid_index = 5;
+    pair_cfg(&p, &cfg);
+    expect_sgid(&p, 5);
+    exchange(&p);
+    pair_fini(&p);
+    cr_expect_eq(
+        log_count(log, (const char *[]){"WARN", "FX_IB_GID_INDEX=5: GID 127.0.0.2",
+                                        "is not the address rdma_cm bound", "127.0.0.1", NULL}),
+        2, "not one warning for each of the two instances");
+    unlink(log);
 }
