@@ -19,34 +19,22 @@ static int overlaps(const void *a, size_t alen, const void *b, size_t blen)
     return alen > 0 && blen > 0 && pa < pb + blen && pb < pa + alen;
 }
 
-/* Queues a request with the arguments of `args` (coll through recv_count, and root). */
+/* Queues a request with the arguments of `args` (coll through recv_count, and root) and, for a
+ * blocking call, waits for it (fx_exec_call: one hold of the lock for both). */
 static fx_status submit(struct fx_comm *comm, const struct fx_request *args, bool blocking,
                         fx_request_t *out)
 {
-    struct fx_request *req;
+    fx_status status;
 
     if (comm->error != FX_OK) {
         return comm->error;
     }
-    req = fx_exec_req_get(comm);
-    if (req == NULL) {
+    status = fx_exec_call(comm, args, blocking, out);
+    if (status == FX_ERR_NO_MEMORY) {
         return fx_comm_note_error(comm, FX_ERR_NO_MEMORY, "%s: out of memory for a request",
                                   fx_coll_name(args->coll));
     }
-    req->coll       = args->coll;
-    req->sendbuf    = args->sendbuf;
-    req->recvbuf    = args->recvbuf;
-    req->count      = args->count;
-    req->dtype      = args->dtype;
-    req->op         = args->op;
-    req->root       = args->root;
-    req->algo       = FX_ALGO_AUTO;
-    req->send_peer  = args->send_peer;
-    req->recv_peer  = args->recv_peer;
-    req->recv_count = args->recv_count;
-    fx_exec_submit(comm, req, !blocking);
-    *out = req;
-    return FX_OK;
+    return status;
 }
 
 /* ------------------------------------------------------------------ collectives */
@@ -138,13 +126,7 @@ static fx_status check_nonnull(struct fx_comm *comm, const char *name, const cha
 static fx_status run_call(struct fx_comm *comm, struct fx_request args, bool blocking,
                           fx_request_t *req)
 {
-    fx_request_t own;
-    fx_status status = submit(comm, &args, blocking, blocking ? &own : req);
-
-    if (status != FX_OK || !blocking) {
-        return status;
-    }
-    return fx_exec_wait(own, -1);
+    return submit(comm, &args, blocking, req);
 }
 
 static fx_status start_allreduce(const void *sendbuf, void *recvbuf, size_t count,
@@ -426,7 +408,6 @@ static fx_status run_p2p(struct fx_comm *comm, const char *name, struct fx_reque
     size_t sbytes                 = 0;
     size_t rbytes                 = 0;
     fx_status status              = check_call(comm, name, true, NULL);
-    fx_request_t own;
 
     if (status != FX_OK) {
         return status;
@@ -456,8 +437,7 @@ static fx_status run_p2p(struct fx_comm *comm, const char *name, struct fx_reque
         return fx_comm_note_error(comm, FX_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap",
                                   name);
     }
-    status = submit(comm, args, blocking, blocking ? &own : req);
-    return status == FX_OK && blocking ? fx_exec_wait(own, -1) : status;
+    return submit(comm, args, blocking, req);
 }
 
 /* The arguments of a send, a receive, or both. */

@@ -396,7 +396,7 @@ static void log_start(struct fx_comm *comm, const struct fx_request *req, size_t
 /*
  * Starts the request at the head of the queue: a collective alone; a point-to-point call
  * together with the calls queued behind it up to the next collective, as one plan (calls made
- * while it runs join it: fx_exec_submit), so that a rank's isend and irecv move at once.
+ * while it runs join it: submit_locked), so that a rank's isend and irecv move at once.
  */
 static fx_status exec_start(struct fx_comm *comm, struct fx_request *req)
 {
@@ -1059,25 +1059,20 @@ void fx_exec_progress(struct fx_comm *comm)
 
 /* ------------------------------------------------------------------ queue */
 
-struct fx_request *fx_exec_req_get(struct fx_comm *comm)
+/* A request object from the free list (or malloc); NULL when out of memory. Lock held. */
+static struct fx_request *req_take(struct fx_comm *comm)
 {
-    struct fx_request *req;
+    struct fx_request *req = comm->exec.free_reqs;
 
-    pthread_mutex_lock(&comm->lock);
-    req = comm->exec.free_reqs;
     if (req != NULL) {
         comm->exec.free_reqs = req->next;
-    }
-    pthread_mutex_unlock(&comm->lock);
-    if (req == NULL) {
+    } else {
         req = calloc(1, sizeof(*req));
         if (req == NULL) {
             return NULL;
         }
-        pthread_mutex_lock(&comm->lock);
         req->all_next       = comm->exec.all_reqs;
         comm->exec.all_reqs = req;
-        pthread_mutex_unlock(&comm->lock);
     }
     req->next = NULL;
     req->comm = comm;
@@ -1085,12 +1080,13 @@ struct fx_request *fx_exec_req_get(struct fx_comm *comm)
     return req;
 }
 
-fx_status fx_exec_submit(struct fx_comm *comm, struct fx_request *req, bool background)
+/* Numbers the request and queues it; `background`: nobody is about to wait for it, so the
+ * progress thread starts it. Lock held. */
+static void submit_locked(struct fx_comm *comm, struct fx_request *req, bool background)
 {
     struct fx_exec *ex = &comm->exec;
     bool joins;
 
-    pthread_mutex_lock(&comm->lock);
     if (req->coll == FX_COLL_SENDRECV) {
         /* Messages match in order per pair: the n-th send from a to b meets b's n-th receive
          * from a; the numbers are the pair's, so collectives keep theirs in step on all ranks. */
@@ -1121,8 +1117,39 @@ fx_status fx_exec_submit(struct fx_comm *comm, struct fx_request *req, bool back
     } else if (background && comm->drivers == 0) {
         pthread_cond_signal(&comm->cond);
     }
+}
+
+fx_status fx_exec_call(struct fx_comm *comm, const struct fx_request *args, bool blocking,
+                       struct fx_request **out)
+{
+    struct fx_request *req;
+    fx_status status = FX_OK;
+
+    pthread_mutex_lock(&comm->lock);
+    req = req_take(comm);
+    if (req == NULL) {
+        pthread_mutex_unlock(&comm->lock);
+        return FX_ERR_NO_MEMORY;
+    }
+    req->coll       = args->coll;
+    req->sendbuf    = args->sendbuf;
+    req->recvbuf    = args->recvbuf;
+    req->count      = args->count;
+    req->dtype      = args->dtype;
+    req->op         = args->op;
+    req->root       = args->root;
+    req->algo       = FX_ALGO_AUTO;
+    req->send_peer  = args->send_peer;
+    req->recv_peer  = args->recv_peer;
+    req->recv_count = args->recv_count;
+    submit_locked(comm, req, !blocking);
+    if (blocking) {
+        status = fx_exec_wait_locked(req, -1);
+    } else {
+        *out = req;
+    }
     pthread_mutex_unlock(&comm->lock);
-    return FX_OK;
+    return status;
 }
 
 /* ------------------------------------------------------------------ init / fini */

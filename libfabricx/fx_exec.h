@@ -15,11 +15,14 @@ fx_status fx_exec_init(struct fx_comm *comm, char *err, size_t errlen);
 /* Stops the progress thread and frees everything (requests still queued are dropped). */
 void fx_exec_fini(struct fx_comm *comm);
 
-/* Queues a validated request; the caller holds no lock. `background`: nobody is about to wait
- * for it, so the progress thread starts it. */
-fx_status fx_exec_submit(struct fx_comm *comm, struct fx_request *req, bool background);
-/* A request object from the communicator's free list (or malloc); NULL when out of memory. */
-struct fx_request *fx_exec_req_get(struct fx_comm *comm);
+/*
+ * Queues a validated call: a request with the call fields of `args` (coll through recv_count,
+ * and root). Blocking: drives it to completion and returns its status, all under one hold of
+ * the lock. Non-blocking: *out is the request (fx_test, fx_wait), which the progress thread
+ * starts. FX_ERR_NO_MEMORY when no request object can be had. The caller holds no lock.
+ */
+fx_status fx_exec_call(struct fx_comm *comm, const struct fx_request *args, bool blocking,
+                       struct fx_request **out);
 
 /* fx_test and fx_wait: see fabricx.h. */
 fx_status fx_exec_test(struct fx_request *req);
@@ -34,6 +37,9 @@ int64_t fx_exec_idle_ms(struct fx_comm *comm, int64_t now_ms);
 void fx_exec_fail_all(struct fx_comm *comm, fx_status status);
 
 /* Between fx_exec.c and fx_exec_wait.c (waiting and the progress thread). */
+
+/* fx_exec_wait with the lock held. */
+fx_status fx_exec_wait_locked(struct fx_request *req, int timeout_ms);
 
 /* Reads the control plane and fails the communicator on a relayed abort; lock held. */
 void fx_exec_drain_control(struct fx_comm *comm);

@@ -178,14 +178,13 @@ static fx_status finish_wait(struct fx_comm *comm, struct fx_request *req)
     return status;
 }
 
-fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
+fx_status fx_exec_wait_locked(struct fx_request *req, int timeout_ms)
 {
     struct fx_comm *comm = req->comm;
     int64_t deadline     = timeout_ms < 0 ? INT64_MAX : fx_now_ms() + timeout_ms;
     struct epoll_event evs[MAX_EVENTS];
     fx_status status = FX_INPROGRESS;
 
-    pthread_mutex_lock(&comm->lock);
     if (comm->drivers++ == 0 && !comm->parked) {
         fx_comm_wake(comm); /* the progress thread leaves epoll_wait and parks */
     }
@@ -220,6 +219,16 @@ fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
     if (--comm->drivers == 0 && comm->exec.head != NULL) {
         pthread_cond_signal(&comm->cond); /* queued operations nobody waits for */
     }
+    return status;
+}
+
+fx_status fx_exec_wait(struct fx_request *req, int timeout_ms)
+{
+    struct fx_comm *comm = req->comm;
+    fx_status status;
+
+    pthread_mutex_lock(&comm->lock);
+    status = fx_exec_wait_locked(req, timeout_ms);
     pthread_mutex_unlock(&comm->lock);
     return status;
 }
