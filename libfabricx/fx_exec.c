@@ -1042,7 +1042,9 @@ void fx_exec_progress(struct fx_comm *comm)
     }
     stall_verdict(comm);
     if (comm->exec.head == NULL || comm->error != FX_OK) {
-        if (comm->links.on && comm->error == FX_OK) {
+        /* Idle: the tick reads the clock every TICK_POLLS calls (the progress thread ticks
+         * on its own while nobody calls). */
+        if (comm->links.on && comm->error == FX_OK && ++comm->links.polls % TICK_POLLS == 0) {
             fx_exec_links_tick(comm);
         }
         return;

@@ -204,7 +204,11 @@ fx_status fx_exec_wait_locked(struct fx_request *req, int timeout_ms)
             break;
         }
         spin_progress(comm, req, now_us);
-        if (req->done || comm->error != FX_OK) {
+        if (req->done) {
+            status = finish_wait(comm, req);
+            break;
+        }
+        if (comm->error != FX_OK) {
             continue;
         }
         if (!transport_may_sleep(comm)) {
