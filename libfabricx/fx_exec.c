@@ -195,7 +195,8 @@ static void choose_algo(struct fx_comm *comm, const struct fx_request *req,
                               .slot_bytes  = ex->max_chunk,
                               .chunk_bytes = comm->boot.info.chunk_bytes,
                               .forced      = comm->boot.info.algos,
-                              .params      = &comm->tune};
+                              .params      = &comm->tune,
+                              .spans_hosts = comm->nhosts > 1};
 
     if (req->coll == FX_COLL_SENDRECV) {
         *ch = (struct fx_tune_choice){.algo = FX_ALGO_P2P, .chunk_bytes = ex->max_chunk};
