@@ -297,10 +297,19 @@ static int rule_of_thumb(const struct fx_tune_case *c)
     return FX_ALGO_AUTO;
 }
 
+bool fx_coll_algo_fixed_peers(int algo)
+{
+    return algo == FX_ALGO_RING || algo == FX_ALGO_PAIR || algo == FX_ALGO_TREE ||
+           algo == FX_ALGO_CHAIN;
+}
+
 void fx_coll_choose(const struct fx_tune_case *c, struct fx_tune_choice *out)
 {
-    int forced  = fx_coll_algo_forced(c->forced, c->coll);
-    double best = 0;
+    int forced     = fx_coll_algo_forced(c->forced, c->coll);
+    double best    = 0;
+    double best_bw = 0;            /* the fastest's bandwidth term */
+    int fixed      = FX_ALGO_AUTO; /* the fastest with fixed peers */
+    double fixed_s = 0;
     struct fx_cost cost;
 
     memset(out, 0, sizeof(*out));
@@ -311,12 +320,30 @@ void fx_coll_choose(const struct fx_tune_case *c, struct fx_tune_choice *out)
         out->why = forced != FX_ALGO_AUTO ? "FX_ALGO's choice cannot run this case; cost model"
                                           : "cost model";
         for (int a = 1; a < FX_ALGO_END; a++) {
-            if (fx_coll_can_run(c, a) &&
-                fx_coll_predict(c, a, default_chunk(c, a), &cost) == FX_OK &&
-                (out->algo == FX_ALGO_AUTO || cost.time_s < best)) {
+            if (!fx_coll_can_run(c, a) ||
+                fx_coll_predict(c, a, default_chunk(c, a), &cost) != FX_OK) {
+                continue;
+            }
+            if (out->algo == FX_ALGO_AUTO || cost.time_s < best) {
                 out->algo = a;
                 best      = cost.time_s;
+                best_bw   = (double)cost.bytes * c->params->beta_s_per_byte;
             }
+            if (fx_coll_algo_fixed_peers(a) && (fixed == FX_ALGO_AUTO || cost.time_s < fixed_s)) {
+                fixed   = a;
+                fixed_s = cost.time_s;
+            }
+        }
+        /* Across hosts, a near-tie where moving the bytes is most of the time goes to fixed
+         * peers (coll_tune.h). */
+        if (c->spans_hosts && out->algo != FX_ALGO_AUTO && !fx_coll_algo_fixed_peers(out->algo) &&
+            fixed != FX_ALGO_AUTO && best_bw >= best / 2 &&
+            fixed_s <= best * (1 + FX_COLL_TUNE_RESOLUTION)) {
+            out->algo = fixed;
+            out->why  = forced != FX_ALGO_AUTO
+                            ? "FX_ALGO's choice cannot run this case; cost model, near-tie "
+                              "across hosts to fixed peers"
+                            : "cost model, near-tie across hosts to fixed peers";
         }
         if (out->algo == FX_ALGO_AUTO) {
             out->algo = rule_of_thumb(c);

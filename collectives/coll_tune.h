@@ -78,6 +78,8 @@ struct fx_tune_case {
     size_t chunk_bytes;                  /* FX_CHUNK_BYTES; 0: the tuner chooses */
     uint64_t forced;                     /* FX_ALGO, as fx_coll_algo_parse gives it */
     const struct fx_cost_params *params; /* the measured cost model; NULL: rule of thumb */
+    bool spans_hosts;                    /* ranks on more than one host: some links cross the
+                                            network, each host's flows sharing its port */
 };
 
 struct fx_tune_choice {
@@ -88,9 +90,27 @@ struct fx_tune_choice {
 };
 
 /*
+ * How far apart two predictions must be for the model to tell them apart: 10% (the measured
+ * parameters and the model's fit vary by more than that between runs, docs/collectives.md).
+ */
+#define FX_COLL_TUNE_RESOLUTION 0.10
+
+/*
+ * Whether every step of `algo` uses the same peers (ring, pair, tree, chain), so that the same
+ * connections carry the whole operation; the others change partner between steps.
+ */
+bool fx_coll_algo_fixed_peers(int algo);
+
+/*
  * The algorithm and chunk for an operation: the forced algorithm when FX_ALGO names one that
  * can run this case, else the one the cost model predicts fastest among those that can (ties
- * to the lower enum value). The same inputs give the same answer on every rank.
+ * to the lower enum value). Across hosts (spans_hosts), when the fastest changes partner
+ * between steps, its bandwidth term (bytes sent x beta) is half its time or more, and an
+ * algorithm with fixed peers is predicted within FX_COLL_TUNE_RESOLUTION of it, the fastest of
+ * those is taken instead: the model cannot tell them apart, and a step that opens a long flow
+ * to a new partner pays what the model does not see (losses where that flow and the previous
+ * step's meet at a host's port; docs/collectives.md). The same inputs give the same answer on
+ * every rank.
  */
 void fx_coll_choose(const struct fx_tune_case *c, struct fx_tune_choice *out);
 

@@ -455,6 +455,10 @@ static fx_status make_ring_order(struct fx_comm *comm)
         return FX_ERR_NO_MEMORY;
     }
     host_leaders(comm, host);
+    comm->nhosts = 0;
+    for (int r = 0; r < n; r++) {
+        comm->nhosts += host[r] == r;
+    }
     local_keys(comm, local);
     fx_coll_ring_order(host, local, n, comm->ring_order);
     log_hosts(comm, host);

@@ -130,6 +130,7 @@ struct fx_comm {
     struct fx_tp_conn **connecting; /* [nranks]: on-demand connects in progress (fx_conn.h) */
     int *ring_order; /* [nranks]: the rank at each ring position (ranks of a host adjacent) */
     int ring_pos;    /* this rank's position */
+    int nhosts;      /* hosts the ranks sit on (the bootstrap's host identity) */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;

@@ -183,6 +183,10 @@ static void adopt_ops(struct fx_comm *comm, struct fx_request *req, size_t from)
 /* Chooses the operation's algorithm and chunk (the same on every rank: the inputs are the
  * call's arguments and job-wide settings) and logs the choice at INFO when it changes for its
  * collective. */
+/* memo_choose compares every input: a field added to the case must be compared there too. */
+_Static_assert(sizeof(struct fx_tune_case) == 9 * sizeof(uint64_t),
+               "struct fx_tune_case changed: update memo_choose");
+
 /* fx_coll_choose through the memo: a case seen before (every input alike, the model's
  * parameters included) gets the answer it got then, without running the model again. */
 static void memo_choose(struct fx_exec *ex, const struct fx_tune_case *tc,
@@ -196,6 +200,7 @@ static void memo_choose(struct fx_exec *ex, const struct fx_tune_case *tc,
         m->tc.count == tc->count && m->tc.elem_size == tc->elem_size &&
         m->tc.nslots == tc->nslots && m->tc.slot_bytes == tc->slot_bytes &&
         m->tc.chunk_bytes == tc->chunk_bytes && m->tc.forced == tc->forced &&
+        m->tc.spans_hosts == tc->spans_hosts &&
         memcmp(&m->params, tc->params, sizeof(m->params)) == 0) {
         *ch = m->ch;
         return;
@@ -220,7 +225,8 @@ static void choose_algo(struct fx_comm *comm, const struct fx_request *req,
                               .slot_bytes  = ex->max_chunk,
                               .chunk_bytes = comm->boot.info.chunk_bytes,
                               .forced      = comm->boot.info.algos,
-                              .params      = &comm->tune};
+                              .params      = &comm->tune,
+                              .spans_hosts = comm->nhosts > 1};
 
     if (req->coll == FX_COLL_SENDRECV) {
         *ch = (struct fx_tune_choice){.algo = FX_ALGO_P2P, .chunk_bytes = ex->max_chunk};

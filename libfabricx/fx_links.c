@@ -141,10 +141,17 @@ size_t fx_links_tick(struct fx_links *L, int64_t now_ms, uint8_t *report, bool *
     *due            = true;
     L->next_tick_ms = now_ms + FX_LINK_TICK_MS;
     for (int p = 0; p < L->nranks; p++) {
+        uint32_t had = L->dir[p][FX_LINK_RECV].samples;
+
         close_window(&L->dir[p][FX_LINK_SEND], now_ns, now_ms);
         close_window(&L->dir[p][FX_LINK_RECV], now_ns, now_ms);
         const struct fx_link_dir *rd = &L->dir[p][FX_LINK_RECV];
 
+        if (rd->samples != had) {
+            fx_trace(FX_SUB_NET, "link from rank %d: sample %u, %.3f Gbit/s (rate %.3f)", p,
+                     rd->samples, rd->hist[(rd->samples - 1) % FX_LINK_SAMPLES] * 8e-9,
+                     rd->rate * 8e-9);
+        }
         if (rd->samples >= RATE_MIN_SAMPLES && now_ms - rd->rate_ms <= RATE_KEEP_MS &&
             n < FX_LINK_REPORT_MAX) {
             uint8_t *e = report + 4 + n * (16 + FX_LINK_ADDR_LEN);
@@ -162,6 +169,7 @@ size_t fx_links_tick(struct fx_links *L, int64_t now_ms, uint8_t *report, bool *
     if (n == 0) {
         return 0;
     }
+    fx_trace(FX_SUB_NET, "link rates: %u links reported", n);
     put32(report, n);
     return 4 + n * (16 + FX_LINK_ADDR_LEN);
 }
@@ -343,6 +351,8 @@ int fx_links_evaluate(struct fx_links *L, const struct fx_boot *boot, int64_t no
     }
     nf = fx_slow_analyze(links, n, L->nhosts, &params, found, MAX_FINDINGS, &res);
     L->rounds++;
+    fx_trace(FX_SUB_NET, "slow-link check %llu: %zu links between hosts, %d findings",
+             (unsigned long long)L->rounds, n, nf);
     free(links);
     for (int k = 0; k < nf && k < MAX_FINDINGS; k++) {
         const struct fx_slow_finding *f = &found[k];

@@ -2,7 +2,9 @@
 # bench-monitor.sh - how soon the library's slow-link monitor (docs/linkstats.md) names a slow
 # host in a running job, and whether a healthy job logs anything: a namespace cluster of HOSTS
 # hosts (every port at RATE), one rank each, a loop of 64 MiB all-reduces with FX_DEBUG=INFO;
-# rank 0's log is polled every 0.1 s for its first "slow link:" line.
+# rank 0's log is polled every 0.1 s for its first "slow link:" line, and for the line that
+# starts its first 64 MiB all-reduce (the tuner's choice, FX_DEBUG_SUBSYS COLL), so that the
+# monitor's own delay shows apart from launch, init and fx-bench's buffer set-up.
 #
 # usage: scripts/bench-monitor.sh [options]     (root)
 #   --hosts N        hosts (default 8)
@@ -13,7 +15,8 @@
 #   --out DIR        logs and results (default .bench/monitor-<date>)
 #   --env "K=V ..."  extra environment for the ranks
 # Prints one line per trial: the shaped host, what was named, seconds from launch to the first
-# line, and any other finding. Tears its cluster down at the end.
+# line and from the first 64 MiB call to it, and any other finding. Tears its cluster down at
+# the end.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +39,7 @@ while [ $# -gt 0 ]; do
         --fx-bench) FXBENCH=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --env) EXTRA_ENV=$2; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "bench-monitor.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -53,15 +56,19 @@ trap 'exit 1' INT TERM
 
 # trial TAG SLOW: one job; SLOW is the shaped host or "none".
 trial() {
-    local tag=$1 slow=$2 t0 first="" named others pid
+    local tag=$1 slow=$2 t0 first="" call="" named others pid log
     rm -f "$OUT/$tag".[0-9]*
     t0=$(date +%s.%N)
     # shellcheck disable=SC2086
-    env $EXTRA_ENV FX_DEBUG=INFO FX_DEBUG_SUBSYS=NET FX_DEBUG_FILE="$OUT/$tag.%p" \
+    env $EXTRA_ENV FX_DEBUG=INFO FX_DEBUG_SUBSYS=NET,COLL FX_DEBUG_FILE="$OUT/$tag.%p" \
         FX_SOCKET_IFNAME=eth0 timeout 300 "$RUN" "$HOSTS" --name "$NAME" --timeout 280 -- \
         "$FXBENCH" allreduce -b 64M -e 64M -n "$ITERS" -w 0 >"$OUT/$tag.out" 2>&1 &
     pid=$!
     for _ in $(seq 3000); do
+        log=$(grep -l "rank 0 " "$OUT/$tag".[0-9]* 2>/dev/null | head -1)
+        if [ -z "$call" ] && [ -n "$log" ] && grep -q "allreduce of count 16777216 " "$log"; then
+            call=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
+        fi
         if [ -z "$first" ] && cat "$OUT/$tag".[0-9]* 2>/dev/null | grep -q "slow link:"; then
             first=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
         fi
@@ -73,13 +80,15 @@ trial() {
         sort -rn | head -1 | awk '{ print $4, $5 }')
     others=$(cat "$OUT/$tag".[0-9]* 2>/dev/null | grep -o "slow link: [a-z]* [^ ]*" |
         grep -v "slow link: host $NAME-h$slow$" | sort -u | sed 's/slow link: //' | tr '\n' ';')
-    printf '| %s | %s | %s | %s | %s |\n' "$tag" "$slow" "${named:-nothing}" \
-        "${first:+$(printf %.1f "$first") s}" "${others:-none}" | tee -a "$OUT/summary.md"
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$tag" "$slow" "${named:-nothing}" \
+        "${first:+$(printf %.1f "$first") s}" \
+        "${first:+${call:+$(awk -v a="$first" -v b="$call" 'BEGIN { printf "%.1f s", a - b }')}}" \
+        "${others:-none}" | tee -a "$OUT/summary.md"
 }
 
-echo "| trial | shaped host | most named | first line after launch | other findings |" |
-    tee "$OUT/summary.md"
-echo "|---|---|---|---|---|" | tee -a "$OUT/summary.md"
+echo "| trial | shaped host | most named | first line after launch | after the first call |" \
+    "other findings |" | tee "$OUT/summary.md"
+echo "|---|---|---|---|---|---|" | tee -a "$OUT/summary.md"
 trial healthy none
 for ((t = 1; t <= TRIALS; t++)); do
     slow=$((RANDOM % HOSTS))

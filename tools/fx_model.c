@@ -3,10 +3,11 @@
  * (latency, link bandwidth, reduction speed: what FX_DEBUG=INFO logs at init as "cost model",
  * or FX_TUNE_* values) and a range of sizes, prints the model's time for every algorithm that
  * can run each size and the one the tuner picks. scripts/bench-algos.sh sets these predictions
- * beside measured times.
+ * beside measured times. --hosts H spreads the ranks over H hosts (default 1), as the tuner's
+ * near-tie rule across hosts needs (docs/collectives.md).
  *
  *   fx-model COLLECTIVE --np N --latency-us A --gbps B --reduce-gbps G [-b min] [-e max]
- *            [-f factor] [-d dtype] [--slots S] [--slot-bytes SIZE]
+ *            [-f factor] [-d dtype] [--slots S] [--slot-bytes SIZE] [--hosts H]
  *
  * Output: CSV "collective,nranks,size,algo,predicted_us,chosen", sizes as fx-bench reports
  * them (all-gather, reduce-scatter, all-to-all: nranks blocks).
@@ -46,14 +47,16 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: fx-model COLLECTIVE --np N --latency-us A --gbps B --reduce-gbps G\n"
                "                [-b min] [-e max] [-f factor] [-d dtype] [--slots S]\n"
-               "                [--slot-bytes SIZE]\n"
+               "                [--slot-bytes SIZE] [--hosts H]\n"
                "  COLLECTIVE  allreduce allgather reducescatter broadcast reduce alltoall barrier\n"
-               "  --gbps and --reduce-gbps in GB/s (1e9 bytes/s); sizes as fx-bench's\n");
+               "  --gbps and --reduce-gbps in GB/s (1e9 bytes/s); sizes as fx-bench's;\n"
+               "  --hosts: the hosts the ranks sit on, 1 to N (default 1)\n");
 }
 
 struct args {
     int coll;
     int np;
+    int hosts;
     struct fx_cost_params p;
     size_t minb, maxb;
     double factor;
@@ -66,7 +69,8 @@ static int parse(int argc, char **argv, struct args *a)
 {
     double lat = -1, gbps = -1, rgbps = -1;
 
-    *a = (struct args){.minb       = 8,
+    *a = (struct args){.hosts      = 1,
+                       .minb       = 8,
                        .maxb       = 128u << 20,
                        .factor     = 2,
                        .dtype      = FX_FLOAT32,
@@ -93,6 +97,9 @@ static int parse(int argc, char **argv, struct args *a)
         if (!bad && strcmp(o, "--np") == 0) {
             a->np = atoi(v);
             bad   = a->np < 1 || a->np > 1 << 20;
+        } else if (!bad && strcmp(o, "--hosts") == 0) {
+            a->hosts = atoi(v);
+            bad      = a->hosts < 1 || a->hosts > 1 << 20;
         } else if (!bad && strcmp(o, "--latency-us") == 0) {
             bad = parse_double(v, &lat);
         } else if (!bad && strcmp(o, "--gbps") == 0) {
@@ -132,6 +139,11 @@ static int parse(int argc, char **argv, struct args *a)
         fprintf(stderr, "fx-model: --np, --latency-us, --gbps and --reduce-gbps are needed\n");
         return -1;
     }
+    if (a->hosts > a->np) {
+        fprintf(stderr, "fx-model: --hosts %d is more than the %d ranks of --np\n", a->hosts,
+                a->np);
+        return -1;
+    }
     a->p = (struct fx_cost_params){lat * 1e-6, 1.0 / (gbps * 1e9), 1.0 / (rgbps * 1e9)};
     return 0;
 }
@@ -156,13 +168,14 @@ int main(int argc, char **argv)
             : 1;
     printf("collective,nranks,size,algo,predicted_us,chosen\n");
     for (size_t size = a.minb; size <= a.maxb;) {
-        struct fx_tune_case c = {.coll       = a.coll,
-                                 .nranks     = a.np,
-                                 .count      = size / es / (size_t)blocks,
-                                 .elem_size  = es,
-                                 .nslots     = a.slots,
-                                 .slot_bytes = a.slot_bytes,
-                                 .params     = &a.p};
+        struct fx_tune_case c = {.coll        = a.coll,
+                                 .nranks      = a.np,
+                                 .count       = size / es / (size_t)blocks,
+                                 .elem_size   = es,
+                                 .nslots      = a.slots,
+                                 .slot_bytes  = a.slot_bytes,
+                                 .params      = &a.p,
+                                 .spans_hosts = a.hosts > 1};
         struct fx_tune_choice ch;
         struct fx_cost cost;
         size_t next = (size_t)((double)size * a.factor);
