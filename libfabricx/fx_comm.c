@@ -482,12 +482,18 @@ static fx_status make_ring_order(struct fx_comm *comm)
     return FX_OK;
 }
 
-/* Rank 0's monitor receives every rank's link report through the control plane. */
+/* Rank 0's monitor receives every rank's link report through the control plane, and judges
+ * the links once the reports of a round are in (fx_links_eval_due); its own report comes from
+ * its tick, which judges on its own account. */
 static void on_link_report(void *arg, int rank, const uint8_t *payload, size_t len)
 {
     struct fx_comm *comm = arg;
+    int64_t now          = fx_now_ms();
 
-    fx_links_on_report(&comm->links, rank, payload, len, fx_now_ms());
+    fx_links_on_report(&comm->links, rank, payload, len, now);
+    if (rank != 0 && fx_links_eval_due(&comm->links, now, false)) {
+        fx_links_evaluate(&comm->links, &comm->boot, now);
+    }
 }
 
 /* Per-peer statistics (FX_LINK_STATS); rank 0 numbers the hosts for its monitor. */

@@ -980,9 +980,10 @@ static void peer_host_addr(const struct fx_transport_ops *ops, struct fx_tp_conn
 }
 
 /*
- * Once a second: closes the link-rate windows and sends the current rates to rank 0, which first
- * reads the control plane (the reports of the others; it may be too busy to sleep on it) and
- * then names what is slow (fx_links.h).
+ * Once a second: closes the link-rate windows and sends the current rates to rank 0. Rank 0
+ * judges the rates when the other ranks' reports of a round are in (on_link_report,
+ * fx_comm.c); at its own tick it first reads the control plane (it may be too busy to sleep
+ * on it) and judges what arrived if no round completed for 1.5 ticks (fx_links_eval_due).
  */
 void fx_exec_links_tick(struct fx_comm *comm)
 {
@@ -1025,7 +1026,9 @@ void fx_exec_links_tick(struct fx_comm *comm)
     }
     if (due && comm->rank == 0 && comm->boot.fds != NULL) {
         fx_exec_drain_control(comm);
-        fx_links_evaluate(&comm->links, &comm->boot, now);
+        if (fx_links_eval_due(&comm->links, now, true)) {
+            fx_links_evaluate(&comm->links, &comm->boot, now);
+        }
     }
 }
 

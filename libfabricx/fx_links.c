@@ -26,6 +26,7 @@
 #define PATH_STREAK      5   /* ... a path finding: one link is weaker evidence than two */
 #define MONITOR_MIN_DROP 0.3 /* per-second rates are noisier than fx-doctor's */
 #define MAX_FINDINGS     8
+#define ROUND_SLACK_MS   20 /* jitter of the ranks' report phases (fx_links_eval_due) */
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -69,9 +70,11 @@ fx_status fx_links_init(struct fx_links *L, bool on, int rank, int nranks, const
         return FX_ERR_NO_MEMORY;
     }
     if (on && rank == 0) {
-        L->host_of = malloc((size_t)nranks * sizeof(*L->host_of));
-        L->reps    = calloc((size_t)nranks * FX_LINK_REPORT_MAX, sizeof(*L->reps));
-        if (L->host_of == NULL || L->reps == NULL) {
+        L->host_of    = malloc((size_t)nranks * sizeof(*L->host_of));
+        L->reps       = calloc((size_t)nranks * FX_LINK_REPORT_MAX, sizeof(*L->reps));
+        L->rep_ms     = calloc((size_t)nranks, sizeof(*L->rep_ms));
+        L->rep_sorted = calloc((size_t)nranks, sizeof(*L->rep_sorted));
+        if (L->host_of == NULL || L->reps == NULL || L->rep_ms == NULL || L->rep_sorted == NULL) {
             fx_links_fini(L);
             return FX_ERR_NO_MEMORY;
         }
@@ -87,6 +90,8 @@ void fx_links_fini(struct fx_links *L)
     free(L->addr);
     free(L->host_of);
     free(L->reps);
+    free(L->rep_ms);
+    free(L->rep_sorted);
     memset(L, 0, sizeof(*L));
 }
 
@@ -101,12 +106,16 @@ static double median_of(const double *v, uint32_t n)
 /* Turns the window into a sample when it holds enough (the wire's counters where the transport
  * has them, else the executor's busy stretches). The rate is the median of the last
  * FX_LINK_SAMPLES samples: a window that a descheduled sender stretched, or that a shaper's
- * burst after an idle spell shortened, does not move it. */
-static void close_window(struct fx_link_dir *d, int64_t now_ns, int64_t now_ms)
+ * burst after an idle spell shortened, does not move it. A window too small for a sample
+ * leaves what it held in *short_bytes and *short_ns (0 otherwise) and goes on into the next. */
+static void close_window(struct fx_link_dir *d, int64_t now_ns, int64_t now_ms,
+                         uint64_t *short_bytes, uint64_t *short_ns)
 {
     uint64_t bytes = d->win_bytes;
     uint64_t ns    = d->win_ns;
 
+    *short_bytes = 0;
+    *short_ns    = 0;
     if (d->posted > 0) {
         fx_link_span_end(d, now_ns); /* the stretch goes on from now in the next window */
     }
@@ -117,6 +126,8 @@ static void close_window(struct fx_link_dir *d, int64_t now_ns, int64_t now_ms)
         d->win_ns    = 0;
     }
     if (bytes < WIN_MIN_BYTES || ns < WIN_MIN_NS) {
+        *short_bytes = bytes;
+        *short_ns    = ns;
         return;
     }
     d->hist[d->samples % FX_LINK_SAMPLES] = (double)bytes * 1e9 / (double)ns;
@@ -142,15 +153,23 @@ size_t fx_links_tick(struct fx_links *L, int64_t now_ms, uint8_t *report, bool *
     L->next_tick_ms = now_ms + FX_LINK_TICK_MS;
     for (int p = 0; p < L->nranks; p++) {
         uint32_t had = L->dir[p][FX_LINK_RECV].samples;
+        uint64_t short_bytes;
+        uint64_t short_ns;
 
-        close_window(&L->dir[p][FX_LINK_SEND], now_ns, now_ms);
-        close_window(&L->dir[p][FX_LINK_RECV], now_ns, now_ms);
+        close_window(&L->dir[p][FX_LINK_SEND], now_ns, now_ms, &short_bytes, &short_ns);
+        close_window(&L->dir[p][FX_LINK_RECV], now_ns, now_ms, &short_bytes, &short_ns);
         const struct fx_link_dir *rd = &L->dir[p][FX_LINK_RECV];
 
         if (rd->samples != had) {
             fx_trace(FX_SUB_NET, "link from rank %d: sample %u, %.3f Gbit/s (rate %.3f)", p,
                      rd->samples, rd->hist[(rd->samples - 1) % FX_LINK_SAMPLES] * 8e-9,
                      rd->rate * 8e-9);
+        } else if (short_bytes > 0 || short_ns > 0) {
+            fx_trace(FX_SUB_NET,
+                     "link from rank %d: no sample, window of %llu bytes over %.1f ms counted "
+                     "(under %u bytes or %d ms)",
+                     p, (unsigned long long)short_bytes, (double)short_ns * 1e-6, WIN_MIN_BYTES,
+                     WIN_MIN_NS / 1000000);
         }
         if (rd->samples >= RATE_MIN_SAMPLES && now_ms - rd->rate_ms <= RATE_KEEP_MS &&
             n < FX_LINK_REPORT_MAX) {
@@ -203,6 +222,67 @@ void fx_links_on_report(struct fx_links *L, int src, const uint8_t *report, size
         memcpy(reps[k].addr, e + 16, FX_LINK_ADDR_LEN);
         reps[k].addr[FX_LINK_ADDR_LEN - 1] = '\0';
     }
+    L->rep_ms[src] = now_ms;
+}
+
+static int cmp_ms(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a;
+    int64_t y = *(const int64_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+bool fx_links_eval_due(struct fx_links *L, int64_t now_ms, bool tick)
+{
+    int64_t first  = 0;
+    int64_t latest = 0;
+    int64_t wrap;
+    bool fresh = false;
+    int m      = 0;
+
+    if (L->rep_ms == NULL) {
+        return false;
+    }
+    for (int r = 0; r < L->nranks; r++) {
+        fresh |= L->rep_ms[r] > L->eval_ms;
+    }
+    if (!fresh) {
+        return false;
+    }
+    if (tick && now_ms - L->eval_ms >= FX_LINK_TICK_MS + FX_LINK_TICK_MS / 2) {
+        return true;
+    }
+    if (now_ms - L->eval_ms < FX_LINK_TICK_MS / 2) {
+        return false;
+    }
+    /* The other ranks' last reports (those of the last two ticks): the round is in when the
+     * spell from the latest of them to the next one expected (the earliest plus a tick) is the
+     * longest between reports, i.e. the report that closes the round on the ranks' phases
+     * has just come. */
+    for (int r = 1; r < L->nranks; r++) {
+        int64_t t = L->rep_ms[r];
+
+        if (t != 0 && now_ms - t < 2 * FX_LINK_TICK_MS) {
+            L->rep_sorted[m++] = t;
+            first              = first == 0 || t < first ? t : first;
+            latest             = t > latest ? t : latest;
+        }
+    }
+    wrap = first + FX_LINK_TICK_MS - latest + ROUND_SLACK_MS;
+    if (m == 0 || latest <= L->eval_ms || wrap < 0) {
+        return false;
+    }
+    if (m > 1 && wrap * (m - 1) < latest - first) {
+        return false; /* shorter than the mean spell between reports, so than the longest */
+    }
+    qsort(L->rep_sorted, (size_t)m, sizeof(*L->rep_sorted), cmp_ms);
+    for (int i = 1; i < m; i++) {
+        if (L->rep_sorted[i] - L->rep_sorted[i - 1] > wrap) {
+            return false;
+        }
+    }
+    return true;
 }
 
 /* ------------------------------------------------------------------ rank 0's verdicts */
@@ -351,6 +431,7 @@ int fx_links_evaluate(struct fx_links *L, const struct fx_boot *boot, int64_t no
     }
     nf = fx_slow_analyze(links, n, L->nhosts, &params, found, MAX_FINDINGS, &res);
     L->rounds++;
+    L->eval_ms = now_ms;
     fx_trace(FX_SUB_NET, "slow-link check %llu: %zu links between hosts, %d findings",
              (unsigned long long)L->rounds, n, nf);
     free(links);

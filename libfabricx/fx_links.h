@@ -15,8 +15,9 @@
  * pipelined ring every link carries the slowest one's rate on average and a sender's measure
  * also sees back-pressure from a slow link further on. Rank 0 keeps the last report of each
  * rank, analyses the links between distinct hosts reported in the last few seconds (fx_slow.h)
- * and logs at INFO what is slow, a host or a path, with ranks, hosts, addresses, the measured
- * rate and the median (log_due: after a streak of evaluations, then at most every LOG_EVERY_MS).
+ * as soon as the reports of a round are in (fx_links_eval_due) and logs at INFO what is slow, a
+ * host or a path, with ranks, hosts, addresses, the measured rate and the median (log_due: after
+ * a streak of evaluations, then at most every LOG_EVERY_MS).
  *
  * All of it runs under the communicator's lock.
  */
@@ -89,6 +90,9 @@ struct fx_links {
     int *host_of; /* [nranks]: host index */
     int nhosts;
     struct fx_link_rep *reps; /* [nranks][FX_LINK_REPORT_MAX] */
+    int64_t *rep_ms;          /* [nranks]: when the rank's last report arrived; 0: never */
+    int64_t *rep_sorted;      /* [nranks]: scratch of fx_links_eval_due */
+    int64_t eval_ms;          /* when the last evaluation ran; 0: never */
     struct fx_link_logged logged[16];
     uint64_t rounds; /* evaluations so far */
 };
@@ -157,6 +161,16 @@ size_t fx_links_tick(struct fx_links *L, int64_t now_ms, uint8_t *report, bool *
 /* Rank 0: stores rank src's report. Malformed reports are ignored. */
 void fx_links_on_report(struct fx_links *L, int src, const uint8_t *report, size_t len,
                         int64_t now_ms);
+
+/*
+ * Rank 0: whether an evaluation is due. The other ranks report once a tick, each on its own
+ * phase; a round is in when the report that came last is followed by the longest spell
+ * without reports (that of the earliest rank's next one), and at least half a tick passed
+ * since the last evaluation: rank 0 judges each round's rates as they arrive rather than on its
+ * own phase. At rank 0's own tick (tick true) it is also due once 1.5 ticks passed since the
+ * last evaluation and a report came since: a late or silent rank delays it no further.
+ */
+bool fx_links_eval_due(struct fx_links *L, int64_t now_ms, bool tick);
 
 /* Rank 0: analyses the recent reports and logs what is slow. Returns the number of findings. */
 int fx_links_evaluate(struct fx_links *L, const struct fx_boot *boot, int64_t now_ms);

@@ -1,0 +1,187 @@
+/* Link statistics and the monitor's timing (libfabricx/fx_links.c): rate samples from wire
+ * counters, reports, and when rank 0 judges a round of reports. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "libfabricx/fx_links.h"
+
+#define NR 8
+
+static struct fx_links L;
+static int host_of[NR] = {0, 1, 2, 3, 4, 5, 6, 7};
+
+static void setup(void)
+{
+    cr_assert_eq(fx_links_init(&L, true, 0, NR, host_of, NR), FX_OK);
+}
+
+static void teardown(void)
+{
+    fx_links_fini(&L);
+}
+
+static void put(uint8_t *p, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+/* A report of rank src with one link (from its left neighbour) at 1 Gbit/s. */
+static void report(int src, int64_t ms)
+{
+    uint8_t buf[FX_LINK_REPORT_SIZE] = {0};
+
+    put(buf, 1, 4);
+    put(buf + 4, (uint64_t)((src + NR - 1) % NR), 4);
+    put(buf + 8, 125000000, 8);
+    fx_links_on_report(&L, src, buf, 4 + 16 + FX_LINK_ADDR_LEN, ms);
+}
+
+TestSuite(links, .init = setup, .fini = teardown);
+
+static int64_t evals[8];
+static int nevals;
+
+static void judge_if_due(int64_t t, bool tick)
+{
+    if (fx_links_eval_due(&L, t, tick)) {
+        cr_assert(nevals < 8);
+        evals[nevals++] = t;
+        L.eval_ms       = t;
+    }
+}
+
+Test(links, a_round_is_judged_when_its_last_report_arrives)
+{
+    cr_expect(!fx_links_eval_due(&L, 1000, false), "nothing reported");
+    cr_expect(!fx_links_eval_due(&L, 1000, true), "nothing reported, at rank 0's tick");
+
+    /* Ranks 1..7 report once a second, each on its own phase (x.65 .. x.95); rank 0 ticks at
+     * x.30 and judges whenever a round is due. */
+    for (int k = 0; k < 5; k++) {
+        for (int r = 1; r < NR; r++) {
+            report(r, 1000 * k + 600 + 50 * r);
+            judge_if_due(1000 * k + 600 + 50 * r, false);
+        }
+        judge_if_due(1000 * k + 1300, true);
+    }
+    /* The first round: judged at its first report (no other rank known yet), the rest of it at
+     * rank 0's tick. Then once a round, as soon as rank 7, the last of the phases, reported. */
+    cr_assert_eq(nevals, 6);
+    cr_expect_eq(evals[0], 650);
+    cr_expect_eq(evals[1], 1300);
+    for (int k = 1; k < 5; k++) {
+        cr_expect_eq(evals[k + 1], 1000 * k + 950, "round %d judged at %lld", k,
+                     (long long)evals[k + 1]);
+    }
+}
+
+Test(links, the_round_follows_the_phases_as_they_drift)
+{
+    int64_t at[6][NR];
+
+    /* Rank 3's tick slips by 100 ms a second, until it reports after rank 7. */
+    for (int k = 0; k < 6; k++) {
+        for (int r = 1; r < NR; r++) {
+            at[k][r] = 1000 * k + 600 + 50 * r + (r == 3 ? 100 * k : 0);
+        }
+    }
+    for (int64_t t = 0; t <= 7000; t++) { /* the reports in time order */
+        for (int k = 0; k < 6; k++) {
+            for (int r = 1; r < NR; r++) {
+                if (at[k][r] == t) {
+                    report(r, t);
+                    judge_if_due(t, false);
+                }
+            }
+        }
+    }
+    /* In the last round rank 3 reports at 6.25 s, after rank 7 (5.95 s): judged then. */
+    cr_assert_geq(nevals, 2);
+    cr_expect_eq(evals[nevals - 1], 6250, "last round judged at %lld",
+                 (long long)evals[nevals - 1]);
+    cr_expect_eq(evals[nevals - 2], 5150, "round before judged at %lld",
+                 (long long)evals[nevals - 2]);
+}
+
+Test(links, rounds_are_half_a_tick_apart_at_least)
+{
+    report(1, 1000);
+    report(2, 1000);
+    cr_expect(fx_links_eval_due(&L, 1000, false));
+    L.eval_ms = 1000;
+    /* A rank whose tick drifted reports twice within a short spell: one round, not two. */
+    report(1, 1200);
+    report(2, 1300);
+    cr_expect(!fx_links_eval_due(&L, 1300, false));
+    cr_expect(fx_links_eval_due(&L, 1500, false));
+}
+
+Test(links, a_rank_that_stopped_reporting_delays_the_round_only_for_a_while)
+{
+    for (int r = 1; r < NR; r++) {
+        report(r, 1000);
+    }
+    L.eval_ms = 1000;
+    /* Rank 5 stops reporting (its links have no fresh rate). */
+    for (int r = 1; r < NR; r++) {
+        if (r != 5) {
+            report(r, 2000);
+        }
+    }
+    cr_expect(!fx_links_eval_due(&L, 2000, false), "rank 5 reported 1 s ago");
+    cr_expect(fx_links_eval_due(&L, 2500, true), "rank 0's tick 1.5 ticks on");
+    cr_expect(fx_links_eval_due(&L, 3000, false), "rank 5's report is 2 s old");
+}
+
+Test(links, malformed_reports_change_nothing)
+{
+    uint8_t buf[FX_LINK_REPORT_SIZE] = {0};
+
+    buf[0] = FX_LINK_REPORT_MAX + 1;
+    fx_links_on_report(&L, 1, buf, sizeof(buf), 1000);
+    buf[0] = 2;
+    fx_links_on_report(&L, 1, buf, 4 + 16 + FX_LINK_ADDR_LEN, 1000); /* length for one */
+    fx_links_on_report(&L, NR, buf, 4, 1000);
+    fx_links_on_report(&L, -1, buf, 4, 1000);
+    cr_expect(!fx_links_eval_due(&L, 1000, false));
+    cr_expect(!fx_links_eval_due(&L, 2000, true));
+}
+
+Test(links, wire_counters_give_a_sample_per_tick_and_a_report_from_the_third)
+{
+    uint8_t rep[FX_LINK_REPORT_SIZE];
+    bool due;
+    uint64_t bytes = 1000; /* traffic before the first reading does not count */
+    uint64_t ns    = 5000;
+
+    fx_link_wire(&L, 2, FX_LINK_RECV, bytes, ns);
+    for (int t = 1; t <= 4; t++) {
+        size_t len;
+
+        bytes += 25u << 20; /* 25 MiB over 0.5 s of arrival: 52.4 MB/s */
+        ns += 500000000;
+        fx_link_wire(&L, 2, FX_LINK_RECV, bytes, ns);
+        len = fx_links_tick(&L, 1000 * t, rep, &due);
+        cr_expect(due);
+        cr_expect_eq(L.dir[2][FX_LINK_RECV].samples, (uint32_t)t);
+        cr_expect_eq(len, t < 3 ? 0 : 4 + 16 + FX_LINK_ADDR_LEN, "tick %d: %zu", t, len);
+        cr_expect_float_eq(L.dir[2][FX_LINK_RECV].rate, (double)(25u << 20) * 2, 1.0);
+    }
+    /* Under 2 MiB of counted arrival: no sample, and the window goes on into the next. */
+    bytes += 1u << 20;
+    ns += 20000000;
+    fx_link_wire(&L, 2, FX_LINK_RECV, bytes, ns);
+    fx_links_tick(&L, 5000, rep, &due);
+    cr_expect_eq(L.dir[2][FX_LINK_RECV].samples, 4u);
+    bytes += 1u << 20;
+    ns += 20000000;
+    fx_link_wire(&L, 2, FX_LINK_RECV, bytes, ns);
+    fx_links_tick(&L, 6000, rep, &due);
+    cr_expect_eq(L.dir[2][FX_LINK_RECV].samples, 5u);
+    cr_expect_float_eq(L.dir[2][FX_LINK_RECV].hist[4], (double)(2u << 20) * 1e9 / 40e6, 1.0);
+    /* Not due before a tick has passed. */
+    cr_expect_eq(fx_links_tick(&L, 6500, rep, &due), 0);
+    cr_expect(!due);
+}
