@@ -69,7 +69,8 @@ struct fx_tp_conn_stats {
     uint64_t bytes_acked; /* sent: payload and framing bytes the peer acknowledged */
     uint64_t busy_ns;     /* sent: time with data queued for or in flight on the wire */
     uint64_t recv_bytes;  /* received, in messages of 64 KiB or more: their payload bytes */
-    uint64_t recv_ns;     /* ... and the time from the first byte of each to its last */
+    uint64_t recv_ns;     /* ... and the time from the first byte of each to its last
+                           * (for one still arriving, to the reading) */
 };
 
 struct fx_tp;          /* one transport instance; the core makes one per communicator */

@@ -1487,6 +1487,12 @@ static bool tcp_conn_stats(struct fx_tp_conn *c, struct fx_tp_conn_stats *st)
     }
     st->recv_bytes = c->rx_bytes;
     st->recv_ns    = c->rx_ns;
+    if (c->rx_active > 0) {
+        /* The stretch still arriving counts up to now, as its bytes read so far do: on a link
+         * that never idles (a bottleneck's) a stretch outlasts the monitor's windows, which
+         * would otherwise see its bytes and none of its time. */
+        st->recv_ns += (uint64_t)(mono_ns() - c->rx_since);
+    }
     for (int i = 0; i < c->nsocks; i++) {
         uint64_t acked;
         uint64_t busy_us;
