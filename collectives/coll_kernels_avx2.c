@@ -91,18 +91,6 @@ static inline __m128i even_e4m3(__m128i w)
     return odd_e4m3(_mm_slli_epi16(w, 8));
 }
 
-/* e4m3 (value times 2^-8) saturates at +-448 x 2^-8 before rounding; its NaN code decodes to a
- * finite value here and is restored afterwards (nan_e4m3). */
-static inline __m256 fix_e4m3(__m256 r)
-{
-    return _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-1.75f)), _mm256_set1_ps(1.75f));
-}
-
-static inline __m256 fix_e5m2(__m256 r)
-{
-    return r;
-}
-
 static inline __m128i rne16(__m256 r)
 {
     return _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT);
@@ -119,20 +107,29 @@ static inline __m128i rto16(__m256 r)
     return _mm_or_si128(h, _mm_srli_epi16(m, 15));
 }
 
-/* binary16 to fp8 to nearest-even, the code in the high byte: add 0x7f plus the kept lsb. An
- * e5m2 NaN in binary16 has at most its lsb set in the low byte, so no carry leaves it; toward
- * zero stops at 65504, which rounds to infinity as the fp32 value would. e4m3 first moves its
- * magnitude up one bit under the sign. */
-static inline __m128i rne8_e5m2(__m128i h)
+static inline __m256i w16(int v)
 {
-    __m128i lsb = _mm_and_si128(_mm_srli_epi16(h, 8), h16(1));
-
-    return _mm_add_epi16(_mm_add_epi16(h, h16(0x7f)), lsb);
+    return _mm256_set1_epi16((short)v);
 }
 
-static inline __m128i rne8_e4m3(__m128i h)
+/* binary16 to fp8 to nearest-even on 16 lanes, the code in the high byte: add 0x7f plus the
+ * kept lsb. An e5m2 NaN in binary16 has at most its lsb set in the low byte, so no carry leaves
+ * it; toward zero stops at 65504, which rounds to infinity as the fp32 value would. e4m3 (value
+ * times 2^-8) first saturates its magnitude at 448 (0x3f00 here) and moves it up one bit under
+ * the sign; its NaN code decodes to a finite value and is restored afterwards (nan_e4m3). */
+static inline __m256i rne8_e5m2(__m256i h)
 {
-    return rne8_e5m2(_mm_add_epi16(h, _mm_and_si128(h, h16(0x3fff))));
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi16(h, 8), w16(1));
+
+    return _mm256_add_epi16(_mm256_add_epi16(h, w16(0x7f)), lsb);
+}
+
+static inline __m256i rne8_e4m3(__m256i h)
+{
+    __m256i m = _mm256_and_si256(h, w16(0x7fff));
+    __m256i c = _mm256_min_epu16(m, w16(0x3f00));
+
+    return rne8_e5m2(_mm256_add_epi16(_mm256_xor_si256(h, m), _mm256_add_epi16(c, c)));
 }
 
 /* e4m3 has no infinity: a result is NaN exactly when an operand is (S.1111.111); all ones is
@@ -193,9 +190,9 @@ static inline __m256 avg_div(__m256 x, __m256 y, __m256 v)
         __m256 xo  = _mm256_cvtph_ps(odd_##fmt(x));                                                \
         __m256 ye  = _mm256_cvtph_ps(even_##fmt(y));                                               \
         __m256 yo  = _mm256_cvtph_ps(odd_##fmt(y));                                                \
-        __m128i te = rne8_##fmt(TO16(fix_##fmt(OP(xe, ye, v))));                                   \
-        __m128i to = rne8_##fmt(TO16(fix_##fmt(OP(xo, yo, v))));                                   \
-        __m128i r  = _mm_or_si128(_mm_srli_epi16(te, 8), _mm_and_si128(to, h16(0xff00)));          \
+        __m256i t  = rne8_##fmt(_mm256_set_m128i(TO16(OP(xo, yo, v)), TO16(OP(xe, ye, v))));       \
+        __m128i te = _mm_srli_epi16(_mm256_castsi256_si128(t), 8);                                 \
+        __m128i r  = _mm_or_si128(te, _mm_and_si128(_mm256_extracti128_si256(t, 1), h16(0xff00))); \
         return nan_##fmt(r, x, y);                                                                 \
     }                                                                                              \
     static inline void fmt##_##opname##_step(uint8_t *d, const uint8_t *a, const uint8_t *b,       \
