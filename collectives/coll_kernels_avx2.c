@@ -49,7 +49,7 @@ static inline __m256i vsel(__m256i mask, __m256i no, __m256i yes)
 }
 
 /*
- * fp8 SUM, PROD and AVG, 16 codes at a time with no byte shuffle: each 16-bit lane of the 16
+ * fp8 SUM, PROD and AVG, 32 codes at a time with no byte shuffle: each 16-bit lane of the 32
  * loaded bytes holds an even code in its low byte and an odd one in its high byte, and a shift
  * or a mask makes each a binary16 (e5m2 is the top byte of one; e4m3 its value times 2^-8, one
  * bit lower, as in the AVX-512 sets). F16C widens them to fp32 exactly, the op runs in fp32, the
@@ -65,32 +65,31 @@ static inline __m256i vsel(__m256i mask, __m256i no, __m256i yes)
  * binary16's 7 or more bits below fp8's last one makes the second rounding exact, as the
  * AVX-512 set does. The unit tests check every pair of codes, op and power of two.
  */
-static inline __m128i h16(int v)
+static inline __m256i w16(int v)
 {
-    return _mm_set1_epi16((short)v);
+    return _mm256_set1_epi16((short)v);
 }
 
-static inline __m128i even_e5m2(__m128i w)
+static inline __m256i even_e5m2(__m256i w)
 {
-    return _mm_slli_epi16(w, 8);
+    return _mm256_slli_epi16(w, 8);
 }
 
-static inline __m128i odd_e5m2(__m128i w)
+static inline __m256i odd_e5m2(__m256i w)
 {
-    return _mm_and_si128(w, h16(0xff00));
+    return _mm256_and_si256(w, w16(0xff00));
 }
 
 /* sign to bit 15, magnitude to bits 13..7 */
-static inline __m128i odd_e4m3(__m128i w)
+static inline __m256i odd_e4m3(__m256i w)
 {
-    return _mm_and_si128(_mm_srai_epi16(w, 1), h16(0xbf80));
+    return _mm256_and_si256(_mm256_srai_epi16(w, 1), w16(0xbf80));
 }
 
-static inline __m128i even_e4m3(__m128i w)
+static inline __m256i even_e4m3(__m256i w)
 {
-    return odd_e4m3(_mm_slli_epi16(w, 8));
+    return odd_e4m3(_mm256_slli_epi16(w, 8));
 }
-
 static inline __m128i rne16(__m256 r)
 {
     return _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT);
@@ -107,12 +106,7 @@ static inline __m128i rto16(__m256 r)
     return _mm_or_si128(h, _mm_srli_epi16(m, 15));
 }
 
-static inline __m256i w16(int v)
-{
-    return _mm256_set1_epi16((short)v);
-}
-
-/* binary16 to fp8 to nearest-even on 16 lanes, the code in the high byte: add 0x7f plus the
+/* binary16 to fp8 to nearest-even in 16-bit lanes, the code in the high byte: add 0x7f plus the
  * kept lsb. An e5m2 NaN in binary16 has at most its lsb set in the low byte, so no carry leaves
  * it; toward zero stops at 65504, which rounds to infinity as the fp32 value would. e4m3 (value
  * times 2^-8) first saturates its magnitude at 448 (0x3f00 here) and moves it up one bit under
@@ -134,15 +128,15 @@ static inline __m256i rne8_e4m3(__m256i h)
 
 /* e4m3 has no infinity: a result is NaN exactly when an operand is (S.1111.111); all ones is
  * one. */
-static inline __m128i nan_e4m3(__m128i r, __m128i x, __m128i y)
+static inline __m256i nan_e4m3(__m256i r, __m256i x, __m256i y)
 {
-    __m128i top = _mm_set1_epi8((char)0x80);
-    __m128i m   = _mm_max_epu8(_mm_or_si128(x, top), _mm_or_si128(y, top));
+    __m256i top = _mm256_set1_epi8((char)0x80);
+    __m256i m   = _mm256_max_epu8(_mm256_or_si256(x, top), _mm256_or_si256(y, top));
 
-    return _mm_or_si128(r, _mm_cmpeq_epi8(m, _mm_set1_epi8((char)0xff)));
+    return _mm256_or_si256(r, _mm256_cmpeq_epi8(m, _mm256_set1_epi8((char)0xff)));
 }
 
-static inline __m128i nan_e5m2(__m128i r, __m128i x, __m128i y)
+static inline __m256i nan_e5m2(__m256i r, __m256i x, __m256i y)
 {
     (void)x;
     (void)y;
@@ -181,26 +175,26 @@ static inline __m256 avg_div(__m256 x, __m256 y, __m256 v)
     return _mm256_div_ps(_mm256_add_ps(x, y), v);
 }
 
-/* 16 codes of each operand through OP, TO16 the rounding to binary16; the tail on a
- * zero-padded copy, and one prefetch per 64 bytes. */
+/* 32 codes of each operand through OP (the even ones, then the odd ones), TO16 the rounding to
+ * binary16; the tail on a zero-padded copy, and one prefetch per 64 bytes. */
 #define FP8_AVX2_LOOP(fmt, opname, OP, TO16)                                                       \
-    static inline __m128i fmt##_##opname##_block(__m128i x, __m128i y, __m256 v)                   \
+    static inline __m256i fmt##_##opname##_half(__m256i hx, __m256i hy, __m256 v)                  \
     {                                                                                              \
-        __m256 xe  = _mm256_cvtph_ps(even_##fmt(x));                                               \
-        __m256 xo  = _mm256_cvtph_ps(odd_##fmt(x));                                                \
-        __m256 ye  = _mm256_cvtph_ps(even_##fmt(y));                                               \
-        __m256 yo  = _mm256_cvtph_ps(odd_##fmt(y));                                                \
-        __m256i t  = rne8_##fmt(_mm256_set_m128i(TO16(OP(xo, yo, v)), TO16(OP(xe, ye, v))));       \
-        __m128i te = _mm_srli_epi16(_mm256_castsi256_si128(t), 8);                                 \
-        __m128i r  = _mm_or_si128(te, _mm_and_si128(_mm256_extracti128_si256(t, 1), h16(0xff00))); \
-        return nan_##fmt(r, x, y);                                                                 \
+        __m256 xl = _mm256_cvtph_ps(_mm256_castsi256_si128(hx));                                   \
+        __m256 xh = _mm256_cvtph_ps(_mm256_extracti128_si256(hx, 1));                              \
+        __m256 yl = _mm256_cvtph_ps(_mm256_castsi256_si128(hy));                                   \
+        __m256 yh = _mm256_cvtph_ps(_mm256_extracti128_si256(hy, 1));                              \
+        return rne8_##fmt(_mm256_set_m128i(TO16(OP(xh, yh, v)), TO16(OP(xl, yl, v))));             \
     }                                                                                              \
     static inline void fmt##_##opname##_step(uint8_t *d, const uint8_t *a, const uint8_t *b,       \
                                              __m256 v)                                             \
     {                                                                                              \
-        __m128i x = _mm_loadu_si128((const __m128i *)a);                                           \
-        __m128i y = _mm_loadu_si128((const __m128i *)b);                                           \
-        _mm_storeu_si128((__m128i *)d, fmt##_##opname##_block(x, y, v));                           \
+        __m256i x  = _mm256_loadu_si256((const __m256i *)a);                                       \
+        __m256i y  = _mm256_loadu_si256((const __m256i *)b);                                       \
+        __m256i te = fmt##_##opname##_half(even_##fmt(x), even_##fmt(y), v);                       \
+        __m256i to = fmt##_##opname##_half(odd_##fmt(x), odd_##fmt(y), v);                         \
+        __m256i r  = _mm256_or_si256(_mm256_srli_epi16(te, 8), _mm256_and_si256(to, w16(0xff00))); \
+        _mm256_storeu_si256((__m256i *)d, nan_##fmt(r, x, y));                                     \
     }                                                                                              \
     static void fmt##_##opname##_loop(uint8_t *dd, const uint8_t *aa, const uint8_t *bb, size_t n, \
                                       __m256 v)                                                    \
@@ -209,15 +203,14 @@ static inline __m256 avg_div(__m256 x, __m256 y, __m256 v)
         for (; i + 64 <= n; i += 64) {                                                             \
             fx_coll_prefetch2(aa + i, bb + i);                                                     \
             fmt##_##opname##_step(dd + i, aa + i, bb + i, v);                                      \
-            fmt##_##opname##_step(dd + i + 16, aa + i + 16, bb + i + 16, v);                       \
             fmt##_##opname##_step(dd + i + 32, aa + i + 32, bb + i + 32, v);                       \
-            fmt##_##opname##_step(dd + i + 48, aa + i + 48, bb + i + 48, v);                       \
         }                                                                                          \
-        for (; i + 16 <= n; i += 16) {                                                             \
+        if (i + 32 <= n) {                                                                         \
             fmt##_##opname##_step(dd + i, aa + i, bb + i, v);                                      \
+            i += 32;                                                                               \
         }                                                                                          \
         if (i < n) {                                                                               \
-            uint8_t ta[16] = {0}, tb[16] = {0}, td[16];                                            \
+            uint8_t ta[32] = {0}, tb[32] = {0}, td[32];                                            \
             memcpy(ta, aa + i, n - i);                                                             \
             memcpy(tb, bb + i, n - i);                                                             \
             fmt##_##opname##_step(td, ta, tb, v);                                                  \
