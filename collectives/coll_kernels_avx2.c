@@ -35,9 +35,9 @@
 F16C_KERNEL(sum, _mm256_add_ps(x, y))
 F16C_KERNEL(prod, _mm256_mul_ps(x, y))
 
-/* The fp8 and bf16 conversions of coll_kernels_fp8_inl.h and coll_kernels_inl.h on 8 lanes: the
- * same integer and fp32 operations, so the results are bitwise those of the scalar set. Every
- * integer compared is below 2^31, so signed compares serve. */
+/* The bf16 conversions of coll_kernels_inl.h on 8 lanes: the same integer and fp32 operations,
+ * so the results are bitwise those of the scalar set. Every integer compared is below 2^31, so
+ * signed compares serve. */
 static inline __m256i vset(uint32_t v)
 {
     return _mm256_set1_epi32((int)v);
@@ -48,107 +48,193 @@ static inline __m256i vsel(__m256i mask, __m256i no, __m256i yes)
     return _mm256_blendv_epi8(no, yes, mask);
 }
 
-/* e5m2 is the top byte of a binary16: decode through F16C (exact; a NaN comes out quiet, its
- * payload aside as the scalar decode). */
-static inline __m256 ld_e5m2(const uint8_t *p)
+/*
+ * fp8 SUM, PROD and AVG, 32 codes at a time with no byte shuffle: each 16-bit lane of the 32
+ * loaded bytes holds an even code in its low byte and an odd one in its high byte, and a shift
+ * or a mask makes each a binary16 (e5m2 is the top byte of one; e4m3 its value times 2^-8, one
+ * bit lower, as in the AVX-512 sets). F16C widens them to fp32 exactly, the op runs in fp32, the
+ * result goes back to binary16 with vcvtps2ph, then to fp8 to nearest-even in 16-bit lanes, and
+ * the even and odd codes return to their bytes with a shift, a mask and an or.
+ *
+ * SUM, PROD and AVG over 2^e ranks (e up to 8 for e5m2, 7 for e4m3) round to binary16 to
+ * nearest-even: for the sum or product of two fp8 values, and that scaled by 2^-e, rounding to
+ * binary16 and then to fp8 gives the fp8 rounding of the fp32 result, for the reasons
+ * coll_kernels_avx512fp16.c gives (binary16's 11 bits are at least 2p + 2 for fp8's p, and
+ * fp32's 24 at least 2 x 11 + 2). AVG over other rank counts (the quotient is not such a value)
+ * rounds to binary16 to odd (toward zero, the last bit set when that was inexact), which with
+ * binary16's 7 or more bits below fp8's last one makes the second rounding exact, as the
+ * AVX-512 set does. The unit tests check every pair of codes, op and power of two.
+ */
+static inline __m256i w16(int v)
 {
-    __m128i h = _mm_slli_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)p)), 8);
-
-    return _mm256_cvtph_ps(h);
+    return _mm256_set1_epi16((short)v);
 }
 
-/* Round-to-nearest-even magnitude code of both formats (ax = |x| bits), as in
- * coll_kernels_fp8_inl.h: sh is the mantissa shift, the rest the format's constants. */
-static inline __m256i enc_fp8(__m256i ax, int sh, uint32_t rebias, float magic, uint32_t magic_bits,
-                              uint32_t sub_lim)
+static inline __m256i even_e5m2(__m256i w)
 {
-    __m256i odd  = _mm256_and_si256(_mm256_srli_epi32(ax, sh), vset(1));
-    __m256i half = vset((1u << (sh - 1)) - 1);
-    __m256i norm = _mm256_sub_epi32(
-        _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(ax, half), odd), sh), vset(rebias));
-    __m256i sub = _mm256_sub_epi32(
-        _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(ax), _mm256_set1_ps(magic))),
-        vset(magic_bits));
-
-    return vsel(_mm256_cmpgt_epi32(vset(sub_lim), ax), norm, sub);
+    return _mm256_slli_epi16(w, 8);
 }
 
-static inline __m256i sign8(__m256 f)
+static inline __m256i odd_e5m2(__m256i w)
 {
-    return _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(f), 24), vset(0x80));
+    return _mm256_and_si256(w, w16(0xff00));
 }
 
-static inline __m256i enc_e4m3(__m256 f)
+/* sign to bit 15, magnitude to bits 13..7 */
+static inline __m256i odd_e4m3(__m256i w)
 {
-    __m256i ax = _mm256_and_si256(_mm256_castps_si256(f), vset(0x7fffffffu));
-    __m256i v  = enc_fp8(ax, 20, 120u << 3, 0x1p14f, 0x46800000u, 0x3c800000u);
-
-    v = vsel(_mm256_cmpgt_epi32(ax, vset(0x43e00000u)), v, vset(0x7e));
-    v = vsel(_mm256_cmpgt_epi32(ax, vset(0x7f800000u)), v, vset(0x7f));
-    return _mm256_or_si256(v, sign8(f));
+    return _mm256_and_si256(_mm256_srai_epi16(w, 1), w16(0xbf80));
 }
 
-static inline __m256i enc_e5m2(__m256 f)
+static inline __m256i even_e4m3(__m256i w)
 {
-    __m256i ax = _mm256_and_si256(_mm256_castps_si256(f), vset(0x7fffffffu));
-    __m256i v  = enc_fp8(ax, 21, 112u << 2, 0x1p7f, 0x43000000u, 0x38800000u);
-
-    v = vsel(_mm256_cmpgt_epi32(ax, vset(0x476fffffu)), v, vset(0x7c));
-    v = vsel(_mm256_cmpgt_epi32(ax, vset(0x7f800000u)), v, vset(0x7e));
-    return _mm256_or_si256(v, sign8(f));
+    return odd_e4m3(_mm256_slli_epi16(w, 8));
+}
+static inline __m128i rne16(__m256 r)
+{
+    return _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT);
 }
 
-/* Eight 32-bit codes (each below 256) to eight bytes. */
-static inline __m128i pack8(__m256i v)
+/* The 32-bit inexact mask narrowed to 16-bit lanes sets the last bit: round to odd. A NaN
+ * compares unequal and gets its last bit set, which stays in the low byte. */
+static inline __m128i rto16(__m256 r)
 {
-    __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    __m128i h   = _mm256_cvtps_ph(r, _MM_FROUND_TO_ZERO);
+    __m256i inx = _mm256_castps_si256(_mm256_cmp_ps(_mm256_cvtph_ps(h), r, _CMP_NEQ_UQ));
+    __m128i m   = _mm_packs_epi32(_mm256_castsi256_si128(inx), _mm256_extracti128_si256(inx, 1));
 
-    return _mm_packus_epi16(w, w);
+    return _mm_or_si128(h, _mm_srli_epi16(m, 15));
 }
 
-/* e4m3 placed in a binary16 as the value times 2^-8 (sign to bit 15, exponent and mantissa
- * below it; e4m3 subnormals become binary16 subnormals), NaN made a binary16 NaN, then
- * converted by F16C and scaled back: exact, and cheaper than rebuilding the fp32 bits. */
-static inline __m256 ld_e4m3(const uint8_t *p)
+/* binary16 to fp8 to nearest-even in 16-bit lanes, the code in the high byte: add 0x7f plus the
+ * kept lsb. An e5m2 NaN in binary16 has at most its lsb set in the low byte, so no carry leaves
+ * it; toward zero stops at 65504, which rounds to infinity as the fp32 value would. e4m3 (value
+ * times 2^-8) first saturates its magnitude at 448 (0x3f00 here) and moves it up one bit under
+ * the sign; its NaN code decodes to a finite value and is restored afterwards (nan_e4m3). */
+static inline __m256i rne8_e5m2(__m256i h)
 {
-    __m128i sx  = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)p));
-    __m128i h   = _mm_and_si128(_mm_slli_epi16(sx, 7), _mm_set1_epi16((short)0xbf80));
-    __m128i nan = _mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7fff)), _mm_set1_epi16(0x3f80));
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi16(h, 8), w16(1));
 
-    h = _mm_or_si128(h, _mm_and_si128(nan, _mm_set1_epi16(0x7e00)));
-    return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f));
+    return _mm256_add_epi16(_mm256_add_epi16(h, w16(0x7f)), lsb);
 }
 
-/* fp8, 8 lanes at a time; the tail through the same instructions on a zero-padded copy. */
-#define FP8_AVX2_KERNEL(fmt, opname, VEXPR)                                                        \
-    static void fmt##_##opname##_avx2(void *d, const void *a, const void *b, size_t n)             \
+static inline __m256i rne8_e4m3(__m256i h)
+{
+    __m256i m = _mm256_and_si256(h, w16(0x7fff));
+    __m256i c = _mm256_min_epu16(m, w16(0x3f00));
+
+    return rne8_e5m2(_mm256_add_epi16(_mm256_xor_si256(h, m), _mm256_add_epi16(c, c)));
+}
+
+/* e4m3 has no infinity: a result is NaN exactly when an operand is (S.1111.111); all ones is
+ * one. */
+static inline __m256i nan_e4m3(__m256i r, __m256i x, __m256i y)
+{
+    __m256i top = _mm256_set1_epi8((char)0x80);
+    __m256i m   = _mm256_max_epu8(_mm256_or_si256(x, top), _mm256_or_si256(y, top));
+
+    return _mm256_or_si256(r, _mm256_cmpeq_epi8(m, _mm256_set1_epi8((char)0xff)));
+}
+
+static inline __m256i nan_e5m2(__m256i r, __m256i x, __m256i y)
+{
+    (void)x;
+    (void)y;
+    return r;
+}
+
+/* The ops of the fp8 kernels; v is the AVG divisor or its reciprocal. */
+static inline __m256 add_ps(__m256 x, __m256 y, __m256 v)
+{
+    (void)v;
+    return _mm256_add_ps(x, y);
+}
+
+static inline __m256 mul_ps(__m256 x, __m256 y, __m256 v)
+{
+    (void)v;
+    return _mm256_mul_ps(x, y);
+}
+
+/* Both operands are value * 2^-8: rescale one so the product is value * 2^-8 again. */
+static inline __m256 mul_e4m3(__m256 x, __m256 y, __m256 v)
+{
+    (void)v;
+    return _mm256_mul_ps(x, _mm256_mul_ps(y, _mm256_set1_ps(256.0f)));
+}
+
+/* AVG: scaling by 2^-8 commutes with the division (no fp32 subnormal is reached from fp8
+ * operands). */
+static inline __m256 avg_mul(__m256 x, __m256 y, __m256 v)
+{
+    return _mm256_mul_ps(_mm256_add_ps(x, y), v);
+}
+
+static inline __m256 avg_div(__m256 x, __m256 y, __m256 v)
+{
+    return _mm256_div_ps(_mm256_add_ps(x, y), v);
+}
+
+/* 32 codes of each operand through OP (the even ones, then the odd ones), TO16 the rounding to
+ * binary16; the tail on a zero-padded copy, and one prefetch per 64 bytes. */
+#define FP8_AVX2_LOOP(fmt, opname, OP, TO16)                                                       \
+    static inline __m256i fmt##_##opname##_half(__m256i hx, __m256i hy, __m256 v)                  \
     {                                                                                              \
-        uint8_t *dd       = d;                                                                     \
-        const uint8_t *aa = a, *bb = b;                                                            \
+        __m256 xl = _mm256_cvtph_ps(_mm256_castsi256_si128(hx));                                   \
+        __m256 xh = _mm256_cvtph_ps(_mm256_extracti128_si256(hx, 1));                              \
+        __m256 yl = _mm256_cvtph_ps(_mm256_castsi256_si128(hy));                                   \
+        __m256 yh = _mm256_cvtph_ps(_mm256_extracti128_si256(hy, 1));                              \
+        return rne8_##fmt(_mm256_set_m128i(TO16(OP(xh, yh, v)), TO16(OP(xl, yl, v))));             \
+    }                                                                                              \
+    static inline void fmt##_##opname##_step(uint8_t *d, const uint8_t *a, const uint8_t *b,       \
+                                             __m256 v)                                             \
+    {                                                                                              \
+        __m256i x  = _mm256_loadu_si256((const __m256i *)a);                                       \
+        __m256i y  = _mm256_loadu_si256((const __m256i *)b);                                       \
+        __m256i te = fmt##_##opname##_half(even_##fmt(x), even_##fmt(y), v);                       \
+        __m256i to = fmt##_##opname##_half(odd_##fmt(x), odd_##fmt(y), v);                         \
+        __m256i r  = _mm256_or_si256(_mm256_srli_epi16(te, 8), _mm256_and_si256(to, w16(0xff00))); \
+        _mm256_storeu_si256((__m256i *)d, nan_##fmt(r, x, y));                                     \
+    }                                                                                              \
+    static void fmt##_##opname##_loop(uint8_t *dd, const uint8_t *aa, const uint8_t *bb, size_t n, \
+                                      __m256 v)                                                    \
+    {                                                                                              \
         size_t i = 0;                                                                              \
-        for (; i + 8 <= n; i += 8) {                                                               \
+        for (; i + 64 <= n; i += 64) {                                                             \
             fx_coll_prefetch2(aa + i, bb + i);                                                     \
-            __m256 x = ld_##fmt(aa + i);                                                           \
-            __m256 y = ld_##fmt(bb + i);                                                           \
-            _mm_storel_epi64((__m128i *)(dd + i), pack8(enc_##fmt(VEXPR)));                        \
+            fmt##_##opname##_step(dd + i, aa + i, bb + i, v);                                      \
+            fmt##_##opname##_step(dd + i + 32, aa + i + 32, bb + i + 32, v);                       \
+        }                                                                                          \
+        if (i + 32 <= n) {                                                                         \
+            fmt##_##opname##_step(dd + i, aa + i, bb + i, v);                                      \
+            i += 32;                                                                               \
         }                                                                                          \
         if (i < n) {                                                                               \
-            uint8_t ta[8] = {0}, tb[8] = {0}, td[16];                                              \
+            uint8_t ta[32] = {0}, tb[32] = {0}, td[32];                                            \
             memcpy(ta, aa + i, n - i);                                                             \
             memcpy(tb, bb + i, n - i);                                                             \
-            __m256 x = ld_##fmt(ta);                                                               \
-            __m256 y = ld_##fmt(tb);                                                               \
-            _mm_storeu_si128((__m128i *)td, pack8(enc_##fmt(VEXPR)));                              \
+            fmt##_##opname##_step(td, ta, tb, v);                                                  \
             memcpy(dd + i, td, n - i);                                                             \
         }                                                                                          \
     }
 
-#define FP8_AVX2_KERNELS(fmt)                                                                      \
-    FP8_AVX2_KERNEL(fmt, sum, _mm256_add_ps(x, y))                                                 \
-    FP8_AVX2_KERNEL(fmt, prod, _mm256_mul_ps(x, y))
+#define FP8_AVX2_KERNEL(fmt, opname, OP)                                                           \
+    FP8_AVX2_LOOP(fmt, opname, OP, rne16)                                                          \
+    static void fmt##_##opname##_avx2(void *d, const void *a, const void *b, size_t n)             \
+    {                                                                                              \
+        fmt##_##opname##_loop(d, a, b, n, _mm256_setzero_ps());                                    \
+    }
 
-FP8_AVX2_KERNELS(e4m3)
-FP8_AVX2_KERNELS(e5m2)
+FP8_AVX2_KERNEL(e5m2, sum, add_ps)
+FP8_AVX2_KERNEL(e5m2, prod, mul_ps)
+FP8_AVX2_KERNEL(e4m3, sum, add_ps)
+FP8_AVX2_KERNEL(e4m3, prod, mul_e4m3)
+FP8_AVX2_LOOP(e5m2, avgm, avg_mul, rne16)
+FP8_AVX2_LOOP(e4m3, avgm, avg_mul, rne16)
+FP8_AVX2_LOOP(e5m2, avgm_rto, avg_mul, rto16)
+FP8_AVX2_LOOP(e4m3, avgm_rto, avg_mul, rto16)
+FP8_AVX2_LOOP(e5m2, avgd, avg_div, rto16)
+FP8_AVX2_LOOP(e4m3, avgd, avg_div, rto16)
 
 /* bf16 as the scalar bf_load/bf_store: shift up; round to nearest-even by adding 0x7fff plus
  * the kept lsb, NaN kept quiet. */
@@ -287,16 +373,6 @@ static inline void st_bf16(uint16_t *p, __m256 v)
     _mm_storeu_si128((__m128i *)p, enc_bf16(v));
 }
 
-static inline void st_e4m3(uint8_t *p, __m256 v)
-{
-    _mm_storel_epi64((__m128i *)p, pack8(enc_e4m3(v)));
-}
-
-static inline void st_e5m2(uint8_t *p, __m256 v)
-{
-    _mm_storel_epi64((__m128i *)p, pack8(enc_e5m2(v)));
-}
-
 static inline __m256 ld_f32(const float *p)
 {
     return _mm256_loadu_ps(p);
@@ -339,8 +415,24 @@ static inline void st_f32(float *p, __m256 v)
 
 AVG_256(f16, uint16_t)
 AVG_256(bf16, uint16_t)
-AVG_256(e4m3, uint8_t)
-AVG_256(e5m2, uint8_t)
+
+/* fp8: over 2^e ranks, e up to MAXE, the binary16 rounding to nearest-even of the SUM kernels
+ * serves; more ranks, and other counts, round to odd (see above). */
+#define FP8_AVX2_AVG(fmt, MAXE)                                                                    \
+    static void fmt##_avg_avx2(void *d, const void *a, const void *b, size_t n, float div)         \
+    {                                                                                              \
+        __m256 v;                                                                                  \
+        if (!pow2_div(div, &v)) {                                                                  \
+            fmt##_avgd_loop(d, a, b, n, v);                                                        \
+        } else if (div <= (float)(1 << (MAXE))) {                                                  \
+            fmt##_avgm_loop(d, a, b, n, v);                                                        \
+        } else {                                                                                   \
+            fmt##_avgm_rto_loop(d, a, b, n, v);                                                    \
+        }                                                                                          \
+    }
+
+FP8_AVX2_AVG(e5m2, 8)
+FP8_AVX2_AVG(e4m3, 7)
 AVG_256(f32, float)
 
 const fx_avg_fn *fx_coll_avg_avx2(void)
