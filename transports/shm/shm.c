@@ -55,6 +55,7 @@
 
 #include "fx_log.h"
 #include "fx_sock.h"
+#include "transports/tp_bytes.h"
 #include "transports/transport.h"
 
 #define SHM_MAGIC        0x48535846u /* "FXSH" */
@@ -136,6 +137,8 @@ struct req_queue {
     struct fx_tp_req *tail;
 };
 
+#include "transports/tp_queue.h"
+
 enum obj_kind { OBJ_LISTENER, OBJ_CONN_SOCK, OBJ_CONN_EVENT };
 
 struct epoll_tag {
@@ -194,45 +197,6 @@ struct fx_tp {
 };
 
 /* ------------------------------------------------------------------ helpers */
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    memcpy(p, &v, 4);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v;
-
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    memcpy(p, &v, 8);
-}
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    memcpy(p, &v, 2);
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-    uint16_t v;
-
-    memcpy(&v, p, 2);
-    return v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v;
-
-    memcpy(&v, p, 8);
-    return v;
-}
 
 static void conn_fail(struct fx_tp_conn *c, fx_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -336,26 +300,6 @@ static void cma_probe(struct fx_tp_conn *c)
             ok ? "single copy (process_vm_readv)"
                : "copied twice through the ring (process_vm_readv refused: ptrace scope?)");
     atomic_store_explicit(&c->in.ctl->consumer_can_read, ok ? 1 : 2, memory_order_release);
-}
-
-static void queue_push(struct req_queue *q, struct fx_tp_req *r)
-{
-    r->next = NULL;
-    if (q->tail != NULL) {
-        q->tail->next = r;
-    } else {
-        q->head = r;
-    }
-    q->tail = r;
-}
-
-/* Removes the head of a queue (it must not be empty). */
-static void queue_pop(struct req_queue *q)
-{
-    q->head = q->head->next;
-    if (q->head == NULL) {
-        q->tail = NULL;
-    }
 }
 
 /* Sends whose payload the peer has read are complete. */

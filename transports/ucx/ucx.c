@@ -63,18 +63,9 @@
 #include "fx_sock.h"
 #include "transports/ucx/ucx_int.h"
 
-/* ------------------------------------------------------------------ requests */
+#include "transports/tp_queue.h" /* after ucx_int.h: needs its request and queue types */
 
-static void queue_push(struct req_queue *q, struct fx_tp_req *r)
-{
-    r->next = NULL;
-    if (q->tail != NULL) {
-        q->tail->next = r;
-    } else {
-        q->head = r;
-    }
-    q->tail = r;
-}
+/* ------------------------------------------------------------------ requests */
 
 /*
  * Fails the connection: its running requests complete with the status (after a mismatch: the

@@ -48,6 +48,8 @@
 #include "transports/tcp/tcp_iface.h"
 #include "transports/verbs/verbs_int.h"
 
+#include "transports/tp_queue.h" /* after verbs_int.h: needs its request and queue types */
+
 /* ------------------------------------------------------------------ registration */
 
 /* The registration cache's callbacks: one MR usable for sends and for remote writes. */
@@ -556,17 +558,6 @@ void fx_vb_conn_reqs_free(struct fx_tp_conn *c)
         req_put(c->tp, r);
     }
     memset(c->stage_req, 0, sizeof(c->stage_req));
-}
-
-static void queue_push(struct req_queue *q, struct fx_tp_req *r)
-{
-    r->next = NULL;
-    if (q->tail != NULL) {
-        q->tail->next = r;
-    } else {
-        q->head = r;
-    }
-    q->tail = r;
 }
 
 /* Done requests leave the head of their queue, in order (test() then returns their status). */
