@@ -809,8 +809,8 @@ FX_API fx_status fx_comm_get_error(fx_comm_t comm, char *msg, size_t len)
 
 FX_API fx_status fx_comm_stats(fx_comm_t comm, fx_link_stats *links, int max, int *nlinks)
 {
-    int64_t now = fx_link_now_ns();
-    int k       = 0;
+    struct fx_link_clock now = {0, 0};
+    int k                    = 0;
 
     if (comm == NULL || nlinks == NULL || max < 0 || (links == NULL && max > 0)) {
         return fx_set_last_error(FX_ERR_INVALID_ARG, "fx_comm_stats: %s",
@@ -827,7 +827,7 @@ FX_API fx_status fx_comm_stats(fx_comm_t comm, fx_link_stats *links, int max, in
             continue;
         }
         memset(s, 0, sizeof(*s));
-        fx_links_snapshot(&comm->links, p, now, s);
+        fx_links_snapshot(&comm->links, p, &now, s);
         if (comm->peer_tp[p] >= 0) {
             snprintf(s->transport, sizeof(s->transport), "%s", fx_comm_peer_ops(comm, p)->name);
         }

@@ -104,7 +104,7 @@ struct fx_exec {
     bool stall_reported;      /* rank 0 was told this rank waits */
     int spin_us;              /* FX_SPIN_US */
     bool spin_yield;          /* more ranks than cores on this host: yield while polling */
-    int64_t now_ns;           /* this progress round's clock for the link statistics; 0: unread */
+    struct fx_link_clock clk; /* this progress round's clocks for the link statistics */
     int last_algo[FX_COLL_END]; /* the last algorithm chosen per collective (logged on change) */
     int last_coll;              /* the last collective started (not send/recv); 0: none */
     struct fx_tune_memo memo[FX_TUNE_MEMO];

@@ -718,17 +718,6 @@ int64_t fx_exec_idle_ms(struct fx_comm *comm, int64_t now_ms)
     return now_ms - ex->last_progress_ms;
 }
 
-/* The clock for the link statistics: read once per progress round, when an op first posts or
- * completes in it (rounds take microseconds; one read per op would cost more than the rest of
- * the bookkeeping). */
-static int64_t round_now(struct fx_exec *ex)
-{
-    if (ex->now_ns == 0) {
-        ex->now_ns = fx_link_now_ns();
-    }
-    return ex->now_ns;
-}
-
 static void op_finished(struct fx_exec *ex, uint32_t i)
 {
     ex->op_done[i] = 1;
@@ -755,7 +744,7 @@ static bool lane_complete(struct fx_comm *comm, struct fx_lane *lane)
             return true;
         }
         if (comm->links.on) {
-            fx_link_completed(lane->stats, op->count * op_elem_size(ex, i), round_now(ex));
+            fx_link_completed(lane->stats, op->count * op_elem_size(ex, i), &ex->clk);
         }
         if (op->kind != FX_PLAN_SEND && !check_header(comm, lane, i)) {
             return true;
@@ -846,7 +835,7 @@ static bool lane_post(struct fx_comm *comm, struct fx_lane *lane)
             return true;
         }
         if (comm->links.on) {
-            fx_link_posted(lane->stats, round_now(ex));
+            fx_link_posted(lane->stats, op->count * op_elem_size(ex, i), &ex->clk);
         }
         lane->post = ex->op_next[i];
         changed    = true;
@@ -916,7 +905,8 @@ static void run_head(struct fx_comm *comm)
     for (int rounds = 0; rounds < 1000 && comm->error == FX_OK; rounds++) {
         bool changed = false;
 
-        ex->now_ns = 0;
+        ex->clk.fine   = 0;
+        ex->clk.coarse = 0;
         if (!ex->running) {
             if (ex->head == NULL) {
                 return;
@@ -1033,12 +1023,16 @@ void fx_exec_links_tick(struct fx_comm *comm)
 }
 
 /* Whether the once-a-second statistics tick may be due, without reading the clock on every
- * poll of a spinning wait: the last round's clock when an op moved in it, else every
- * TICK_POLLS polls (microseconds apart while spinning; a sleeping wait polls when woken). */
+ * poll of a spinning wait: the last round's clock when an op moved in it (the coarse one lags
+ * by under a tick), else every TICK_POLLS polls (microseconds apart while spinning; a sleeping
+ * wait polls when woken). */
 static bool links_tick_due(struct fx_comm *comm)
 {
-    if (comm->exec.now_ns != 0) {
-        return comm->exec.now_ns / 1000000 >= comm->links.next_tick_ms;
+    const struct fx_link_clock *clk = &comm->exec.clk;
+    int64_t now                     = clk->fine != 0 ? clk->fine : clk->coarse;
+
+    if (now != 0) {
+        return now / 1000000 >= comm->links.next_tick_ms;
     }
     return ++comm->links.polls % TICK_POLLS == 0;
 }

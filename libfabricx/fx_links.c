@@ -56,6 +56,15 @@ void fx_link_span_end(struct fx_link_dir *d, int64_t now_ns)
     d->busy_since = now_ns;
 }
 
+/* A message large enough for a rate joins a stretch timed with the coarse clock: what went
+ * before counts as its own stretch, the rest is timed with the fine clock. */
+void fx_link_span_refine(struct fx_link_dir *d, struct fx_link_clock *clk)
+{
+    fx_link_span_end(d, fx_link_clock_get(clk, true));
+    d->coarse     = false;
+    d->busy_since = fx_link_clock_get(clk, false);
+}
+
 fx_status fx_links_init(struct fx_links *L, bool on, int rank, int nranks, const int *host_of,
                         int nhosts)
 {
@@ -108,7 +117,7 @@ static double median_of(const double *v, uint32_t n)
  * FX_LINK_SAMPLES samples: a window that a descheduled sender stretched, or that a shaper's
  * burst after an idle spell shortened, does not move it. A window too small for a sample
  * leaves what it held in *short_bytes and *short_ns (0 otherwise) and goes on into the next. */
-static void close_window(struct fx_link_dir *d, int64_t now_ns, int64_t now_ms,
+static void close_window(struct fx_link_dir *d, struct fx_link_clock *now, int64_t now_ms,
                          uint64_t *short_bytes, uint64_t *short_ns)
 {
     uint64_t bytes = d->win_bytes;
@@ -117,7 +126,8 @@ static void close_window(struct fx_link_dir *d, int64_t now_ns, int64_t now_ms,
     *short_bytes = 0;
     *short_ns    = 0;
     if (d->posted > 0) {
-        fx_link_span_end(d, now_ns); /* the stretch goes on from now in the next window */
+        /* the stretch goes on from now in the next window */
+        fx_link_span_end(d, fx_link_clock_get(now, d->coarse));
     }
     if (d->wire) {
         bytes        = d->wire_bytes - d->wire_bytes0;
@@ -142,8 +152,8 @@ static void close_window(struct fx_link_dir *d, int64_t now_ns, int64_t now_ms,
 
 size_t fx_links_tick(struct fx_links *L, int64_t now_ms, uint8_t *report, bool *due)
 {
-    int64_t now_ns = fx_link_now_ns();
-    uint32_t n     = 0;
+    struct fx_link_clock now = {0, 0};
+    uint32_t n               = 0;
 
     *due = false;
     if (!L->on || now_ms < L->next_tick_ms) {
@@ -156,8 +166,8 @@ size_t fx_links_tick(struct fx_links *L, int64_t now_ms, uint8_t *report, bool *
         uint64_t short_bytes;
         uint64_t short_ns;
 
-        close_window(&L->dir[p][FX_LINK_SEND], now_ns, now_ms, &short_bytes, &short_ns);
-        close_window(&L->dir[p][FX_LINK_RECV], now_ns, now_ms, &short_bytes, &short_ns);
+        close_window(&L->dir[p][FX_LINK_SEND], &now, now_ms, &short_bytes, &short_ns);
+        close_window(&L->dir[p][FX_LINK_RECV], &now, now_ms, &short_bytes, &short_ns);
         const struct fx_link_dir *rd = &L->dir[p][FX_LINK_RECV];
 
         if (rd->samples != had) {
@@ -446,7 +456,16 @@ int fx_links_evaluate(struct fx_links *L, const struct fx_boot *boot, int64_t no
     return nf < 0 ? 0 : nf;
 }
 
-void fx_links_snapshot(const struct fx_links *L, int peer, int64_t now_ns, fx_link_stats *out)
+/* The part of an open busy stretch up to now. */
+static uint64_t open_span(const struct fx_link_dir *d, struct fx_link_clock *now)
+{
+    int64_t t = d->posted > 0 ? fx_link_clock_get(now, d->coarse) : 0;
+
+    return t > d->busy_since && d->posted > 0 ? (uint64_t)(t - d->busy_since) : 0;
+}
+
+void fx_links_snapshot(const struct fx_links *L, int peer, struct fx_link_clock *now,
+                       fx_link_stats *out)
 {
     const struct fx_link_dir *s = &L->dir[peer][FX_LINK_SEND];
     const struct fx_link_dir *r = &L->dir[peer][FX_LINK_RECV];
@@ -456,16 +475,10 @@ void fx_links_snapshot(const struct fx_links *L, int peer, int64_t now_ns, fx_li
     out->bytes_received    = r->bytes;
     out->messages_sent     = s->msgs;
     out->messages_received = r->msgs;
-    out->send_blocked_ns   = s->blocked_ns;
-    out->recv_blocked_ns   = r->blocked_ns;
-    if (s->posted > 0 && now_ns > s->busy_since) {
-        out->send_blocked_ns += (uint64_t)(now_ns - s->busy_since);
-    }
-    if (r->posted > 0 && now_ns > r->busy_since) {
-        out->recv_blocked_ns += (uint64_t)(now_ns - r->busy_since);
-    }
-    out->wire_busy_ns = s->wire ? s->wire_ns : 0;
-    out->send_gbps    = s->rate * 8e-9;
-    out->recv_gbps    = r->rate * 8e-9;
+    out->send_blocked_ns   = s->blocked_ns + open_span(s, now);
+    out->recv_blocked_ns   = r->blocked_ns + open_span(r, now);
+    out->wire_busy_ns      = s->wire ? s->wire_ns : 0;
+    out->send_gbps         = s->rate * 8e-9;
+    out->recv_gbps         = r->rate * 8e-9;
     snprintf(out->address, sizeof(out->address), "%s", L->addr[peer]);
 }

@@ -185,3 +185,65 @@ Test(links, wire_counters_give_a_sample_per_tick_and_a_report_from_the_third)
     cr_expect_eq(fx_links_tick(&L, 6500, rep, &due), 0);
     cr_expect(!due);
 }
+
+/* The busy-stretch clocks: a clock already read in the round is used as it is, so preset
+ * readings stand for the clocks here. */
+Test(links, a_stretch_of_small_messages_reads_only_the_coarse_clock)
+{
+    struct fx_link_dir *d   = &L.dir[3][FX_LINK_SEND];
+    struct fx_link_clock c1 = {0, 4000000};
+    struct fx_link_clock c2 = {0, 8000000};
+
+    fx_link_posted(d, 8, &c1);
+    fx_link_posted(d, 4096, &c1);
+    cr_expect_eq(c1.fine, 0, "the fine clock was read for small messages");
+    fx_link_completed(d, 8, &c2);
+    fx_link_completed(d, 4096, &c2);
+    cr_expect_eq(c2.fine, 0, "the fine clock was read for small messages");
+    cr_expect_eq(d->blocked_ns, 4000000);
+    cr_expect_eq(d->bytes, 4104);
+    cr_expect_eq(d->msgs, 2);
+    cr_expect_eq(d->win_bytes, 0, "a 4 KiB stretch of 4 ms is latency, not rate");
+}
+
+Test(links, a_large_message_times_the_rest_of_its_stretch_with_the_fine_clock)
+{
+    struct fx_link_dir *d   = &L.dir[2][FX_LINK_RECV];
+    struct fx_link_clock c1 = {0, 1000};
+    struct fx_link_clock c2 = {2000500, 2000000};
+    struct fx_link_clock c3 = {12000500, 12000000};
+
+    fx_link_posted(d, 8, &c1);
+    fx_link_posted(d, 1 << 20, &c2);
+    fx_link_completed(d, 8, &c3);
+    fx_link_completed(d, 1 << 20, &c3);
+    /* coarse from 1000 to 2000000, then fine from 2000500 to 12000500 */
+    cr_expect_eq(d->blocked_ns, 1999000 + 10000000);
+    cr_expect_eq(d->win_bytes, (1u << 20) + 8);
+    cr_expect_eq(d->win_ns, 10000000);
+}
+
+Test(links, a_stretch_that_starts_large_stays_on_the_fine_clock)
+{
+    struct fx_link_dir *d   = &L.dir[5][FX_LINK_SEND];
+    struct fx_link_clock c1 = {1000, 0};
+    struct fx_link_clock c2 = {3001000, 0};
+
+    fx_link_posted(d, 256 << 10, &c1);
+    fx_link_posted(d, 8, &c1);
+    fx_link_completed(d, 256 << 10, &c2);
+    fx_link_completed(d, 8, &c2);
+    cr_expect_eq(c1.coarse, 0, "the coarse clock was read for a large message's stretch");
+    cr_expect_eq(c2.coarse, 0, "the coarse clock was read for a large message's stretch");
+    cr_expect_eq(d->blocked_ns, 3000000);
+    cr_expect_eq(d->win_bytes, (256u << 10) + 8);
+    cr_expect_eq(d->win_ns, 3000000);
+
+    fx_link_stats st;
+    struct fx_link_clock now = {0, 0};
+
+    fx_link_posted(d, 8, &c2);
+    fx_links_snapshot(&L, 5, &now, &st);
+    cr_expect_eq(now.fine, 0, "an open stretch of small messages is read on the coarse clock");
+    cr_expect_neq(now.coarse, 0);
+}
