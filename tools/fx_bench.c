@@ -2,8 +2,8 @@
  * fx-bench: nccl-tests-compatible collective benchmark over the public API.
  *
  *   fx-bench COLLECTIVE [-b min] [-e max] [-f factor | -i step] [-n iters] [-w warmup]
- *            [-r reps] [-d dtype] [-o op] [--root R] [--algo NAME] [-c 0|1] [--np N] [--json]
- *            [--timeout-ms MS]
+ *            [-r reps] [-d dtype] [-o op] [--root R] [--algo NAME|all] [-c 0|1] [--np N]
+ *            [--json] [--timeout-ms MS]
  *
  * COLLECTIVE is one of nccl-tests' names: allreduce, allgather, reducescatter, broadcast,
  * reduce, alltoall, sendrecv. Runs under a launcher's environment (fx_comm_init_env) or starts N
@@ -14,6 +14,16 @@
  * (n-1)/n for all-gather, reduce-scatter and all-to-all, 1 for the others. Time per op is the
  * maximum over ranks of the mean over the iterations, the median of that over -r repetitions.
  * GB/s = 1e9 bytes/s.
+ *
+ * --algo all compares, in one run, the tuner's choice with every algorithm of the collective
+ * forced: one communicator per contender (fx_comm_split with FX_ALGO set for each), and per
+ * size the contenders take turns, each timing its block of -n iterations once per repetition
+ * in an order rotated per repetition, so that load from elsewhere falls on all of them alike.
+ * Per size it prints each contender's median (out of place), the algorithm the tuner ran, the
+ * tuner's time over the fastest forced algorithm's ("tuner/best") and the forced time of the
+ * algorithm it chose over the same ("choice/best": the choice judged without a second sample
+ * of the same algorithm). A forced algorithm the library cannot run at a size (it falls back)
+ * is marked and left out of "best".
  */
 #include <errno.h>
 #include <math.h>
@@ -43,21 +53,22 @@ enum coll_kind {
  * blocks of `count` elements (the per-rank count); "n" stands for nranks. */
 struct coll_desc {
     const char *name;
-    int reduces;     /* takes an op */
-    int rooted;      /* takes a root */
-    int send_n;      /* the send buffer holds nranks blocks (else one) */
-    int recv_n;      /* the receive buffer holds nranks blocks (else one) */
-    int has_inplace; /* an in-place form exists */
+    const char *algos; /* the algorithms --algo all forces in turn, space-separated */
+    int reduces;       /* takes an op */
+    int rooted;        /* takes a root */
+    int send_n;        /* the send buffer holds nranks blocks (else one) */
+    int recv_n;        /* the receive buffer holds nranks blocks (else one) */
+    int has_inplace;   /* an in-place form exists */
 };
 
 static const struct coll_desc colls[COLL_END] = {
-    [COLL_ALLREDUCE]     = {"allreduce", 1, 0, 0, 0, 1},
-    [COLL_ALLGATHER]     = {"allgather", 0, 0, 0, 1, 1},
-    [COLL_REDUCESCATTER] = {"reducescatter", 1, 0, 1, 0, 1},
-    [COLL_BROADCAST]     = {"broadcast", 0, 1, 0, 0, 1},
-    [COLL_REDUCE]        = {"reduce", 1, 1, 0, 0, 1},
-    [COLL_ALLTOALL]      = {"alltoall", 0, 0, 1, 1, 0},
-    [COLL_SENDRECV]      = {"sendrecv", 0, 0, 0, 0, 0},
+    [COLL_ALLREDUCE]     = {"allreduce", "ring pair tree rd rabenseifner", 1, 0, 0, 0, 1},
+    [COLL_ALLGATHER]     = {"allgather", "ring rd bruck", 0, 0, 0, 1, 1},
+    [COLL_REDUCESCATTER] = {"reducescatter", "ring", 1, 0, 1, 0, 1},
+    [COLL_BROADCAST]     = {"broadcast", "chain binomial", 0, 1, 0, 0, 1},
+    [COLL_REDUCE]        = {"reduce", "chain binomial", 1, 1, 0, 0, 1},
+    [COLL_ALLTOALL]      = {"alltoall", "pairwise", 0, 0, 1, 1, 0},
+    [COLL_SENDRECV]      = {"sendrecv", "", 0, 0, 0, 0, 0},
 };
 
 struct opts {
@@ -77,6 +88,7 @@ struct opts {
     long timeout_ms;
     int root;
     const char *algo; /* --algo: exported as FX_ALGO=<collective>:<algo> before init */
+    int compare;      /* --algo all */
 };
 
 struct result {
@@ -203,6 +215,7 @@ static void usage(FILE *f)
                "  -o, --op OP           sum prod min max avg (default sum)\n"
                "      --root R          root of broadcast and reduce (default 0)\n"
                "      --algo NAME       force the library's algorithm (FX_ALGO=COLLECTIVE:NAME)\n"
+               "      --algo all        the tuner beside every algorithm forced, taking turns\n"
                "  -c, --check 0|1       check every result against a reference (default 1)\n"
                "      --np N            start N local ranks (else: the launcher's environment)\n"
                "      --json            print one JSON object instead of the table\n"
@@ -352,6 +365,10 @@ static int parse_args(struct opts *o, int argc, char **argv)
         if (o->coll == COLL_SENDRECV) {
             fprintf(stderr, "fx-bench: sendrecv has no algorithm to choose\n");
             return -1;
+        }
+        if (strcmp(o->algo, "all") == 0) {
+            o->compare = 1; /* each contender's communicator gets its own FX_ALGO */
+            return 0;
         }
         snprintf(env, sizeof(env), "%s:%s", colls[o->coll].name, o->algo);
         setenv("FX_ALGO", env, 1); /* the library checks the name at init */
@@ -908,6 +925,237 @@ static size_t next_size(const struct opts *o, size_t size)
     return next > size ? next : size + 1;
 }
 
+/* ------------------------------------------------------------------ --algo all */
+
+#define MAX_CONTENDERS 8
+
+struct contender {
+    char name[24]; /* "tuner" or the forced algorithm */
+    fx_comm_t comm;
+    double t[64];  /* seconds per op, one per repetition */
+    char algo[32]; /* what the library ran at the current size */
+    double median;
+};
+
+/* A communicator over the same ranks whose FX_ALGO forces `algo` for the benchmarked collective
+ * (NULL: the tuner's choice). */
+static fx_status contender_comm(const struct bench *b, const char *algo, fx_comm_t *out)
+{
+    char env[128];
+    fx_status s;
+
+    if (algo == NULL) {
+        env[0] = '\0';
+    } else {
+        snprintf(env, sizeof(env), "%s:%s", colls[b->o.coll].name, algo);
+    }
+    setenv("FX_ALGO", env, 1);
+    s = fx_comm_split(b->comm, 0, b->rank, out);
+    unsetenv("FX_ALGO");
+    return s == FX_OK ? FX_OK : fail(b, "creating a contender's communicator", s);
+}
+
+static int set_up_contenders(const struct bench *b, struct contender *c, int *n)
+{
+    char list[128];
+    char *save = NULL;
+
+    *n = 0;
+    snprintf(c[0].name, sizeof(c[0].name), "tuner");
+    if (contender_comm(b, NULL, &c[0].comm) != FX_OK) {
+        return -1;
+    }
+    *n = 1;
+    snprintf(list, sizeof(list), "%s", colls[b->o.coll].algos);
+    for (char *a = strtok_r(list, " ", &save); a != NULL && *n < MAX_CONTENDERS;
+         a       = strtok_r(NULL, " ", &save)) {
+        snprintf(c[*n].name, sizeof(c[*n].name), "%s", a);
+        if (contender_comm(b, a, &c[*n].comm) != FX_OK) {
+            return -1;
+        }
+        (*n)++;
+    }
+    return 0;
+}
+
+/* One block of b->o.iters ops on contender c's communicator: seconds per op, max over ranks. */
+static fx_status time_block(const struct bench *b, struct contender *c, size_t count, int warm,
+                            double *out)
+{
+    struct bench cb = *b;
+    const uint8_t *sbuf;
+    uint8_t *rbuf;
+    fx_status s = FX_OK;
+    double t0;
+
+    cb.comm = c->comm;
+    run_bufs(&cb, count, 0, &sbuf, &rbuf);
+    for (int i = 0; i < warm && s == FX_OK; i++) {
+        s = run_op(&cb, sbuf, rbuf, count);
+    }
+    if (s == FX_OK) {
+        s = barrier(&cb);
+    }
+    t0 = now_s();
+    for (int i = 0; i < b->o.iters && s == FX_OK; i++) {
+        s = run_op(&cb, sbuf, rbuf, count);
+    }
+    *out = (now_s() - t0) / b->o.iters;
+    snprintf(c->algo, sizeof(c->algo), "%s", fx_comm_last_algo(c->comm));
+    if (s == FX_OK) {
+        s = fx_allreduce(out, out, 1, FX_FLOAT64, FX_MAX, c->comm);
+    }
+    return s == FX_OK ? FX_OK : fail(&cb, c->name, s);
+}
+
+/* The contenders' medians at one size; *wrong sums the checked runs' wrong elements. */
+static fx_status compare_size(const struct bench *b, struct contender *c, int nc, size_t count,
+                              long *wrong)
+{
+    int nreps = b->o.reps < 64 ? b->o.reps : 64;
+
+    *wrong = 0;
+    fill_inputs(b, count, b->send);
+    for (int k = 0; k < nc && b->o.check; k++) {
+        struct bench cb = *b;
+        long w          = 0;
+
+        fx_status s;
+
+        cb.comm = c[k].comm;
+        s       = check_ops(&cb, count, 0, &w);
+        if (s != FX_OK) {
+            return s;
+        }
+        *wrong += w;
+    }
+    for (int r = 0; r < nreps; r++) {
+        for (int j = 0; j < nc; j++) {
+            int k       = (j + r) % nc;
+            fx_status s = time_block(b, &c[k], count, r == 0 ? b->o.warmup : 0, &c[k].t[r]);
+
+            if (s != FX_OK) {
+                return s;
+            }
+        }
+    }
+    for (int k = 0; k < nc; k++) {
+        qsort(c[k].t, (size_t)nreps, sizeof(double), cmp_double);
+        c[k].median = c[k].t[nreps / 2];
+    }
+    return FX_OK;
+}
+
+/* tuner/best and choice/best at one size (0 where there is no forced algorithm to compare). */
+static void compare_ratios(const struct contender *c, int nc, double *tuner, double *choice)
+{
+    double best = 0;
+
+    *tuner  = 0;
+    *choice = 0;
+    for (int k = 1; k < nc; k++) {
+        if (strcmp(c[k].algo, c[k].name) == 0 && (best == 0 || c[k].median < best)) {
+            best = c[k].median;
+        }
+    }
+    if (best <= 0) {
+        return;
+    }
+    *tuner = c[0].median / best;
+    for (int k = 1; k < nc; k++) {
+        if (strcmp(c[k].name, c[0].algo) == 0 && strcmp(c[k].algo, c[k].name) == 0) {
+            *choice = c[k].median / best;
+        }
+    }
+}
+
+static int bench_compare(struct bench *b)
+{
+    struct contender c[MAX_CONTENDERS];
+    int nc          = 0;
+    int rc          = 0;
+    long wrong      = 0;
+    double worst[2] = {0, 0};
+    int rows        = 0;
+
+    memset(c, 0, sizeof(c));
+    if (set_up_contenders(b, c, &nc) != 0) {
+        rc = 1;
+    }
+    if (rc == 0 && b->rank == 0) {
+        if (b->o.json) {
+            printf("{\"collective\": \"%s\", \"nranks\": %d, \"dtype\": \"%s\", \"op\": \"%s\", "
+                   "\"iters\": %d, \"warmup\": %d, \"reps\": %d, \"compare\": [",
+                   colls[b->o.coll].name, b->nranks, fx_datatype_name(b->o.dtype), op_text(b),
+                   b->o.iters, b->o.warmup, b->o.reps);
+        } else {
+            printf("# fx-bench %s --algo all: nranks %d, datatype %s, op %s, iters %d, warmup "
+                   "%d, reps %d (contenders take turns; medians, out of place, us; * = fell "
+                   "back to another algorithm)\n# %10s",
+                   colls[b->o.coll].name, b->nranks, fx_datatype_name(b->o.dtype), op_text(b),
+                   b->o.iters, b->o.warmup, b->o.reps, "size");
+            for (int k = 0; k < nc; k++) {
+                printf(" %13s", c[k].name);
+            }
+            printf(" %13s %11s %12s\n", "tuner ran", "tuner/best", "choice/best");
+        }
+    }
+    for (size_t size = b->o.minb; rc == 0 && size <= b->o.maxb; size = next_size(&b->o, size)) {
+        size_t count = size / size_unit(b);
+        double ratio[2];
+        long w = 0;
+
+        if (count == 0) {
+            continue;
+        }
+        if (compare_size(b, c, nc, count, &w) != FX_OK) {
+            rc = 1;
+            break;
+        }
+        wrong += w;
+        compare_ratios(c, nc, &ratio[0], &ratio[1]);
+        for (int i = 0; i < 2; i++) {
+            worst[i] = ratio[i] > worst[i] ? ratio[i] : worst[i];
+        }
+        if (b->rank != 0) {
+            rows++;
+            continue;
+        }
+        if (b->o.json) {
+            printf("%s{\"size\": %zu, \"contenders\": [", rows ? ", " : "", count * size_unit(b));
+            for (int k = 0; k < nc; k++) {
+                printf("%s{\"name\": \"%s\", \"algo\": \"%s\", \"time_us\": %.3f}", k ? ", " : "",
+                       c[k].name, c[k].algo, c[k].median * 1e6);
+            }
+            printf("], \"tuner_over_best\": %.4f, \"choice_over_best\": %.4f}", ratio[0], ratio[1]);
+        } else {
+            printf("  %10zu", count * size_unit(b));
+            for (int k = 0; k < nc; k++) {
+                printf(" %12.1f%s", c[k].median * 1e6,
+                       k > 0 && strcmp(c[k].algo, c[k].name) != 0 ? "*" : " ");
+            }
+            printf(" %13s %11.2f %12.2f\n", c[0].algo, ratio[0], ratio[1]);
+            fflush(stdout);
+        }
+        rows++;
+    }
+    if (b->rank == 0 && rc == 0) {
+        if (b->o.json) {
+            printf("], \"worst_tuner_over_best\": %.4f, \"worst_choice_over_best\": %.4f, "
+                   "\"wrong\": %ld}\n",
+                   worst[0], worst[1], wrong);
+        } else {
+            printf("# Out of bounds values : %ld %s\n", wrong, wrong ? "FAILED" : "OK");
+            printf("# Worst tuner/best     : %.2f\n# Worst choice/best    : %.2f\n#\n", worst[0],
+                   worst[1]);
+        }
+    }
+    for (int k = 0; k < nc; k++) {
+        fx_comm_destroy(c[k].comm);
+    }
+    return rc != 0 ? 1 : wrong != 0;
+}
+
 static int bench_sizes(struct bench *b)
 {
     struct result res[128];
@@ -984,7 +1232,7 @@ static int run_rank(const struct opts *o, fx_comm_t comm)
         fx_comm_destroy(comm);
         return 1;
     }
-    rc = bench_sizes(&b);
+    rc = o->compare ? bench_compare(&b) : bench_sizes(&b);
     free(b.send);
     free(b.recv);
     fx_comm_destroy(comm);
