@@ -42,11 +42,12 @@ static inline __m512i vset(uint32_t v)
 }
 
 /*
- * fp8 SUM, PROD and AVG, 64 lanes at a time: the codes widened to binary16 by byte unpacks (e5m2 is
- * the top byte of a binary16; e4m3 its value times 2^-8, one bit lower, as in
- * coll_kernels_avx512fp16.c), converted to fp32 exactly, the op in fp32, the result rounded to
- * binary16 and from there to fp8 to nearest-even in 16-bit lanes. SUM, PROD and AVG over 2^e
- * ranks (e up to 8 for e5m2, 7 for e4m3) round to binary16 to nearest-even, as the AVX2 set
+ * fp8 SUM, PROD and AVG, 64 lanes at a time with no byte shuffle, as the AVX2 set does: each
+ * 16-bit lane holds an even code in its low byte and an odd one in its high byte, and a shift or
+ * a mask makes each a binary16 (e5m2 is the top byte of one; e4m3 its value times 2^-8, one bit
+ * lower, as in coll_kernels_avx512fp16.c), converted to fp32 exactly, the op in fp32, the result
+ * rounded to binary16 and from there to fp8 to nearest-even in 16-bit lanes. SUM, PROD and AVG over
+ * 2^e ranks (e up to 8 for e5m2, 7 for e4m3) round to binary16 to nearest-even, as the AVX2 set
  * does (coll_kernels_avx2.c says why the bits are those of one rounding from fp32). AVG over
  * other or more ranks rounds to binary16 to odd (toward zero, then the lsb set where that was
  * inexact): rounding to odd and then to nearest gives the nearest when the first format keeps at
@@ -59,14 +60,25 @@ static inline __m512i w16(int v)
     return _mm512_set1_epi16((short)v);
 }
 
-static inline __m512i dec16_e5m2(__m512i w)
+static inline __m512i even_e5m2(__m512i w)
 {
-    return w;
+    return _mm512_slli_epi16(w, 8);
 }
 
-static inline __m512i dec16_e4m3(__m512i w)
+static inline __m512i odd_e5m2(__m512i w)
 {
-    return _mm512_and_si512(_mm512_srai_epi16(w, 1), w16(0xbfff));
+    return _mm512_and_si512(w, w16((short)0xff00));
+}
+
+/* sign to bit 15, magnitude to bits 13..7 */
+static inline __m512i odd_e4m3(__m512i w)
+{
+    return _mm512_and_si512(_mm512_srai_epi16(w, 1), w16((short)0xbf80));
+}
+
+static inline __m512i even_e4m3(__m512i w)
+{
+    return odd_e4m3(_mm512_slli_epi16(w, 8));
 }
 
 /* 16 fp32 values to binary16, rounded to nearest-even. */
@@ -154,13 +166,11 @@ static inline __m512 avg_div(__m512 x, __m512 y, __m512 v)
     return _mm512_div_ps(_mm512_add_ps(x, y), v);
 }
 
-/* 32 codes (in the high bytes of 16-bit lanes) of each operand through OP; 16-bit lanes with
- * the result codes in their high bytes. */
+/* 32 codes of each operand, as binary16 in 16-bit lanes, through OP; 16-bit lanes with the
+ * result codes in their high bytes. */
 #define FP8_512_HALF(fmt, opname, OP, TO16)                                                        \
-    static inline __m512i fmt##_##opname##_half(__m512i wx, __m512i wy, __m512 v)                  \
+    static inline __m512i fmt##_##opname##_half(__m512i hx, __m512i hy, __m512 v)                  \
     {                                                                                              \
-        __m512i hx = dec16_##fmt(wx);                                                              \
-        __m512i hy = dec16_##fmt(wy);                                                              \
         __m512 xl  = _mm512_cvtph_ps(_mm512_castsi512_si256(hx));                                  \
         __m512 xh  = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hx, 1));                            \
         __m512 yl  = _mm512_cvtph_ps(_mm512_castsi512_si256(hy));                                  \
@@ -175,14 +185,13 @@ static inline __m512 avg_div(__m512 x, __m512 y, __m512 v)
     static inline void fmt##_##opname##_block(uint8_t *d, const uint8_t *a, const uint8_t *b,      \
                                               __mmask64 k, __m512 v)                               \
     {                                                                                              \
-        __m512i z = _mm512_setzero_si512();                                                        \
-        __m512i x = _mm512_maskz_loadu_epi8(k, a);                                                 \
-        __m512i y = _mm512_maskz_loadu_epi8(k, b);                                                 \
-        __m512i lo =                                                                               \
-            fmt##_##opname##_half(_mm512_unpacklo_epi8(z, x), _mm512_unpacklo_epi8(z, y), v);      \
-        __m512i hi =                                                                               \
-            fmt##_##opname##_half(_mm512_unpackhi_epi8(z, x), _mm512_unpackhi_epi8(z, y), v);      \
-        __m512i r = _mm512_packus_epi16(_mm512_srli_epi16(lo, 8), _mm512_srli_epi16(hi, 8));       \
+        __m512i x  = _mm512_maskz_loadu_epi8(k, a);                                                \
+        __m512i y  = _mm512_maskz_loadu_epi8(k, b);                                                \
+        __m512i te = fmt##_##opname##_half(even_##fmt(x), even_##fmt(y), v);                       \
+        __m512i to = fmt##_##opname##_half(odd_##fmt(x), odd_##fmt(y), v);                         \
+        /* odd codes keep their high byte, even ones move down: select by 0xff00 */                \
+        __m512i r =                                                                                \
+            _mm512_ternarylogic_epi32(to, _mm512_srli_epi16(te, 8), w16((short)0xff00), 0xe4);     \
         _mm512_mask_storeu_epi8(d, k, nan8_##fmt(r, x, y));                                        \
     }                                                                                              \
     static void fmt##_##opname##_loop(uint8_t *dd, const uint8_t *aa, const uint8_t *bb, size_t n, \
