@@ -42,28 +42,49 @@ static inline __m512i vset(uint32_t v)
 }
 
 /*
- * fp8 SUM, PROD and AVG, 64 lanes at a time: the codes widened to binary16 by byte unpacks (e5m2 is
- * the top byte of a binary16; e4m3 its value times 2^-8, one bit lower, as in
- * coll_kernels_avx512fp16.c), converted to fp32 exactly, the op in fp32, the result rounded to
- * binary16 to odd (toward zero, then the lsb set where that was inexact) and from there to fp8
- * to nearest-even in 16-bit lanes. Rounding to odd and then to nearest gives the nearest when
- * the first format keeps at least two more bits, and binary16 keeps 7 or more below fp8's lsb
- * everywhere, subnormals included; toward zero it stops at 65504, which e5m2 rounds to
- * infinity as it would the fp32 value. The unit tests check every pair of codes.
+ * fp8 SUM, PROD and AVG, 64 lanes at a time with no byte shuffle, as the AVX2 set does: each
+ * 16-bit lane holds an even code in its low byte and an odd one in its high byte, and a shift or
+ * a mask makes each a binary16 (e5m2 is the top byte of one; e4m3 its value times 2^-8, one bit
+ * lower, as in coll_kernels_avx512fp16.c), converted to fp32 exactly, the op in fp32, the result
+ * rounded to binary16 and from there to fp8 to nearest-even in 16-bit lanes. SUM, PROD and AVG over
+ * 2^e ranks (e up to 8 for e5m2, 7 for e4m3) round to binary16 to nearest-even, as the AVX2 set
+ * does (coll_kernels_avx2.c says why the bits are those of one rounding from fp32). AVG over
+ * other or more ranks rounds to binary16 to odd (toward zero, then the lsb set where that was
+ * inexact): rounding to odd and then to nearest gives the nearest when the first format keeps at
+ * least two more bits, and binary16 keeps 7 or more below fp8's lsb everywhere, subnormals
+ * included; toward zero it stops at 65504, which e5m2 rounds to infinity as it would the fp32
+ * value. The unit tests check every pair of codes.
  */
 static inline __m512i w16(int v)
 {
     return _mm512_set1_epi16((short)v);
 }
 
-static inline __m512i dec16_e5m2(__m512i w)
+static inline __m512i even_e5m2(__m512i w)
 {
-    return w;
+    return _mm512_slli_epi16(w, 8);
 }
 
-static inline __m512i dec16_e4m3(__m512i w)
+static inline __m512i odd_e5m2(__m512i w)
 {
-    return _mm512_and_si512(_mm512_srai_epi16(w, 1), w16(0xbfff));
+    return _mm512_and_si512(w, w16((short)0xff00));
+}
+
+/* sign to bit 15, magnitude to bits 13..7 */
+static inline __m512i odd_e4m3(__m512i w)
+{
+    return _mm512_and_si512(_mm512_srai_epi16(w, 1), w16((short)0xbf80));
+}
+
+static inline __m512i even_e4m3(__m512i w)
+{
+    return odd_e4m3(_mm512_slli_epi16(w, 8));
+}
+
+/* 16 fp32 values to binary16, rounded to nearest-even. */
+static inline __m256i rne16(__m512 r)
+{
+    return _mm512_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
 /* 16 fp32 values to binary16, rounded to odd (a NaN stays a NaN). */
@@ -75,8 +96,8 @@ static inline __m256i ro16(__m512 r)
     return _mm256_mask_mov_epi16(h, inx, _mm256_or_si256(h, _mm256_set1_epi16(1)));
 }
 
-/* To nearest-even on the low 8 bits: the e5m2 code in the high byte. A NaN rounded to odd has
- * at most its lsb set in the low byte, so no carry leaves it. */
+/* To nearest-even on the low 8 bits: the e5m2 code in the high byte. A NaN from fp8 operands has
+ * at most its lsb set in the low byte (set by the rounding to odd), so no carry leaves it. */
 static inline __m512i enc16_e5m2(__m512i h)
 {
     __m512i t = _mm512_add_epi16(h, w16(0x7f));
@@ -145,35 +166,32 @@ static inline __m512 avg_div(__m512 x, __m512 y, __m512 v)
     return _mm512_div_ps(_mm512_add_ps(x, y), v);
 }
 
-/* 32 codes (in the high bytes of 16-bit lanes) of each operand through OP; 16-bit lanes with
- * the result codes in their high bytes. */
-#define FP8_512_HALF(fmt, opname, OP)                                                              \
-    static inline __m512i fmt##_##opname##_half(__m512i wx, __m512i wy, __m512 v)                  \
+/* 32 codes of each operand, as binary16 in 16-bit lanes, through OP; 16-bit lanes with the
+ * result codes in their high bytes. */
+#define FP8_512_HALF(fmt, opname, OP, TO16)                                                        \
+    static inline __m512i fmt##_##opname##_half(__m512i hx, __m512i hy, __m512 v)                  \
     {                                                                                              \
-        __m512i hx = dec16_##fmt(wx);                                                              \
-        __m512i hy = dec16_##fmt(wy);                                                              \
         __m512 xl  = _mm512_cvtph_ps(_mm512_castsi512_si256(hx));                                  \
         __m512 xh  = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hx, 1));                            \
         __m512 yl  = _mm512_cvtph_ps(_mm512_castsi512_si256(hy));                                  \
         __m512 yh  = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hy, 1));                            \
-        __m256i rl = ro16(OP(xl, yl, v));                                                          \
-        __m256i rh = ro16(OP(xh, yh, v));                                                          \
+        __m256i rl = TO16(OP(xl, yl, v));                                                          \
+        __m256i rh = TO16(OP(xh, yh, v));                                                          \
         return enc16_##fmt(_mm512_inserti64x4(_mm512_castsi256_si512(rl), rh, 1));                 \
     }
 
-#define FP8_512_BLOCK(fmt, opname, OP)                                                             \
-    FP8_512_HALF(fmt, opname, OP)                                                                  \
+#define FP8_512_BLOCK(fmt, opname, OP, TO16)                                                       \
+    FP8_512_HALF(fmt, opname, OP, TO16)                                                            \
     static inline void fmt##_##opname##_block(uint8_t *d, const uint8_t *a, const uint8_t *b,      \
                                               __mmask64 k, __m512 v)                               \
     {                                                                                              \
-        __m512i z = _mm512_setzero_si512();                                                        \
-        __m512i x = _mm512_maskz_loadu_epi8(k, a);                                                 \
-        __m512i y = _mm512_maskz_loadu_epi8(k, b);                                                 \
-        __m512i lo =                                                                               \
-            fmt##_##opname##_half(_mm512_unpacklo_epi8(z, x), _mm512_unpacklo_epi8(z, y), v);      \
-        __m512i hi =                                                                               \
-            fmt##_##opname##_half(_mm512_unpackhi_epi8(z, x), _mm512_unpackhi_epi8(z, y), v);      \
-        __m512i r = _mm512_packus_epi16(_mm512_srli_epi16(lo, 8), _mm512_srli_epi16(hi, 8));       \
+        __m512i x  = _mm512_maskz_loadu_epi8(k, a);                                                \
+        __m512i y  = _mm512_maskz_loadu_epi8(k, b);                                                \
+        __m512i te = fmt##_##opname##_half(even_##fmt(x), even_##fmt(y), v);                       \
+        __m512i to = fmt##_##opname##_half(odd_##fmt(x), odd_##fmt(y), v);                         \
+        /* odd codes keep their high byte, even ones move down: select by 0xff00 */                \
+        __m512i r =                                                                                \
+            _mm512_ternarylogic_epi32(to, _mm512_srli_epi16(te, 8), w16((short)0xff00), 0xe4);     \
         _mm512_mask_storeu_epi8(d, k, nan8_##fmt(r, x, y));                                        \
     }                                                                                              \
     static void fmt##_##opname##_loop(uint8_t *dd, const uint8_t *aa, const uint8_t *bb, size_t n, \
@@ -190,7 +208,7 @@ static inline __m512 avg_div(__m512 x, __m512 y, __m512 v)
     }
 
 #define FP8_512_KERNEL(fmt, opname, OP)                                                            \
-    FP8_512_BLOCK(fmt, opname, OP)                                                                 \
+    FP8_512_BLOCK(fmt, opname, OP, rne16)                                                          \
     static void fmt##_##opname##_avx512(void *d, const void *a, const void *b, size_t n)           \
     {                                                                                              \
         fmt##_##opname##_loop(d, a, b, n, _mm512_setzero_ps());                                    \
@@ -200,10 +218,12 @@ FP8_512_KERNEL(e5m2, sum, add_ps)
 FP8_512_KERNEL(e5m2, prod, mul_ps)
 FP8_512_KERNEL(e4m3, sum, add_ps)
 FP8_512_KERNEL(e4m3, prod, mul_e4m3)
-FP8_512_BLOCK(e5m2, avgm, avg_mul)
-FP8_512_BLOCK(e5m2, avgd, avg_div)
-FP8_512_BLOCK(e4m3, avgm, avg_mul)
-FP8_512_BLOCK(e4m3, avgd, avg_div)
+FP8_512_BLOCK(e5m2, avgm, avg_mul, rne16)
+FP8_512_BLOCK(e5m2, avgm_rto, avg_mul, ro16)
+FP8_512_BLOCK(e5m2, avgd, avg_div, ro16)
+FP8_512_BLOCK(e4m3, avgm, avg_mul, rne16)
+FP8_512_BLOCK(e4m3, avgm_rto, avg_mul, ro16)
+FP8_512_BLOCK(e4m3, avgd, avg_div, ro16)
 
 /*
  * bf16 SUM, PROD and AVG on 32 lanes: a 32-bit lane holds two bf16 values, the even one widened
@@ -394,28 +414,23 @@ static void bf16_avg_avx512(void *d, const void *a, const void *b, size_t n, flo
     }
 }
 
-/* fp8 AVG through the SUM/PROD kernels' blocks above (round to odd into binary16). */
-static void e4m3_avg_avx512(void *d, const void *a, const void *b, size_t n, float div)
-{
-    __m512 v;
-
-    if (pow2_div(div, &v)) {
-        e4m3_avgm_loop(d, a, b, n, v);
-    } else {
-        e4m3_avgd_loop(d, a, b, n, v);
+/* fp8 AVG through the blocks above: over 2^e ranks, e up to MAXE, binary16 to nearest-even as
+ * the SUM kernels; more ranks, and other counts, round to odd. */
+#define FP8_512_AVG(fmt, MAXE)                                                                     \
+    static void fmt##_avg_avx512(void *d, const void *a, const void *b, size_t n, float div)       \
+    {                                                                                              \
+        __m512 v;                                                                                  \
+        if (!pow2_div(div, &v)) {                                                                  \
+            fmt##_avgd_loop(d, a, b, n, v);                                                        \
+        } else if (div <= (float)(1 << (MAXE))) {                                                  \
+            fmt##_avgm_loop(d, a, b, n, v);                                                        \
+        } else {                                                                                   \
+            fmt##_avgm_rto_loop(d, a, b, n, v);                                                    \
+        }                                                                                          \
     }
-}
 
-static void e5m2_avg_avx512(void *d, const void *a, const void *b, size_t n, float div)
-{
-    __m512 v;
-
-    if (pow2_div(div, &v)) {
-        e5m2_avgm_loop(d, a, b, n, v);
-    } else {
-        e5m2_avgd_loop(d, a, b, n, v);
-    }
-}
+FP8_512_AVG(e5m2, 8)
+FP8_512_AVG(e4m3, 7)
 AVG_512(f32, float)
 
 const fx_avg_fn *fx_coll_avg_avx512(void)

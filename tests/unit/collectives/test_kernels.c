@@ -709,16 +709,23 @@ static size_t fp8_all_pairs(fx_datatype dt, int op, int nranks, size_t off)
 }
 
 /* fp8 exhaustively: all 65536 operand pairs, every op, every kernel set this CPU runs; AVG over
- * every power of two a rank count can be (kernels may take a shortcut there) and a few others. */
+ * every power of two a rank count can be (kernels may take a shortcut there), every other count
+ * up to 130 and some larger ones (the kernels round those quotients to odd into binary16). */
 Test(kernels, fp8_every_pair_of_codes_matches_reference_in_every_set, .timeout = 240)
 {
-    static const int others[]      = {3, 5, 7, 1000, 3 << 20};
+    static const int others[]      = {1000,          4095,          12345,      65535,     3 << 20,
+                                      (1 << 24) - 1, (1 << 24) + 2, 1000000007, 0x7fffffff};
     static const fx_datatype dts[] = {FX_FLOAT8_E4M3, FX_FLOAT8_E5M2};
-    int ranks[30 + sizeof(others) / sizeof(others[0])];
+    int ranks[30 + 130 + sizeof(others) / sizeof(others[0])];
     size_t nranks = 0;
 
     for (int e = 1; e <= 30; e++) {
         ranks[nranks++] = 1 << e;
+    }
+    for (int n = 3; n <= 130; n++) {
+        if ((n & (n - 1)) != 0) {
+            ranks[nranks++] = n;
+        }
     }
     for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
         ranks[nranks++] = others[i];
