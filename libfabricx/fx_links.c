@@ -48,7 +48,8 @@ void fx_link_span_end(struct fx_link_dir *d, int64_t now_ns)
         dt = 0;
     }
     d->blocked_ns += (uint64_t)dt;
-    if (d->span_bytes >= RATE_MIN_BYTES || dt >= RATE_MIN_NS) {
+    /* a stretch on the coarse clock is timed in whole ticks: no rate is made of it */
+    if (!d->coarse && (d->span_bytes >= RATE_MIN_BYTES || dt >= RATE_MIN_NS)) {
         d->win_bytes += d->span_bytes;
         d->win_ns += (uint64_t)dt;
     }
@@ -56,8 +57,9 @@ void fx_link_span_end(struct fx_link_dir *d, int64_t now_ns)
     d->busy_since = now_ns;
 }
 
-/* A message large enough for a rate joins a stretch timed with the coarse clock: what went
- * before counts as its own stretch, the rest is timed with the fine clock. */
+/* The messages posted in a stretch timed with the coarse clock add up to enough for a rate: what
+ * went before counts as its own stretch (blocked time, no rate), the rest is timed with the fine
+ * clock. */
 void fx_link_span_refine(struct fx_link_dir *d, struct fx_link_clock *clk)
 {
     fx_link_span_end(d, fx_link_clock_get(clk, true));

@@ -47,9 +47,10 @@ struct fx_link_dir {
     uint64_t blocked_ns; /* time with messages posted and not complete */
     int64_t busy_since;  /* ns; while posted > 0, on the clock `coarse` names */
     uint32_t posted;
-    bool coarse;         /* the current busy stretch is timed with the coarse clock */
-    uint64_t span_bytes; /* completed in the current busy stretch */
-    uint64_t win_bytes;  /* rate window */
+    bool coarse;          /* the current busy stretch is timed with the coarse clock */
+    uint64_t span_posted; /* posted in it while it was on the coarse clock */
+    uint64_t span_bytes;  /* completed in the current busy stretch */
+    uint64_t win_bytes;   /* rate window */
     uint64_t win_ns;
     bool wire;           /* the transport reports wire counters (sends only) */
     uint64_t wire_bytes; /* latest cumulative: bytes acknowledged, time busy on the wire */
@@ -106,7 +107,8 @@ static inline int64_t fx_link_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Busy stretches that start with a message under this size are timed with the coarse clock. */
+/* Busy stretches are timed with the coarse clock until the messages posted in them add up to
+ * this. */
 #define FX_LINK_FINE_BYTES (64u << 10)
 
 #ifdef CLOCK_MONOTONIC_COARSE
@@ -121,9 +123,11 @@ static inline int64_t fx_link_now_ns(void)
  * pair costs (two reads were about 12% of an 8-byte shared-memory all-reduce), so it is timed
  * with CLOCK_MONOTONIC_COARSE: a fraction of the cost, a resolution of one kernel tick (1-10
  * ms). A stretch then counts a whole tick when one passes inside it and nothing otherwise, which
- * sums to the right total over many stretches. A stretch that carries a message of
- * FX_LINK_FINE_BYTES or more (the ones rates are made of) is timed with CLOCK_MONOTONIC from
- * that message's post on. Both clocks run on the same scale (the coarse one lags by under a tick).
+ * sums to the right blocked time over many stretches but is no time to make a rate of: a stretch
+ * on the coarse clock feeds no rate window. Once the messages posted in a stretch add up to
+ * FX_LINK_FINE_BYTES (the least a stretch needs to feed a rate), it is timed with
+ * CLOCK_MONOTONIC from that post on. Both clocks run on the same scale (the coarse one lags by
+ * under a tick); a difference is only ever taken between two readings of one clock.
  */
 struct fx_link_clock {
     int64_t fine;
@@ -150,11 +154,15 @@ void fx_link_span_refine(struct fx_link_dir *d, struct fx_link_clock *clk);
 static inline void fx_link_posted(struct fx_link_dir *d, size_t bytes, struct fx_link_clock *clk)
 {
     if (d->posted++ == 0) {
-        d->coarse     = bytes < FX_LINK_FINE_BYTES;
-        d->busy_since = fx_link_clock_get(clk, d->coarse);
-        d->span_bytes = 0;
-    } else if (d->coarse && bytes >= FX_LINK_FINE_BYTES) {
-        fx_link_span_refine(d, clk);
+        d->span_posted = bytes;
+        d->coarse      = bytes < FX_LINK_FINE_BYTES;
+        d->busy_since  = fx_link_clock_get(clk, d->coarse);
+        d->span_bytes  = 0;
+    } else if (d->coarse) {
+        d->span_posted += bytes;
+        if (d->span_posted >= FX_LINK_FINE_BYTES) {
+            fx_link_span_refine(d, clk);
+        }
     }
 }
 

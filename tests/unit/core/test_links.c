@@ -247,3 +247,39 @@ Test(links, a_stretch_that_starts_large_stays_on_the_fine_clock)
     cr_expect_eq(now.fine, 0, "an open stretch of small messages is read on the coarse clock");
     cr_expect_neq(now.coarse, 0);
 }
+
+/* Many small messages in one stretch carry enough bytes for a rate: from the post that brings
+ * the stretch to FX_LINK_FINE_BYTES on, it is timed with the fine clock, and only that part
+ * feeds the rate window. The coarse clock lags the fine one here by 3 ms and 999 us: a rate
+ * taken from the coarse readings would be off by a quarter. */
+Test(links, small_messages_adding_up_to_a_rate_are_timed_with_the_fine_clock)
+{
+    struct fx_link_dir *d   = &L.dir[4][FX_LINK_SEND];
+    struct fx_link_clock c1 = {1003000, 1000000};
+    struct fx_link_clock c2 = {4999000, 4000000};
+
+    for (int i = 0; i < 8; i++) {
+        fx_link_posted(d, 8 << 10, &c1);
+    }
+    for (int i = 0; i < 8; i++) {
+        fx_link_completed(d, 8 << 10, &c2);
+    }
+    cr_expect_eq(d->win_bytes, 64u << 10);
+    cr_expect_eq(d->win_ns, 4999000 - 1003000, "the rate's time came from the coarse clock");
+    cr_expect_eq(d->blocked_ns, 4999000 - 1003000);
+}
+
+/* A stretch timed with the coarse clock counts whole ticks or nothing: it adds to the blocked
+ * time but never to a rate, however long it seemed. */
+Test(links, a_stretch_on_the_coarse_clock_feeds_no_rate)
+{
+    struct fx_link_dir *d   = &L.dir[6][FX_LINK_RECV];
+    struct fx_link_clock c1 = {0, 4000000};
+    struct fx_link_clock c2 = {0, 16000000};
+
+    fx_link_posted(d, 8, &c1);
+    fx_link_completed(d, 8, &c2);
+    cr_expect_eq(d->blocked_ns, 12000000);
+    cr_expect_eq(d->win_ns, 0, "12 ms of coarse ticks became a rate's time");
+    cr_expect_eq(d->win_bytes, 0);
+}
