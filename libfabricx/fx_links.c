@@ -122,15 +122,17 @@ static double median_of(const double *v, uint32_t n)
 static void close_window(struct fx_link_dir *d, struct fx_link_clock *now, int64_t now_ms,
                          uint64_t *short_bytes, uint64_t *short_ns)
 {
-    uint64_t bytes = d->win_bytes;
-    uint64_t ns    = d->win_ns;
+    uint64_t bytes;
+    uint64_t ns;
 
     *short_bytes = 0;
     *short_ns    = 0;
     if (d->posted > 0) {
-        /* the stretch goes on from now in the next window */
+        /* the stretch counts up to now in this window and goes on from now in the next */
         fx_link_span_end(d, fx_link_clock_get(now, d->coarse));
     }
+    bytes = d->win_bytes;
+    ns    = d->win_ns;
     if (d->wire) {
         bytes        = d->wire_bytes - d->wire_bytes0;
         ns           = d->wire_ns - d->wire_ns0;

@@ -283,3 +283,28 @@ Test(links, a_stretch_on_the_coarse_clock_feeds_no_rate)
     cr_expect_eq(d->win_ns, 0, "12 ms of coarse ticks became a rate's time");
     cr_expect_eq(d->win_bytes, 0);
 }
+
+/* A stretch still open at the tick counts up to the tick in the window the tick closes: a link
+ * kept busy without a pause gets a sample every tick, not one every other tick. */
+Test(links, a_stretch_open_at_the_tick_counts_in_the_window_it_closes)
+{
+    struct fx_link_dir *d   = &L.dir[1][FX_LINK_SEND];
+    int64_t t0              = fx_link_now_ns();
+    struct fx_link_clock c1 = {t0 - 50000000, 0};
+    struct fx_link_clock c2 = {t0 - 10000000, 0};
+    uint8_t rep[FX_LINK_REPORT_SIZE];
+    bool due;
+
+    for (int i = 0; i < 3; i++) {
+        fx_link_posted(d, 1 << 20, &c1);
+    }
+    fx_link_completed(d, 1 << 20, &c2);
+    fx_link_completed(d, 1 << 20, &c2);
+    cr_expect_eq(d->win_bytes, 0, "the stretch is still open");
+    fx_links_tick(&L, 1000, rep, &due);
+    cr_assert(due);
+    cr_expect_eq(d->samples, 1, "2 MiB over 50 ms up to the tick gave no sample");
+    cr_expect(d->rate > 0 && d->rate <= (2u << 20) * 1e9 / 50e6, "rate %f", d->rate);
+    cr_expect_eq(d->posted, 1);
+    cr_expect_eq(d->win_bytes, 0, "the sample's bytes stayed in the window");
+}
