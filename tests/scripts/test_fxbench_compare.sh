@@ -72,10 +72,12 @@ PY
 }
 
 compare() { # COLL "ALGOS"
-    local coll=$1 algos=$2 out=$TMP/$1.json msg
-    if ! timeout 120 "$BENCH" "$coll" --algo all --np 3 -b 8 -e 256K -f 32 -n 3 -w 1 -r 3 \
-        --json --timeout-ms 100000 >"$out" 2>"$TMP/$coll.err"; then
-        fail "$coll --algo all: exit status $?: $(tail -3 "$TMP/$coll.err")"
+    local coll=$1 algos=$2 out=$TMP/$1.json msg rc
+    timeout 120 "$BENCH" "$coll" --algo all --np 3 -b 8 -e 256K -f 32 -n 3 -w 1 -r 3 \
+        --json --timeout-ms 100000 >"$out" 2>"$TMP/$coll.err"
+    rc=$?
+    if [ $rc != 0 ]; then
+        fail "$coll --algo all: exit status $rc: $(tail -3 "$TMP/$coll.err")"
         return
     fi
     if msg=$(check_json "$out" "$coll" "$algos"); then
