@@ -141,7 +141,10 @@ static inline int64_t fx_link_clock_get(struct fx_link_clock *c, bool coarse)
     if (*t == 0) {
         struct timespec ts;
 
-        clock_gettime(coarse ? FX_LINK_COARSE_CLOCK : CLOCK_MONOTONIC, &ts);
+        /* a kernel without the coarse clock: the fine one, on the same scale */
+        if (!coarse || clock_gettime(FX_LINK_COARSE_CLOCK, &ts) != 0) {
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+        }
         *t = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     }
     return *t;
