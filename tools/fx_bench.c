@@ -232,6 +232,8 @@ static const char *optval(int argc, char **argv, int *i)
     return argv[++*i];
 }
 
+#define MAX_REPS 64 /* -r: the times per size that are kept for the median */
+
 static int bad(const char *opt, const char *val)
 {
     fprintf(stderr, "fx-bench: invalid value '%s' for %s\n", val, opt);
@@ -297,6 +299,10 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 
         if (parse_int(v, lo, a[1] == 'c' || !strcmp(a, "--check") ? 1 : 100000000, &n)) {
             return bad(a, v);
+        }
+        if ((!strcmp(a, "-r") || !strcmp(a, "--reps")) && n > MAX_REPS) {
+            fprintf(stderr, "fx-bench: %s %s: at most %d repetitions per size\n", a, v, MAX_REPS);
+            return -1;
         }
         if (!strcmp(a, "-n") || !strcmp(a, "--iters")) {
             o->iters = (int)n;
@@ -712,8 +718,8 @@ static fx_status time_ops(const struct bench *b, size_t count, int inplace, doub
 {
     const uint8_t *sbuf;
     uint8_t *rbuf;
-    double reps[64];
-    int nreps   = b->o.reps < 64 ? b->o.reps : 64;
+    double reps[MAX_REPS];
+    int nreps   = b->o.reps < MAX_REPS ? b->o.reps : MAX_REPS;
     fx_status s = FX_OK;
 
     run_bufs(b, count, inplace, &sbuf, &rbuf);
@@ -932,8 +938,8 @@ static size_t next_size(const struct opts *o, size_t size)
 struct contender {
     char name[24]; /* "tuner" or the forced algorithm */
     fx_comm_t comm;
-    double t[64];  /* seconds per op, one per repetition */
-    char algo[32]; /* what the library ran at the current size */
+    double t[MAX_REPS]; /* seconds per op, one per repetition */
+    char algo[32];      /* what the library ran at the current size */
     double median;
 };
 
@@ -1012,7 +1018,7 @@ static fx_status time_block(const struct bench *b, struct contender *c, size_t c
 static fx_status compare_size(const struct bench *b, struct contender *c, int nc, size_t count,
                               long *wrong)
 {
-    int nreps = b->o.reps < 64 ? b->o.reps : 64;
+    int nreps = b->o.reps < MAX_REPS ? b->o.reps : MAX_REPS;
 
     *wrong = 0;
     fill_inputs(b, count, b->send);

@@ -106,6 +106,14 @@ if [ $rc = 2 ] && grep -q "sendrecv has no algorithm" "$TMP/sr.out"; then
 else
     fail "sendrecv --algo all: exit $rc: $(cat "$TMP/sr.out")"
 fi
+# The per-size times hold 64 repetitions: more is refused, not cut short without a word.
+timeout 60 "$BENCH" allreduce --algo all --np 2 -b 8 -e 8 -r 65 >"$TMP/reps.out" 2>&1
+rc=$?
+if [ $rc = 2 ] && grep -q -- "-r 65.*at most 64" "$TMP/reps.out"; then
+    pass "--algo all -r 65: refused (exit 2)"
+else
+    fail "--algo all -r 65: exit $rc: $(tail -3 "$TMP/reps.out")"
+fi
 timeout 60 "$BENCH" allreduce --algo nosuch --np 2 -b 8 -e 8 >"$TMP/bad.out" 2>&1
 rc=$?
 if [ $rc != 0 ] && grep -q "nosuch" "$TMP/bad.out"; then
