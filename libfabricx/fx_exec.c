@@ -879,6 +879,9 @@ void fx_exec_fail_all(struct fx_comm *comm, fx_status status)
         complete_head(comm, status);
     }
     comm->exec.running = false;
+    if (comm->links.on) {
+        fx_links_stop(&comm->links);
+    }
 }
 
 void fx_exec_drain_control(struct fx_comm *comm)

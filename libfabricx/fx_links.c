@@ -67,6 +67,22 @@ void fx_link_span_refine(struct fx_link_dir *d, struct fx_link_clock *clk)
     d->busy_since = fx_link_clock_get(clk, false);
 }
 
+void fx_links_stop(struct fx_links *L)
+{
+    struct fx_link_clock now = {0, 0};
+
+    for (int p = 0; L->dir != NULL && p < L->nranks; p++) {
+        for (int k = 0; k < 2; k++) {
+            struct fx_link_dir *d = &L->dir[p][k];
+
+            if (d->posted > 0) {
+                fx_link_span_end(d, fx_link_clock_get(&now, d->coarse));
+                d->posted = 0;
+            }
+        }
+    }
+}
+
 fx_status fx_links_init(struct fx_links *L, bool on, int rank, int nranks, const int *host_of,
                         int nhosts)
 {

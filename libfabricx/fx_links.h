@@ -188,6 +188,10 @@ fx_status fx_links_init(struct fx_links *L, bool on, int rank, int nranks, const
                         int nhosts);
 void fx_links_fini(struct fx_links *L);
 
+/* The operations in flight failed and will not complete: every open busy stretch ends now, so
+ * the blocked times stop growing. */
+void fx_links_stop(struct fx_links *L);
+
 /* The wire counters of the connection to (from) peer (fx_tp_conn_stats), read before a tick:
  * for sends the bytes acknowledged and the busy time, for receives the bytes of large messages
  * and the time from their first byte to their last. */

@@ -308,3 +308,32 @@ Test(links, a_stretch_open_at_the_tick_counts_in_the_window_it_closes)
     cr_expect_eq(d->posted, 1);
     cr_expect_eq(d->win_bytes, 0, "the sample's bytes stayed in the window");
 }
+
+Test(links, stopping_ends_the_open_stretches)
+{
+    struct fx_link_dir *s   = &L.dir[1][FX_LINK_SEND];
+    struct fx_link_dir *r   = &L.dir[4][FX_LINK_RECV];
+    struct fx_link_clock c1 = {0, 0};
+    struct timespec pause   = {0, 5000000};
+    fx_link_stats a;
+    fx_link_stats b;
+    struct fx_link_clock now = {0, 0};
+
+    fx_link_posted(s, 8, &c1);
+    fx_link_posted(r, 1 << 20, &c1);
+    fx_link_posted(r, 1 << 20, &c1);
+    nanosleep(&pause, NULL);
+    fx_links_stop(&L);
+    cr_expect_eq(s->posted, 0);
+    cr_expect_eq(r->posted, 0);
+    cr_expect_geq(r->blocked_ns, 5000000, "the stretch's time so far counts: %llu ns",
+                  (unsigned long long)r->blocked_ns);
+    fx_links_snapshot(&L, 4, &now, &a);
+    nanosleep(&pause, NULL);
+    now = (struct fx_link_clock){0, 0};
+    fx_links_snapshot(&L, 4, &now, &b);
+    cr_expect_eq(a.recv_blocked_ns, b.recv_blocked_ns, "blocked time grows after the stop");
+    fx_links_snapshot(&L, 1, &now, &b);
+    fx_link_completed(r, 1 << 20, &now); /* a late completion changes no count of posts */
+    cr_expect_eq(r->posted, 0);
+}
