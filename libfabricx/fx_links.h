@@ -10,14 +10,16 @@
  * kernel's busy time. Otherwise they come from the executor's busy stretches that moved at
  * least RATE_MIN_BYTES (or lasted 10 ms): bytes over busy time.
  *
- * Every rank sends rank 0 its receive rates (three samples or more, the last one under five
- * seconds old) over the control plane once a second. The receiver's measure, because in a
- * pipelined ring every link carries the slowest one's rate on average and a sender's measure
- * also sees back-pressure from a slow link further on. Rank 0 keeps the last report of each
- * rank, analyses the links between distinct hosts reported in the last few seconds (fx_slow.h)
- * as soon as the reports of a round are in (fx_links_eval_due) and logs at INFO what is slow, a
- * host or a path, with ranks, hosts, addresses, the measured rate and the median (log_due: after
- * a streak of evaluations, then at most every LOG_EVERY_MS).
+ * Every rank sends rank 0 its receive rates (two samples or more, the last one under five
+ * seconds old, each with its sample count) over the control plane once a second. The receiver's
+ * measure, because in a pipelined ring every link carries the slowest one's rate on average and
+ * a sender's measure also sees back-pressure from a slow link further on. Rank 0 keeps the last
+ * report of each rank, analyses the links between distinct hosts reported in the last few
+ * seconds (fx_slow.h) as soon as the reports of a round are in (fx_links_eval_due) and logs at
+ * INFO what is slow, a host or a path, with ranks, hosts, addresses, the measured rate and the
+ * median (log_due: after a streak of evaluations over rates of three samples or more, then at
+ * most every LOG_EVERY_MS; a host whose every link is far below the rest, on one evaluation
+ * over rates of two samples or more).
  *
  * All of it runs under the communicator's lock.
  */
@@ -64,6 +66,7 @@ struct fx_link_dir {
 /* Rank 0: one link of a rank's last report: from peer to the reporting rank. */
 struct fx_link_rep {
     int32_t peer;
+    uint32_t samples; /* the rate is the median of this many (up to FX_LINK_SAMPLES) */
     double rate;
     int64_t ms; /* when it arrived; 0: empty */
     char addr[FX_LINK_ADDR_LEN];
