@@ -57,8 +57,9 @@ struct fx_link_dir {
     uint64_t wire_ns;
     uint64_t wire_bytes0; /* ... when the rate last took a sample */
     uint64_t wire_ns0;
-    double rate;     /* smoothed, bytes per second; 0: not measured yet */
-    int64_t rate_ms; /* when rate last took a sample */
+    uint64_t wire_msgs; /* msgs at the last reading */
+    double rate;        /* smoothed, bytes per second; 0: not measured yet */
+    int64_t rate_ms;    /* when rate last took a sample */
     uint32_t samples;
     double hist[FX_LINK_SAMPLES]; /* the last samples, bytes per second */
 };
@@ -140,15 +141,19 @@ void fx_links_fini(struct fx_links *L);
 
 /* The wire counters of the connection to (from) peer (fx_tp_conn_stats), read before a tick:
  * for sends the bytes acknowledged and the busy time, for receives the bytes of large messages
- * and the time from their first byte to their last. */
+ * and the time from their first byte to their last. Traffic before the first reading is set-up.
+ * Receives are read at every tick, and while none is posted and none completed since the last
+ * reading the reading is the base: a window starts at the last tick before the traffic, so its
+ * first second makes a sample. */
 static inline void fx_link_wire(struct fx_links *L, int peer, int dir, uint64_t bytes, uint64_t ns)
 {
     struct fx_link_dir *d = &L->dir[peer][dir];
 
-    if (!d->wire) {
-        d->wire_bytes0 = bytes; /* traffic before the first reading is set-up */
+    if (!d->wire || (dir == FX_LINK_RECV && d->posted == 0 && d->msgs == d->wire_msgs)) {
+        d->wire_bytes0 = bytes;
         d->wire_ns0    = ns;
     }
+    d->wire_msgs  = d->msgs;
     d->wire       = true;
     d->wire_bytes = bytes;
     d->wire_ns    = ns;

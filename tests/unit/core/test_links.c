@@ -160,6 +160,7 @@ Test(links, wire_counters_give_a_sample_per_tick_and_a_report_from_the_second)
     uint64_t ns    = 5000;
 
     fx_link_wire(&L, 2, FX_LINK_RECV, bytes, ns);
+    fx_link_posted(&L.dir[2][FX_LINK_RECV], 0); /* a receive stays posted throughout */
     for (int t = 1; t <= 4; t++) {
         size_t len;
 
@@ -192,6 +193,37 @@ Test(links, wire_counters_give_a_sample_per_tick_and_a_report_from_the_second)
     /* Not due before a tick has passed. */
     cr_expect_eq(fx_links_tick(&L, 6500, rep, &due), 0);
     cr_expect(!due);
+}
+
+Test(links, an_idle_receive_moves_its_base_so_the_first_second_of_traffic_makes_a_sample)
+{
+    struct fx_link_dir *d = &L.dir[2][FX_LINK_RECV];
+    uint8_t rep[FX_LINK_REPORT_SIZE];
+    bool due;
+
+    /* Set-up traffic (1 MiB, slowly) between the first two readings, then an idle tick: each
+     * reading of an idle link is the base. */
+    fx_link_wire(&L, 2, FX_LINK_RECV, 0, 0);
+    fx_links_tick(&L, 1000, rep, &due);
+    fx_link_posted(d, 1200000000);
+    fx_link_completed(d, 1u << 20, 1300000000);
+    fx_link_wire(&L, 2, FX_LINK_RECV, 1u << 20, 90000000);
+    fx_links_tick(&L, 2000, rep, &due);
+    cr_expect_eq(d->samples, 0u, "under 2 MiB");
+    fx_link_wire(&L, 2, FX_LINK_RECV, 1u << 20, 90000000);
+    fx_links_tick(&L, 3000, rep, &due);
+    cr_expect_eq(d->samples, 0u);
+    /* Traffic starts after the tick at 3 s: 12 MiB over 0.25 s of arrival by the next one. */
+    fx_link_posted(d, 3100000000);
+    fx_link_wire(&L, 2, FX_LINK_RECV, 13u << 20, 340000000);
+    fx_links_tick(&L, 4000, rep, &due);
+    cr_expect_eq(d->samples, 1u, "a sample from the first second of traffic");
+    cr_expect_float_eq(d->rate, (double)(12u << 20) * 4, 1.0, "the set-up traffic not in it");
+    /* Still posted, nothing completed yet: not idle, the windows go on. */
+    fx_link_wire(&L, 2, FX_LINK_RECV, 25u << 20, 590000000);
+    fx_links_tick(&L, 5000, rep, &due);
+    cr_expect_eq(d->samples, 2u);
+    cr_expect_float_eq(d->rate, (double)(12u << 20) * 4, 1.0);
 }
 
 /* ---------------------------------------------------------------- rank 0's verdicts */
