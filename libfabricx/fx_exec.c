@@ -1004,7 +1004,7 @@ void fx_exec_links_tick(struct fx_comm *comm)
                 fx_link_wire(&comm->links, p, FX_LINK_SEND, st.bytes_acked, st.busy_ns);
             }
         }
-        if (comm->recv_conns[p] != NULL && comm->links.dir[p][FX_LINK_RECV].msgs > 0) {
+        if (comm->recv_conns[p] != NULL) { /* idle ones too: fx_link_wire's base */
             if (comm->links.addr[p][0] == '\0') {
                 peer_host_addr(ops, comm->recv_conns[p], comm->links.addr[p]);
             }

@@ -2,8 +2,8 @@
  * Per-peer link statistics and rank 0's slow-link monitor (fx_links.h).
  *
  * Report (control plane, little-endian): u32 count (<= FX_LINK_REPORT_MAX), then per link
- * i32 sending rank, u32 0, u64 smoothed receive rate in bytes per second, 48 B address text of
- * the sender.
+ * i32 sending rank, u32 samples the rate is the median of (capped at FX_LINK_SAMPLES), u64
+ * smoothed receive rate in bytes per second, 48 B address text of the sender.
  */
 #include "fx_links.h"
 
@@ -14,19 +14,23 @@
 #include "fx_log.h"
 #include "fx_slow.h"
 
-#define RATE_MIN_BYTES   (64u << 10) /* a busy stretch shorter in bytes is latency, not rate */
-#define RATE_MIN_NS      10000000    /* ... unless it lasted this long */
-#define WIN_MIN_BYTES    (2u << 20)  /* a window's sample needs this much, over this long */
-#define WIN_MIN_NS       20000000
-#define RATE_MIN_SAMPLES 3    /* rates are reported from the third sample on */
-#define RATE_KEEP_MS     5000 /* ... and while their last sample is this recent */
-#define REPORT_AGE_MS    (3 * FX_LINK_TICK_MS)
-#define LOG_EVERY_MS     10000
-#define HOST_STREAK      2   /* evaluations in a row before a host finding is logged */
-#define PATH_STREAK      5   /* ... a path finding: one link is weaker evidence than two */
-#define MONITOR_MIN_DROP 0.3 /* per-second rates are noisier than fx-doctor's */
-#define MAX_FINDINGS     8
-#define ROUND_SLACK_MS   20 /* jitter of the ranks' report phases (fx_links_eval_due) */
+#define RATE_MIN_BYTES     (64u << 10) /* a busy stretch shorter in bytes is latency, not rate */
+#define RATE_MIN_NS        10000000    /* ... unless it lasted this long */
+#define WIN_MIN_BYTES      (2u << 20)  /* a window's sample needs this much, over this long */
+#define WIN_MIN_NS         20000000
+#define REPORT_MIN_SAMPLES 2    /* rates are reported from the second sample on */
+#define JUDGE_MIN_SAMPLES  3    /* ... and judged from the third (two checks in a row) */
+#define RATE_KEEP_MS       5000 /* ... and while their last sample is this recent */
+#define REPORT_AGE_MS      (3 * FX_LINK_TICK_MS)
+#define LOG_EVERY_MS       10000
+#define HOST_STREAK        2   /* evaluations in a row before a host finding is logged */
+#define PATH_STREAK        5   /* ... a path finding: one link is weaker evidence than two */
+#define MONITOR_MIN_DROP   0.3 /* per-second rates are noisier than fx-doctor's */
+#define STRONG_MIN_DROP    0.4 /* a host named on one check: every link under 0.6 x expected, */
+#define STRONG_MAD_K       6.0 /* ... and this many spreads below it */
+#define STRONG_MIN_LINKS   4   /* ... among at least this many links between hosts */
+#define MAX_FINDINGS       8
+#define ROUND_SLACK_MS     20 /* jitter of the ranks' report phases (fx_links_eval_due) */
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -201,13 +205,13 @@ size_t fx_links_tick(struct fx_links *L, int64_t now_ms, uint8_t *report, bool *
                      p, (unsigned long long)short_bytes, (double)short_ns * 1e-6, WIN_MIN_BYTES,
                      WIN_MIN_NS / 1000000);
         }
-        if (rd->samples >= RATE_MIN_SAMPLES && now_ms - rd->rate_ms <= RATE_KEEP_MS &&
+        if (rd->samples >= REPORT_MIN_SAMPLES && now_ms - rd->rate_ms <= RATE_KEEP_MS &&
             n < FX_LINK_REPORT_MAX) {
             uint8_t *e = report + 4 + n * (16 + FX_LINK_ADDR_LEN);
             uint64_t r = (uint64_t)L->dir[p][FX_LINK_RECV].rate;
 
             put32(e, (uint32_t)p);
-            put32(e + 4, 0);
+            put32(e + 4, rd->samples < FX_LINK_SAMPLES ? rd->samples : FX_LINK_SAMPLES);
             put32(e + 8, (uint32_t)r);
             put32(e + 12, (uint32_t)(r >> 32));
             memcpy(e + 16, L->addr[p], FX_LINK_ADDR_LEN);
@@ -246,9 +250,10 @@ void fx_links_on_report(struct fx_links *L, int src, const uint8_t *report, size
         if (peer < 0 || peer >= L->nranks || peer == src) {
             continue;
         }
-        reps[k].peer = peer;
-        reps[k].rate = (double)((uint64_t)get32(e + 8) | (uint64_t)get32(e + 12) << 32);
-        reps[k].ms   = now_ms;
+        reps[k].peer    = peer;
+        reps[k].samples = get32(e + 4);
+        reps[k].rate    = (double)((uint64_t)get32(e + 8) | (uint64_t)get32(e + 12) << 32);
+        reps[k].ms      = now_ms;
         memcpy(reps[k].addr, e + 16, FX_LINK_ADDR_LEN);
         reps[k].addr[FX_LINK_ADDR_LEN - 1] = '\0';
     }
@@ -318,12 +323,14 @@ bool fx_links_eval_due(struct fx_links *L, int64_t now_ms, bool tick)
 /* ------------------------------------------------------------------ rank 0's verdicts */
 
 /*
- * A finding is logged once it held in HOST_STREAK (a host, whose links two receivers measure)
- * or PATH_STREAK (a path, often one link) evaluations in a row, one second apart, so that a
- * window's noise names nothing, then at most every LOG_EVERY_MS while it holds. The
- * table tracks the findings of the last evaluation; `seen` marks those of the current one.
+ * A finding is logged once it held in `need` evaluations in a row (HOST_STREAK for a host, whose
+ * links two receivers measure, PATH_STREAK for a path, often one link; 1 for a host whose every
+ * link is far below the rest), one second apart, so that a window's noise names nothing, then at
+ * most every LOG_EVERY_MS while it holds. The table tracks the findings of the last evaluation;
+ * `seen` marks those of the current one.
  */
-static bool log_due(struct fx_links *L, int kind, int a, int b, int64_t now_ms, uint64_t round)
+static bool log_due(struct fx_links *L, int kind, int a, int b, uint32_t need, int64_t now_ms,
+                    uint64_t round)
 {
     struct fx_link_logged *slot = NULL;
     size_t n                    = sizeof(L->logged) / sizeof(L->logged[0]);
@@ -348,8 +355,7 @@ static bool log_due(struct fx_links *L, int kind, int a, int b, int64_t now_ms, 
     }
     slot->streak = slot->round + 1 == round ? slot->streak + 1 : 1;
     slot->round  = round;
-    if (slot->streak < (kind == FX_SLOW_HOST ? HOST_STREAK : PATH_STREAK) ||
-        (slot->ms != 0 && now_ms - slot->ms < LOG_EVERY_MS)) {
+    if (slot->streak < need || (slot->ms != 0 && now_ms - slot->ms < LOG_EVERY_MS)) {
         return false;
     }
     slot->ms = now_ms;
@@ -396,7 +402,7 @@ static const char *host_name(const struct fx_links *L, const struct fx_boot *boo
 
 static void log_finding(struct fx_links *L, const struct fx_boot *boot,
                         const struct fx_slow_finding *f, const struct fx_slow_result *res,
-                        int64_t since)
+                        int64_t since, bool strong)
 {
     char ranks_a[64];
     char ranks_b[64];
@@ -409,10 +415,11 @@ static void log_finding(struct fx_links *L, const struct fx_boot *boot,
         fx_info(FX_SUB_NET,
                 "slow link: host %s (rank%s %s%s%s): %d of its %d measured links are slow, "
                 "%.2f Gbit/s against %.2f expected; median of the communicator's %d links "
-                "%.2f Gbit/s",
+                "%.2f Gbit/s%s",
                 host_name(L, boot, f->host), strchr(ranks_a, ',') ? "s" : "", ranks_a,
                 addr_a[0] ? ", " : "", addr_a, f->nslow, f->nlinks, f->measured * gb,
-                res->expected * gb, res->nlinks, res->median * gb);
+                res->expected * gb, res->nlinks, res->median * gb,
+                strong ? " (every link far below the rest: named on one check)" : "");
         return;
     }
     describe_host(L, f->a, since, ranks_a, sizeof(ranks_a), &addr_a);
@@ -431,16 +438,63 @@ static void log_finding(struct fx_links *L, const struct fx_boot *boot,
             res->median * gb);
 }
 
+/* The links between distinct hosts reported since `since` whose rates are the median of
+ * min_samples samples or more. */
+static size_t gather(const struct fx_links *L, int64_t since, uint32_t min_samples,
+                     struct fx_slow_link *links)
+{
+    size_t cap = (size_t)L->nranks * FX_LINK_REPORT_MAX;
+    size_t n   = 0;
+
+    for (size_t i = 0; i < cap; i++) {
+        const struct fx_link_rep *rep = &L->reps[i];
+        int dst                       = (int)(i / FX_LINK_REPORT_MAX);
+
+        if (rep->ms == 0 || rep->ms < since || rep->samples < min_samples ||
+            L->host_of[rep->peer] == L->host_of[dst]) {
+            continue;
+        }
+        links[n++] = (struct fx_slow_link){
+            .src = L->host_of[rep->peer], .dst = L->host_of[dst], .rate = rep->rate};
+    }
+    return n;
+}
+
+/* The hosts whose every link (two or more) is far below the rest, over the links of two samples
+ * or more: the findings of strong_res that may be logged on one check. Returns their count. */
+static int strong_hosts(const struct fx_links *L, int64_t since, struct fx_slow_link *links,
+                        struct fx_slow_finding *out, struct fx_slow_result *strong_res)
+{
+    struct fx_slow_params params = {STRONG_MIN_DROP, STRONG_MAD_K};
+    size_t n                     = gather(L, since, REPORT_MIN_SAMPLES, links);
+    int nf = fx_slow_analyze(links, n, L->nhosts, &params, out, MAX_FINDINGS, strong_res);
+    int m  = 0;
+
+    if (strong_res->nlinks < STRONG_MIN_LINKS) {
+        return 0;
+    }
+    for (int k = 0; k < nf && k < MAX_FINDINGS; k++) {
+        if (out[k].kind == FX_SLOW_HOST && out[k].nlinks >= 2 && out[k].nslow == out[k].nlinks) {
+            out[m++] = out[k];
+        }
+    }
+    return m;
+}
+
 int fx_links_evaluate(struct fx_links *L, const struct fx_boot *boot, int64_t now_ms)
 {
     size_t cap    = (size_t)L->nranks * FX_LINK_REPORT_MAX;
     int64_t since = now_ms - REPORT_AGE_MS;
     struct fx_slow_finding found[MAX_FINDINGS];
+    struct fx_slow_finding strong[MAX_FINDINGS];
     struct fx_slow_result res;
+    struct fx_slow_result strong_res;
     struct fx_slow_params params = {MONITOR_MIN_DROP, 4.0};
     struct fx_slow_link *links;
-    size_t n = 0;
+    size_t n;
     int nf;
+    int ns;
+    int nextra = 0; /* hosts far below that the check above did not find */
 
     if (L->reps == NULL) {
         return 0;
@@ -449,31 +503,47 @@ int fx_links_evaluate(struct fx_links *L, const struct fx_boot *boot, int64_t no
     if (links == NULL) {
         return 0; /* the monitor is best effort; the next tick tries again */
     }
-    for (size_t i = 0; i < cap; i++) {
-        const struct fx_link_rep *rep = &L->reps[i];
-        int dst                       = (int)(i / FX_LINK_REPORT_MAX);
-
-        if (rep->ms == 0 || rep->ms < since || L->host_of[rep->peer] == L->host_of[dst]) {
-            continue;
-        }
-        links[n++] = (struct fx_slow_link){
-            .src = L->host_of[rep->peer], .dst = L->host_of[dst], .rate = rep->rate};
-    }
+    n  = gather(L, since, JUDGE_MIN_SAMPLES, links);
     nf = fx_slow_analyze(links, n, L->nhosts, &params, found, MAX_FINDINGS, &res);
+    ns = strong_hosts(L, since, links, strong, &strong_res);
     L->rounds++;
     L->eval_ms = now_ms;
-    fx_trace(FX_SUB_NET, "slow-link check %llu: %zu links between hosts, %d findings",
-             (unsigned long long)L->rounds, n, nf);
+    fx_trace(FX_SUB_NET,
+             "slow-link check %llu: %zu links between hosts, %d findings; %d links of two "
+             "samples or more, %d hosts far below",
+             (unsigned long long)L->rounds, n, nf, strong_res.nlinks, ns);
     free(links);
     for (int k = 0; k < nf && k < MAX_FINDINGS; k++) {
         const struct fx_slow_finding *f = &found[k];
+        bool is_strong                  = false;
 
+        for (int j = 0; j < ns && f->kind == FX_SLOW_HOST; j++) {
+            is_strong |= strong[j].host == f->host;
+        }
         if (log_due(L, f->kind, f->kind == FX_SLOW_HOST ? f->host : f->a,
-                    f->kind == FX_SLOW_HOST ? -1 : f->b, now_ms, L->rounds)) {
-            log_finding(L, boot, f, &res, since);
+                    f->kind == FX_SLOW_HOST ? -1 : f->b,
+                    is_strong                 ? 1
+                    : f->kind == FX_SLOW_HOST ? HOST_STREAK
+                                              : PATH_STREAK,
+                    now_ms, L->rounds)) {
+            log_finding(L, boot, f, &res, since, is_strong);
         }
     }
-    return nf < 0 ? 0 : nf;
+    for (int j = 0; j < ns; j++) { /* far below on links too young for the check above */
+        bool found_above = false;
+
+        for (int k = 0; k < nf && k < MAX_FINDINGS; k++) {
+            found_above |= found[k].kind == FX_SLOW_HOST && found[k].host == strong[j].host;
+        }
+        if (found_above) {
+            continue;
+        }
+        nextra++;
+        if (log_due(L, FX_SLOW_HOST, strong[j].host, -1, 1, now_ms, L->rounds)) {
+            log_finding(L, boot, &strong[j], &strong_res, since, true);
+        }
+    }
+    return (nf < 0 ? 0 : nf) + nextra;
 }
 
 /* The part of an open busy stretch up to now. */

@@ -10,14 +10,16 @@
  * kernel's busy time. Otherwise they come from the executor's busy stretches that moved at
  * least RATE_MIN_BYTES (or lasted 10 ms): bytes over busy time.
  *
- * Every rank sends rank 0 its receive rates (three samples or more, the last one under five
- * seconds old) over the control plane once a second. The receiver's measure, because in a
- * pipelined ring every link carries the slowest one's rate on average and a sender's measure
- * also sees back-pressure from a slow link further on. Rank 0 keeps the last report of each
- * rank, analyses the links between distinct hosts reported in the last few seconds (fx_slow.h)
- * as soon as the reports of a round are in (fx_links_eval_due) and logs at INFO what is slow, a
- * host or a path, with ranks, hosts, addresses, the measured rate and the median (log_due: after
- * a streak of evaluations, then at most every LOG_EVERY_MS).
+ * Every rank sends rank 0 its receive rates (two samples or more, the last one under five
+ * seconds old, each with its sample count) over the control plane once a second. The receiver's
+ * measure, because in a pipelined ring every link carries the slowest one's rate on average and
+ * a sender's measure also sees back-pressure from a slow link further on. Rank 0 keeps the last
+ * report of each rank, analyses the links between distinct hosts reported in the last few
+ * seconds (fx_slow.h) as soon as the reports of a round are in (fx_links_eval_due) and logs at
+ * INFO what is slow, a host or a path, with ranks, hosts, addresses, the measured rate and the
+ * median (log_due: after a streak of evaluations over rates of three samples or more, then at
+ * most every LOG_EVERY_MS; a host whose every link is far below the rest, on one evaluation
+ * over rates of two samples or more).
  *
  * All of it runs under the communicator's lock.
  */
@@ -57,8 +59,9 @@ struct fx_link_dir {
     uint64_t wire_ns;
     uint64_t wire_bytes0; /* ... when the rate last took a sample */
     uint64_t wire_ns0;
-    double rate;     /* smoothed, bytes per second; 0: not measured yet */
-    int64_t rate_ms; /* when rate last took a sample */
+    uint64_t wire_msgs; /* msgs at the last reading */
+    double rate;        /* smoothed, bytes per second; 0: not measured yet */
+    int64_t rate_ms;    /* when rate last took a sample */
     uint32_t samples;
     double hist[FX_LINK_SAMPLES]; /* the last samples, bytes per second */
 };
@@ -66,6 +69,7 @@ struct fx_link_dir {
 /* Rank 0: one link of a rank's last report: from peer to the reporting rank. */
 struct fx_link_rep {
     int32_t peer;
+    uint32_t samples; /* the rate is the median of this many (up to FX_LINK_SAMPLES) */
     double rate;
     int64_t ms; /* when it arrived; 0: empty */
     char addr[FX_LINK_ADDR_LEN];
@@ -194,15 +198,19 @@ void fx_links_stop(struct fx_links *L);
 
 /* The wire counters of the connection to (from) peer (fx_tp_conn_stats), read before a tick:
  * for sends the bytes acknowledged and the busy time, for receives the bytes of large messages
- * and the time from their first byte to their last. */
+ * and the time from their first byte to their last. Traffic before the first reading is set-up.
+ * Receives are read at every tick, and while none is posted and none completed since the last
+ * reading the reading is the base: a window starts at the last tick before the traffic, so its
+ * first second makes a sample. */
 static inline void fx_link_wire(struct fx_links *L, int peer, int dir, uint64_t bytes, uint64_t ns)
 {
     struct fx_link_dir *d = &L->dir[peer][dir];
 
-    if (!d->wire) {
-        d->wire_bytes0 = bytes; /* traffic before the first reading is set-up */
+    if (!d->wire || (dir == FX_LINK_RECV && d->posted == 0 && d->msgs == d->wire_msgs)) {
+        d->wire_bytes0 = bytes;
         d->wire_ns0    = ns;
     }
+    d->wire_msgs  = d->msgs;
     d->wire       = true;
     d->wire_bytes = bytes;
     d->wire_ns    = ns;

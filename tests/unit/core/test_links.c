@@ -1,9 +1,11 @@
 /* Link statistics and the monitor's timing (libfabricx/fx_links.c): rate samples from wire
  * counters, reports, and when rank 0 judges a round of reports. */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "libfabricx/fx_links.h"
+#include "libfabricx/fx_slow.h"
 
 #define NR 8
 
@@ -27,14 +29,15 @@ static void put(uint8_t *p, uint64_t v, int n)
     }
 }
 
-/* A report of rank src with one link (from its left neighbour) at 1 Gbit/s. */
+/* A report of rank src with one link (from its left neighbour) at 1 Gbit/s, from 3 samples. */
 static void report(int src, int64_t ms)
 {
     uint8_t buf[FX_LINK_REPORT_SIZE] = {0};
 
     put(buf, 1, 4);
     put(buf + 4, (uint64_t)((src + NR - 1) % NR), 4);
-    put(buf + 8, 125000000, 8);
+    put(buf + 8, 3, 4);
+    put(buf + 12, 125000000, 8);
     fx_links_on_report(&L, src, buf, 4 + 16 + FX_LINK_ADDR_LEN, ms);
 }
 
@@ -149,7 +152,7 @@ Test(links, malformed_reports_change_nothing)
     cr_expect(!fx_links_eval_due(&L, 2000, true));
 }
 
-Test(links, wire_counters_give_a_sample_per_tick_and_a_report_from_the_third)
+Test(links, wire_counters_give_a_sample_per_tick_and_a_report_from_the_second)
 {
     uint8_t rep[FX_LINK_REPORT_SIZE];
     bool due;
@@ -157,6 +160,9 @@ Test(links, wire_counters_give_a_sample_per_tick_and_a_report_from_the_third)
     uint64_t ns    = 5000;
 
     fx_link_wire(&L, 2, FX_LINK_RECV, bytes, ns);
+    struct fx_link_clock clk = {0, 0};
+
+    fx_link_posted(&L.dir[2][FX_LINK_RECV], 0, &clk); /* a receive stays posted throughout */
     for (int t = 1; t <= 4; t++) {
         size_t len;
 
@@ -166,8 +172,13 @@ Test(links, wire_counters_give_a_sample_per_tick_and_a_report_from_the_third)
         len = fx_links_tick(&L, 1000 * t, rep, &due);
         cr_expect(due);
         cr_expect_eq(L.dir[2][FX_LINK_RECV].samples, (uint32_t)t);
-        cr_expect_eq(len, t < 3 ? 0 : 4 + 16 + FX_LINK_ADDR_LEN, "tick %d: %zu", t, len);
+        cr_expect_eq(len, t < 2 ? 0 : 4 + 16 + FX_LINK_ADDR_LEN, "tick %d: %zu", t, len);
         cr_expect_float_eq(L.dir[2][FX_LINK_RECV].rate, (double)(25u << 20) * 2, 1.0);
+        if (len > 0) { /* the sample count goes with the rate */
+            cr_expect_eq(rep[0] | rep[1] << 8, 1);
+            cr_expect_eq(rep[4], 2);
+            cr_expect_eq(rep[8] | rep[9] << 8 | rep[10] << 16, (uint32_t)t);
+        }
     }
     /* Under 2 MiB of counted arrival: no sample, and the window goes on into the next. */
     bytes += 1u << 20;
@@ -336,4 +347,145 @@ Test(links, stopping_ends_the_open_stretches)
     fx_links_snapshot(&L, 1, &now, &b);
     fx_link_completed(r, 1 << 20, &now); /* a late completion changes no count of posts */
     cr_expect_eq(r->posted, 0);
+}
+
+Test(links, an_idle_receive_moves_its_base_so_the_first_second_of_traffic_makes_a_sample)
+{
+    struct fx_link_dir *d   = &L.dir[2][FX_LINK_RECV];
+    struct fx_link_clock c1 = {1200000000, 1200000000};
+    struct fx_link_clock c2 = {1300000000, 1300000000};
+    struct fx_link_clock c3 = {3100000000, 3100000000};
+    uint8_t rep[FX_LINK_REPORT_SIZE];
+    bool due;
+
+    /* Set-up traffic (1 MiB, slowly) between the first two readings, then an idle tick: each
+     * reading of an idle link is the base. */
+    fx_link_wire(&L, 2, FX_LINK_RECV, 0, 0);
+    fx_links_tick(&L, 1000, rep, &due);
+    fx_link_posted(d, 1u << 20, &c1);
+    fx_link_completed(d, 1u << 20, &c2);
+    fx_link_wire(&L, 2, FX_LINK_RECV, 1u << 20, 90000000);
+    fx_links_tick(&L, 2000, rep, &due);
+    cr_expect_eq(d->samples, 0u, "under 2 MiB");
+    fx_link_wire(&L, 2, FX_LINK_RECV, 1u << 20, 90000000);
+    fx_links_tick(&L, 3000, rep, &due);
+    cr_expect_eq(d->samples, 0u);
+    /* Traffic starts after the tick at 3 s: 12 MiB over 0.25 s of arrival by the next one. */
+    fx_link_posted(d, 12u << 20, &c3);
+    fx_link_wire(&L, 2, FX_LINK_RECV, 13u << 20, 340000000);
+    fx_links_tick(&L, 4000, rep, &due);
+    cr_expect_eq(d->samples, 1u, "a sample from the first second of traffic");
+    cr_expect_float_eq(d->rate, (double)(12u << 20) * 4, 1.0, "the set-up traffic not in it");
+    /* Still posted, nothing completed yet: not idle, the windows go on. */
+    fx_link_wire(&L, 2, FX_LINK_RECV, 25u << 20, 590000000);
+    fx_links_tick(&L, 5000, rep, &due);
+    cr_expect_eq(d->samples, 2u);
+    cr_expect_float_eq(d->rate, (double)(12u << 20) * 4, 1.0);
+}
+
+/* ---------------------------------------------------------------- rank 0's verdicts */
+
+static struct fx_boot_entry table[NR];
+static struct fx_boot boot = {.rank = 0, .nranks = NR, .table = table};
+
+/* Rank src reports its link from its left neighbour: rate in Gbit/s, the median of `samples`.
+ */
+static void report_rate(int src, double gbps, uint32_t samples, int64_t ms)
+{
+    uint8_t buf[FX_LINK_REPORT_SIZE] = {0};
+
+    put(buf, 1, 4);
+    put(buf + 4, (uint64_t)((src + NR - 1) % NR), 4);
+    put(buf + 8, samples, 4);
+    put(buf + 12, (uint64_t)(gbps * 125e6), 8);
+    fx_links_on_report(&L, src, buf, 4 + 16 + FX_LINK_ADDR_LEN, ms);
+}
+
+/* A round of the ring's reports at `ms`: every link at 0.4 Gbit/s but host `slow`'s two (from
+ * slow - 1 to slow, from slow to slow + 1) at slow_gbps; each link's rate from `samples`. */
+static void ring_round(int slow, double slow_gbps, uint32_t samples, int64_t ms)
+{
+    for (int r = 0; r < NR; r++) {
+        bool touches = r == slow || (r + NR - 1) % NR == slow;
+
+        report_rate(r, touches ? slow_gbps : 0.40 + 0.005 * (r % 3), samples, ms);
+    }
+}
+
+/* Whether the last evaluation logged host h (log_due's table: logged at `ms`). */
+static bool logged_at(int h, int64_t ms)
+{
+    for (size_t i = 0; i < sizeof(L.logged) / sizeof(L.logged[0]); i++) {
+        if (L.logged[i].kind == FX_SLOW_HOST && L.logged[i].a == h && L.logged[i].ms == ms) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void name_hosts(void)
+{
+    for (int r = 0; r < NR; r++) {
+        snprintf(table[r].host, sizeof(table[r].host), "h%d", r);
+    }
+}
+
+Test(links, a_host_far_below_on_every_link_is_named_on_one_check_from_two_samples)
+{
+    name_hosts();
+    ring_round(3, 0.13, 2, 1000);
+    cr_expect_eq(fx_links_evaluate(&L, &boot, 1000), 1);
+    cr_expect(logged_at(3, 1000), "host 3 at a third of the rate, named on the first check");
+    for (int h = 0; h < NR; h++) {
+        cr_expect(h == 3 || !logged_at(h, 1000), "host %d named", h);
+    }
+}
+
+Test(links, a_host_moderately_below_needs_two_checks_of_three_samples)
+{
+    name_hosts();
+    /* 0.26 against 0.40: slow (under 0.7 x expected) but not far below (0.6 x). */
+    ring_round(5, 0.26, 2, 1000);
+    cr_expect_eq(fx_links_evaluate(&L, &boot, 1000), 0, "two samples: not judged");
+    ring_round(5, 0.26, 3, 2000);
+    cr_expect_eq(fx_links_evaluate(&L, &boot, 2000), 1);
+    cr_expect(!logged_at(5, 2000), "one check of three samples");
+    ring_round(5, 0.26, 4, 3000);
+    cr_expect_eq(fx_links_evaluate(&L, &boot, 3000), 1);
+    cr_expect(logged_at(5, 3000), "second check in a row");
+}
+
+Test(links, one_link_far_below_is_no_host_finding_on_one_check)
+{
+    name_hosts();
+    /* Only host 2's link from host 1 is far below; its link to host 3 is fine. */
+    for (int r = 0; r < NR; r++) {
+        report_rate(r, r == 2 ? 0.10 : 0.40, 2, 1000);
+    }
+    cr_expect_eq(fx_links_evaluate(&L, &boot, 1000), 0, "two samples: no path judged");
+    for (int h = 0; h < NR; h++) {
+        cr_expect(!logged_at(h, 1000), "host %d named", h);
+    }
+}
+
+Test(links, a_healthy_ring_names_nothing)
+{
+    name_hosts();
+    for (int k = 1; k <= 4; k++) {
+        for (int r = 0; r < NR; r++) {
+            report_rate(r, 0.38 + 0.01 * ((r + k) % 5), (uint32_t)k + 1, 1000 * k);
+        }
+        cr_expect_eq(fx_links_evaluate(&L, &boot, 1000 * k), 0, "check %d", k);
+    }
+}
+
+Test(links, too_few_links_are_not_judged_on_one_check)
+{
+    name_hosts();
+    /* Three links reported, two of them host 3's, far below: fewer than four links. */
+    report_rate(3, 0.10, 2, 1000);
+    report_rate(4, 0.10, 2, 1000);
+    report_rate(6, 0.40, 2, 1000);
+    cr_expect_eq(fx_links_evaluate(&L, &boot, 1000), 0);
+    cr_expect(!logged_at(3, 1000));
 }
