@@ -100,6 +100,7 @@ struct fx_exec {
     uint32_t nslots;
     int64_t last_progress_ms; /* when an op last moved, as of the last clock read */
     bool progressed;          /* an op moved since then: the next clock read sets it */
+    uint64_t moves;           /* progress rounds in which an op moved (the spin budget's) */
     uint32_t idle_rounds;     /* rounds without progress (check_timeout reads the clock on some) */
     bool stall_reported;      /* rank 0 was told this rank waits */
     int spin_us;              /* FX_SPIN_US */

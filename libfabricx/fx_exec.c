@@ -938,6 +938,7 @@ static void run_head(struct fx_comm *comm)
         }
         if (changed) {
             ex->progressed = true;
+            ex->moves++;
             if (ex->stall_reported) {
                 fx_boot_ctrl_stall(&comm->boot, -1, 0, "");
                 ex->stall_reported = false;

@@ -138,22 +138,34 @@ static void *progress_main(void *arg)
     return NULL;
 }
 
-/* Runs progress rounds without sleeping for up to FX_SPIN_US, until req completes: waking from
- * a sleep costs more than the next message of a small collective usually takes to arrive. The
+/* Runs progress rounds without sleeping until req completes or FX_SPIN_US pass without an op
+ * moving: waking from a sleep costs more than the next message of a collective usually takes
+ * to arrive, and a collective of many messages (a ring's chunks) keeps spinning as long as they
+ * come (a budget for the whole wait would put a 1 MiB all-reduce to sleep between chunks). The
  * transport is polled directly (no pass through the communicator's epoll set); the control
- * plane waits for the sleep that follows, at most FX_SPIN_US later. On a host with more ranks
- * than cores each round yields the core first: the rank this one waits for may be the one
- * that needs it, and handing it over directly is far quicker than a sleep and a wake-up.
- * Called with the lock. */
+ * plane waits for the sleep that follows, at most FX_SPIN_US after the last move. On a host
+ * with more ranks than cores each round yields the core first: the rank this one waits for may
+ * be the one that needs it, and handing it over directly is far quicker than a sleep and a
+ * wake-up. Called with the lock. */
 static void spin_progress(struct fx_comm *comm, const struct fx_request *req, int64_t now_us)
 {
-    int64_t until = now_us + comm->exec.spin_us;
+    int64_t until  = now_us + comm->exec.spin_us;
+    uint64_t moves = comm->exec.moves;
 
     /* The clock every SPIN_CLOCK_EVERY rounds: a round takes a few hundred nanoseconds, a
      * clock read tens of them in a virtual machine. */
-    for (uint32_t round = 1; comm->exec.spin_us > 0 && !req->done && comm->error == FX_OK &&
-                             (round % SPIN_CLOCK_EVERY != 0 || fx_now_us() < until);
+    for (uint32_t round = 1; comm->exec.spin_us > 0 && !req->done && comm->error == FX_OK;
          round++) {
+        if (round % SPIN_CLOCK_EVERY == 0) {
+            int64_t now = fx_now_us();
+
+            if (comm->exec.moves != moves) {
+                moves = comm->exec.moves;
+                until = now + comm->exec.spin_us;
+            } else if (now >= until) {
+                break;
+            }
+        }
         if (comm->exec.spin_yield) {
             pthread_mutex_unlock(&comm->lock);
             sched_yield();
