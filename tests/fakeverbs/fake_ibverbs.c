@@ -1408,8 +1408,11 @@ FV_EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *ibpd, struct ibv_qp_init_a
     qp->qp.qp_type    = IBV_QPT_RC;
     qp->hw            = IBV_QPS_RESET;
     qp->qp.state      = IBV_QPS_RESET;
+    /* Never 0 (rdma_cm reads qp_num 0 as "no QP"; real QP numbers 0 and 1 are reserved):
+     * the low 12 bits count 2..4095, so a pid that is a multiple of 4096 still gives QP numbers
+     * of its own. */
     qp->qp.qp_num =
-        ((uint32_t)(getpid() & 0xfff) << 12) | (atomic_fetch_add(&qpn_counter, 1) & 0xfff);
+        ((uint32_t)(getpid() & 0xfff) << 12) | (atomic_fetch_add(&qpn_counter, 1) % 0xffeu + 2u);
     qp->qp.handle = qp->qp.qp_num;
     pthread_mutex_init(&qp->qp.mutex, NULL);
     pthread_cond_init(&qp->qp.cond, NULL);
