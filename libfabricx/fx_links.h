@@ -103,14 +103,6 @@ struct fx_links {
     uint64_t rounds; /* evaluations so far */
 };
 
-static inline int64_t fx_link_now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Busy stretches are timed with the coarse clock until the messages posted in them add up to
  * this. */
 #define FX_LINK_FINE_BYTES (64u << 10)

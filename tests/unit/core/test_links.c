@@ -300,7 +300,8 @@ Test(links, a_stretch_on_the_coarse_clock_feeds_no_rate)
 Test(links, a_stretch_open_at_the_tick_counts_in_the_window_it_closes)
 {
     struct fx_link_dir *d   = &L.dir[1][FX_LINK_SEND];
-    int64_t t0              = fx_link_now_ns();
+    struct fx_link_clock c0 = {0, 0};
+    int64_t t0              = fx_link_clock_get(&c0, false);
     struct fx_link_clock c1 = {t0 - 50000000, 0};
     struct fx_link_clock c2 = {t0 - 10000000, 0};
     uint8_t rep[FX_LINK_REPORT_SIZE];
